@@ -1,0 +1,72 @@
+"""meadowrun-core: run functions, commands and map jobs on cheap instances, or on the embedded
+local cloud by default. ``import meadowrun_core as mr``."""
+
+from meadowrun_core.api import (
+    run_command,
+    run_command_async,
+    run_function,
+    run_function_async,
+    run_map,
+    run_map_as_completed,
+    run_map_as_completed_async,
+    run_map_async,
+)
+from meadowrun_core.client.jobs import JobHandle
+from meadowrun_core.client.results import JobCancelledError, OutOfMemoryError
+from meadowrun_core.deployment import (
+    CondaEnvironmentFile,
+    ContainerInterpreter,
+    Deployment,
+    LocalCurrentInterpreter,
+    PipRequirementsFile,
+    PoetryProjectPath,
+    PreinstalledInterpreter,
+    UvProject,
+)
+from meadowrun_core.exceptions import (
+    BadInputError,
+    CommandResult,
+    MeadowrunError,
+    ResourcesNotAvailableError,
+    RunMapTasksFailedException,
+    TaskException,
+    TaskResult,
+    WorkerDiedError,
+)
+from meadowrun_core.hosts import AllocAzureVM, AllocEC2Instance, AllocLocalInstance, Host
+from meadowrun_core.resources import Resources
+
+__all__ = [
+    "AllocAzureVM",
+    "AllocEC2Instance",
+    "AllocLocalInstance",
+    "BadInputError",
+    "CommandResult",
+    "CondaEnvironmentFile",
+    "ContainerInterpreter",
+    "Deployment",
+    "Host",
+    "JobCancelledError",
+    "JobHandle",
+    "LocalCurrentInterpreter",
+    "MeadowrunError",
+    "OutOfMemoryError",
+    "PipRequirementsFile",
+    "PoetryProjectPath",
+    "PreinstalledInterpreter",
+    "Resources",
+    "ResourcesNotAvailableError",
+    "RunMapTasksFailedException",
+    "TaskException",
+    "TaskResult",
+    "UvProject",
+    "WorkerDiedError",
+    "run_command",
+    "run_command_async",
+    "run_function",
+    "run_function_async",
+    "run_map",
+    "run_map_as_completed",
+    "run_map_as_completed_async",
+    "run_map_async",
+]

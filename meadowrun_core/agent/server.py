@@ -1,0 +1,420 @@
+"""The agent process of one local-cloud instance.
+
+It listens on a loopback port (recorded in the allocation table), runs jobs that clients have
+allocated on it, streams their output back, and every ``reconcile_interval`` it heartbeats,
+frees allocations of dead workers or lapsed client leases, enforces memory, acts on
+interruption notices and terminates itself when idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from meadowrun_core.agent.map_feeder import MapFeeder, Task
+from meadowrun_core.agent.worker_pool import WorkerDiedError, WorkerPool, WorkerProcess, describe_exit
+from meadowrun_core.config import Settings, meadowrun_home
+from meadowrun_core.local.allocation_table import SqliteAllocationTable
+from meadowrun_core.local.object_store import FileObjectStore
+from meadowrun_core.local.task_queue import SqliteTaskQueue
+from meadowrun_core.protocol import encode_frame, read_frame
+from meadowrun_core.serialization import Signer, UnauthenticatedDataError, load_or_create_key
+
+log = logging.getLogger("meadowrun_core.agent")
+
+
+class ClientConnection:
+    """The agent's side of one client connection; events for jobs are written here."""
+
+    def __init__(self, writer: asyncio.StreamWriter, signer: Signer) -> None:
+        self._writer = writer
+        self._signer = signer
+
+    def send(self, header: dict[str, Any], blob: bytes = b"") -> None:
+        if self._writer.is_closing():
+            return
+        self._writer.write(encode_frame(self._signer, header, blob))
+
+
+@dataclass(eq=False)
+class RunningJob:
+    job_id: str
+    kind: str
+    conn: ClientConnection
+    memory_gb: float
+    process: psutil.Process | None = None
+    worker: WorkerProcess | None = None
+    command: asyncio.subprocess.Process | None = None
+    cancel_reason: str | None = None
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def output(self, stream: str, data: bytes) -> None:
+        self.conn.send({"type": "output", "job_id": self.job_id, "stream": stream}, data)
+
+    def kill(self, reason: str) -> None:
+        self.cancel_reason = self.cancel_reason or reason
+        self.stopping.set()
+        if self.worker is not None:
+            self.worker.kill(reason)
+        if self.command is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.command.pid, signal.SIGKILL)
+
+
+class Agent:
+    def __init__(self, instance_id: str, home: Path, settings: Settings, idle_timeout: float) -> None:
+        self.instance_id = instance_id
+        self.home = home
+        self.settings = settings
+        self.idle_timeout = idle_timeout
+        self.signer = Signer(load_or_create_key(home / "cluster.key"))
+        self.table = SqliteAllocationTable(home / "state.db")
+        self.queues = SqliteTaskQueue(home / "queues.db")
+        self.store = FileObjectStore(home / "objects")
+        self.dir = home / "instances" / instance_id
+        self.pid_dir = self.dir / "pids"
+        self.code_dir = self.dir / "code"
+        self.pid_dir.mkdir(parents=True, exist_ok=True)
+        self.jobs: dict[str, RunningJob] = {}
+        self.feeders: dict[str, MapFeeder] = {}
+        self.last_activity = time.monotonic()
+        self.interruption_handled = False
+        self.shutdown = asyncio.Event()
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("MEADOWRUN_WORKER")}
+        base_env["MEADOWRUN_HOME"] = str(home)
+        base_env["MEADOWRUN_INSTANCE_ID"] = instance_id
+        self.pool = WorkerPool(self.signer, base_env, max_idle=8)
+
+    # --- lifecycle ---------------------------------------------------------------------
+    async def run(self) -> None:
+        server = await asyncio.start_server(self.handle_client, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        await self.pool.prewarm(sys.executable)
+        self.table.register_instance(self.instance_id, f"127.0.0.1:{port}", os.getpid())
+        log.info("instance %s listening on 127.0.0.1:%d", self.instance_id, port)
+        reconciler = asyncio.create_task(self.reconcile_loop())
+        await self.shutdown.wait()
+        reconciler.cancel()
+        server.close()
+        for job in list(self.jobs.values()):
+            job.kill("instance terminated")
+        self.pool.kill_all()
+        await asyncio.sleep(0.05)
+        log.info("instance %s terminated", self.instance_id)
+
+    async def reconcile_loop(self) -> None:
+        while not self.shutdown.is_set():
+            try:
+                await self.reconcile_once()
+            except Exception:
+                log.exception("reconcile failed")
+            await asyncio.sleep(self.settings.reconcile_interval_seconds)
+
+    async def reconcile_once(self) -> None:
+        record = self.table.heartbeat(self.instance_id)
+        if record is None:
+            log.info("instance record removed from the table; shutting down")
+            self.shutdown.set()
+            return
+        if record.interruption_at is not None:
+            await self.handle_interruption(record.interruption_at)
+            if self.shutdown.is_set():
+                return
+        for alloc in self.table.allocations_with_expired_lease(self.instance_id):
+            job = self.jobs.get(alloc.job_id)
+            if job is not None:
+                log.info("client lease of job %s expired; stopping it", alloc.job_id)
+                job.kill("the client's lease expired (client gone)")
+            elif time.time() - alloc.created > self.settings.lease_seconds:
+                self.table.deallocate(alloc.job_id, "client lease expired")
+        self.reap_pid_files()
+        self.enforce_memory()
+        if (
+            not self.jobs
+            and time.monotonic() - self.last_activity > self.idle_timeout
+            and self.table.remove_instance_if_idle(self.instance_id)
+        ):
+            log.info("idle for %.0f s; terminating", self.idle_timeout)
+            self.shutdown.set()
+
+    def reap_pid_files(self) -> None:
+        """Free the allocation of any worker whose PID file names a dead process."""
+        for pid_file in self.pid_dir.glob("*.pid"):
+            job_id = pid_file.stem
+            try:
+                pid = int(pid_file.read_text())
+            except (OSError, ValueError):
+                continue
+            if psutil.pid_exists(pid) and job_id in self.jobs:
+                continue
+            if job_id not in self.jobs:
+                if self.table.deallocate(job_id, "worker died"):
+                    log.info("reconciler freed allocation of dead worker %s (pid %d)", job_id, pid)
+                pid_file.unlink(missing_ok=True)
+
+    def enforce_memory(self) -> None:
+        for job in list(self.jobs.values()):
+            pid = job.worker.pid if job.worker else job.command.pid if job.command else None
+            if pid is None:
+                continue
+            try:
+                proc = psutil.Process(pid)
+                rss = proc.memory_info().rss + sum(
+                    c.memory_info().rss for c in proc.children(recursive=True)
+                )
+            except psutil.Error:
+                continue
+            limit = job.memory_gb * 2**30
+            if rss > limit:
+                job.kill(
+                    f"out of memory: the job used {rss / 2**30:.2f} GB, more than the "
+                    f"{job.memory_gb:g} GB it asked for; ask for more with "
+                    f"Resources(memory_gb=...)"
+                )
+
+    async def handle_interruption(self, interruption_at: float) -> None:
+        if not self.interruption_handled:
+            self.interruption_handled = True
+            log.warning("interruption notice: terminating at %.1f", interruption_at)
+            self.table.set_prevent_further_allocation(self.instance_id)
+            for feeder in list(self.feeders.values()):
+                feeder.interrupted = True
+                await feeder.give_back()
+        if time.time() >= interruption_at:
+            for feeder in list(self.feeders.values()):
+                await feeder.flush()
+            for job in list(self.jobs.values()):
+                job.kill("the instance was interrupted (spot reclaimed)")
+            self.pool.kill_all()
+            self.table.remove_instance(self.instance_id, "instance interrupted")
+            self.shutdown.set()
+
+    # --- client protocol ---------------------------------------------------------------
+    async def handle_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        conn = ClientConnection(writer, self.signer)
+        try:
+            while True:
+                header, blob = await read_frame(reader, self.signer)
+                if header["type"] == "run":
+                    asyncio.create_task(self.run_job(conn, header, blob))
+                elif header["type"] == "cancel":
+                    job = self.jobs.get(header["job_id"])
+                    if job is not None:
+                        job.kill(header.get("reason", "cancelled by the client"))
+                elif header["type"] == "stop":
+                    job = self.jobs.get(header["job_id"])
+                    if job is not None:
+                        job.stopping.set()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except UnauthenticatedDataError:
+            log.warning("closing a connection that failed authentication")
+        finally:
+            writer.close()
+
+    async def run_job(self, conn: ClientConnection, header: dict[str, Any], blob: bytes) -> None:
+        job_id = header["job_id"]
+        alloc = next(
+            (a for a in self.table.list_allocations(self.instance_id) if a.job_id == job_id), None
+        )
+        if alloc is None:
+            conn.send({"type": "final", "job_id": job_id, "status": "refused",
+                       "message": f"job {job_id} has no allocation on {self.instance_id}"})
+            return
+        job = RunningJob(job_id, header["kind"], conn, alloc.memory_gb)
+        self.jobs[job_id] = job
+        self.last_activity = time.monotonic()
+        final: dict[str, Any]
+        payload = b""
+        try:
+            if job.kind == "function":
+                final, payload = await self.run_function(job, header, blob)
+            elif job.kind == "command":
+                final = await self.run_command(job, header)
+            elif job.kind == "map":
+                final = await self.run_map_slot(job, header)
+            else:
+                final = {"status": "refused", "message": f"unknown job kind {job.kind!r}"}
+        except Exception as exc:
+            log.exception("job %s failed in the agent", job_id)
+            final = {"status": "error", "message": f"agent error: {exc!r}"}
+        finally:
+            del self.jobs[job_id]
+            self.table.deallocate(job_id, header.get("outcome_hint", "done"))
+            (self.pid_dir / f"{job_id}.pid").unlink(missing_ok=True)
+            self.last_activity = time.monotonic()
+        final.update(type="final", job_id=job_id)
+        conn.send(final, payload)
+
+    async def _prepare_worker(self, job: RunningJob, deployment: dict[str, Any]) -> WorkerProcess:
+        from meadowrun_core.deployment.spec import PreparedDeployment
+
+        prepared = PreparedDeployment(
+            deployment["python"], deployment["code_manifest"], deployment["environment"]
+        )
+        worker = await self.pool.acquire(
+            prepared.python, prepared.key(), dict(prepared.environment)
+        )
+        worker.sink = job.output
+        job.worker = worker
+        if job.cancel_reason:
+            worker.kill(job.cancel_reason)
+        if prepared.code_manifest and worker.code_loaded != prepared.code_manifest:
+            reply, failure = await worker.request(
+                self.signer,
+                {"type": "load_code", "manifest": prepared.code_manifest,
+                 "cache_dir": str(self.code_dir)},
+            )
+            if not reply["ok"]:
+                self.pool.discard(worker)
+                raise _CodeLoadError(failure)
+            worker.code_loaded = prepared.code_manifest
+        self.table.set_worker_pid(job.job_id, worker.pid)
+        return worker
+
+    def _worker_gone(self, job: RunningJob, worker: WorkerProcess, exc: WorkerDiedError) -> dict[str, Any]:
+        self.pool.release(worker)
+        reason = job.cancel_reason or worker.killed_reason
+        status = "cancelled" if job.cancel_reason else "died"
+        return {"status": status, "message": reason or describe_exit(exc.returncode)}
+
+    async def run_function(
+        self, job: RunningJob, header: dict[str, Any], blob: bytes
+    ) -> tuple[dict[str, Any], bytes]:
+        try:
+            worker = await self._prepare_worker(job, header["deployment"])
+        except _CodeLoadError as exc:
+            return {"status": "failed", "stage": "load"}, exc.failure
+        except WorkerDiedError as exc:
+            return {"status": "died", "message": f"worker could not start: {exc}"}, b""
+        call = {k: header[k] for k in ("function_key", "function_name") if k in header}
+        call.update(type="call", call_id=job.job_id, pid_file=str(self.pid_dir / f"{job.job_id}.pid"))
+        try:
+            reply, payload = await worker.request(self.signer, call, blob)
+        except WorkerDiedError as exc:
+            return self._worker_gone(job, worker, exc), b""
+        self.pool.release(worker)
+        if reply["ok"]:
+            return {"status": "succeeded"}, payload
+        return {"status": "failed", "stage": reply.get("stage", "run")}, payload
+
+    async def run_command(self, job: RunningJob, header: dict[str, Any]) -> dict[str, Any]:
+        env = {**os.environ, **header["deployment"]["environment"], **header.get("environment", {})}
+        env["PYTHONUNBUFFERED"] = "1"
+        workdir = self.dir / "jobs" / job.job_id
+        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *header["args"],
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                cwd=header.get("cwd") or workdir,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            return {"status": "failed_to_start", "message": f"cannot run {header['args'][0]!r}: {exc}"}
+        job.command = proc
+        (self.pid_dir / f"{job.job_id}.pid").write_text(str(proc.pid))
+        self.table.set_worker_pid(job.job_id, proc.pid)
+
+        async def pump(stream: asyncio.StreamReader | None, name: str) -> None:
+            assert stream is not None
+            while chunk := await stream.read(65536):
+                job.output(name, chunk)
+
+        await asyncio.gather(pump(proc.stdout, "stdout"), pump(proc.stderr, "stderr"))
+        returncode = await proc.wait()
+        if job.cancel_reason:
+            return {"status": "cancelled", "message": job.cancel_reason, "return_code": returncode}
+        return {"status": "exited", "return_code": returncode}
+
+    async def run_map_slot(self, job: RunningJob, header: dict[str, Any]) -> dict[str, Any]:
+        spec = header["map"]
+        feeder = self.feeders.get(spec["request_queue"])
+        if feeder is None:
+            feeder = MapFeeder(
+                self.queues,
+                self.signer,
+                spec["request_queue"],
+                spec["result_queue"],
+                spec["max_attempts"],
+                self.settings.visibility_timeout_seconds,
+            )
+            self.feeders[spec["request_queue"]] = feeder
+            feeder.start()
+        feeder.slots += 1
+        worker: WorkerProcess | None = None
+        task: Task | None = None
+        try:
+            worker = await self._prepare_worker(job, header["deployment"])
+            pid_file = str(self.pid_dir / f"{job.job_id}.pid")
+            while (task := await feeder.next_task(job.stopping)) is not None:
+                call = {"type": "call", "call_id": task.task_id, "single_argument": True,
+                        "function_key": spec["function_key"], "pid_file": pid_file}
+                reply, payload = await worker.request(self.signer, call, task.argument)
+                feeder.complete(task, reply["ok"], payload, "" if reply["ok"] else reply["stage"])
+                task = None
+            self.pool.release(worker)
+            if feeder.interrupted:
+                return {"status": "interrupted", "message": "instance interruption notice"}
+            return {"status": "stopped"}
+        except _CodeLoadError as exc:
+            return {"status": "failed", "stage": "load", "message": _failure_text(exc.failure)}
+        except WorkerDiedError as exc:
+            died = self._worker_gone(job, worker, exc) if worker else {"status": "died",
+                                                                        "message": str(exc)}
+            if task is not None:
+                feeder.complete(task, False, pickle.dumps((None, died["message"])), "died")
+            return died
+        finally:
+            feeder.slots -= 1
+            if feeder.slots == 0:
+                self.feeders.pop(spec["request_queue"], None)
+                await feeder.close()
+                if job.cancel_reason and "lease" in job.cancel_reason:
+                    self.queues.delete_queue(spec["request_queue"])
+                    self.queues.delete_queue(spec["result_queue"])
+
+
+class _CodeLoadError(Exception):
+    def __init__(self, failure: bytes) -> None:
+        self.failure = failure
+
+
+def _failure_text(failure: bytes) -> str:
+    try:
+        return str(pickle.loads(failure)[1])
+    except Exception:
+        return "code could not be loaded"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="meadowrun local-cloud instance agent")
+    parser.add_argument("--instance-id", required=True)
+    parser.add_argument("--idle-timeout", type=float, required=True)
+    args = parser.parse_args()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    agent = Agent(args.instance_id, meadowrun_home(), Settings.from_env(), args.idle_timeout)
+    asyncio.run(agent.run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""Placing jobs: existing instances with room first, then the cheapest new instance that fits,
+never beyond the cloud's launch limit. Cloud-neutral: it only uses the seams."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass
+
+from meadowrun_core.exceptions import MeadowrunError, ResourcesNotAvailableError
+from meadowrun_core.local.backend import LocalBackend
+from meadowrun_core.resources import Resources
+from meadowrun_core.seams.allocation_table import InstanceRecord
+from meadowrun_core.seams.instance_provider import InstanceType
+
+log = logging.getLogger(__name__)
+
+LAUNCH_TIMEOUT_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Placement:
+    job_id: str
+    instance: InstanceRecord
+
+
+def check_satisfiable(backend: LocalBackend, resources: Resources) -> None:
+    """Fail at once, naming the largest instance type, if nothing could ever fit."""
+    offers = backend.provider.offers()
+    if any(_fits(t, resources) for t in offers):
+        return
+    largest = max(offers, key=lambda t: (t.logical_cpu, t.memory_gb))
+    extra = ""
+    if resources.gpus:
+        extra = "; the local cloud has no GPUs"
+    raise ResourcesNotAvailableError(
+        f"no instance type can ever fit Resources({resources.describe()}, gpus="
+        f"{resources.gpus:g}); the largest local instance type is {largest.name} "
+        f"({largest.logical_cpu:g} CPU / {largest.memory_gb:g} GB){extra}. Ask for less, or "
+        "raise the local cloud's limit with MEADOWRUN_LOCAL_MAX_CPU / "
+        "MEADOWRUN_LOCAL_MAX_MEMORY_GB (or AllocLocalInstance(max_cpu=..., max_memory_gb=...))."
+    )
+
+
+def _fits(instance_type: InstanceType, resources: Resources) -> bool:
+    return (
+        instance_type.logical_cpu >= resources.logical_cpu
+        and instance_type.memory_gb >= resources.memory_gb
+        and resources.gpus == 0
+        and not resources.flags
+        and not resources.custom
+    )
+
+
+def choose_instance_type(
+    offers: list[InstanceType], resources: Resources, workers: int, room_cpu: float, room_mem: float
+) -> tuple[InstanceType, int] | None:
+    """The type with the lowest price per placed worker that fits in the remaining room;
+    ties go to the type that places more workers (fewer instances to manage)."""
+    best: tuple[float, int, InstanceType] | None = None
+    for offer in offers:
+        if offer.logical_cpu > room_cpu + 1e-9 or offer.memory_gb > room_mem + 1e-9:
+            continue
+        per_cpu = (
+            math.floor(offer.logical_cpu / resources.logical_cpu + 1e-9)
+            if resources.logical_cpu
+            else workers
+        )
+        per_mem = (
+            math.floor(offer.memory_gb / resources.memory_gb + 1e-9)
+            if resources.memory_gb
+            else workers
+        )
+        placed = min(workers, per_cpu, per_mem)
+        if placed < 1 or not _fits(offer, resources):
+            continue
+        key = (offer.price_per_hour / placed, -placed, offer)
+        if best is None or key[:2] < best[:2]:
+            best = key
+    return None if best is None else (best[2], -best[1])
+
+
+async def allocate(
+    backend: LocalBackend,
+    resources: Resources,
+    count: int,
+    client_id: str,
+    description: str,
+    minimum: int | None = None,
+    job_prefix: str = "job",
+) -> list[Placement]:
+    """Allocate ``count`` jobs; returns once at least ``minimum`` (default all) are placed."""
+    check_satisfiable(backend, resources)
+    minimum = count if minimum is None else minimum
+    placements: list[Placement] = []
+    delay = 0.01
+    waited_since: float | None = None
+    while True:
+        wanted = [f"{job_prefix}-{uuid.uuid4().hex[:12]}" for _ in range(count - len(placements))]
+        placed = backend.table.allocate_on_existing(wanted, resources, client_id, description)
+        placements.extend(await _records(backend, placed))
+        remaining = [j for j in wanted if j not in placed]
+        while remaining:
+            launched = await _launch_for(backend, resources, remaining, client_id, description)
+            if not launched:
+                break
+            placements.extend(launched)
+            done = {p.job_id for p in launched}
+            remaining = [j for j in remaining if j not in done]
+        if len(placements) >= minimum:
+            return placements
+        if waited_since is None:
+            waited_since = time.monotonic()
+            log.info(
+                "waiting for capacity: the local cloud is at its limit (%g CPU / %g GB)",
+                backend.max_cpu,
+                backend.max_memory_gb,
+            )
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, 0.25)
+
+
+async def _records(backend: LocalBackend, placed: dict[str, str]) -> list[Placement]:
+    records: dict[str, InstanceRecord | None] = {}
+    result = []
+    for job_id, instance_id in placed.items():
+        if instance_id not in records:
+            records[instance_id] = backend.table.get_instance(instance_id)
+        record = records[instance_id]
+        if record is not None:
+            result.append(Placement(job_id, record))
+    return result
+
+
+async def _launch_for(
+    backend: LocalBackend,
+    resources: Resources,
+    job_ids: list[str],
+    client_id: str,
+    description: str,
+) -> list[Placement]:
+    used_cpu = sum(i.cpu_total for i in backend.table.list_instances())
+    used_mem = sum(i.memory_total for i in backend.table.list_instances())
+    choice = choose_instance_type(
+        backend.provider.offers(),
+        resources,
+        len(job_ids),
+        backend.max_cpu - used_cpu,
+        backend.max_memory_gb - used_mem,
+    )
+    if choice is None:
+        return []
+    instance_type, placed = choice
+    instance_id = f"i-{uuid.uuid4().hex[:10]}"
+    jobs = job_ids[:placed]
+    if not backend.table.allocate_on_new_instance(
+        instance_id,
+        instance_type,
+        jobs,
+        resources,
+        client_id,
+        description,
+        backend.max_cpu,
+        backend.max_memory_gb,
+    ):
+        return []  # another client took the room first; retry from the top
+    log.info("launching %s (%s) for %d job(s)", instance_id, instance_type.name, len(jobs))
+    backend.provider.launch(instance_id, instance_type)
+    record = await _wait_registered(backend, instance_id)
+    return [Placement(j, record) for j in jobs]
+
+
+async def _wait_registered(backend: LocalBackend, instance_id: str) -> InstanceRecord:
+    deadline = time.monotonic() + LAUNCH_TIMEOUT_SECONDS
+    delay = 0.005
+    while time.monotonic() < deadline:
+        record = backend.table.get_instance(instance_id)
+        if record is not None and record.address is not None:
+            return record
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, 0.1)
+    backend.table.remove_instance(instance_id, "failed to start")
+    log_path = backend.provider.log_path(instance_id)
+    tail = log_path.read_text()[-2000:] if log_path.exists() else "(no log)"
+    raise MeadowrunError(
+        f"instance {instance_id} did not start within {LAUNCH_TIMEOUT_SECONDS:.0f} s; "
+        f"its log ({log_path}) ends with:\n{tail}"
+    )

@@ -1,0 +1,66 @@
+"""One multiplexed, authenticated connection from this client to an instance agent."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from meadowrun_core.protocol import encode_frame, read_frame
+from meadowrun_core.serialization import Signer
+
+log = logging.getLogger(__name__)
+
+Event = tuple[dict[str, Any], bytes]
+DISCONNECTED: dict[str, Any] = {"type": "disconnected"}
+
+
+class AgentConnection:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, signer: Signer
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._signer = signer
+        self._jobs: dict[str, asyncio.Queue[Event]] = {}
+        self.closed = False
+        self._task = asyncio.create_task(self._read_loop())
+
+    @classmethod
+    async def open(cls, address: str, signer: Signer) -> AgentConnection:
+        host, port = address.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        return cls(reader, writer, signer)
+
+    def register(self, job_id: str) -> asyncio.Queue[Event]:
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        if self.closed:
+            queue.put_nowait((DISCONNECTED, b""))
+        self._jobs[job_id] = queue
+        return queue
+
+    def unregister(self, job_id: str) -> None:
+        self._jobs.pop(job_id, None)
+
+    def send(self, header: dict[str, Any], blob: bytes = b"") -> None:
+        if not self.closed:
+            self._writer.write(encode_frame(self._signer, header, blob))
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                header, blob = await read_frame(self._reader, self._signer)
+                queue = self._jobs.get(header.get("job_id", ""))
+                if queue is not None:
+                    queue.put_nowait((header, blob))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except Exception:
+            log.exception("connection to agent failed")
+        finally:
+            self.closed = True
+            for queue in self._jobs.values():
+                queue.put_nowait((DISCONNECTED, b""))
+            with contextlib.suppress(Exception):
+                self._writer.close()

@@ -1,0 +1,286 @@
+"""The client side of a map job.
+
+Tasks go into a request queue in batches; worker slots on allocated instances pull them; results
+come back through a result queue. The driver reports each task exactly once (the first success,
+or the failure of its last attempt), retries failures up to ``max_num_task_attempts``, and
+replaces slots that die or are interrupted while tasks remain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import pickle
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from tqdm import tqdm
+
+from meadowrun_core.agent.map_feeder import TaskTuple, decode_results, encode_tasks
+from meadowrun_core.client.allocation import allocate, check_satisfiable
+from meadowrun_core.client.jobs import run_on_instance
+from meadowrun_core.client.payload import (
+    check_deployment,
+    check_resources,
+    pickle_task_argument,
+    prepare_deployment,
+    upload_function,
+)
+from meadowrun_core.client.results import failure_exception
+from meadowrun_core.client.runtime import ClientRuntime
+from meadowrun_core.deployment.spec import Deployment, PreparedDeployment
+from meadowrun_core.exceptions import BadInputError, MeadowrunError, TaskResult
+from meadowrun_core.hosts import Host
+from meadowrun_core.local.backend import LocalBackend
+from meadowrun_core.resources import Resources
+
+log = logging.getLogger(__name__)
+
+MAX_TASKS_PER_MESSAGE = 100
+TOP_UP_INTERVAL_SECONDS = 0.5
+
+
+def tasks_per_message(num_tasks: int, workers: int) -> int:
+    """Batch tiny tasks so queue traffic stays small, but keep ~16 batches per worker so that
+    the last batches still balance across workers."""
+    return max(1, min(MAX_TASKS_PER_MESSAGE, num_tasks // (workers * 16)))
+
+
+class MapJob:
+    def __init__(
+        self,
+        runtime: ClientRuntime,
+        backend: LocalBackend,
+        function_key: str,
+        arguments: list[bytes],
+        resources: Resources,
+        deployment: PreparedDeployment,
+        workers: int,
+        max_attempts: int,
+        description: str,
+    ) -> None:
+        self.runtime = runtime
+        self.backend = backend
+        self.function_key = function_key
+        self.arguments = arguments
+        self.resources = resources
+        self.deployment = deployment
+        self.target_workers = workers
+        self.max_attempts = max_attempts
+        self.description = description
+        map_id = uuid.uuid4().hex[:12]
+        self.map_id = map_id
+        self.request_queue = f"mr-{map_id}-requests"
+        self.result_queue = f"mr-{map_id}-results"
+        self.attempts: dict[int, int] = {}
+        self.reported: set[int] = set()
+        self.slots: dict[str, asyncio.Task[tuple[dict[str, Any], bytes]]] = {}
+        self.placements: dict[str, Any] = {}
+        self._last_top_up = 0.0
+
+    # --- setup and teardown ------------------------------------------------------------
+    def enqueue(self, tasks: list[TaskTuple]) -> None:
+        size = tasks_per_message(len(self.arguments), self.target_workers)
+        bodies = [
+            encode_tasks(self.backend.signer, tasks[i : i + size])
+            for i in range(0, len(tasks), size)
+        ]
+        self.backend.queues.send_batch(self.request_queue, bodies)
+
+    async def start_slots(self, minimum: int) -> None:
+        wanted = min(self.target_workers, len(self.arguments) - len(self.reported)) - len(
+            self.slots
+        )
+        if wanted <= 0:
+            return
+        placements = await allocate(
+            self.backend,
+            self.resources,
+            wanted,
+            self.runtime.client_id,
+            self.description,
+            minimum=min(minimum, wanted),
+            job_prefix=f"map-{self.map_id}",
+        )
+        header = {
+            "kind": "map",
+            "deployment": self.deployment.to_json(),
+            "map": {
+                "request_queue": self.request_queue,
+                "result_queue": self.result_queue,
+                "function_key": self.function_key,
+                "max_attempts": self.max_attempts,
+            },
+        }
+        for placement in placements:
+            self.placements[placement.job_id] = placement
+            self.slots[placement.job_id] = asyncio.create_task(
+                run_on_instance(self.runtime, self.backend, placement, header)
+            )
+
+    async def stop_slots(self, kill: bool) -> None:
+        for job_id, slot in self.slots.items():
+            placement = self.placements[job_id]
+            if slot.done() or placement.instance.address is None:
+                continue
+            conn = await self.runtime.connection(placement.instance.address, self.backend)
+            conn.send({"type": "cancel" if kill else "stop", "job_id": job_id,
+                       "reason": "map job cancelled"})
+        if self.slots:
+            await asyncio.wait(list(self.slots.values()), timeout=10)
+
+    # --- the loop -----------------------------------------------------------------------
+    async def results(self) -> AsyncIterator[TaskResult]:
+        queues = self.backend.queues
+        queues.create_queue(self.request_queue)
+        queues.create_queue(self.result_queue)
+        finished = False
+        progress = tqdm(
+            total=len(self.arguments),
+            desc=self.description,
+            disable=not sys.stderr.isatty(),
+            leave=False,
+        )
+        try:
+            tasks = [(i, 1, arg) for i, arg in enumerate(self.arguments)]
+            self.attempts = dict.fromkeys(range(len(self.arguments)), 1)
+            self.enqueue(tasks)
+            await self.start_slots(minimum=1)
+            while len(self.reported) < len(self.arguments):
+                messages = await asyncio.to_thread(queues.receive, self.result_queue, 10, 30, 0.05)
+                for message in messages:
+                    for result in self.handle(decode_results(self.backend.signer, message.body)):
+                        progress.update(1)
+                        yield result
+                if messages:
+                    await asyncio.to_thread(
+                        queues.delete, self.result_queue, [m.receipt for m in messages]
+                    )
+                await self.check_slots()
+            finished = True
+        finally:
+            progress.close()
+            await asyncio.shield(self.cleanup(kill=not finished))
+
+    def handle(self, results: list[tuple[int, int, bool, bytes, str]]) -> list[TaskResult]:
+        out: list[TaskResult] = []
+        retry: list[TaskTuple] = []
+        for task_id, attempt, ok, payload, kind in results:
+            if task_id in self.reported:
+                continue  # a duplicate from an at-least-once redelivery
+            if ok:
+                self.reported.add(task_id)
+                out.append(TaskResult(task_id, True, pickle.loads(payload), None, attempt))
+                continue
+            if attempt < self.attempts[task_id]:
+                continue  # a stale failure of an attempt already retried
+            if attempt < self.max_attempts and kind != "lost":
+                log.info("task %d failed on attempt %d (%s); retrying", task_id, attempt, kind)
+                self.attempts[task_id] = attempt + 1
+                retry.append((task_id, attempt + 1, self.arguments[task_id]))
+                continue
+            self.reported.add(task_id)
+            exception = failure_exception(
+                payload, "run" if kind == "died" else kind, f"task {task_id}, attempt {attempt}"
+            )
+            if kind in ("died", "lost"):
+                exception.message = f"task {task_id} attempt {attempt}: {exception.remote_traceback}"
+                exception.remote_traceback = ""
+            out.append(TaskResult(task_id, False, None, exception, attempt))
+        if retry:
+            self.enqueue(retry)
+        return out
+
+    async def check_slots(self) -> None:
+        for job_id, slot in list(self.slots.items()):
+            if not slot.done():
+                continue
+            del self.slots[job_id]
+            final, payload = slot.result()
+            if final["status"] == "failed" and final.get("stage") == "load":
+                raise failure_exception(payload, "load", f"map worker {job_id}") if payload else (
+                    MeadowrunError(f"map worker {job_id} could not load its code: "
+                                   f"{final.get('message')}")
+                )
+            if final["status"] not in ("stopped",):
+                log.warning("map worker %s ended: %s %s", job_id, final["status"],
+                            final.get("message", ""))
+        outstanding = len(self.arguments) - len(self.reported)
+        if (
+            outstanding
+            and len(self.slots) < min(self.target_workers, outstanding)
+            and time.monotonic() - self._last_top_up > (0 if not self.slots else
+                                                        TOP_UP_INTERVAL_SECONDS)
+        ):
+            self._last_top_up = time.monotonic()
+            await self.start_slots(minimum=0 if self.slots else 1)
+
+    async def cleanup(self, kill: bool) -> None:
+        try:
+            await self.stop_slots(kill)
+        finally:
+            self.backend.queues.delete_queue(self.request_queue)
+            self.backend.queues.delete_queue(self.result_queue)
+
+
+def prepare_map_job(
+    function: Callable[..., Any] | str,
+    args: Any,
+    host: Host | None,
+    resources_per_task: Resources | None,
+    deployment: Deployment | None,
+    num_concurrent_tasks: int | None,
+    max_num_task_attempts: int,
+) -> tuple[ClientRuntime, MapJob | None]:
+    runtime = ClientRuntime.get()
+    backend = runtime.backend(host)
+    resources = check_resources(resources_per_task, "resources_per_task")
+    checked_deployment = check_deployment(deployment)
+    check_satisfiable(backend, resources)
+    if isinstance(args, str | bytes) or not hasattr(args, "__iter__"):
+        raise BadInputError(f"args must be an iterable of task arguments, got {type(args).__name__}")
+    if not isinstance(max_num_task_attempts, int) or max_num_task_attempts < 1:
+        raise BadInputError(f"max_num_task_attempts must be >= 1, got {max_num_task_attempts!r}")
+    if num_concurrent_tasks is not None and (
+        not isinstance(num_concurrent_tasks, int) or num_concurrent_tasks < 1
+    ):
+        raise BadInputError(f"num_concurrent_tasks must be >= 1, got {num_concurrent_tasks!r}")
+    arguments = [pickle_task_argument(a, i) for i, a in enumerate(args)]
+    if not arguments:
+        return runtime, None
+    function_ref = upload_function(backend, function)
+    if "function_key" not in function_ref:
+        # map workers load functions by key: store the import path as a tiny signed pickle
+        function_ref = {"function_key": backend.store.put(
+            backend.signer.dumps(_ImportedFunction(function_ref["function_name"])))}
+    prepared = prepare_deployment(backend, checked_deployment)
+    if num_concurrent_tasks is None:
+        fit = math.floor(backend.max_cpu / max(resources.logical_cpu, 1e-9))
+        num_concurrent_tasks = max(1, min(len(arguments), fit))
+    description = f"run_map {getattr(function, '__qualname__', function)}"
+    return runtime, MapJob(
+        runtime, backend, function_ref["function_key"], arguments, resources, prepared,
+        num_concurrent_tasks, max_num_task_attempts, description,
+    )
+
+
+class _ImportedFunction:
+    """A picklable stand-in that imports ``package.module.function`` on the worker."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._function: Callable[..., Any] | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._function is None:
+            from meadowrun_core.worker import _import_function
+
+            self._function = _import_function(self.name)
+        return self._function(*args, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"name": self.name, "_function": None}

@@ -1,0 +1,110 @@
+"""Everything done before a job is sent: pickling with errors that name the culprit, uploading
+the function and the code, validating inputs. Nothing here launches or spends anything."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from meadowrun_core.deployment.code_mirror import CodeMirror, code_roots
+from meadowrun_core.deployment.spec import Deployment, PreparedDeployment
+from meadowrun_core.exceptions import BadInputError
+from meadowrun_core.local.backend import LocalBackend
+from meadowrun_core.resources import Resources
+
+log = logging.getLogger(__name__)
+
+_mirrors: dict[int, CodeMirror] = {}
+_mirrors_lock = threading.Lock()
+
+FunctionRef = dict[str, str]
+
+
+def check_resources(resources: Resources | None, name: str = "resources") -> Resources:
+    if resources is None:
+        return Resources()
+    if not isinstance(resources, Resources):
+        raise BadInputError(f"{name} must be meadowrun_core.Resources(...), got {resources!r}")
+    return resources
+
+
+def check_deployment(deployment: Deployment | None) -> Deployment:
+    if deployment is None:
+        return Deployment.mirror_local()
+    if not isinstance(deployment, Deployment):
+        raise BadInputError(
+            f"deployment must be a Deployment (e.g. Deployment.mirror_local()), got {deployment!r}"
+        )
+    deployment.check_supported()
+    return deployment
+
+
+def upload_function(backend: LocalBackend, function: Callable[..., Any] | str) -> FunctionRef:
+    """A reference the worker can load: an importable name, or a signed pickle in the store."""
+    if isinstance(function, str):
+        module, _, attr = function.rpartition(".")
+        if not module or not attr:
+            raise BadInputError(
+                f"function {function!r} must be a callable or a 'package.module.function' string"
+            )
+        return {"function_name": function}
+    if not callable(function):
+        raise BadInputError(f"function must be callable or a dotted name, got {function!r}")
+    try:
+        blob = backend.signer.dumps(function)
+    except Exception as exc:
+        raise BadInputError(
+            f"the function {getattr(function, '__qualname__', function)!r} cannot be pickled: "
+            f"{exc}. Define it at module level or pass it as 'package.module.function'."
+        ) from exc
+    return {"function_key": backend.store.put(blob)}
+
+
+def pickle_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    try:
+        return cloudpickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        for index, value in enumerate(args):
+            _check_one(value, f"positional argument {index}")
+        for key, value in kwargs.items():
+            _check_one(value, f"keyword argument {key!r}")
+        raise BadInputError(f"the arguments cannot be pickled: {exc}") from exc
+
+
+def pickle_task_argument(value: Any, task_id: int) -> bytes:
+    try:
+        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        _check_one(value, f"the argument of task {task_id}")
+        raise
+
+
+def _check_one(value: Any, what: str) -> None:
+    try:
+        cloudpickle.dumps(value)
+    except Exception as exc:
+        raise BadInputError(
+            f"{what} ({type(value).__name__}) cannot be pickled to send it to the worker: {exc}"
+        ) from exc
+
+
+def prepare_deployment(backend: LocalBackend, deployment: Deployment) -> PreparedDeployment:
+    manifest: str | None = None
+    if deployment.include_sys_path or deployment.additional_sys_paths:
+        with _mirrors_lock:
+            mirror = _mirrors.setdefault(id(backend), CodeMirror(backend.store, backend.signer))
+        roots = code_roots(deployment.include_sys_path, deployment.additional_sys_paths)
+        before = mirror.bytes_uploaded
+        manifest = mirror.upload(roots, deployment.globs)
+        if mirror.bytes_uploaded != before:
+            log.debug("uploaded %d bytes of code", mirror.bytes_uploaded - before)
+    return PreparedDeployment(
+        python=deployment.python_executable(),
+        code_manifest=manifest,
+        environment=dict(deployment.environment_variables),
+    )

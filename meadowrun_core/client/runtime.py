@@ -1,0 +1,120 @@
+"""Per-process client state: a background event loop, the client's lease, agent connections.
+
+Sync and async entry points share one implementation: coroutines run on a private event loop
+in a daemon thread, so the sync API works anywhere (scripts, Jupyter, inside other event
+loops) and the async API is just an ``await`` on the same future.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from meadowrun_core.client.connection import AgentConnection
+from meadowrun_core.hosts import AllocLocalInstance, Host, resolve_host
+from meadowrun_core.local.backend import LocalBackend
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ClientRuntime:
+    _current: ClientRuntime | None = None
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.client_id = f"{socket.gethostname()}-{self.pid}-{secrets.token_hex(4)}"
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="meadowrun-client", daemon=True
+        )
+        self._thread.start()
+        self._backends: dict[tuple[str, Host], LocalBackend] = {}
+        self._connections: dict[str, AgentConnection] = {}
+        self._lease_stop = threading.Event()
+        self._lease_thread: threading.Thread | None = None
+
+    @classmethod
+    def get(cls) -> ClientRuntime:
+        with cls._lock:
+            if cls._current is None or cls._current.pid != os.getpid():
+                cls._current = ClientRuntime()
+            return cls._current
+
+    # --- bridging ----------------------------------------------------------------------
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        future = self.submit(coro)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            future.cancel()  # the coroutine's cleanup cancels the remote job
+            raise
+
+    async def run_async(self, coro: Coroutine[Any, Any, T]) -> T:
+        if asyncio.get_running_loop() is self.loop:
+            return await coro
+        future = self.submit(coro)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+
+    # --- backends and leases ---------------------------------------------------------
+    def backend(self, host: Host | None) -> LocalBackend:
+        resolved = resolve_host(host)
+        if not isinstance(resolved, AllocLocalInstance):
+            from meadowrun_core.exceptions import BadInputError
+
+            raise BadInputError(
+                f"{type(resolved).__name__} is not built yet in meadowrun-core (see README, "
+                "'Not built yet'); use the local cloud (host=None or AllocLocalInstance())"
+            )
+        key = (os.environ.get("MEADOWRUN_HOME", ""), resolved)
+        backend = self._backends.get(key)
+        if backend is None:
+            backend = LocalBackend.open(resolved)
+            backend.table.renew_lease(self.client_id, self.pid, backend.settings.lease_seconds)
+            self._backends[key] = backend
+            self._ensure_lease_thread()
+        return backend
+
+    def _ensure_lease_thread(self) -> None:
+        if self._lease_thread is None:
+            self._lease_thread = threading.Thread(
+                target=self._renew_leases, name="meadowrun-lease", daemon=True
+            )
+            self._lease_thread.start()
+
+    def _renew_leases(self) -> None:
+        """Keep our jobs alive; if this process dies, agents stop them after the lease."""
+        while True:
+            backends = list(self._backends.values())
+            interval = min((b.settings.lease_seconds for b in backends), default=10.0) / 3
+            if self._lease_stop.wait(interval):
+                return
+            for backend in backends:
+                try:
+                    backend.table.renew_lease(
+                        self.client_id, self.pid, backend.settings.lease_seconds
+                    )
+                except Exception:
+                    log.exception("could not renew the client lease")
+
+    async def connection(self, address: str, backend: LocalBackend) -> AgentConnection:
+        conn = self._connections.get(address)
+        if conn is None or conn.closed:
+            conn = await AgentConnection.open(address, backend.signer)
+            self._connections[address] = conn
+        return conn

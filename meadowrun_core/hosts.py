@@ -1,0 +1,59 @@
+"""Where jobs run. ``AllocLocalInstance`` is the embedded local cloud and the default host."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from meadowrun_core.exceptions import BadInputError
+
+
+@dataclass(frozen=True)
+class Host:
+    """Base class of hosts; a host names a cloud and how instances are allocated there."""
+
+
+@dataclass(frozen=True)
+class AllocLocalInstance(Host):
+    """Instances are agent processes on this machine, state under ``MEADOWRUN_HOME``.
+
+    ``idle_timeout`` (seconds) is how long an instance with no job lives on; ``max_cpu`` and
+    ``max_memory_gb`` cap what the local cloud may launch in total (default: this machine).
+    """
+
+    idle_timeout: float | None = None
+    max_cpu: float | None = None
+    max_memory_gb: float | None = None
+
+
+@dataclass(frozen=True)
+class AllocEC2Instance(Host):
+    region_name: str | None = None
+    ami_id: str | None = None
+    subnet_id: str | None = None
+    security_group_ids: tuple[str, ...] = ()
+    iam_role_instance_profile: str | None = None
+
+
+@dataclass(frozen=True)
+class AllocAzureVM(Host):
+    location: str | None = None
+
+
+def resolve_host(host: Host | None) -> Host:
+    """``host=None`` means ``MEADOWRUN_HOST`` (local, ec2, azure), else the local cloud."""
+    if host is not None:
+        if not isinstance(host, Host):
+            raise BadInputError(
+                f"host must be AllocLocalInstance(), AllocEC2Instance() or AllocAzureVM(), "
+                f"got {host!r}"
+            )
+        return host
+    name = os.environ.get("MEADOWRUN_HOST", "local").strip().lower()
+    if name in ("", "local"):
+        return AllocLocalInstance()
+    if name == "ec2":
+        return AllocEC2Instance()
+    if name == "azure":
+        return AllocAzureVM()
+    raise BadInputError(f"MEADOWRUN_HOST={name!r} is not one of: local, ec2, azure")

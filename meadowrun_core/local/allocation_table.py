@@ -1,0 +1,354 @@
+"""The allocation table of the local cloud, in SQLite.
+
+Every read-check-write runs inside ``BEGIN IMMEDIATE``, the SQLite equivalent of DynamoDB's
+conditional writes: two clients can never both take the last free CPU of an instance.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from meadowrun_core.resources import Resources
+from meadowrun_core.seams.allocation_table import AllocationRecord, InstanceRecord
+from meadowrun_core.seams.instance_provider import InstanceType
+from meadowrun_core.local.sqlite_db import SqliteDb
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    instance_id TEXT PRIMARY KEY,
+    instance_type TEXT NOT NULL,
+    cpu_total REAL NOT NULL,
+    memory_total REAL NOT NULL,
+    cpu_free REAL NOT NULL,
+    memory_free REAL NOT NULL,
+    address TEXT,
+    agent_pid INTEGER,
+    price_per_hour REAL NOT NULL,
+    prevent_further_allocation INTEGER NOT NULL DEFAULT 0,
+    interruption_at REAL,
+    created REAL NOT NULL,
+    last_heartbeat REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS allocations (
+    job_id TEXT PRIMARY KEY,
+    instance_id TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    cpu REAL NOT NULL,
+    memory_gb REAL NOT NULL,
+    worker_pid INTEGER,
+    created REAL NOT NULL,
+    description TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS allocations_by_instance ON allocations(instance_id);
+CREATE TABLE IF NOT EXISTS clients (
+    client_id TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    lease_expires REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS job_history (
+    job_id TEXT NOT NULL,
+    instance_id TEXT NOT NULL,
+    instance_type TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    description TEXT NOT NULL,
+    cpu REAL NOT NULL,
+    memory_gb REAL NOT NULL,
+    started REAL NOT NULL,
+    ended REAL NOT NULL,
+    outcome TEXT NOT NULL,
+    price_per_hour REAL NOT NULL,
+    instance_cpu REAL NOT NULL
+);
+"""
+
+# Instances that have not written a heartbeat for this long are treated as crashed.
+INSTANCE_DEAD_AFTER_SECONDS = 10.0
+
+
+def _instance(row: sqlite3.Row, running_jobs: int) -> InstanceRecord:
+    return InstanceRecord(
+        instance_id=row["instance_id"],
+        instance_type=row["instance_type"],
+        cpu_total=row["cpu_total"],
+        memory_total=row["memory_total"],
+        cpu_free=row["cpu_free"],
+        memory_free=row["memory_free"],
+        address=row["address"],
+        agent_pid=row["agent_pid"],
+        price_per_hour=row["price_per_hour"],
+        prevent_further_allocation=bool(row["prevent_further_allocation"]),
+        interruption_at=row["interruption_at"],
+        created=row["created"],
+        last_heartbeat=row["last_heartbeat"],
+        running_jobs=running_jobs,
+    )
+
+
+def _allocation(row: sqlite3.Row) -> AllocationRecord:
+    return AllocationRecord(
+        job_id=row["job_id"],
+        instance_id=row["instance_id"],
+        client_id=row["client_id"],
+        cpu=row["cpu"],
+        memory_gb=row["memory_gb"],
+        worker_pid=row["worker_pid"],
+        created=row["created"],
+        description=row["description"],
+    )
+
+
+class SqliteAllocationTable:
+    """``AllocationTable`` for one ``MEADOWRUN_HOME``, shared by every process using it."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = SqliteDb(path, _SCHEMA)
+
+    # --- allocation -------------------------------------------------------------------
+    def allocate_on_existing(
+        self, job_ids: list[str], resources: Resources, client_id: str, description: str
+    ) -> dict[str, str]:
+        placed: dict[str, str] = {}
+        now = time.time()
+        with self._db.transaction() as conn:
+            rows = conn.execute(
+                "SELECT instance_id, cpu_free, memory_free FROM instances "
+                "WHERE address IS NOT NULL AND prevent_further_allocation = 0 "
+                "AND last_heartbeat > ? AND cpu_free >= ? AND memory_free >= ?",
+                (now - INSTANCE_DEAD_AFTER_SECONDS, resources.logical_cpu, resources.memory_gb),
+            ).fetchall()
+            free = {r["instance_id"]: [r["cpu_free"], r["memory_free"]] for r in rows}
+            for job_id in job_ids:
+                fitting = [
+                    (iid, cpu, mem)
+                    for iid, (cpu, mem) in free.items()
+                    if cpu >= resources.logical_cpu and mem >= resources.memory_gb
+                ]
+                if not fitting:
+                    break
+                # best fit: the instance left with the least spare room, as Meadowrun does
+                iid = min(
+                    fitting,
+                    key=lambda f: (f[1] - resources.logical_cpu) * 2 + (f[2] - resources.memory_gb),
+                )[0]
+                free[iid][0] -= resources.logical_cpu
+                free[iid][1] -= resources.memory_gb
+                self._insert_allocation(conn, job_id, iid, client_id, resources, description, now)
+                placed[job_id] = iid
+        return placed
+
+    def allocate_on_new_instance(
+        self,
+        instance_id: str,
+        instance_type: InstanceType,
+        job_ids: list[str],
+        resources: Resources,
+        client_id: str,
+        description: str,
+        max_cpu: float,
+        max_memory_gb: float,
+    ) -> bool:
+        now = time.time()
+        with self._db.transaction() as conn:
+            used_cpu, used_mem = conn.execute(
+                "SELECT COALESCE(SUM(cpu_total), 0), COALESCE(SUM(memory_total), 0) FROM instances"
+            ).fetchone()
+            if (
+                used_cpu + instance_type.logical_cpu > max_cpu + 1e-9
+                or used_mem + instance_type.memory_gb > max_memory_gb + 1e-9
+            ):
+                return False
+            conn.execute(
+                "INSERT INTO instances (instance_id, instance_type, cpu_total, memory_total, "
+                "cpu_free, memory_free, price_per_hour, created, last_heartbeat) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    instance_id,
+                    instance_type.name,
+                    instance_type.logical_cpu,
+                    instance_type.memory_gb,
+                    instance_type.logical_cpu,
+                    instance_type.memory_gb,
+                    instance_type.price_per_hour,
+                    now,
+                    now,
+                ),
+            )
+            for job_id in job_ids:
+                self._insert_allocation(
+                    conn, job_id, instance_id, client_id, resources, description, now
+                )
+        return True
+
+    @staticmethod
+    def _insert_allocation(
+        conn: sqlite3.Connection,
+        job_id: str,
+        instance_id: str,
+        client_id: str,
+        resources: Resources,
+        description: str,
+        now: float,
+    ) -> None:
+        conn.execute(
+            "UPDATE instances SET cpu_free = cpu_free - ?, memory_free = memory_free - ? "
+            "WHERE instance_id = ?",
+            (resources.logical_cpu, resources.memory_gb, instance_id),
+        )
+        conn.execute(
+            "INSERT INTO allocations (job_id, instance_id, client_id, cpu, memory_gb, created, "
+            "description) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (job_id, instance_id, client_id, resources.logical_cpu, resources.memory_gb, now,
+             description),
+        )
+
+    def deallocate(self, job_id: str, outcome: str) -> bool:
+        with self._db.transaction() as conn:
+            return self._deallocate(conn, job_id, outcome)
+
+    @staticmethod
+    def _deallocate(conn: sqlite3.Connection, job_id: str, outcome: str) -> bool:
+        row = conn.execute(
+            "SELECT a.*, i.instance_type, i.price_per_hour, i.cpu_total FROM allocations a "
+            "LEFT JOIN instances i ON a.instance_id = i.instance_id WHERE a.job_id = ?",
+            (job_id,),
+        ).fetchone()
+        if row is None:
+            return False
+        conn.execute("DELETE FROM allocations WHERE job_id = ?", (job_id,))
+        conn.execute(
+            "UPDATE instances SET cpu_free = cpu_free + ?, memory_free = memory_free + ? "
+            "WHERE instance_id = ?",
+            (row["cpu"], row["memory_gb"], row["instance_id"]),
+        )
+        conn.execute(
+            "INSERT INTO job_history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                job_id,
+                row["instance_id"],
+                row["instance_type"] or "?",
+                row["client_id"],
+                row["description"],
+                row["cpu"],
+                row["memory_gb"],
+                row["created"],
+                time.time(),
+                outcome,
+                row["price_per_hour"] or 0.0,
+                row["cpu_total"] or 1.0,
+            ),
+        )
+        return True
+
+    def set_worker_pid(self, job_id: str, pid: int) -> None:
+        with self._db.transaction() as conn:
+            conn.execute("UPDATE allocations SET worker_pid = ? WHERE job_id = ?", (pid, job_id))
+
+    # --- instances ----------------------------------------------------------------------
+    def register_instance(self, instance_id: str, address: str, agent_pid: int) -> None:
+        with self._db.transaction() as conn:
+            conn.execute(
+                "UPDATE instances SET address = ?, agent_pid = ?, last_heartbeat = ? "
+                "WHERE instance_id = ?",
+                (address, agent_pid, time.time(), instance_id),
+            )
+
+    def heartbeat(self, instance_id: str) -> InstanceRecord | None:
+        with self._db.transaction() as conn:
+            conn.execute(
+                "UPDATE instances SET last_heartbeat = ? WHERE instance_id = ?",
+                (time.time(), instance_id),
+            )
+        return self.get_instance(instance_id)
+
+    def remove_instance_if_idle(self, instance_id: str) -> bool:
+        """Leave the table only if nothing is allocated here (checked in the same transaction)."""
+        with self._db.transaction() as conn:
+            (n,) = conn.execute(
+                "SELECT COUNT(*) FROM allocations WHERE instance_id = ?", (instance_id,)
+            ).fetchone()
+            if n:
+                return False
+            conn.execute("DELETE FROM instances WHERE instance_id = ?", (instance_id,))
+            return True
+
+    def remove_instance(self, instance_id: str, outcome: str) -> None:
+        with self._db.transaction() as conn:
+            for (job_id,) in conn.execute(
+                "SELECT job_id FROM allocations WHERE instance_id = ?", (instance_id,)
+            ).fetchall():
+                self._deallocate(conn, job_id, outcome)
+            conn.execute("DELETE FROM instances WHERE instance_id = ?", (instance_id,))
+
+    def set_prevent_further_allocation(self, instance_id: str) -> None:
+        with self._db.transaction() as conn:
+            conn.execute(
+                "UPDATE instances SET prevent_further_allocation = 1 WHERE instance_id = ?",
+                (instance_id,),
+            )
+
+    def request_interruption(self, instance_id: str, delay_seconds: float) -> None:
+        with self._db.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE instances SET interruption_at = ? WHERE instance_id = ?",
+                (time.time() + delay_seconds, instance_id),
+            )
+            if cur.rowcount == 0:
+                raise KeyError(f"no instance {instance_id!r} in the local cloud")
+
+    def get_instance(self, instance_id: str) -> InstanceRecord | None:
+        conn = self._db.connection()
+        row = conn.execute(
+            "SELECT *, (SELECT COUNT(*) FROM allocations a WHERE a.instance_id = i.instance_id) "
+            "AS n FROM instances i WHERE instance_id = ?",
+            (instance_id,),
+        ).fetchone()
+        return None if row is None else _instance(row, row["n"])
+
+    def list_instances(self) -> list[InstanceRecord]:
+        conn = self._db.connection()
+        rows = conn.execute(
+            "SELECT *, (SELECT COUNT(*) FROM allocations a WHERE a.instance_id = i.instance_id) "
+            "AS n FROM instances i ORDER BY created"
+        ).fetchall()
+        return [_instance(r, r["n"]) for r in rows]
+
+    def list_allocations(self, instance_id: str | None = None) -> list[AllocationRecord]:
+        conn = self._db.connection()
+        if instance_id is None:
+            rows = conn.execute("SELECT * FROM allocations ORDER BY created").fetchall()
+        else:
+            rows = conn.execute(
+                "SELECT * FROM allocations WHERE instance_id = ? ORDER BY created", (instance_id,)
+            ).fetchall()
+        return [_allocation(r) for r in rows]
+
+    def job_history(self, limit: int = 100) -> list[sqlite3.Row]:
+        conn = self._db.connection()
+        return conn.execute(
+            "SELECT * FROM job_history ORDER BY ended DESC LIMIT ?", (limit,)
+        ).fetchall()
+
+    # --- client leases --------------------------------------------------------------------
+    def renew_lease(self, client_id: str, pid: int, lease_seconds: float) -> None:
+        with self._db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO clients (client_id, pid, lease_expires) VALUES (?, ?, ?) "
+                "ON CONFLICT(client_id) DO UPDATE SET lease_expires = excluded.lease_expires",
+                (client_id, pid, time.time() + lease_seconds),
+            )
+
+    def release_lease(self, client_id: str) -> None:
+        with self._db.transaction() as conn:
+            conn.execute("DELETE FROM clients WHERE client_id = ?", (client_id,))
+
+    def allocations_with_expired_lease(self, instance_id: str) -> list[AllocationRecord]:
+        """Allocations on this instance whose client's lease lapsed (or never existed)."""
+        conn = self._db.connection()
+        rows = conn.execute(
+            "SELECT a.* FROM allocations a LEFT JOIN clients c ON a.client_id = c.client_id "
+            "WHERE a.instance_id = ? AND (c.lease_expires IS NULL OR c.lease_expires < ?)",
+            (instance_id, time.time()),
+        ).fetchall()
+        return [_allocation(r) for r in rows]

@@ -1,0 +1,46 @@
+"""The local cloud assembled from its seams, one per ``MEADOWRUN_HOME`` and process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from meadowrun_core.config import Settings, meadowrun_home
+from meadowrun_core.hosts import AllocLocalInstance
+from meadowrun_core.local.allocation_table import SqliteAllocationTable
+from meadowrun_core.local.instance_provider import LocalInstanceProvider
+from meadowrun_core.local.object_store import FileObjectStore
+from meadowrun_core.local.task_queue import SqliteTaskQueue
+from meadowrun_core.serialization import Signer, load_or_create_key
+
+
+@dataclass
+class LocalBackend:
+    home: Path
+    settings: Settings
+    table: SqliteAllocationTable
+    queues: SqliteTaskQueue
+    store: FileObjectStore
+    provider: LocalInstanceProvider
+    signer: Signer
+    max_cpu: float
+    max_memory_gb: float
+
+    @classmethod
+    def open(cls, host: AllocLocalInstance) -> LocalBackend:
+        home = meadowrun_home()
+        settings = Settings.from_env()
+        max_cpu = host.max_cpu if host.max_cpu is not None else settings.max_cpu
+        max_mem = host.max_memory_gb if host.max_memory_gb is not None else settings.max_memory_gb
+        idle = host.idle_timeout if host.idle_timeout is not None else settings.idle_timeout_seconds
+        return cls(
+            home=home,
+            settings=settings,
+            table=SqliteAllocationTable(home / "state.db"),
+            queues=SqliteTaskQueue(home / "queues.db"),
+            store=FileObjectStore(home / "objects"),
+            provider=LocalInstanceProvider(home, max_cpu, max_mem, idle),
+            signer=Signer(load_or_create_key(home / "cluster.key")),
+            max_cpu=max_cpu,
+            max_memory_gb=max_mem,
+        )

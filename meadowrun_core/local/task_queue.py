@@ -1,0 +1,124 @@
+"""Task queues of the local cloud, in SQLite, with SQS semantics.
+
+Receiving hides a message for a visibility timeout; a message that is not deleted in time is
+delivered again with a higher ``receive_count``. That is what makes map tasks at-least-once.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+
+from meadowrun_core.local.sqlite_db import SqliteDb
+from meadowrun_core.seams.task_queue import QueueMessage
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    body BLOB NOT NULL,
+    visible_at REAL NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    receipt TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_by_queue ON messages(queue, visible_at);
+CREATE INDEX IF NOT EXISTS messages_by_receipt ON messages(receipt);
+"""
+
+
+class QueueDoesNotExistError(KeyError):
+    pass
+
+
+class SqliteTaskQueue:
+    """``TaskQueue`` backed by a SQLite file shared by every process on this machine."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = SqliteDb(path, _SCHEMA)
+
+    def create_queue(self, name: str) -> None:
+        with self._db.transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO queues (name, created) VALUES (?, ?)", (name, time.time())
+            )
+
+    def delete_queue(self, name: str) -> None:
+        with self._db.transaction() as conn:
+            conn.execute("DELETE FROM messages WHERE queue = ?", (name,))
+            conn.execute("DELETE FROM queues WHERE name = ?", (name,))
+
+    def queue_exists(self, name: str) -> bool:
+        row = self._db.connection().execute("SELECT 1 FROM queues WHERE name = ?", (name,))
+        return row.fetchone() is not None
+
+    def send_batch(self, name: str, bodies: list[bytes]) -> None:
+        now = time.time()
+        with self._db.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO messages (queue, body, visible_at) VALUES (?, ?, ?)",
+                [(name, body, now) for body in bodies],
+            )
+
+    def receive(
+        self, name: str, max_messages: int, visibility_timeout: float, wait_seconds: float
+    ) -> list[QueueMessage]:
+        deadline = time.monotonic() + wait_seconds
+        delay = 0.0005
+        conn = self._db.connection()
+        while True:
+            now = time.time()
+            # cheap unlocked peek first, so idle long-polls do not take the write lock
+            peek = conn.execute(
+                "SELECT 1 FROM messages WHERE queue = ? AND visible_at <= ? LIMIT 1", (name, now)
+            ).fetchone()
+            if peek is not None:
+                messages = self._take(name, max_messages, visibility_timeout)
+                if messages:
+                    return messages
+            if time.monotonic() >= deadline:
+                return []
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+
+    def _take(self, name: str, max_messages: int, visibility_timeout: float) -> list[QueueMessage]:
+        now = time.time()
+        taken: list[QueueMessage] = []
+        with self._db.transaction() as conn:
+            rows = conn.execute(
+                "SELECT id, body, receive_count FROM messages WHERE queue = ? AND visible_at <= ? "
+                "ORDER BY id LIMIT ?",
+                (name, now, max_messages),
+            ).fetchall()
+            for row in rows:
+                receipt = f"{row['id']}:{secrets.token_hex(8)}"
+                conn.execute(
+                    "UPDATE messages SET visible_at = ?, receive_count = receive_count + 1, "
+                    "receipt = ? WHERE id = ?",
+                    (now + visibility_timeout, receipt, row["id"]),
+                )
+                taken.append(QueueMessage(receipt, bytes(row["body"]), row["receive_count"] + 1))
+        return taken
+
+    def delete(self, name: str, receipts: list[str]) -> None:
+        if not receipts:
+            return
+        with self._db.transaction() as conn:
+            conn.executemany(
+                "DELETE FROM messages WHERE queue = ? AND receipt = ?",
+                [(name, r) for r in receipts],
+            )
+
+    def change_visibility(self, name: str, receipts: list[str], timeout: float) -> None:
+        if not receipts:
+            return
+        with self._db.transaction() as conn:
+            conn.executemany(
+                "UPDATE messages SET visible_at = ? WHERE queue = ? AND receipt = ?",
+                [(time.time() + timeout, name, r) for r in receipts],
+            )
+
+    def list_queues(self) -> list[tuple[str, float]]:
+        rows = self._db.connection().execute("SELECT name, created FROM queues").fetchall()
+        return [(r["name"], r["created"]) for r in rows]

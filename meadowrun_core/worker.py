@@ -1,0 +1,158 @@
+"""The worker process: runs the user's calls one after another for its agent.
+
+It speaks frames over a socket pair inherited from the agent (its only channel, so it is
+trusted). The agent reuses an idle worker for the next job with the same deployment, which is
+what keeps a warm ``run_function`` in the low milliseconds.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import socket
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from meadowrun_core.config import meadowrun_home
+from meadowrun_core.deployment.code_mirror import materialize
+from meadowrun_core.local.object_store import FileObjectStore
+from meadowrun_core.protocol import read_frame_sync, send_frame_sync
+from meadowrun_core.serialization import Signer, load_or_create_key
+
+
+def _import_function(qualified_name: str) -> Any:
+    module_name, _, attr = qualified_name.rpartition(".")
+    if not module_name:
+        raise ValueError(
+            f"function name {qualified_name!r} must be 'package.module.function'"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImportError(
+            f"cannot import module {module_name!r} for {qualified_name!r} on the worker: {exc}. "
+            "Is the code part of the deployment (Deployment.mirror_local or git_repo)?"
+        ) from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise AttributeError(
+            f"module {module_name!r} has no attribute {attr!r} (asked for {qualified_name!r})"
+        ) from None
+
+
+def _describe_failure(exc: BaseException) -> bytes:
+    """Pickle (exception or None, traceback text); the exception may not be picklable."""
+    text = "".join(traceback.format_exception(exc))
+    try:
+        return cloudpickle.dumps((exc, text))
+    except Exception:
+        return cloudpickle.dumps((None, f"{text}\n(the exception could not be pickled)"))
+
+
+class Worker:
+    def __init__(self, sock: socket.socket, signer: Signer, store: FileObjectStore) -> None:
+        self._sock = sock
+        self._signer = signer
+        self._store = store
+        self._functions: dict[str, Any] = {}
+        self._code_loaded: str | None = None
+
+    def load_code(self, manifest_key: str | None, cache_dir: Path) -> None:
+        if manifest_key is None or manifest_key == self._code_loaded:
+            return
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        paths = materialize(self._store, self._signer, manifest_key, cache_dir)
+        sys.path[0:0] = paths
+        self._code_loaded = manifest_key
+
+    def _function(self, header: dict[str, Any]) -> Any:
+        if "function_name" in header:
+            name = header["function_name"]
+            if name not in self._functions:
+                self._functions[name] = _import_function(name)
+            return self._functions[name]
+        key = header["function_key"]
+        if key not in self._functions:
+            self._functions[key] = self._signer.loads(self._store.get(key))
+        return self._functions[key]
+
+    def call(self, header: dict[str, Any], blob: bytes) -> tuple[dict[str, Any], bytes]:
+        """Run one call; never raises, failures are reported as data."""
+        try:
+            function = self._function(header)
+            if header.get("single_argument"):
+                args, kwargs = (pickle.loads(blob),), {}
+            else:
+                args, kwargs = pickle.loads(blob)
+        except BaseException as exc:
+            return {"ok": False, "stage": "load"}, _describe_failure(exc)
+        try:
+            result = function(*args, **kwargs)
+        except MemoryError as exc:
+            return {"ok": False, "stage": "memory"}, _describe_failure(exc)
+        except BaseException as exc:
+            return {"ok": False, "stage": "run"}, _describe_failure(exc)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        try:
+            return {"ok": True}, cloudpickle.dumps(result)
+        except BaseException as exc:
+            error = TypeError(
+                f"the result of type {type(result).__name__} cannot be pickled to send it back: "
+                f"{exc}. Return plain data (or write it to storage and return a path)."
+            )
+            return {"ok": False, "stage": "result"}, _describe_failure(error)
+
+    def serve(self) -> None:
+        send_frame_sync(self._sock, self._signer, {"type": "ready", "pid": os.getpid()})
+        while True:
+            try:
+                header, blob = read_frame_sync(self._sock, self._signer)
+            except EOFError:
+                return  # the agent went away; so do we
+            if header["type"] == "exit":
+                return
+            if header["type"] == "load_code":
+                try:
+                    self.load_code(header["manifest"], Path(header["cache_dir"]))
+                    reply: dict[str, Any] = {"type": "code_loaded", "ok": True}
+                    send_frame_sync(self._sock, self._signer, reply)
+                except BaseException as exc:
+                    send_frame_sync(
+                        self._sock,
+                        self._signer,
+                        {"type": "code_loaded", "ok": False},
+                        _describe_failure(exc),
+                    )
+                continue
+            if header["type"] == "call":
+                pid_file = header.get("pid_file")
+                if pid_file:
+                    _write_pid_file(Path(pid_file))
+                result_header, result_blob = self.call(header, blob)
+                result_header.update(type="result", call_id=header["call_id"])
+                send_frame_sync(self._sock, self._signer, result_header, result_blob)
+
+
+def _write_pid_file(path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(str(os.getpid()))
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    sock = socket.socket(fileno=int(os.environ.pop("MEADOWRUN_WORKER_FD")))
+    home = meadowrun_home()
+    signer = Signer(load_or_create_key(home / "cluster.key"))
+    Worker(sock, signer, FileObjectStore(home / "objects")).serve()
+
+
+if __name__ == "__main__":
+    main()
