@@ -7,6 +7,7 @@ what keeps a warm ``run_function`` in the low milliseconds.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import pickle
@@ -147,7 +148,18 @@ def _write_pid_file(path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _die_with_parent() -> None:
+    """Linux: be killed when the agent dies, as every process dies with a real instance."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def main() -> None:
+    _die_with_parent()
     sock = socket.socket(fileno=int(os.environ.pop("MEADOWRUN_WORKER_FD")))
     home = meadowrun_home()
     signer = Signer(load_or_create_key(home / "cluster.key"))

@@ -108,6 +108,7 @@ class Agent:
         await self.shutdown.wait()
         reconciler.cancel()
         server.close()
+        self.table.remove_instance(self.instance_id, "instance terminated")
         for job in list(self.jobs.values()):
             job.kill("instance terminated")
         self.pool.kill_all()
@@ -413,7 +414,13 @@ def main() -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     agent = Agent(args.instance_id, meadowrun_home(), Settings.from_env(), args.idle_timeout)
-    asyncio.run(agent.run())
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, agent.shutdown.set)
+        await agent.run()
+
+    asyncio.run(run())
 
 
 if __name__ == "__main__":

@@ -43,6 +43,9 @@ class AgentConnection:
     def unregister(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)
 
+    def close(self) -> None:
+        self._writer.close()
+
     def send(self, header: dict[str, Any], blob: bytes = b"") -> None:
         if not self.closed:
             self._writer.write(encode_frame(self._signer, header, blob))

@@ -112,6 +112,18 @@ class ClientRuntime:
                 except Exception:
                     log.exception("could not renew the client lease")
 
+    def forget_backends(self) -> None:
+        """Release our leases and forget every backend (tests switch MEADOWRUN_HOME)."""
+        for backend in self._backends.values():
+            try:
+                backend.table.release_lease(self.client_id)
+            except Exception:
+                log.debug("could not release the lease", exc_info=True)
+        self._backends.clear()
+        connections, self._connections = list(self._connections.values()), {}
+        for conn in connections:
+            self.loop.call_soon_threadsafe(conn.close)
+
     async def connection(self, address: str, backend: LocalBackend) -> AgentConnection:
         conn = self._connections.get(address)
         if conn is None or conn.closed:

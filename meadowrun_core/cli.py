@@ -1,0 +1,141 @@
+"""The ``meadowrun`` command: manage clouds and show their state."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+import typer
+
+from meadowrun_core.config import meadowrun_home
+from meadowrun_core.local import admin
+from meadowrun_core.local.allocation_table import SqliteAllocationTable
+
+app = typer.Typer(help="Manage meadowrun clouds and inspect what runs on them.", no_args_is_help=True)
+
+_CLOUDS = ("local", "aws", "azure")
+
+
+def _table() -> SqliteAllocationTable:
+    return SqliteAllocationTable(meadowrun_home() / "state.db")
+
+
+def _check_cloud(cloud: str) -> None:
+    if cloud not in _CLOUDS:
+        raise typer.BadParameter(f"--cloud must be one of {', '.join(_CLOUDS)}")
+    if cloud != "local":
+        typer.echo(f"The {cloud} backend is not built yet (see README, 'Not built yet').", err=True)
+        raise typer.Exit(2)
+
+
+def _ts(t: float) -> str:
+    return datetime.fromtimestamp(t).strftime("%H:%M:%S")
+
+
+@app.command()
+def install(cloud: str = typer.Option("local", help="local, aws or azure")) -> None:
+    """Create what a cloud needs (local: the state directory and its key)."""
+    _check_cloud(cloud)
+    from meadowrun_core.local.backend import LocalBackend
+    from meadowrun_core.hosts import AllocLocalInstance
+
+    backend = LocalBackend.open(AllocLocalInstance())
+    typer.echo(f"local cloud ready in {backend.home} (limit {backend.max_cpu:g} CPU / "
+               f"{backend.max_memory_gb:g} GB)")
+
+
+@app.command()
+def uninstall(cloud: str = typer.Option("local", help="local, aws or azure")) -> None:
+    """Remove everything install created (local: terminates instances, deletes the state)."""
+    _check_cloud(cloud)
+    import shutil
+
+    admin.clean()
+    home = meadowrun_home()
+    shutil.rmtree(home)
+    typer.echo(f"removed {home}")
+
+
+@app.command()
+def clean(cloud: str = typer.Option("local", help="local, aws or azure")) -> None:
+    """Terminate every instance this cloud launched and delete its task queues."""
+    _check_cloud(cloud)
+    report = admin.clean()
+    typer.echo(f"terminated {report.instances_terminated} instance(s), "
+               f"deleted {report.queues_deleted} queue(s)")
+
+
+@app.command()
+def instances() -> None:
+    """Instances of the local cloud with their free capacity and running jobs."""
+    rows = _table().list_instances()
+    if not rows:
+        typer.echo("no instances")
+        return
+    typer.echo(f"{'INSTANCE':14} {'TYPE':22} {'FREE CPU':>9} {'FREE GB':>8} {'JOBS':>5} "
+               f"{'AGE':>6} {'STATE':10} ADDRESS")
+    now = time.time()
+    for r in rows:
+        state = ("interrupting" if r.interruption_at else
+                 "launching" if r.address is None else
+                 "alive" if admin.agent_is_alive(r.agent_pid) else "dead")
+        typer.echo(f"{r.instance_id:14} {r.instance_type:22} {r.cpu_free:>9g} {r.memory_free:>8g} "
+                   f"{r.running_jobs:>5} {now - r.created:>5.0f}s {state:10} {r.address or '-'}")
+
+
+@app.command()
+def jobs(history: int = typer.Option(0, help="also show this many finished jobs")) -> None:
+    """Running jobs (allocations), and optionally recently finished ones."""
+    table = _table()
+    allocations = table.list_allocations()
+    if not allocations:
+        typer.echo("no running jobs")
+    else:
+        typer.echo(f"{'JOB':34} {'INSTANCE':14} {'CPU':>4} {'GB':>5} {'PID':>7} {'STARTED':8} "
+                   "DESCRIPTION")
+        for a in allocations:
+            typer.echo(f"{a.job_id:34} {a.instance_id:14} {a.cpu:>4g} {a.memory_gb:>5g} "
+                       f"{a.worker_pid or '-':>7} {_ts(a.created):8} {a.description}")
+    if history:
+        typer.echo("\nfinished:")
+        for row in table.job_history(history):
+            typer.echo(f"{row['job_id']:34} {row['instance_id']:14} {row['outcome']:24} "
+                       f"{row['ended'] - row['started']:8.2f}s {row['description']}")
+
+
+@app.command()
+def logs(instance_id: str, lines: int = typer.Option(50, help="how many lines")) -> None:
+    """The agent log of an instance."""
+    path = meadowrun_home() / "instances" / instance_id / "agent.log"
+    if not path.exists():
+        raise typer.BadParameter(f"no log for instance {instance_id} at {path}")
+    for line in path.read_text().splitlines()[-lines:]:
+        typer.echo(line)
+
+
+@app.command()
+def costs(history: int = typer.Option(10000, help="how many finished jobs to count")) -> None:
+    """What finished jobs cost: each job pays its share (by CPU) of its instance's price."""
+    rows = _table().job_history(history)
+    total = 0.0
+    seconds = 0.0
+    for row in rows:
+        duration = row["ended"] - row["started"]
+        share = row["cpu"] / row["instance_cpu"] if row["instance_cpu"] else 1.0
+        total += duration / 3600 * row["price_per_hour"] * share
+        seconds += duration
+    typer.echo(f"{len(rows)} jobs, {seconds:.1f} job-seconds, ${total:.6f} at local list prices "
+               "(the local cloud is free; prices model general-purpose cloud instances)")
+
+
+@app.command()
+def interrupt(
+    instance_id: str, delay: float = typer.Option(2.0, help="seconds from notice to kill")
+) -> None:
+    """Simulate a spot interruption of a local instance (notice now, killed after DELAY)."""
+    admin.interrupt(instance_id, delay)
+    typer.echo(f"interruption notice sent to {instance_id}; it is killed in {delay:g} s")
+
+
+if __name__ == "__main__":
+    app()

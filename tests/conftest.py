@@ -1,0 +1,30 @@
+"""Shared fixtures: every test gets its own real local cloud under a temporary
+MEADOWRUN_HOME, torn down (instances terminated) afterwards."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meadowrun_core.client.runtime import ClientRuntime
+from meadowrun_core.local import admin
+
+
+@pytest.fixture
+def local_cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private local cloud: short lease, 4 CPU limit, instances cleaned at the end."""
+    home = tmp_path / "meadowrun-home"
+    monkeypatch.setenv("MEADOWRUN_HOME", str(home))
+    monkeypatch.setenv("MEADOWRUN_LEASE_SECONDS", "3")
+    monkeypatch.setenv("MEADOWRUN_IDLE_TIMEOUT", "60")
+    monkeypatch.setenv("MEADOWRUN_VISIBILITY_TIMEOUT", "6")
+    monkeypatch.setenv("MEADOWRUN_LOCAL_MAX_CPU", "4")
+    monkeypatch.setenv("MEADOWRUN_LOCAL_MAX_MEMORY_GB", "16")
+    monkeypatch.delenv("MEADOWRUN_HOST", raising=False)
+    logging.getLogger("meadowrun_core").setLevel(logging.INFO)
+    yield home
+    ClientRuntime.get().forget_backends()
+    admin.clean()
