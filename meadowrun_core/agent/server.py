@@ -58,13 +58,18 @@ class RunningJob:
     worker: WorkerProcess | None = None
     command: asyncio.subprocess.Process | None = None
     cancel_reason: str | None = None
+    end_status: str = "cancelled"
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def output(self, stream: str, data: bytes) -> None:
         self.conn.send({"type": "output", "job_id": self.job_id, "stream": stream}, data)
 
-    def kill(self, reason: str) -> None:
-        self.cancel_reason = self.cancel_reason or reason
+    def kill(self, reason: str, status: str = "cancelled") -> None:
+        """Stop the job now; ``status`` is what the client is told (cancelled, out_of_memory,
+        interrupted, lease_expired)."""
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+            self.end_status = status
         self.stopping.set()
         if self.worker is not None:
             self.worker.kill(reason)
@@ -137,7 +142,7 @@ class Agent:
             job = self.jobs.get(alloc.job_id)
             if job is not None:
                 log.info("client lease of job %s expired; stopping it", alloc.job_id)
-                job.kill("the client's lease expired (client gone)")
+                job.kill("the client's lease expired (client gone)", "lease_expired")
             elif time.time() - alloc.created > self.settings.lease_seconds:
                 self.table.deallocate(alloc.job_id, "client lease expired")
         self.reap_pid_files()
@@ -182,7 +187,8 @@ class Agent:
                 job.kill(
                     f"out of memory: the job used {rss / 2**30:.2f} GB, more than the "
                     f"{job.memory_gb:g} GB it asked for; ask for more with "
-                    f"Resources(memory_gb=...)"
+                    f"Resources(memory_gb=...)",
+                    "out_of_memory",
                 )
 
     async def handle_interruption(self, interruption_at: float) -> None:
@@ -197,7 +203,7 @@ class Agent:
             for feeder in list(self.feeders.values()):
                 await feeder.flush()
             for job in list(self.jobs.values()):
-                job.kill("the instance was interrupted (spot reclaimed)")
+                job.kill("the instance was interrupted (spot reclaimed)", "interrupted")
             self.pool.kill_all()
             self.table.remove_instance(self.instance_id, "instance interrupted")
             self.shutdown.set()
@@ -289,9 +295,9 @@ class Agent:
 
     def _worker_gone(self, job: RunningJob, worker: WorkerProcess, exc: WorkerDiedError) -> dict[str, Any]:
         self.pool.release(worker)
-        reason = job.cancel_reason or worker.killed_reason
-        status = "cancelled" if job.cancel_reason else "died"
-        return {"status": status, "message": reason or describe_exit(exc.returncode)}
+        if job.cancel_reason:
+            return {"status": job.end_status, "message": job.cancel_reason}
+        return {"status": "died", "message": describe_exit(exc.returncode)}
 
     async def run_function(
         self, job: RunningJob, header: dict[str, Any], blob: bytes
@@ -342,7 +348,8 @@ class Agent:
         await asyncio.gather(pump(proc.stdout, "stdout"), pump(proc.stderr, "stderr"))
         returncode = await proc.wait()
         if job.cancel_reason:
-            return {"status": "cancelled", "message": job.cancel_reason, "return_code": returncode}
+            return {"status": job.end_status, "message": job.cancel_reason,
+                    "return_code": returncode}
         return {"status": "exited", "return_code": returncode}
 
     async def run_map_slot(self, job: RunningJob, header: dict[str, Any]) -> dict[str, Any]:
@@ -388,7 +395,7 @@ class Agent:
             if feeder.slots == 0:
                 self.feeders.pop(spec["request_queue"], None)
                 await feeder.close()
-                if job.cancel_reason and "lease" in job.cancel_reason:
+                if job.end_status == "lease_expired":
                     self.queues.delete_queue(spec["request_queue"])
                     self.queues.delete_queue(spec["result_queue"])
 

@@ -44,6 +44,8 @@ def raise_for_final(header: dict[str, Any], payload: bytes) -> None:
         raise WorkerDiedError(f"job {job_id}: {message}")
     if status == "cancelled":
         raise JobCancelledError(f"job {job_id} was cancelled: {message}")
+    if status == "interrupted":
+        raise WorkerDiedError(f"job {job_id}: {message}")
     if status == "disconnected":
         raise WorkerDiedError(f"job {job_id}: lost the connection to its instance ({message})")
     raise MeadowrunError(f"job {job_id} ended with {status}: {message}")

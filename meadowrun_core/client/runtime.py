@@ -39,7 +39,7 @@ class ClientRuntime:
         self._thread.start()
         self._backends: dict[tuple[str, Host], LocalBackend] = {}
         self._connections: dict[str, AgentConnection] = {}
-        self._lease_stop = threading.Event()
+        self._lease_wakeup = threading.Event()
         self._lease_thread: threading.Thread | None = None
 
     @classmethod
@@ -88,6 +88,7 @@ class ClientRuntime:
             backend.table.renew_lease(self.client_id, self.pid, backend.settings.lease_seconds)
             self._backends[key] = backend
             self._ensure_lease_thread()
+            self._lease_wakeup.set()  # renew at the new backend's (maybe shorter) interval
         return backend
 
     def _ensure_lease_thread(self) -> None:
@@ -102,8 +103,8 @@ class ClientRuntime:
         while True:
             backends = list(self._backends.values())
             interval = min((b.settings.lease_seconds for b in backends), default=10.0) / 3
-            if self._lease_stop.wait(interval):
-                return
+            self._lease_wakeup.wait(interval)
+            self._lease_wakeup.clear()
             for backend in backends:
                 try:
                     backend.table.renew_lease(

@@ -1,0 +1,98 @@
+"""Module-level functions the tests run remotely (importable on workers via the code mirror)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def add(a: int, b: int = 0, *, c: int = 0) -> int:
+    return a + b + c
+
+
+def fail_with_value_error(message: str) -> None:
+    raise ValueError(message)
+
+
+def print_and_sleep(lines: int, seconds: float) -> str:
+    for i in range(lines):
+        print(f"line {i}", flush=True)
+        time.sleep(seconds)
+    return "finished"
+
+
+def sleep_and_record(seconds: float, record_dir: str) -> int:
+    """Record which instance ran this and when, for the over-allocation check."""
+    start = time.time()
+    time.sleep(seconds)
+    end = time.time()
+    record = {
+        "instance": os.environ.get("MEADOWRUN_INSTANCE_ID"),
+        "pid": os.getpid(),
+        "start": start,
+        "end": end,
+    }
+    path = Path(record_dir) / f"{os.getpid()}-{start}.json"
+    path.write_text(json.dumps(record))
+    return os.getpid()
+
+
+def kill_self_first_time(x: int, marker_dir: str) -> int:
+    """SIGKILL our own worker on the first attempt of task ``x``; succeed afterwards."""
+    marker = Path(marker_dir) / f"attempted-{x}"
+    if x % 3 == 0 and not marker.exists():
+        marker.write_text("")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * 10
+
+
+def fail_first_time(x: int, marker_dir: str) -> int:
+    marker = Path(marker_dir) / f"failed-{x}"
+    if not marker.exists():
+        marker.write_text("")
+        raise RuntimeError(f"transient failure of task {x}")
+    return x + 1000
+
+
+def kill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def allocate_memory(megabytes: int, hold_seconds: float) -> int:
+    block = bytearray(megabytes * 2**20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    time.sleep(hold_seconds)
+    return len(block)
+
+
+def return_unpicklable() -> Any:
+    return threading.Lock()
+
+
+def worker_pid_and_sleep(seconds: float) -> int:
+    print(f"worker pid {os.getpid()}", flush=True)
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def slow_square(x: int, seconds: float) -> tuple[int, str | None]:
+    time.sleep(seconds)
+    return x * x, os.environ.get("MEADOWRUN_INSTANCE_ID")
+
+
+def read_env(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+async def async_double(x: int) -> int:
+    return 2 * x
