@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from meadowrun_core.client.runtime import ClientRuntime
+from meadowrun_core.config import meadowrun_home
 from meadowrun_core.local import admin
 
 
@@ -25,6 +26,7 @@ def local_cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
     monkeypatch.setenv("MEADOWRUN_LOCAL_MAX_MEMORY_GB", "16")
     monkeypatch.delenv("MEADOWRUN_HOST", raising=False)
     logging.getLogger("meadowrun_core").setLevel(logging.INFO)
+    meadowrun_home()  # created private (0700), as a first run would
     yield home
     ClientRuntime.get().forget_backends()
     admin.clean()
