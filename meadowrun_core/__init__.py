@@ -2,6 +2,10 @@
 local cloud by default. ``import meadowrun_core as mr``."""
 
 from meadowrun_core.api import (
+    attach_job,
+    cancel_job,
+    forget_job,
+    job_status,
     run_command,
     run_command_async,
     run_function,
@@ -10,8 +14,9 @@ from meadowrun_core.api import (
     run_map_as_completed,
     run_map_as_completed_async,
     run_map_async,
+    wait_job_async,
 )
-from meadowrun_core.client.jobs import JobHandle
+from meadowrun_core.client.jobs import JobHandle, JobNotFoundError
 from meadowrun_core.client.results import JobCancelledError, OutOfMemoryError
 from meadowrun_core.deployment import (
     CondaEnvironmentFile,
@@ -48,6 +53,7 @@ __all__ = [
     "Host",
     "JobCancelledError",
     "JobHandle",
+    "JobNotFoundError",
     "LocalCurrentInterpreter",
     "MeadowrunError",
     "OutOfMemoryError",
@@ -61,6 +67,10 @@ __all__ = [
     "TaskResult",
     "UvProject",
     "WorkerDiedError",
+    "attach_job",
+    "cancel_job",
+    "forget_job",
+    "job_status",
     "run_command",
     "run_command_async",
     "run_function",
@@ -69,4 +79,5 @@ __all__ = [
     "run_map_as_completed",
     "run_map_as_completed_async",
     "run_map_async",
+    "wait_job_async",
 ]

@@ -3,10 +3,17 @@ anything is allocated, then hands the work to the client runtime."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
-from meadowrun_core.client.jobs import JobHandle, prepare_command_job, prepare_function_job
+from meadowrun_core.client.jobs import (
+    JobHandle,
+    follow_keyed_job,
+    prepare_command_job,
+    prepare_function_job,
+)
 from meadowrun_core.client.map_driver import prepare_map_job
 from meadowrun_core.client.runtime import ClientRuntime
 from meadowrun_core.deployment.spec import Deployment
@@ -24,15 +31,23 @@ def run_function(
     args: tuple[Any, ...] | list[Any] = (),
     kwargs: dict[str, Any] | None = None,
     wait_for_result: bool = True,
+    job_key: str | None = None,
+    detach: bool = False,
+    detached_timeout: float | None = None,
 ) -> Any:
     """Run ``function(*args, **kwargs)`` on an instance and return its result.
 
-    With ``wait_for_result=False`` return a ``JobHandle`` at once.
+    With ``wait_for_result=False`` return a ``JobHandle`` at once. ``job_key`` names the job so
+    any process can find it (``attach_job``, ``cancel_job``); submitting a key that exists
+    follows the existing job instead of starting another. ``detach=True`` lets the job outlive
+    this process (for at most ``detached_timeout`` seconds, default a day).
     """
-    runtime, job = prepare_function_job(function, host, resources, deployment, args, kwargs)
+    prepared = prepare_function_job(
+        function, host, resources, deployment, args, kwargs, job_key, detach, detached_timeout
+    )
     if not wait_for_result:
-        return JobHandle(runtime.submit(job), f"run_function {function!r}")
-    return runtime.run(job)
+        return prepared.handle()
+    return prepared.runtime.run(prepared.job)
 
 
 async def run_function_async(
@@ -44,11 +59,16 @@ async def run_function_async(
     args: tuple[Any, ...] | list[Any] = (),
     kwargs: dict[str, Any] | None = None,
     wait_for_result: bool = True,
+    job_key: str | None = None,
+    detach: bool = False,
+    detached_timeout: float | None = None,
 ) -> Any:
-    runtime, job = prepare_function_job(function, host, resources, deployment, args, kwargs)
+    prepared = prepare_function_job(
+        function, host, resources, deployment, args, kwargs, job_key, detach, detached_timeout
+    )
     if not wait_for_result:
-        return JobHandle(runtime.submit(job), f"run_function {function!r}")
-    return await runtime.run_async(job)
+        return prepared.handle()
+    return await prepared.runtime.run_async(prepared.job)
 
 
 def run_command(
@@ -59,13 +79,19 @@ def run_command(
     deployment: Deployment | None = None,
     environment: dict[str, str] | None = None,
     wait_for_result: bool = True,
+    job_key: str | None = None,
+    detach: bool = False,
+    detached_timeout: float | None = None,
 ) -> CommandResult | JobHandle[CommandResult]:
     """Run a command on an instance; its output is streamed to the ``meadowrun_core.job``
-    logger and its exit code returned in a ``CommandResult``."""
-    runtime, job = prepare_command_job(args, host, resources, deployment, environment)
+    logger and its exit code returned in a ``CommandResult``. ``job_key``/``detach`` as for
+    ``run_function``."""
+    prepared = prepare_command_job(
+        args, host, resources, deployment, environment, job_key, detach, detached_timeout
+    )
     if not wait_for_result:
-        return JobHandle(runtime.submit(job), f"run_command {args!r}")
-    result: CommandResult = runtime.run(job)
+        return prepared.handle()
+    result: CommandResult = prepared.runtime.run(prepared.job)
     return result
 
 
@@ -77,11 +103,16 @@ async def run_command_async(
     deployment: Deployment | None = None,
     environment: dict[str, str] | None = None,
     wait_for_result: bool = True,
+    job_key: str | None = None,
+    detach: bool = False,
+    detached_timeout: float | None = None,
 ) -> CommandResult | JobHandle[CommandResult]:
-    runtime, job = prepare_command_job(args, host, resources, deployment, environment)
+    prepared = prepare_command_job(
+        args, host, resources, deployment, environment, job_key, detach, detached_timeout
+    )
     if not wait_for_result:
-        return JobHandle(runtime.submit(job), f"run_command {args!r}")
-    result: CommandResult = await runtime.run_async(job)
+        return prepared.handle()
+    result: CommandResult = await prepared.runtime.run_async(prepared.job)
     return result
 
 
@@ -195,3 +226,64 @@ async def run_map_async(
 
 def current_client_id() -> str:
     return ClientRuntime.get().client_id
+
+
+# --- keyed jobs: find, follow and cancel a job from any process ------------------------------
+def attach_job(job_key: str, *, host: Host | None = None) -> JobHandle[Any]:
+    """A handle on the job named ``job_key``; its output is logged while the handle follows
+    it. Raises ``JobNotFoundError`` (on ``result()``) if no such job exists."""
+    runtime = ClientRuntime.get()
+    backend = runtime.backend(host)
+    future = runtime.submit(follow_keyed_job(runtime, backend, job_key))
+    return JobHandle(future, f"job {job_key}", job_key)
+
+
+async def wait_job_async(job_key: str, *, host: Host | None = None) -> Any:
+    """Wait for the job named ``job_key`` and return its value (or raise its error).
+
+    Cancelling this coroutine stops waiting but leaves the job running."""
+    runtime = ClientRuntime.get()
+    backend = runtime.backend(host)
+    return await runtime.run_async(follow_keyed_job(runtime, backend, job_key))
+
+
+def job_status(job_key: str, *, host: Host | None = None) -> str:
+    """``unknown``, ``running``, or how it ended (``succeeded``, ``exited``, ``failed``,
+    ``cancelled``, ``died``, ...). Reads the table only; cheap."""
+    backend = ClientRuntime.get().backend(host)
+    row = backend.table.get_job_key(job_key)
+    if row is None:
+        return "unknown"
+    if row["status"] != "ended":
+        return "running"
+    return str(json.loads(str(row["final"]))["status"])
+
+
+def cancel_job(job_key: str, *, host: Host | None = None, timeout: float = 10.0) -> bool:
+    """Stop the job named ``job_key`` and free its allocation. True if it was running."""
+    runtime = ClientRuntime.get()
+    backend = runtime.backend(host)
+
+    async def cancel() -> bool:
+        row = backend.table.get_job_key(job_key)
+        if row is None or row["status"] == "ended" or not row["instance_id"]:
+            return False
+        instance = backend.table.get_instance(str(row["instance_id"]))
+        if instance is None or instance.address is None:
+            return False
+        conn = await runtime.connection(instance.address, backend)
+        conn.send({"type": "cancel", "job_id": row["job_id"], "reason": "cancel_job"})
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            current = backend.table.get_job_key(job_key)
+            if current is None or current["status"] == "ended":
+                return True
+            await asyncio.sleep(0.02)
+        return True
+
+    return runtime.run(cancel())
+
+
+def forget_job(job_key: str, *, host: Host | None = None) -> bool:
+    """Delete the stored record (and outcome) of a keyed job."""
+    return ClientRuntime.get().backend(host).table.forget_job_key(job_key)

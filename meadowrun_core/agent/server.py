@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import pickle
@@ -52,7 +53,7 @@ class ClientConnection:
 class RunningJob:
     job_id: str
     kind: str
-    conn: ClientConnection
+    subscribers: list[ClientConnection]
     memory_gb: float
     process: psutil.Process | None = None
     worker: WorkerProcess | None = None
@@ -62,7 +63,8 @@ class RunningJob:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def output(self, stream: str, data: bytes) -> None:
-        self.conn.send({"type": "output", "job_id": self.job_id, "stream": stream}, data)
+        for subscriber in self.subscribers:
+            subscriber.send({"type": "output", "job_id": self.job_id, "stream": stream}, data)
 
     def kill(self, reason: str, status: str = "cancelled") -> None:
         """Stop the job now; ``status`` is what the client is told (cancelled, out_of_memory,
@@ -222,6 +224,13 @@ class Agent:
                     job = self.jobs.get(header["job_id"])
                     if job is not None:
                         job.kill(header.get("reason", "cancelled by the client"))
+                elif header["type"] == "attach":
+                    job = self.jobs.get(header["job_id"])
+                    if job is None:
+                        conn.send({"type": "final", "job_id": header["job_id"],
+                                   "status": "unknown"})
+                    elif conn not in job.subscribers:
+                        job.subscribers.append(conn)
                 elif header["type"] == "stop":
                     job = self.jobs.get(header["job_id"])
                     if job is not None:
@@ -242,10 +251,10 @@ class Agent:
             conn.send({"type": "final", "job_id": job_id, "status": "refused",
                        "message": f"job {job_id} has no allocation on {self.instance_id}"})
             return
-        job = RunningJob(job_id, header["kind"], conn, alloc.memory_gb)
+        job = RunningJob(job_id, header["kind"], [conn], alloc.memory_gb)
         self.jobs[job_id] = job
         self.last_activity = time.monotonic()
-        final: dict[str, Any]
+        final: dict[str, Any] = {"status": "error", "message": "agent error"}
         payload = b""
         try:
             if job.kind == "function":
@@ -260,12 +269,17 @@ class Agent:
             log.exception("job %s failed in the agent", job_id)
             final = {"status": "error", "message": f"agent error: {exc!r}"}
         finally:
+            final.update(type="final", job_id=job_id, kind=job.kind)
+            if header.get("job_key"):
+                # keep the outcome where any process can find it by key (attach_job)
+                payload_key = self.store.put(self.signer.sign(payload)) if payload else None
+                self.table.record_job_final(header["job_key"], json.dumps(final), payload_key)
             del self.jobs[job_id]
-            self.table.deallocate(job_id, header.get("outcome_hint", "done"))
+            self.table.deallocate(job_id, final["status"])
             (self.pid_dir / f"{job_id}.pid").unlink(missing_ok=True)
             self.last_activity = time.monotonic()
-        final.update(type="final", job_id=job_id)
-        conn.send(final, payload)
+        for subscriber in job.subscribers:
+            subscriber.send(final, payload)
 
     async def _prepare_worker(self, job: RunningJob, deployment: dict[str, Any]) -> WorkerProcess:
         from meadowrun_core.deployment.spec import PreparedDeployment

@@ -23,7 +23,7 @@ class AgentConnection:
         self._reader = reader
         self._writer = writer
         self._signer = signer
-        self._jobs: dict[str, asyncio.Queue[Event]] = {}
+        self._jobs: dict[str, list[asyncio.Queue[Event]]] = {}
         self.closed = False
         self._task = asyncio.create_task(self._read_loop())
 
@@ -37,11 +37,15 @@ class AgentConnection:
         queue: asyncio.Queue[Event] = asyncio.Queue()
         if self.closed:
             queue.put_nowait((DISCONNECTED, b""))
-        self._jobs[job_id] = queue
+        self._jobs.setdefault(job_id, []).append(queue)
         return queue
 
-    def unregister(self, job_id: str) -> None:
-        self._jobs.pop(job_id, None)
+    def unregister(self, job_id: str, queue: asyncio.Queue[Event]) -> None:
+        listeners = self._jobs.get(job_id, [])
+        if queue in listeners:
+            listeners.remove(queue)
+        if not listeners:
+            self._jobs.pop(job_id, None)
 
     def close(self) -> None:
         self._writer.close()
@@ -54,8 +58,7 @@ class AgentConnection:
         try:
             while True:
                 header, blob = await read_frame(self._reader, self._signer)
-                queue = self._jobs.get(header.get("job_id", ""))
-                if queue is not None:
+                for queue in self._jobs.get(header.get("job_id", ""), ()):
                     queue.put_nowait((header, blob))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -63,7 +66,8 @@ class AgentConnection:
             log.exception("connection to agent failed")
         finally:
             self.closed = True
-            for queue in self._jobs.values():
-                queue.put_nowait((DISCONNECTED, b""))
+            for listeners in self._jobs.values():
+                for queue in listeners:
+                    queue.put_nowait((DISCONNECTED, b""))
             with contextlib.suppress(Exception):
                 self._writer.close()

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
+import os
 import pickle
-from collections.abc import Callable
+import shlex
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from meadowrun_core.client.allocation import Placement, allocate
+from meadowrun_core.client.allocation import Placement, allocate, check_satisfiable
 from meadowrun_core.client.payload import (
     check_deployment,
     check_resources,
@@ -20,7 +25,7 @@ from meadowrun_core.client.payload import (
 from meadowrun_core.client.results import raise_for_final
 from meadowrun_core.client.runtime import ClientRuntime
 from meadowrun_core.deployment.spec import Deployment, PreparedDeployment
-from meadowrun_core.exceptions import BadInputError, CommandResult
+from meadowrun_core.exceptions import BadInputError, CommandResult, MeadowrunError
 from meadowrun_core.hosts import Host
 from meadowrun_core.local.backend import LocalBackend
 from meadowrun_core.resources import Resources
@@ -61,8 +66,11 @@ async def run_on_instance(
     header: dict[str, Any],
     blob: bytes = b"",
     on_output: Callable[[str, bytes], None] | None = None,
+    attach: bool = False,
 ) -> tuple[dict[str, Any], bytes]:
-    """Start a job on its instance and follow it to its final event."""
+    """Start a job on its instance (or ``attach`` to a running one) and follow it to its final
+    event. Cancelling a started job's follower cancels the job; an attached follower just
+    stops following."""
     assert placement.instance.address is not None
     try:
         conn = await runtime.connection(placement.instance.address, backend)
@@ -72,7 +80,10 @@ async def run_on_instance(
                 "message": f"cannot reach instance {placement.instance.instance_id}: {exc}"}, b""
     events = conn.register(placement.job_id)
     logger = OutputLogger(placement.job_id)
-    header = {**header, "type": "run", "job_id": placement.job_id}
+    if attach:
+        header = {"type": "attach", "job_id": placement.job_id}
+    else:
+        header = {**header, "type": "run", "job_id": placement.job_id}
     try:
         conn.send(header, blob)
         while True:
@@ -85,19 +96,24 @@ async def run_on_instance(
                 return {"type": "final", "job_id": placement.job_id, "status": "disconnected",
                         "message": f"instance {placement.instance.instance_id} went away"}, b""
     except asyncio.CancelledError:
-        conn.send({"type": "cancel", "job_id": placement.job_id, "reason": "cancelled by caller"})
+        if not attach:
+            conn.send({"type": "cancel", "job_id": placement.job_id,
+                       "reason": "cancelled by caller"})
         raise
     finally:
         logger.flush()
-        conn.unregister(placement.job_id)
+        conn.unregister(placement.job_id, events)
 
 
 class JobHandle(Generic[T]):
     """A job started with ``wait_for_result=False``: wait on it, poll it, or cancel it."""
 
-    def __init__(self, future: concurrent.futures.Future[T], description: str) -> None:
+    def __init__(
+        self, future: concurrent.futures.Future[T], description: str, job_key: str | None = None
+    ) -> None:
         self._future = future
         self.description = description
+        self.job_key = job_key
 
     def done(self) -> bool:
         return self._future.done()
@@ -120,42 +136,118 @@ class JobHandle(Generic[T]):
         return f"<JobHandle {self.description} {state}>"
 
 
+def decode_final(final: dict[str, Any], payload: bytes) -> Any:
+    """The value a job's final event stands for, or the exception it raises."""
+    status = final["status"]
+    if status == "succeeded":
+        return pickle.loads(payload)
+    if status == "exited":
+        return CommandResult(final["return_code"], final["job_id"])
+    if status == "failed_to_start":
+        raise BadInputError(final["message"])
+    raise_for_final(final, payload)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """Who owns a job: the calling client (default) or, when detached, a lease of its own."""
+
+    client_id: str
+    job_key: str | None = None
+
+
+async def _run_job(
+    runtime: ClientRuntime,
+    backend: LocalBackend,
+    submission: Submission,
+    resources: Resources,
+    description: str,
+    header: dict[str, Any],
+    blob: bytes = b"",
+) -> Any:
+    try:
+        (placement,) = await allocate(backend, resources, 1, submission.client_id, description)
+    except BaseException as exc:
+        if submission.job_key is not None:
+            backend.table.record_job_final(submission.job_key, json.dumps(
+                {"status": "error", "job_id": "-", "message": f"not started: {exc!r}"}), None)
+        raise
+    if submission.job_key is not None:
+        header = {**header, "job_key": submission.job_key}
+        backend.table.set_job_key_instance(
+            submission.job_key, placement.job_id, placement.instance.instance_id
+        )
+    final, payload = await run_on_instance(runtime, backend, placement, header, blob)
+    return decode_final(final, payload)
+
+
 async def function_job(
     runtime: ClientRuntime,
     backend: LocalBackend,
+    submission: Submission,
     function_ref: dict[str, str],
     arguments: bytes,
     resources: Resources,
     deployment: PreparedDeployment,
     description: str,
 ) -> Any:
-    (placement,) = await allocate(backend, resources, 1, runtime.client_id, description)
     header = {"kind": "function", "deployment": deployment.to_json(), **function_ref}
-    final, payload = await run_on_instance(runtime, backend, placement, header, arguments)
-    if final["status"] == "succeeded":
-        return pickle.loads(payload)
-    raise_for_final(final, payload)
+    return await _run_job(runtime, backend, submission, resources, description, header, arguments)
 
 
 async def command_job(
     runtime: ClientRuntime,
     backend: LocalBackend,
+    submission: Submission,
     args: list[str],
     resources: Resources,
     deployment: PreparedDeployment,
     environment: dict[str, str],
     description: str,
 ) -> CommandResult:
-    (placement,) = await allocate(backend, resources, 1, runtime.client_id, description)
     header = {"kind": "command", "deployment": deployment.to_json(), "args": args,
               "environment": environment}
-    final, payload = await run_on_instance(runtime, backend, placement, header)
-    if final["status"] == "exited":
-        return CommandResult(final["return_code"], placement.job_id)
-    if final["status"] == "failed_to_start":
-        raise BadInputError(final["message"])
-    raise_for_final(final, payload)
-    raise AssertionError("unreachable")
+    result: CommandResult = await _run_job(
+        runtime, backend, submission, resources, description, header
+    )
+    return result
+
+
+DEFAULT_DETACHED_TIMEOUT_SECONDS = 24 * 3600.0
+
+
+def _submission(
+    runtime: ClientRuntime,
+    backend: LocalBackend,
+    job_key: str | None,
+    detach: bool,
+    detached_timeout: float | None,
+) -> tuple[Submission, bool]:
+    """Who owns the job, and whether a job with this key already exists (then attach to it)."""
+    if job_key is not None and (not isinstance(job_key, str) or not job_key):
+        raise BadInputError(f"job_key must be a non-empty string, got {job_key!r}")
+    if detach and job_key is None:
+        job_key = f"detached-{uuid.uuid4().hex}"
+    if job_key is not None and backend.table.claim_job_key(job_key, "pending") is not None:
+        return Submission(runtime.client_id, job_key), True
+    if not detach:
+        return Submission(runtime.client_id, job_key), False
+    # a detached job has a lease of its own, so it outlives this process (bounded by timeout)
+    owner = f"detached-{job_key}"
+    timeout = DEFAULT_DETACHED_TIMEOUT_SECONDS if detached_timeout is None else detached_timeout
+    backend.table.renew_lease(owner, os.getpid(), timeout)
+    return Submission(owner, job_key), False
+
+
+@dataclass
+class PreparedJob:
+    runtime: ClientRuntime
+    job: Coroutine[Any, Any, Any]
+    description: str
+    job_key: str | None
+
+    def handle(self) -> JobHandle[Any]:
+        return JobHandle(self.runtime.submit(self.job), self.description, self.job_key)
 
 
 def prepare_function_job(
@@ -165,14 +257,15 @@ def prepare_function_job(
     deployment: Deployment | None,
     args: tuple[Any, ...] | list[Any],
     kwargs: dict[str, Any] | None,
-) -> tuple[ClientRuntime, Any]:
+    job_key: str | None = None,
+    detach: bool = False,
+    detached_timeout: float | None = None,
+) -> PreparedJob:
     """Validate and upload everything, then return the coroutine that runs the job."""
     runtime = ClientRuntime.get()
     backend = runtime.backend(host)
     checked_resources = check_resources(resources)
     checked_deployment = check_deployment(deployment)
-    from meadowrun_core.client.allocation import check_satisfiable
-
     check_satisfiable(backend, checked_resources)
     if not isinstance(args, tuple | list):
         raise BadInputError(f"args must be a tuple or list, got {type(args).__name__}")
@@ -180,9 +273,14 @@ def prepare_function_job(
     function_ref = upload_function(backend, function)
     prepared = prepare_deployment(backend, checked_deployment)
     description = f"run_function {getattr(function, '__qualname__', function)}"
-    return runtime, function_job(
-        runtime, backend, function_ref, arguments, checked_resources, prepared, description
-    )
+    submission, exists = _submission(runtime, backend, job_key, detach, detached_timeout)
+    if exists:
+        assert submission.job_key is not None
+        return PreparedJob(runtime, follow_keyed_job(runtime, backend, submission.job_key),
+                           description, submission.job_key)
+    job = function_job(runtime, backend, submission, function_ref, arguments, checked_resources,
+                       prepared, description)
+    return PreparedJob(runtime, job, description, submission.job_key)
 
 
 def prepare_command_job(
@@ -191,24 +289,67 @@ def prepare_command_job(
     resources: Resources | None,
     deployment: Deployment | None,
     environment: dict[str, str] | None,
-) -> tuple[ClientRuntime, Any]:
+    job_key: str | None = None,
+    detach: bool = False,
+    detached_timeout: float | None = None,
+) -> PreparedJob:
     runtime = ClientRuntime.get()
     backend = runtime.backend(host)
     checked_resources = check_resources(resources)
     checked_deployment = check_deployment(deployment)
-    from meadowrun_core.client.allocation import check_satisfiable
-
     check_satisfiable(backend, checked_resources)
-    if isinstance(args, str):
-        import shlex
-
-        argv = shlex.split(args)
-    else:
-        argv = [str(a) for a in args]
+    argv = shlex.split(args) if isinstance(args, str) else [str(a) for a in args]
     if not argv:
         raise BadInputError("run_command needs a command, got an empty one")
     env = {str(k): str(v) for k, v in (environment or {}).items()}
     prepared = prepare_deployment(backend, checked_deployment)
-    return runtime, command_job(
-        runtime, backend, argv, checked_resources, prepared, env, f"run_command {argv[0]}"
-    )
+    description = f"run_command {argv[0]}"
+    submission, exists = _submission(runtime, backend, job_key, detach, detached_timeout)
+    if exists:
+        assert submission.job_key is not None
+        return PreparedJob(runtime, follow_keyed_job(runtime, backend, submission.job_key),
+                           description, submission.job_key)
+    job = command_job(runtime, backend, submission, argv, checked_resources, prepared, env,
+                      description)
+    return PreparedJob(runtime, job, description, submission.job_key)
+
+
+async def follow_keyed_job(runtime: ClientRuntime, backend: LocalBackend, job_key: str) -> Any:
+    """Follow a keyed job from any process until it ends; return its value or raise.
+
+    Cancelling this follower does not cancel the job (use ``cancel_job``)."""
+    from meadowrun_core.exceptions import WorkerDiedError
+
+    delay = 0.01
+    while True:
+        row = backend.table.get_job_key(job_key)
+        if row is None:
+            raise JobNotFoundError(f"no job with key {job_key!r} in this cloud")
+        if row["status"] == "ended":
+            final = json.loads(str(row["final"]))
+            payload_key = row["payload_key"]
+            payload = (
+                backend.signer.verify(backend.store.get(str(payload_key))) if payload_key else b""
+            )
+            return decode_final(final, payload)
+        instance = (
+            backend.table.get_instance(str(row["instance_id"])) if row["instance_id"] else None
+        )
+        if row["status"] == "running" and (instance is None or instance.address is None):
+            row = backend.table.get_job_key(job_key)
+            if row is not None and row["status"] != "ended":
+                raise WorkerDiedError(f"job {job_key!r}: its instance went away")
+            continue
+        if instance is None:
+            await asyncio.sleep(delay)  # submitted, not yet placed
+            delay = min(delay * 1.5, 0.25)
+            continue
+        placement = Placement(str(row["job_id"]), instance)
+        final, payload = await run_on_instance(runtime, backend, placement, {}, attach=True)
+        if final["status"] not in ("unknown", "disconnected"):
+            return decode_final(final, payload)
+        await asyncio.sleep(0.02)  # it ended between our read and attach; read the record
+
+
+class JobNotFoundError(MeadowrunError, KeyError):
+    """No job with this key exists in the cloud."""

@@ -61,6 +61,16 @@ CREATE TABLE IF NOT EXISTS job_history (
     price_per_hour REAL NOT NULL,
     instance_cpu REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS job_keys (
+    job_key TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    instance_id TEXT,
+    status TEXT NOT NULL,
+    final TEXT,
+    payload_key TEXT,
+    created REAL NOT NULL,
+    ended REAL
+);
 """
 
 # Instances that have not written a heartbeat for this long are treated as crashed.
@@ -329,6 +339,48 @@ class SqliteAllocationTable:
         return conn.execute(
             "SELECT * FROM job_history ORDER BY ended DESC LIMIT ?", (limit,)
         ).fetchall()
+
+    # --- keyed jobs: found again by a caller-chosen key from any process -----------------
+    def claim_job_key(self, job_key: str, job_id: str) -> str | None:
+        """Reserve ``job_key`` for ``job_id``; if taken, return the job id holding it."""
+        with self._db.transaction() as conn:
+            row = conn.execute(
+                "SELECT job_id FROM job_keys WHERE job_key = ?", (job_key,)
+            ).fetchone()
+            if row is not None:
+                return str(row["job_id"])
+            conn.execute(
+                "INSERT INTO job_keys (job_key, job_id, status, created) "
+                "VALUES (?, ?, 'submitted', ?)",
+                (job_key, job_id, time.time()),
+            )
+            return None
+
+    def set_job_key_instance(self, job_key: str, job_id: str, instance_id: str) -> None:
+        with self._db.transaction() as conn:
+            conn.execute(
+                "UPDATE job_keys SET job_id = ?, instance_id = ?, status = 'running' "
+                "WHERE job_key = ?",
+                (job_id, instance_id, job_key),
+            )
+
+    def record_job_final(self, job_key: str, final: str, payload_key: str | None) -> None:
+        with self._db.transaction() as conn:
+            conn.execute(
+                "UPDATE job_keys SET status = 'ended', final = ?, payload_key = ?, ended = ? "
+                "WHERE job_key = ?",
+                (final, payload_key, time.time(), job_key),
+            )
+
+    def get_job_key(self, job_key: str) -> dict[str, object] | None:
+        row = self._db.connection().execute(
+            "SELECT * FROM job_keys WHERE job_key = ?", (job_key,)
+        ).fetchone()
+        return None if row is None else dict(row)
+
+    def forget_job_key(self, job_key: str) -> bool:
+        with self._db.transaction() as conn:
+            return conn.execute("DELETE FROM job_keys WHERE job_key = ?", (job_key,)).rowcount > 0
 
     # --- client leases --------------------------------------------------------------------
     def renew_lease(self, client_id: str, pid: int, lease_seconds: float) -> None:
