@@ -15,9 +15,7 @@ import meadowrun_core as mr
 
 def count_primes(limit: int) -> int:
     """A small CPU-bound job."""
-    return sum(
-        1 for n in range(2, limit) if all(n % d for d in range(2, int(math.isqrt(n)) + 1))
-    )
+    return sum(1 for n in range(2, limit) if all(n % d for d in range(2, math.isqrt(n) + 1)))
 
 
 def main() -> None:
@@ -26,15 +24,19 @@ def main() -> None:
 
     start = time.perf_counter()
     primes = mr.run_function(count_primes, args=(20_000,))
-    log.info("run_function: %d primes below 20,000 (%.2f s, incl. starting an instance)",
-             primes, time.perf_counter() - start)
+    log.info(
+        "run_function: %d primes below 20,000 (%.2f s, incl. starting an instance)",
+        primes,
+        time.perf_counter() - start,
+    )
 
     start = time.perf_counter()
     mr.run_function(count_primes, args=(1_000,))
     log.info("warm run_function round trip: %.1f ms", (time.perf_counter() - start) * 1000)
 
-    result = mr.run_command(["python3", "-c", "import platform; print('hello from', "
-                             "platform.node())"])
+    result = mr.run_command(
+        ["python3", "-c", "import platform; print('hello from', platform.node())"]
+    )
     log.info("run_command exit code: %s", result.return_code)
 
     start = time.perf_counter()
@@ -44,8 +46,7 @@ def main() -> None:
         resources_per_task=mr.Resources(logical_cpu=1, memory_gb=1),
         num_concurrent_tasks=2,
     )
-    log.info("run_map over 8 inputs on 2 workers: %s (%.2f s)", counts,
-             time.perf_counter() - start)
+    log.info("run_map over 8 inputs on 2 workers: %s (%.2f s)", counts, time.perf_counter() - start)
 
     try:
         mr.run_function(count_primes, args=(10,), resources=mr.Resources(logical_cpu=10_000))

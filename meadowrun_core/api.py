@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 from meadowrun_core.client.jobs import (
@@ -128,7 +128,12 @@ def run_map_as_completed(
 ) -> Iterator[TaskResult]:
     """Yield a ``TaskResult`` per task as each finishes (each task exactly once)."""
     runtime, job = prepare_map_job(
-        function, args, host, resources_per_task, deployment, num_concurrent_tasks,
+        function,
+        args,
+        host,
+        resources_per_task,
+        deployment,
+        num_concurrent_tasks,
         max_num_task_attempts,
     )
     if job is None:
@@ -137,7 +142,7 @@ def run_map_as_completed(
     try:
         while True:
             try:
-                yield runtime.run(results.__anext__())
+                yield runtime.run(_next(results))
             except StopAsyncIteration:
                 return
     finally:
@@ -155,7 +160,12 @@ async def run_map_as_completed_async(
     max_num_task_attempts: int = 1,
 ) -> AsyncIterator[TaskResult]:
     runtime, job = prepare_map_job(
-        function, args, host, resources_per_task, deployment, num_concurrent_tasks,
+        function,
+        args,
+        host,
+        resources_per_task,
+        deployment,
+        num_concurrent_tasks,
         max_num_task_attempts,
     )
     if job is None:
@@ -164,11 +174,15 @@ async def run_map_as_completed_async(
     try:
         while True:
             try:
-                yield await runtime.run_async(results.__anext__())
+                yield await runtime.run_async(_next(results))
             except StopAsyncIteration:
                 return
     finally:
         await runtime.run_async(results.aclose())
+
+
+async def _next(results: AsyncGenerator[TaskResult, None]) -> TaskResult:
+    return await anext(results)
 
 
 def _in_order(results: Iterable[TaskResult], count_hint: int | None = None) -> list[Any]:
@@ -196,8 +210,12 @@ def run_map(
     """
     return _in_order(
         run_map_as_completed(
-            function, args, host=host, resources_per_task=resources_per_task,
-            deployment=deployment, num_concurrent_tasks=num_concurrent_tasks,
+            function,
+            args,
+            host=host,
+            resources_per_task=resources_per_task,
+            deployment=deployment,
+            num_concurrent_tasks=num_concurrent_tasks,
             max_num_task_attempts=max_num_task_attempts,
         )
     )
@@ -216,8 +234,12 @@ async def run_map_async(
     results = [
         r
         async for r in run_map_as_completed_async(
-            function, args, host=host, resources_per_task=resources_per_task,
-            deployment=deployment, num_concurrent_tasks=num_concurrent_tasks,
+            function,
+            args,
+            host=host,
+            resources_per_task=resources_per_task,
+            deployment=deployment,
+            num_concurrent_tasks=num_concurrent_tasks,
             max_num_task_attempts=max_num_task_attempts,
         )
     ]

@@ -11,7 +11,9 @@ from meadowrun_core.config import meadowrun_home
 from meadowrun_core.local import admin
 from meadowrun_core.local.allocation_table import SqliteAllocationTable
 
-app = typer.Typer(help="Manage meadowrun clouds and inspect what runs on them.", no_args_is_help=True)
+app = typer.Typer(
+    help="Manage meadowrun clouds and inspect what runs on them.", no_args_is_help=True
+)
 
 _CLOUDS = ("local", "aws", "azure")
 
@@ -36,12 +38,14 @@ def _ts(t: float) -> str:
 def install(cloud: str = typer.Option("local", help="local, aws or azure")) -> None:
     """Create what a cloud needs (local: the state directory and its key)."""
     _check_cloud(cloud)
-    from meadowrun_core.local.backend import LocalBackend
     from meadowrun_core.hosts import AllocLocalInstance
+    from meadowrun_core.local.backend import LocalBackend
 
     backend = LocalBackend.open(AllocLocalInstance())
-    typer.echo(f"local cloud ready in {backend.home} (limit {backend.max_cpu:g} CPU / "
-               f"{backend.max_memory_gb:g} GB)")
+    typer.echo(
+        f"local cloud ready in {backend.home} (limit {backend.max_cpu:g} CPU / "
+        f"{backend.max_memory_gb:g} GB)"
+    )
 
 
 @app.command()
@@ -61,8 +65,10 @@ def clean(cloud: str = typer.Option("local", help="local, aws or azure")) -> Non
     """Terminate every instance this cloud launched and delete its task queues."""
     _check_cloud(cloud)
     report = admin.clean()
-    typer.echo(f"terminated {report.instances_terminated} instance(s), "
-               f"deleted {report.queues_deleted} queue(s)")
+    typer.echo(
+        f"terminated {report.instances_terminated} instance(s), "
+        f"deleted {report.queues_deleted} queue(s)"
+    )
 
 
 @app.command()
@@ -72,15 +78,25 @@ def instances() -> None:
     if not rows:
         typer.echo("no instances")
         return
-    typer.echo(f"{'INSTANCE':14} {'TYPE':22} {'FREE CPU':>9} {'FREE GB':>8} {'JOBS':>5} "
-               f"{'AGE':>6} {'STATE':10} ADDRESS")
+    typer.echo(
+        f"{'INSTANCE':14} {'TYPE':22} {'FREE CPU':>9} {'FREE GB':>8} {'JOBS':>5} "
+        f"{'AGE':>6} {'STATE':10} ADDRESS"
+    )
     now = time.time()
     for r in rows:
-        state = ("interrupting" if r.interruption_at else
-                 "launching" if r.address is None else
-                 "alive" if admin.agent_is_alive(r.agent_pid) else "dead")
-        typer.echo(f"{r.instance_id:14} {r.instance_type:22} {r.cpu_free:>9g} {r.memory_free:>8g} "
-                   f"{r.running_jobs:>5} {now - r.created:>5.0f}s {state:10} {r.address or '-'}")
+        state = (
+            "interrupting"
+            if r.interruption_at
+            else "launching"
+            if r.address is None
+            else "alive"
+            if admin.agent_is_alive(r.agent_pid)
+            else "dead"
+        )
+        typer.echo(
+            f"{r.instance_id:14} {r.instance_type:22} {r.cpu_free:>9g} {r.memory_free:>8g} "
+            f"{r.running_jobs:>5} {now - r.created:>5.0f}s {state:10} {r.address or '-'}"
+        )
 
 
 @app.command()
@@ -91,16 +107,21 @@ def jobs(history: int = typer.Option(0, help="also show this many finished jobs"
     if not allocations:
         typer.echo("no running jobs")
     else:
-        typer.echo(f"{'JOB':34} {'INSTANCE':14} {'CPU':>4} {'GB':>5} {'PID':>7} {'STARTED':8} "
-                   "DESCRIPTION")
+        typer.echo(
+            f"{'JOB':34} {'INSTANCE':14} {'CPU':>4} {'GB':>5} {'PID':>7} {'STARTED':8} DESCRIPTION"
+        )
         for a in allocations:
-            typer.echo(f"{a.job_id:34} {a.instance_id:14} {a.cpu:>4g} {a.memory_gb:>5g} "
-                       f"{a.worker_pid or '-':>7} {_ts(a.created):8} {a.description}")
+            typer.echo(
+                f"{a.job_id:34} {a.instance_id:14} {a.cpu:>4g} {a.memory_gb:>5g} "
+                f"{a.worker_pid or '-':>7} {_ts(a.created):8} {a.description}"
+            )
     if history:
         typer.echo("\nfinished:")
         for row in table.job_history(history):
-            typer.echo(f"{row['job_id']:34} {row['instance_id']:14} {row['outcome']:24} "
-                       f"{row['ended'] - row['started']:8.2f}s {row['description']}")
+            typer.echo(
+                f"{row['job_id']:34} {row['instance_id']:14} {row['outcome']:24} "
+                f"{row['ended'] - row['started']:8.2f}s {row['description']}"
+            )
 
 
 @app.command()
@@ -124,8 +145,10 @@ def costs(history: int = typer.Option(10000, help="how many finished jobs to cou
         share = row["cpu"] / row["instance_cpu"] if row["instance_cpu"] else 1.0
         total += duration / 3600 * row["price_per_hour"] * share
         seconds += duration
-    typer.echo(f"{len(rows)} jobs, {seconds:.1f} job-seconds, ${total:.6f} at local list prices "
-               "(the local cloud is free; prices model general-purpose cloud instances)")
+    typer.echo(
+        f"{len(rows)} jobs, {seconds:.1f} job-seconds, ${total:.6f} at local list prices "
+        "(the local cloud is free; prices model general-purpose cloud instances)"
+    )
 
 
 @app.command()

@@ -17,7 +17,9 @@ def _float_env(name: str, default: float) -> float:
     try:
         return float(raw)
     except ValueError as exc:
-        raise ValueError(f"{name}={raw!r} is not a number; set it to a number such as {default}") from exc
+        raise ValueError(
+            f"{name}={raw!r} is not a number; set it to a number such as {default}"
+        ) from exc
 
 
 def meadowrun_home() -> Path:

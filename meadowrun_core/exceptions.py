@@ -69,7 +69,9 @@ class RunMapTasksFailedException(MeadowrunError):
     def __init__(self, failed_tasks: list[TaskResult]) -> None:
         self.failed_tasks = failed_tasks
         first = failed_tasks[0].exception if failed_tasks else None
-        summary = f"{len(failed_tasks)} task(s) failed: ids {[t.task_id for t in failed_tasks][:20]}"
+        summary = (
+            f"{len(failed_tasks)} task(s) failed: ids {[t.task_id for t in failed_tasks][:20]}"
+        )
         if first is not None:
             summary += f"\nFirst failure (task {failed_tasks[0].task_id}): {first}"
         super().__init__(summary)

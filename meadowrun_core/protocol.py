@@ -22,10 +22,12 @@ MAX_FRAME = 2**31 - 1
 
 Header = dict[str, Any]
 
+
 def encode_frame(signer: Signer, header: Header, blob: bytes = b"") -> bytes:
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     body = _U32.pack(len(header_bytes)) + header_bytes + blob
     return _U32.pack(len(body) + _MAC_LEN) + signer.mac(body) + body
+
 
 def decode_body(signer: Signer, frame: bytes) -> tuple[Header, bytes]:
     mac, body = frame[:_MAC_LEN], frame[_MAC_LEN:]
@@ -36,12 +38,15 @@ def decode_body(signer: Signer, frame: bytes) -> tuple[Header, bytes]:
     header = json.loads(body[4 : 4 + header_len])
     return header, body[4 + header_len :]
 
+
 async def read_frame(reader: asyncio.StreamReader, signer: Signer) -> tuple[Header, bytes]:
     (length,) = _U32.unpack(await reader.readexactly(4))
     return decode_body(signer, await reader.readexactly(length))
 
+
 def send_frame_sync(sock: socket.socket, signer: Signer, header: Header, blob: bytes = b"") -> None:
     sock.sendall(encode_frame(signer, header, blob))
+
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     chunks = bytearray()
@@ -51,6 +56,7 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
             raise EOFError("connection closed")
         chunks += chunk
     return bytes(chunks)
+
 
 def read_frame_sync(sock: socket.socket, signer: Signer) -> tuple[Header, bytes]:
     (length,) = _U32.unpack(_recv_exactly(sock, 4))

@@ -29,9 +29,7 @@ from meadowrun_core.serialization import Signer, load_or_create_key
 def _import_function(qualified_name: str) -> Any:
     module_name, _, attr = qualified_name.rpartition(".")
     if not module_name:
-        raise ValueError(
-            f"function name {qualified_name!r} must be 'package.module.function'"
-        )
+        raise ValueError(f"function name {qualified_name!r} must be 'package.module.function'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -51,9 +49,10 @@ def _describe_failure(exc: BaseException) -> bytes:
     """Pickle (exception or None, traceback text); the exception may not be picklable."""
     text = "".join(traceback.format_exception(exc))
     try:
-        return cloudpickle.dumps((exc, text))
+        data: bytes = cloudpickle.dumps((exc, text))
     except Exception:
-        return cloudpickle.dumps((None, f"{text}\n(the exception could not be pickled)"))
+        data = cloudpickle.dumps((None, f"{text}\n(the exception could not be pickled)"))
+    return data
 
 
 class Worker:

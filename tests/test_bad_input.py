@@ -54,7 +54,9 @@ def test_impossible_resources_name_the_largest_type(local_cloud: Path) -> None:
         ({"logical_cpu": "four"}, "must be a number"),
     ],
 )
-def test_invalid_resources_rejected_on_construction(kwargs: dict[str, object], message: str) -> None:
+def test_invalid_resources_rejected_on_construction(
+    kwargs: dict[str, object], message: str
+) -> None:
     with pytest.raises((ValueError, TypeError), match=message):
         mr.Resources(**kwargs)  # type: ignore[arg-type]
 

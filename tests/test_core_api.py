@@ -117,9 +117,10 @@ def test_handle_cancel_stops_worker_and_frees_allocation(local_cloud: Path) -> N
     import psutil
 
     assert allocation.worker_pid is not None
-    assert not psutil.pid_exists(allocation.worker_pid) or psutil.Process(
-        allocation.worker_pid
-    ).status() == psutil.STATUS_ZOMBIE
+    assert (
+        not psutil.pid_exists(allocation.worker_pid)
+        or psutil.Process(allocation.worker_pid).status() == psutil.STATUS_ZOMBIE
+    )
 
 
 def test_run_map_as_completed_and_failures(local_cloud: Path) -> None:
@@ -129,7 +130,9 @@ def test_run_map_as_completed_and_failures(local_cloud: Path) -> None:
     assert sorted(r.task_id for r in results) == [0, 1]
     assert all(not r.is_success for r in results)
     assert all(isinstance(r.exception, mr.TaskException) for r in results)
-    assert all("fail_with_value_error" in r.exception.remote_traceback for r in results if r.exception)
+    assert all(
+        "fail_with_value_error" in r.exception.remote_traceback for r in results if r.exception
+    )
     with pytest.raises(mr.RunMapTasksFailedException) as info:
         mr.run_map(workloads.fail_with_value_error, ["x"])
     assert info.value.failed_tasks[0].exception is not None

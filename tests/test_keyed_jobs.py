@@ -54,10 +54,12 @@ def test_detached_job_outlives_its_client_and_is_reattached(local_cloud: Path) -
 
 
 def test_same_key_follows_the_existing_job(local_cloud: Path) -> None:
-    first = mr.run_function(workloads.worker_pid_and_sleep, args=(1.5,), wait_for_result=False,
-                            job_key="k-same")
-    second = mr.run_function(workloads.worker_pid_and_sleep, args=(1.5,), wait_for_result=False,
-                             job_key="k-same")
+    first = mr.run_function(
+        workloads.worker_pid_and_sleep, args=(1.5,), wait_for_result=False, job_key="k-same"
+    )
+    second = mr.run_function(
+        workloads.worker_pid_and_sleep, args=(1.5,), wait_for_result=False, job_key="k-same"
+    )
     assert first.result(timeout=30) == second.result(timeout=30)
     history = SqliteAllocationTable(local_cloud / "state.db").job_history()
     assert len([r for r in history if r["description"].startswith("run_function")]) == 1
@@ -78,17 +80,16 @@ def test_cancel_job_from_another_process(local_cloud: Path) -> None:
 
 
 def test_command_outcome_is_kept(local_cloud: Path) -> None:
-    _submit_in_other_process(
-        'mr.run_command(["sh", "-c", "exit 4"], job_key="k-cmd", detach=True)'
-    )
+    _submit_in_other_process('mr.run_command(["sh", "-c", "exit 4"], job_key="k-cmd", detach=True)')
     assert mr.job_status("k-cmd") == "exited"
     result = mr.attach_job("k-cmd").result(timeout=10)
     assert isinstance(result, mr.CommandResult) and result.return_code == 4
 
 
 def test_cancelling_a_waiter_leaves_the_job_running(local_cloud: Path) -> None:
-    mr.run_function(workloads.slow_square, args=(3, 2.0), wait_for_result=False,
-                    job_key="k-wait", detach=True)
+    mr.run_function(
+        workloads.slow_square, args=(3, 2.0), wait_for_result=False, job_key="k-wait", detach=True
+    )
 
     async def give_up_waiting() -> None:
         with pytest.raises(TimeoutError):

@@ -93,7 +93,9 @@ def test_sixteen_racing_clients_never_over_allocate(local_cloud: Path, tmp_path:
     for instance_id, cpus in capacity.items():
         mine = [r for r in runs if r["instance"] == instance_id]
         for run in mine:
-            overlapping = sum(1 for r in mine if r["start"] < run["end"] and r["end"] > run["start"])
+            overlapping = sum(
+                1 for r in mine if r["start"] < run["end"] and r["end"] > run["start"]
+            )
             assert overlapping <= cpus, f"{overlapping} jobs at once on a {cpus}-CPU instance"
     assert table.list_allocations() == []
 
@@ -242,8 +244,12 @@ def test_agent_rejects_unauthenticated_clients(local_cloud: Path) -> None:
     async def attack() -> bytes:
         reader, writer = await asyncio.open_connection(host, int(port))
         forged = Signer(b"not-the-cluster-key-at-all-1234")
-        writer.write(encode_frame(forged, {"type": "run", "job_id": "x", "kind": "command",
-                                           "args": ["touch", "/tmp/pwned"]}))
+        writer.write(
+            encode_frame(
+                forged,
+                {"type": "run", "job_id": "x", "kind": "command", "args": ["touch", "/tmp/pwned"]},
+            )
+        )
         await writer.drain()
         return await reader.read()
 
@@ -274,7 +280,9 @@ def test_cli_shows_live_state(local_cloud: Path) -> None:
         20,
         "the job to start",
     )
-    instances = subprocess.run([*meadowrun, "instances"], capture_output=True, text=True, check=True)
+    instances = subprocess.run(
+        [*meadowrun, "instances"], capture_output=True, text=True, check=True
+    )
     (instance,) = _table(local_cloud).list_instances()
     assert instance.instance_id in instances.stdout and "alive" in instances.stdout
     jobs = subprocess.run([*meadowrun, "jobs"], capture_output=True, text=True, check=True)

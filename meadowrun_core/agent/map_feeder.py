@@ -161,7 +161,10 @@ class MapFeeder:
             await asyncio.to_thread(
                 self.queues.send_batch,
                 self.request_queue,
-                [encode_tasks(self.signer, resend[i : i + 100]) for i in range(0, len(resend), 100)],
+                [
+                    encode_tasks(self.signer, resend[i : i + 100])
+                    for i in range(0, len(resend), 100)
+                ],
             )
         await self.flush()
         receipts = [h.receipt for h in held]

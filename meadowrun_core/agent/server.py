@@ -25,7 +25,12 @@ from typing import Any
 import psutil
 
 from meadowrun_core.agent.map_feeder import MapFeeder, Task
-from meadowrun_core.agent.worker_pool import WorkerDiedError, WorkerPool, WorkerProcess, describe_exit
+from meadowrun_core.agent.worker_pool import (
+    WorkerDiedError,
+    WorkerPool,
+    WorkerProcess,
+    describe_exit,
+)
 from meadowrun_core.config import Settings, meadowrun_home
 from meadowrun_core.local.allocation_table import SqliteAllocationTable
 from meadowrun_core.local.object_store import FileObjectStore
@@ -81,7 +86,9 @@ class RunningJob:
 
 
 class Agent:
-    def __init__(self, instance_id: str, home: Path, settings: Settings, idle_timeout: float) -> None:
+    def __init__(
+        self, instance_id: str, home: Path, settings: Settings, idle_timeout: float
+    ) -> None:
         self.instance_id = instance_id
         self.home = home
         self.settings = settings
@@ -96,6 +103,7 @@ class Agent:
         self.pid_dir.mkdir(parents=True, exist_ok=True)
         self.jobs: dict[str, RunningJob] = {}
         self.feeders: dict[str, MapFeeder] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self.last_activity = time.monotonic()
         self.interruption_handled = False
         self.shutdown = asyncio.Event()
@@ -219,7 +227,9 @@ class Agent:
             while True:
                 header, blob = await read_frame(reader, self.signer)
                 if header["type"] == "run":
-                    asyncio.create_task(self.run_job(conn, header, blob))
+                    task = asyncio.create_task(self.run_job(conn, header, blob))
+                    self._tasks.add(task)  # keep a reference until it finishes
+                    task.add_done_callback(self._tasks.discard)
                 elif header["type"] == "cancel":
                     job = self.jobs.get(header["job_id"])
                     if job is not None:
@@ -227,8 +237,9 @@ class Agent:
                 elif header["type"] == "attach":
                     job = self.jobs.get(header["job_id"])
                     if job is None:
-                        conn.send({"type": "final", "job_id": header["job_id"],
-                                   "status": "unknown"})
+                        conn.send(
+                            {"type": "final", "job_id": header["job_id"], "status": "unknown"}
+                        )
                     elif conn not in job.subscribers:
                         job.subscribers.append(conn)
                 elif header["type"] == "stop":
@@ -248,8 +259,14 @@ class Agent:
             (a for a in self.table.list_allocations(self.instance_id) if a.job_id == job_id), None
         )
         if alloc is None:
-            conn.send({"type": "final", "job_id": job_id, "status": "refused",
-                       "message": f"job {job_id} has no allocation on {self.instance_id}"})
+            conn.send(
+                {
+                    "type": "final",
+                    "job_id": job_id,
+                    "status": "refused",
+                    "message": f"job {job_id} has no allocation on {self.instance_id}",
+                }
+            )
             return
         job = RunningJob(job_id, header["kind"], [conn], alloc.memory_gb)
         self.jobs[job_id] = job
@@ -297,8 +314,11 @@ class Agent:
         if prepared.code_manifest and worker.code_loaded != prepared.code_manifest:
             reply, failure = await worker.request(
                 self.signer,
-                {"type": "load_code", "manifest": prepared.code_manifest,
-                 "cache_dir": str(self.code_dir)},
+                {
+                    "type": "load_code",
+                    "manifest": prepared.code_manifest,
+                    "cache_dir": str(self.code_dir),
+                },
             )
             if not reply["ok"]:
                 self.pool.discard(worker)
@@ -307,7 +327,9 @@ class Agent:
         self.table.set_worker_pid(job.job_id, worker.pid)
         return worker
 
-    def _worker_gone(self, job: RunningJob, worker: WorkerProcess, exc: WorkerDiedError) -> dict[str, Any]:
+    def _worker_gone(
+        self, job: RunningJob, worker: WorkerProcess, exc: WorkerDiedError
+    ) -> dict[str, Any]:
         self.pool.release(worker)
         if job.cancel_reason:
             return {"status": job.end_status, "message": job.cancel_reason}
@@ -322,8 +344,12 @@ class Agent:
             return {"status": "failed", "stage": "load"}, exc.failure
         except WorkerDiedError as exc:
             return {"status": "died", "message": f"worker could not start: {exc}"}, b""
-        call = {k: header[k] for k in ("function_key", "function_name") if k in header}
-        call.update(type="call", call_id=job.job_id, pid_file=str(self.pid_dir / f"{job.job_id}.pid"))
+        call: dict[str, Any] = {
+            k: header[k] for k in ("function_key", "function_name") if k in header
+        }
+        call.update(
+            type="call", call_id=job.job_id, pid_file=str(self.pid_dir / f"{job.job_id}.pid")
+        )
         try:
             reply, payload = await worker.request(self.signer, call, blob)
         except WorkerDiedError as exc:
@@ -349,7 +375,10 @@ class Agent:
                 start_new_session=True,
             )
         except OSError as exc:
-            return {"status": "failed_to_start", "message": f"cannot run {header['args'][0]!r}: {exc}"}
+            return {
+                "status": "failed_to_start",
+                "message": f"cannot run {header['args'][0]!r}: {exc}",
+            }
         job.command = proc
         (self.pid_dir / f"{job.job_id}.pid").write_text(str(proc.pid))
         self.table.set_worker_pid(job.job_id, proc.pid)
@@ -362,8 +391,11 @@ class Agent:
         await asyncio.gather(pump(proc.stdout, "stdout"), pump(proc.stderr, "stderr"))
         returncode = await proc.wait()
         if job.cancel_reason:
-            return {"status": job.end_status, "message": job.cancel_reason,
-                    "return_code": returncode}
+            return {
+                "status": job.end_status,
+                "message": job.cancel_reason,
+                "return_code": returncode,
+            }
         return {"status": "exited", "return_code": returncode}
 
     async def run_map_slot(self, job: RunningJob, header: dict[str, Any]) -> dict[str, Any]:
@@ -387,8 +419,13 @@ class Agent:
             worker = await self._prepare_worker(job, header["deployment"])
             pid_file = str(self.pid_dir / f"{job.job_id}.pid")
             while (task := await feeder.next_task(job.stopping)) is not None:
-                call = {"type": "call", "call_id": task.task_id, "single_argument": True,
-                        "function_key": spec["function_key"], "pid_file": pid_file}
+                call = {
+                    "type": "call",
+                    "call_id": task.task_id,
+                    "single_argument": True,
+                    "function_key": spec["function_key"],
+                    "pid_file": pid_file,
+                }
                 reply, payload = await worker.request(self.signer, call, task.argument)
                 feeder.complete(task, reply["ok"], payload, "" if reply["ok"] else reply["stage"])
                 task = None
@@ -399,8 +436,11 @@ class Agent:
         except _CodeLoadError as exc:
             return {"status": "failed", "stage": "load", "message": _failure_text(exc.failure)}
         except WorkerDiedError as exc:
-            died = self._worker_gone(job, worker, exc) if worker else {"status": "died",
-                                                                        "message": str(exc)}
+            died = (
+                self._worker_gone(job, worker, exc)
+                if worker
+                else {"status": "died", "message": str(exc)}
+            )
             if task is not None:
                 feeder.complete(task, False, pickle.dumps((None, died["message"])), "died")
             return died

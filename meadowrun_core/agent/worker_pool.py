@@ -70,9 +70,9 @@ class WorkerProcess:
                 if self.sink is not None:
                     self.sink(stream, data)
 
-    async def request(self, signer: Signer, header: dict[str, Any], blob: bytes = b"") -> tuple[
-        dict[str, Any], bytes
-    ]:
+    async def request(
+        self, signer: Signer, header: dict[str, Any], blob: bytes = b""
+    ) -> tuple[dict[str, Any], bytes]:
         """Send one frame and wait for the reply; WorkerDiedError if the process dies first."""
         try:
             self.writer.write(encode_frame(signer, header, blob))

@@ -76,8 +76,12 @@ async def run_on_instance(
         conn = await runtime.connection(placement.instance.address, backend)
     except OSError as exc:
         backend.table.deallocate(placement.job_id, "instance unreachable")
-        return {"type": "final", "job_id": placement.job_id, "status": "disconnected",
-                "message": f"cannot reach instance {placement.instance.instance_id}: {exc}"}, b""
+        return {
+            "type": "final",
+            "job_id": placement.job_id,
+            "status": "disconnected",
+            "message": f"cannot reach instance {placement.instance.instance_id}: {exc}",
+        }, b""
     events = conn.register(placement.job_id)
     logger = OutputLogger(placement.job_id)
     if attach:
@@ -93,12 +97,17 @@ async def run_on_instance(
             elif event["type"] == "final":
                 return event, payload
             elif event["type"] == "disconnected":
-                return {"type": "final", "job_id": placement.job_id, "status": "disconnected",
-                        "message": f"instance {placement.instance.instance_id} went away"}, b""
+                return {
+                    "type": "final",
+                    "job_id": placement.job_id,
+                    "status": "disconnected",
+                    "message": f"instance {placement.instance.instance_id} went away",
+                }, b""
     except asyncio.CancelledError:
         if not attach:
-            conn.send({"type": "cancel", "job_id": placement.job_id,
-                       "reason": "cancelled by caller"})
+            conn.send(
+                {"type": "cancel", "job_id": placement.job_id, "reason": "cancelled by caller"}
+            )
         raise
     finally:
         logger.flush()
@@ -169,8 +178,11 @@ async def _run_job(
         (placement,) = await allocate(backend, resources, 1, submission.client_id, description)
     except BaseException as exc:
         if submission.job_key is not None:
-            backend.table.record_job_final(submission.job_key, json.dumps(
-                {"status": "error", "job_id": "-", "message": f"not started: {exc!r}"}), None)
+            backend.table.record_job_final(
+                submission.job_key,
+                json.dumps({"status": "error", "job_id": "-", "message": f"not started: {exc!r}"}),
+                None,
+            )
         raise
     if submission.job_key is not None:
         header = {**header, "job_key": submission.job_key}
@@ -205,8 +217,12 @@ async def command_job(
     environment: dict[str, str],
     description: str,
 ) -> CommandResult:
-    header = {"kind": "command", "deployment": deployment.to_json(), "args": args,
-              "environment": environment}
+    header = {
+        "kind": "command",
+        "deployment": deployment.to_json(),
+        "args": args,
+        "environment": environment,
+    }
     result: CommandResult = await _run_job(
         runtime, backend, submission, resources, description, header
     )
@@ -276,10 +292,22 @@ def prepare_function_job(
     submission, exists = _submission(runtime, backend, job_key, detach, detached_timeout)
     if exists:
         assert submission.job_key is not None
-        return PreparedJob(runtime, follow_keyed_job(runtime, backend, submission.job_key),
-                           description, submission.job_key)
-    job = function_job(runtime, backend, submission, function_ref, arguments, checked_resources,
-                       prepared, description)
+        return PreparedJob(
+            runtime,
+            follow_keyed_job(runtime, backend, submission.job_key),
+            description,
+            submission.job_key,
+        )
+    job = function_job(
+        runtime,
+        backend,
+        submission,
+        function_ref,
+        arguments,
+        checked_resources,
+        prepared,
+        description,
+    )
     return PreparedJob(runtime, job, description, submission.job_key)
 
 
@@ -307,10 +335,15 @@ def prepare_command_job(
     submission, exists = _submission(runtime, backend, job_key, detach, detached_timeout)
     if exists:
         assert submission.job_key is not None
-        return PreparedJob(runtime, follow_keyed_job(runtime, backend, submission.job_key),
-                           description, submission.job_key)
-    job = command_job(runtime, backend, submission, argv, checked_resources, prepared, env,
-                      description)
+        return PreparedJob(
+            runtime,
+            follow_keyed_job(runtime, backend, submission.job_key),
+            description,
+            submission.job_key,
+        )
+    job = command_job(
+        runtime, backend, submission, argv, checked_resources, prepared, env, description
+    )
     return PreparedJob(runtime, job, description, submission.job_key)
 
 

@@ -15,7 +15,7 @@ import pickle
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from tqdm import tqdm
@@ -128,13 +128,18 @@ class MapJob:
             if slot.done() or placement.instance.address is None:
                 continue
             conn = await self.runtime.connection(placement.instance.address, self.backend)
-            conn.send({"type": "cancel" if kill else "stop", "job_id": job_id,
-                       "reason": "map job cancelled"})
+            conn.send(
+                {
+                    "type": "cancel" if kill else "stop",
+                    "job_id": job_id,
+                    "reason": "map job cancelled",
+                }
+            )
         if self.slots:
             await asyncio.wait(list(self.slots.values()), timeout=10)
 
     # --- the loop -----------------------------------------------------------------------
-    async def results(self) -> AsyncIterator[TaskResult]:
+    async def results(self) -> AsyncGenerator[TaskResult, None]:
         queues = self.backend.queues
         queues.create_queue(self.request_queue)
         queues.create_queue(self.result_queue)
@@ -188,7 +193,9 @@ class MapJob:
                 payload, "run" if kind == "died" else kind, f"task {task_id}, attempt {attempt}"
             )
             if kind in ("died", "lost"):
-                exception.message = f"task {task_id} attempt {attempt}: {exception.remote_traceback}"
+                exception.message = (
+                    f"task {task_id} attempt {attempt}: {exception.remote_traceback}"
+                )
                 exception.remote_traceback = ""
             out.append(TaskResult(task_id, False, None, exception, attempt))
         if retry:
@@ -202,19 +209,25 @@ class MapJob:
             del self.slots[job_id]
             final, payload = slot.result()
             if final["status"] == "failed" and final.get("stage") == "load":
-                raise failure_exception(payload, "load", f"map worker {job_id}") if payload else (
-                    MeadowrunError(f"map worker {job_id} could not load its code: "
-                                   f"{final.get('message')}")
+                raise (
+                    failure_exception(payload, "load", f"map worker {job_id}")
+                    if payload
+                    else (
+                        MeadowrunError(
+                            f"map worker {job_id} could not load its code: {final.get('message')}"
+                        )
+                    )
                 )
             if final["status"] not in ("stopped",):
-                log.warning("map worker %s ended: %s %s", job_id, final["status"],
-                            final.get("message", ""))
+                log.warning(
+                    "map worker %s ended: %s %s", job_id, final["status"], final.get("message", "")
+                )
         outstanding = len(self.arguments) - len(self.reported)
         if (
             outstanding
             and len(self.slots) < min(self.target_workers, outstanding)
-            and time.monotonic() - self._last_top_up > (0 if not self.slots else
-                                                        TOP_UP_INTERVAL_SECONDS)
+            and time.monotonic() - self._last_top_up
+            > (0 if not self.slots else TOP_UP_INTERVAL_SECONDS)
         ):
             self._last_top_up = time.monotonic()
             await self.start_slots(minimum=0 if self.slots else 1)
@@ -242,7 +255,9 @@ def prepare_map_job(
     checked_deployment = check_deployment(deployment)
     check_satisfiable(backend, resources)
     if isinstance(args, str | bytes) or not hasattr(args, "__iter__"):
-        raise BadInputError(f"args must be an iterable of task arguments, got {type(args).__name__}")
+        raise BadInputError(
+            f"args must be an iterable of task arguments, got {type(args).__name__}"
+        )
     if not isinstance(max_num_task_attempts, int) or max_num_task_attempts < 1:
         raise BadInputError(f"max_num_task_attempts must be >= 1, got {max_num_task_attempts!r}")
     if num_concurrent_tasks is not None and (
@@ -255,16 +270,26 @@ def prepare_map_job(
     function_ref = upload_function(backend, function)
     if "function_key" not in function_ref:
         # map workers load functions by key: store the import path as a tiny signed pickle
-        function_ref = {"function_key": backend.store.put(
-            backend.signer.dumps(_ImportedFunction(function_ref["function_name"])))}
+        function_ref = {
+            "function_key": backend.store.put(
+                backend.signer.dumps(_ImportedFunction(function_ref["function_name"]))
+            )
+        }
     prepared = prepare_deployment(backend, checked_deployment)
     if num_concurrent_tasks is None:
         fit = math.floor(backend.max_cpu / max(resources.logical_cpu, 1e-9))
         num_concurrent_tasks = max(1, min(len(arguments), fit))
     description = f"run_map {getattr(function, '__qualname__', function)}"
     return runtime, MapJob(
-        runtime, backend, function_ref["function_key"], arguments, resources, prepared,
-        num_concurrent_tasks, max_num_task_attempts, description,
+        runtime,
+        backend,
+        function_ref["function_key"],
+        arguments,
+        resources,
+        prepared,
+        num_concurrent_tasks,
+        max_num_task_attempts,
+        description,
     )
 
 

@@ -67,7 +67,8 @@ def upload_function(backend: LocalBackend, function: Callable[..., Any] | str) -
 
 def pickle_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     try:
-        return cloudpickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+        data: bytes = cloudpickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+        return data
     except Exception as exc:
         for index, value in enumerate(args):
             _check_one(value, f"positional argument {index}")
@@ -78,7 +79,8 @@ def pickle_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
 
 def pickle_task_argument(value: Any, task_id: int) -> bytes:
     try:
-        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        data: bytes = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        return data
     except Exception:
         _check_one(value, f"the argument of task {task_id}")
         raise

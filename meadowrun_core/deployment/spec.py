@@ -67,8 +67,13 @@ Interpreter = (
     | ContainerInterpreter
 )
 
-_NOT_BUILT = (PipRequirementsFile, UvProject, PoetryProjectPath, CondaEnvironmentFile,
-              ContainerInterpreter)
+_NOT_BUILT = (
+    PipRequirementsFile,
+    UvProject,
+    PoetryProjectPath,
+    CondaEnvironmentFile,
+    ContainerInterpreter,
+)
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ import sqlite3
 import time
 from pathlib import Path
 
+from meadowrun_core.local.sqlite_db import SqliteDb
 from meadowrun_core.resources import Resources
 from meadowrun_core.seams.allocation_table import AllocationRecord, InstanceRecord
 from meadowrun_core.seams.instance_provider import InstanceType
-from meadowrun_core.local.sqlite_db import SqliteDb
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -209,8 +209,15 @@ class SqliteAllocationTable:
         conn.execute(
             "INSERT INTO allocations (job_id, instance_id, client_id, cpu, memory_gb, created, "
             "description) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (job_id, instance_id, client_id, resources.logical_cpu, resources.memory_gb, now,
-             description),
+            (
+                job_id,
+                instance_id,
+                client_id,
+                resources.logical_cpu,
+                resources.memory_gb,
+                now,
+                description,
+            ),
         )
 
     def deallocate(self, job_id: str, outcome: str) -> bool:
@@ -373,9 +380,11 @@ class SqliteAllocationTable:
             )
 
     def get_job_key(self, job_key: str) -> dict[str, object] | None:
-        row = self._db.connection().execute(
-            "SELECT * FROM job_keys WHERE job_key = ?", (job_key,)
-        ).fetchone()
+        row = (
+            self._db.connection()
+            .execute("SELECT * FROM job_keys WHERE job_key = ?", (job_key,))
+            .fetchone()
+        )
         return None if row is None else dict(row)
 
     def forget_job_key(self, job_key: str) -> bool:

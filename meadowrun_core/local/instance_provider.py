@@ -45,7 +45,9 @@ def local_instance_types(max_cpu: float, max_memory_gb: float) -> list[InstanceT
 class LocalInstanceProvider:
     """Each instance is a detached agent process that outlives the client that started it."""
 
-    def __init__(self, home: Path, max_cpu: float, max_memory_gb: float, idle_timeout: float) -> None:
+    def __init__(
+        self, home: Path, max_cpu: float, max_memory_gb: float, idle_timeout: float
+    ) -> None:
         self._home = home
         self._max_cpu = max_cpu
         self._max_memory_gb = max_memory_gb
