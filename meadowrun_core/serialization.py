@@ -55,6 +55,18 @@ class Signer:
         return pickle.loads(self.verify(blob))
 
 
+def dumps_fast(value: Any) -> bytes:
+    """Plain pickle when it is self-contained (several times faster for small data), else
+    cloudpickle, which also pickles functions and classes defined in ``__main__``."""
+    try:
+        data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        data = b""
+    if not data or b"__main__" in data:
+        data = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    return data
+
+
 def load_or_create_key(path: Path) -> bytes:
     """Read the cluster key, creating it (mode 0600) on first use."""
     try:

@@ -23,7 +23,7 @@ from meadowrun_core.config import meadowrun_home
 from meadowrun_core.deployment.code_mirror import materialize
 from meadowrun_core.local.object_store import FileObjectStore
 from meadowrun_core.protocol import read_frame_sync, send_frame_sync
-from meadowrun_core.serialization import Signer, load_or_create_key
+from meadowrun_core.serialization import Signer, dumps_fast, load_or_create_key
 
 
 def _import_function(qualified_name: str) -> Any:
@@ -102,7 +102,7 @@ class Worker:
             sys.stdout.flush()
             sys.stderr.flush()
         try:
-            return {"ok": True}, cloudpickle.dumps(result)
+            return {"ok": True}, dumps_fast(result)
         except BaseException as exc:
             error = TypeError(
                 f"the result of type {type(result).__name__} cannot be pickled to send it back: "
@@ -131,6 +131,16 @@ class Worker:
                         {"type": "code_loaded", "ok": False},
                         _describe_failure(exc),
                     )
+                continue
+            if header["type"] == "call_batch":
+                pid_file = header.get("pid_file")
+                if pid_file:
+                    _write_pid_file(Path(pid_file))
+                for argument in pickle.loads(blob):
+                    task = {"function_key": header["function_key"], "single_argument": True}
+                    result_header, result_blob = self.call(task, argument)
+                    result_header["type"] = "result"
+                    send_frame_sync(self._sock, self._signer, result_header, result_blob)
                 continue
             if header["type"] == "call":
                 pid_file = header.get("pid_file")

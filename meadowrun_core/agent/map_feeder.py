@@ -84,6 +84,20 @@ class MapFeeder:
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_loop())
 
+    async def next_tasks(self, stopping: asyncio.Event, count: int) -> list[Task]:
+        """Up to ``count`` tasks for a slot; empty once the slot should stop."""
+        first = await self.next_task(stopping)
+        if first is None:
+            return []
+        tasks = [first]
+        while self.pending and len(tasks) < count:
+            tasks.append(self.pending.popleft())
+        return tasks
+
+    def put_back(self, tasks: list[Task]) -> None:
+        """Tasks a slot took but never started go to the front, for the next slot."""
+        self.pending.extendleft(reversed(tasks))
+
     async def next_task(self, stopping: asyncio.Event) -> Task | None:
         """The next task for a slot, or None once the slot should stop."""
         while not self.pending:

@@ -414,21 +414,27 @@ class Agent:
             feeder.start()
         feeder.slots += 1
         worker: WorkerProcess | None = None
-        task: Task | None = None
+        in_flight: list[Task] = []
         try:
             worker = await self._prepare_worker(job, header["deployment"])
-            pid_file = str(self.pid_dir / f"{job.job_id}.pid")
-            while (task := await feeder.next_task(job.stopping)) is not None:
-                call = {
-                    "type": "call",
-                    "call_id": task.task_id,
-                    "single_argument": True,
-                    "function_key": spec["function_key"],
-                    "pid_file": pid_file,
-                }
-                reply, payload = await worker.request(self.signer, call, task.argument)
-                feeder.complete(task, reply["ok"], payload, "" if reply["ok"] else reply["stage"])
-                task = None
+            pace = _BatchPace()
+            call = {
+                "type": "call_batch",
+                "function_key": spec["function_key"],
+                "pid_file": str(self.pid_dir / f"{job.job_id}.pid"),
+            }
+            while in_flight := await feeder.next_tasks(job.stopping, pace.size):
+                # the worker streams one reply per task, so a death pins down its task
+                await worker.send(self.signer, call, pickle.dumps([t.argument for t in in_flight]))
+                pace.restart()
+                while in_flight:
+                    reply, payload = await worker.receive(self.signer)
+                    task = in_flight.pop(0)
+                    feeder.complete(
+                        task, reply["ok"], payload, "" if reply["ok"] else reply["stage"]
+                    )
+                    pace.record()
+                worker.drain_output()
             self.pool.release(worker)
             if feeder.interrupted:
                 return {"status": "interrupted", "message": "instance interruption notice"}
@@ -441,8 +447,10 @@ class Agent:
                 if worker
                 else {"status": "died", "message": str(exc)}
             )
-            if task is not None:
-                feeder.complete(task, False, pickle.dumps((None, died["message"])), "died")
+            if in_flight:
+                running, *not_started = in_flight
+                feeder.complete(running, False, pickle.dumps((None, died["message"])), "died")
+                feeder.put_back(not_started)
             return died
         finally:
             feeder.slots -= 1
@@ -452,6 +460,28 @@ class Agent:
                 if job.end_status == "lease_expired":
                     self.queues.delete_queue(spec["request_queue"])
                     self.queues.delete_queue(spec["result_queue"])
+
+
+class _BatchPace:
+    """How many tasks to hand a worker at once: about 5 ms of work, so tiny tasks share a
+    frame while long ones go one by one and stay balanced across workers."""
+
+    TARGET_SECONDS = 0.005
+    MAX_TASKS = 64
+
+    def __init__(self) -> None:
+        self.size = 1
+        self._last = time.perf_counter()
+        self._mean: float | None = None
+
+    def record(self) -> None:
+        now = time.perf_counter()
+        elapsed, self._last = now - self._last, now
+        self._mean = elapsed if self._mean is None else 0.8 * self._mean + 0.2 * elapsed
+        self.size = max(1, min(self.MAX_TASKS, int(self.TARGET_SECONDS / max(self._mean, 1e-6))))
+
+    def restart(self) -> None:
+        self._last = time.perf_counter()
 
 
 class _CodeLoadError(Exception):

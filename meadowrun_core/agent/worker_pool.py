@@ -84,6 +84,19 @@ class WorkerProcess:
         self.drain_output()
         return reply
 
+    async def send(self, signer: Signer, header: dict[str, Any], blob: bytes = b"") -> None:
+        try:
+            self.writer.write(encode_frame(signer, header, blob))
+            await self.writer.drain()
+        except ConnectionError as exc:
+            raise WorkerDiedError(await _wait_exit(self.proc)) from exc
+
+    async def receive(self, signer: Signer) -> tuple[dict[str, Any], bytes]:
+        try:
+            return await read_frame(self.reader, signer)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            raise WorkerDiedError(await _wait_exit(self.proc)) from exc
+
     def kill(self, reason: str) -> None:
         self.killed_reason = self.killed_reason or reason
         with contextlib.suppress(ProcessLookupError):

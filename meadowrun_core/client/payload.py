@@ -16,6 +16,7 @@ from meadowrun_core.deployment.spec import Deployment, PreparedDeployment
 from meadowrun_core.exceptions import BadInputError
 from meadowrun_core.local.backend import LocalBackend
 from meadowrun_core.resources import Resources
+from meadowrun_core.serialization import dumps_fast
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,7 @@ def pickle_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
 
 def pickle_task_argument(value: Any, task_id: int) -> bytes:
     try:
-        data: bytes = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        return data
+        return dumps_fast(value)
     except Exception:
         _check_one(value, f"the argument of task {task_id}")
         raise
