@@ -138,15 +138,15 @@ def run_map_as_completed(
     )
     if job is None:
         return
-    results = job.results()
+    batches = job.result_batches()
     try:
         while True:
             try:
-                yield runtime.run(_next(results))
+                yield from runtime.run(_next(batches))
             except StopAsyncIteration:
                 return
     finally:
-        runtime.run(results.aclose())
+        runtime.run(batches.aclose())
 
 
 async def run_map_as_completed_async(
@@ -170,19 +170,20 @@ async def run_map_as_completed_async(
     )
     if job is None:
         return
-    results = job.results()
+    batches = job.result_batches()
     try:
         while True:
             try:
-                yield await runtime.run_async(_next(results))
+                for result in await runtime.run_async(_next(batches)):
+                    yield result
             except StopAsyncIteration:
                 return
     finally:
-        await runtime.run_async(results.aclose())
+        await runtime.run_async(batches.aclose())
 
 
-async def _next(results: AsyncGenerator[TaskResult, None]) -> TaskResult:
-    return await anext(results)
+async def _next(batches: AsyncGenerator[list[TaskResult], None]) -> list[TaskResult]:
+    return await anext(batches)
 
 
 def _in_order(results: Iterable[TaskResult], count_hint: int | None = None) -> list[Any]:

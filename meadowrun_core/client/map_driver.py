@@ -139,7 +139,9 @@ class MapJob:
             await asyncio.wait(list(self.slots.values()), timeout=10)
 
     # --- the loop -----------------------------------------------------------------------
-    async def results(self) -> AsyncGenerator[TaskResult, None]:
+    async def result_batches(self) -> AsyncGenerator[list[TaskResult], None]:
+        """Results as they arrive, a list per receive (crossing threads per batch, not per
+        task, keeps the sync API as fast as the async one)."""
         queues = self.backend.queues
         queues.create_queue(self.request_queue)
         queues.create_queue(self.result_queue)
@@ -157,10 +159,14 @@ class MapJob:
             await self.start_slots(minimum=1)
             while len(self.reported) < len(self.arguments):
                 messages = await asyncio.to_thread(queues.receive, self.result_queue, 10, 30, 0.05)
-                for message in messages:
-                    for result in self.handle(decode_results(self.backend.signer, message.body)):
-                        progress.update(1)
-                        yield result
+                batch = [
+                    result
+                    for message in messages
+                    for result in self.handle(decode_results(self.backend.signer, message.body))
+                ]
+                if batch:
+                    progress.update(len(batch))
+                    yield batch
                 if messages:
                     await asyncio.to_thread(
                         queues.delete, self.result_queue, [m.receipt for m in messages]

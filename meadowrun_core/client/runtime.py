@@ -8,6 +8,7 @@ loops) and the async API is just an ``await`` on the same future.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import logging
 import os
@@ -39,6 +40,7 @@ class ClientRuntime:
         self._thread.start()
         self._backends: dict[tuple[str, Host], LocalBackend] = {}
         self._connections: dict[str, AgentConnection] = {}
+        self._connecting: dict[str, asyncio.Lock] = {}
         self._lease_wakeup = threading.Event()
         self._lease_thread: threading.Thread | None = None
 
@@ -47,7 +49,26 @@ class ClientRuntime:
         with cls._lock:
             if cls._current is None or cls._current.pid != os.getpid():
                 cls._current = ClientRuntime()
+                atexit.register(cls._current.shutdown)
             return cls._current
+
+    def shutdown(self) -> None:
+        """At exit: release our leases (our jobs stop at once) and close connections."""
+        if os.getpid() != self.pid:
+            return
+        self.forget_backends()
+
+        async def stop() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            self.submit(stop()).result(timeout=2)
+        except Exception:
+            log.debug("client loop did not stop cleanly", exc_info=True)
+        self.loop.call_soon_threadsafe(self.loop.stop)
 
     # --- bridging ----------------------------------------------------------------------
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
@@ -126,8 +147,10 @@ class ClientRuntime:
             self.loop.call_soon_threadsafe(conn.close)
 
     async def connection(self, address: str, backend: LocalBackend) -> AgentConnection:
-        conn = self._connections.get(address)
-        if conn is None or conn.closed:
-            conn = await AgentConnection.open(address, backend.signer)
-            self._connections[address] = conn
-        return conn
+        lock = self._connecting.setdefault(address, asyncio.Lock())
+        async with lock:  # two jobs starting at once share one connection
+            conn = self._connections.get(address)
+            if conn is None or conn.closed:
+                conn = await AgentConnection.open(address, backend.signer)
+                self._connections[address] = conn
+            return conn
