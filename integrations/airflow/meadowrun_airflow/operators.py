@@ -1,0 +1,322 @@
+"""``MeadowrunOperator``: a PythonOperator / BashOperator whose work runs on meadowrun instances.
+
+The Airflow worker only submits and follows the job, so its slot stays cheap; with
+``deferrable=True`` it does not even hold the slot while the job runs (modelled on the Amazon
+provider's BatchOperator and EcsRunTaskOperator).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import timedelta
+from typing import Any, ClassVar
+
+from airflow.sdk import BaseOperator, Context, conf
+from airflow.sdk.exceptions import AirflowException, AirflowSkipException, AirflowTaskTimeout
+
+import meadowrun_core as mr
+from meadowrun_airflow.jobs import (
+    JOB_LOGGER,
+    RUNNING,
+    UNKNOWN,
+    JobSpec,
+    OutputTap,
+    StartedJob,
+    job_key,
+    keyed_job_id,
+    outcome_event,
+    start_job,
+    submit_detached,
+    wait_until_started,
+)
+from meadowrun_core.config import meadowrun_home
+
+# Context values a remote callable may ask for by parameter name: plain data that pickles.
+# (``ti``, ``dag_run`` and the like are live objects of the worker and cannot travel.)
+REMOTE_CONTEXT_KEYS = frozenset({
+    "ds", "ds_nodash", "ts", "ts_nodash", "ts_nodash_with_tz", "logical_date",
+    "data_interval_start", "data_interval_end", "run_id", "params", "task_instance_key_str",
+})
+
+
+def to_meadowrun_resources(resources: Any) -> mr.Resources | None:
+    """``mr.Resources`` from itself or from Airflow's executor resources (cpus, ram in MB,
+    gpus), which is what ``resources`` becomes on a mapped task."""
+    if resources is None or isinstance(resources, mr.Resources):
+        return resources
+    if isinstance(resources, Mapping):
+        from airflow.sdk.definitions.operator_resources import Resources
+
+        resources = Resources(**resources)
+    fields: dict[str, float] = {}
+    if (cpus := getattr(resources, "cpus", None)) is not None:
+        fields["logical_cpu"] = float(cpus.qty)
+    if (ram := getattr(resources, "ram", None)) is not None:
+        fields["memory_gb"] = float(ram.qty) / 1024
+    if (gpus := getattr(resources, "gpus", None)) is not None and gpus.qty:
+        fields["gpus"] = float(gpus.qty)
+    if not fields:
+        raise TypeError(f"resources must be meadowrun_core.Resources, got {resources!r}")
+    return mr.Resources(**fields)
+
+
+def _plain(value: Any) -> Any:
+    """Airflow's lazy XCom proxies (the results of a mapped task) as plain lists and dicts:
+    they hold live handles of the worker and must not be pickled."""
+    if type(value).__module__.startswith("airflow."):
+        if isinstance(value, Mapping):
+            return dict(value)
+        if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+            # by index: iterating probes one past the end, which Airflow logs as an error
+            return [value[i] for i in range(len(value))]
+    return value
+
+
+class MeadowrunJobError(AirflowException):
+    """The job failed on its meadowrun instance; ``remote_traceback`` is the worker's."""
+
+    def __init__(self, message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"{message}\n\nRemote traceback:\n{remote_traceback}"
+                         if remote_traceback else message)
+        self.remote_traceback = remote_traceback
+
+
+class MeadowrunOperator(BaseOperator):
+    """Run ``python_callable(*op_args, **op_kwargs)`` or ``command`` on a meadowrun instance.
+
+    The callable's return value (or the command's last stdout line, as BashOperator) becomes
+    the ``return_value`` XCom. The remote stdout and stderr are logged to the task log line
+    by line while the job runs.
+
+    :param python_callable: function to run remotely (pickled; its DAG module travels by value).
+        Parameters named like plain context values (``ds``, ``run_id``, ``params``, ...) are
+        filled from the task context.
+    :param op_args: positional arguments (templated).
+    :param op_kwargs: keyword arguments (templated).
+    :param command: a shell command string (run with ``bash -c``) or an argv list (templated).
+    :param host: an ``mr.Host``; default: the connection's host, else ``MEADOWRUN_HOST``/local.
+    :param resources: ``mr.Resources`` per job. Airflow's own form (``{"cpus": 2, "ram": 4096}``,
+        MB) is understood too; mapped tasks (``.partial``/``.expand``) must use that form or
+        ``meadowrun_resources``, because Airflow coerces ``resources`` of mapped tasks.
+    :param meadowrun_resources: ``mr.Resources``, for mapped tasks.
+    :param deployment: ``mr.Deployment``; default: mirror the worker's code and interpreter.
+    :param environment: environment variables for the job (templated).
+    :param meadowrun_conn_id: a ``meadowrun`` connection naming the host.
+    :param deferrable: submit, then free the worker slot while a trigger follows the job.
+    :param skip_on_exit_code: command exit code(s) that skip the task instead of failing it.
+    """
+
+    template_fields: Sequence[str] = ("command", "op_args", "op_kwargs", "environment")
+    template_fields_renderers: ClassVar[dict[str, str]] = {
+        "command": "bash", "op_args": "py", "op_kwargs": "py", "environment": "json",
+    }
+    ui_color = "#c8e6c9"
+
+    def __init__(
+        self,
+        *,
+        python_callable: Callable[..., Any] | str | None = None,
+        op_args: Collection[Any] | None = None,
+        op_kwargs: Mapping[str, Any] | None = None,
+        command: str | Sequence[str] | None = None,
+        host: mr.Host | None = None,
+        resources: mr.Resources | Any | None = None,
+        meadowrun_resources: mr.Resources | None = None,
+        deployment: mr.Deployment | None = None,
+        environment: Mapping[str, str] | None = None,
+        meadowrun_conn_id: str | None = None,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        skip_on_exit_code: int | Collection[int] | None = 99,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if (python_callable is None) == (command is None):
+            raise ValueError("MeadowrunOperator needs exactly one of python_callable or command")
+        if python_callable is not None and not (
+            callable(python_callable) or isinstance(python_callable, str)
+        ):
+            raise TypeError("python_callable must be a callable or a 'package.module.function'")
+        self.python_callable = python_callable
+        self.op_args = list(op_args or [])
+        self.op_kwargs = dict(op_kwargs or {})
+        self.command = command
+        self.host = host
+        self.meadowrun_resources = to_meadowrun_resources(meadowrun_resources or resources)
+        self.deployment = deployment
+        self.environment = dict(environment or {})
+        self.meadowrun_conn_id = meadowrun_conn_id
+        self.deferrable = deferrable
+        self.skip_on_exit_code = (
+            set() if skip_on_exit_code is None
+            else {skip_on_exit_code} if isinstance(skip_on_exit_code, int)
+            else set(skip_on_exit_code)
+        )
+        self._job: StartedJob | None = None
+        self._job_key: str | None = None
+
+    # --- building the job ---------------------------------------------------------------
+    def _resolve_host(self) -> mr.Host | None:
+        if self.host is not None or not self.meadowrun_conn_id:
+            return self.host
+        from meadowrun_airflow.hooks import MeadowrunHook
+
+        return MeadowrunHook(self.meadowrun_conn_id).get_host()
+
+    def _context_kwargs(self, context: Context) -> dict[str, Any]:
+        """Plain context values for parameters of the callable that ask for them by name."""
+        if not callable(self.python_callable):
+            return {}
+        try:
+            params = inspect.signature(self.python_callable).parameters
+        except (TypeError, ValueError):
+            return {}
+        positional = [p.name for p in params.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        taken = set(positional[: len(self.op_args)]) | set(self.op_kwargs)
+        takes_var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        wanted = REMOTE_CONTEXT_KEYS if takes_var_kw else REMOTE_CONTEXT_KEYS & set(params)
+        found: dict[str, Any] = {}
+        for name in sorted(wanted - taken):
+            if name in context:
+                value = context[name]  # type: ignore[literal-required]
+                found[name] = dict(value) if name == "params" else value
+        return found
+
+    def _job_spec(self, context: Context) -> JobSpec:
+        host = self._resolve_host()
+        env = {str(k): str(v) for k, v in self.environment.items()}
+        if self.command is not None:
+            argv = (["bash", "-c", self.command] if isinstance(self.command, str)
+                    else [str(a) for a in self.command])
+            return JobSpec(command=argv, environment=env, host=host,
+                           resources=self.meadowrun_resources, deployment=self.deployment)
+        deployment = self.deployment
+        if env:
+            import dataclasses
+
+            base = deployment or mr.Deployment.mirror_local()
+            deployment = dataclasses.replace(
+                base, environment_variables={**base.environment_variables, **env})
+        kwargs = {**self._context_kwargs(context), **self.op_kwargs}
+        return JobSpec(function=self.python_callable,
+                       args=tuple(_plain(v) for v in self.op_args),
+                       kwargs={k: _plain(v) for k, v in kwargs.items()},
+                       host=host, resources=self.meadowrun_resources, deployment=deployment)
+
+    # --- running ------------------------------------------------------------------------
+    def execute(self, context: Context) -> Any:
+        spec = self._job_spec(context)
+        if self.deferrable:
+            return self._submit_and_defer(context, spec)
+        self.log.info("Running %s on meadowrun", spec.description)
+        self._job = start_job(spec)
+        try:
+            value = self._job.wait()
+        except mr.TaskException as exc:
+            raise self._job_failed(exc.message, exc.remote_traceback) from None
+        except BaseException:
+            # Timeouts (AirflowTaskTimeout), kills and errors: never leave the job behind.
+            self._job.cancel()
+            raise
+        if isinstance(value, mr.CommandResult):
+            self._check_exit_code(value.return_code)
+            return self._job.last_stdout_line
+        return value
+
+    def _check_exit_code(self, return_code: int) -> None:
+        if return_code in self.skip_on_exit_code:
+            raise AirflowSkipException(f"the command exited with code {return_code}; skipping")
+        if return_code != 0:
+            raise AirflowException(
+                f"the command failed on meadowrun: it exited with code {return_code}")
+
+    def _job_failed(self, message: str, remote_traceback: str) -> MeadowrunJobError:
+        if remote_traceback:
+            self.log.error("The job failed on its meadowrun instance. Remote traceback:\n%s",
+                           remote_traceback.rstrip())
+        return MeadowrunJobError(message, remote_traceback)
+
+    # --- deferrable mode ------------------------------------------------------------------
+    def _key(self, context: Context) -> str:
+        ti = context["ti"]
+        map_index = getattr(ti, "map_index", -1)
+        return job_key(ti.dag_id, ti.task_id, ti.run_id, -1 if map_index is None else map_index)
+
+    def _submit_and_defer(self, context: Context, spec: JobSpec) -> Any:
+        from meadowrun_airflow.triggers import MeadowrunJobTrigger
+
+        key = self._job_key = self._key(context)
+        status = mr.job_status(key, host=spec.host)
+        if status in ("succeeded", "exited"):
+            event = outcome_event(key, mr.attach_job(key, host=spec.host).result, host=spec.host)
+            if event.get("return_code", 0) == 0:
+                self.log.info("Job %s already finished (started by an earlier try); "
+                              "using its result", key)
+                return self.execute_complete(context, event)
+        if status == RUNNING:
+            self.log.info("Reattaching to meadowrun job %s, started by an earlier try", key)
+            tap = None
+        else:
+            if status != UNKNOWN:  # an earlier try's job ended badly: this is a retry
+                self.log.info("Job %s of an earlier try ended %s; starting it again", key, status)
+                mr.forget_job(key, host=spec.host)
+            timeout = self.execution_timeout.total_seconds() if self.execution_timeout else None
+            tap = OutputTap()
+            logging.getLogger(JOB_LOGGER).addHandler(tap)
+            try:
+                handle = submit_detached(key, spec, timeout)
+                wait_until_started(key, handle, spec.host)
+            finally:
+                logging.getLogger(JOB_LOGGER).removeHandler(tap)
+            self.log.info("Submitted %s to meadowrun as job %s (meadowrun job id %s)",
+                          spec.description, key, keyed_job_id(key, spec.host))
+            if handle.done():  # already over: no point in deferring
+                return self.execute_complete(
+                    context, outcome_event(key, handle.result, tap.last_stdout_line, spec.host))
+        context["ti"].xcom_push(key="meadowrun_job_key", value=key)
+        self.defer(
+            trigger=MeadowrunJobTrigger(job_key=key, meadowrun_home=str(meadowrun_home())),
+            method_name="execute_complete",
+            kwargs={"last_line": tap.last_stdout_line if tap else None},
+            # The job itself stops at execution_timeout (its detached lease); a safety net.
+            timeout=self.execution_timeout + timedelta(seconds=60)
+            if self.execution_timeout else None,
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any],
+                         last_line: str | None = None) -> Any:
+        """Resume after the trigger saw the job end: return its result or fail the task.
+
+        ``last_line`` is the last stdout line the worker saw before deferring (a command's
+        XCom if the trigger saw none)."""
+        key = self._job_key = event["job_key"]
+        host = self._resolve_host()
+        status = event.get("status")
+        try:
+            if status == "succeeded":
+                self.log.info("Job %s succeeded", key)
+                return mr.attach_job(key, host=host).result()
+            if status == "exited":
+                self._check_exit_code(int(event["return_code"]))
+                return event.get("last_line") or last_line
+            if status == "timed_out":
+                raise AirflowTaskTimeout(f"meadowrun job {key} ran past the execution_timeout "
+                                         f"and was stopped: {event.get('message', '')}")
+            if status == "failed":
+                raise self._job_failed(f"job {key}: {event.get('message', '')}",
+                                       event.get("traceback", ""))
+            raise AirflowException(f"meadowrun job {key} ended {status}: "
+                                   f"{event.get('message', '')}")
+        finally:
+            mr.forget_job(key, host=host)
+
+    def on_kill(self) -> None:
+        """Cancel the job on its instance and free its allocation."""
+        if self._job is not None:
+            self.log.info("Cancelling the meadowrun job")
+            self._job.cancel()
+        if self._job_key is not None:
+            self.log.info("Cancelling meadowrun job %s", self._job_key)
+            mr.cancel_job(self._job_key, host=self._resolve_host())

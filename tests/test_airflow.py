@@ -1,0 +1,302 @@
+"""MeadowrunOperator, @task.meadowrun and deferrable mode on real Airflow 3.
+
+DAGs in tests/airflow_dags/ run with ``dag.test()`` against a sqlite metadata DB under a
+temporary AIRFLOW_HOME, in a separate process (tests/airflow_dags/_run_dag.py --serve) shared by
+the tests of this module: Airflow never touches the pytest process or the developer's setup.
+Each test still gets its own local cloud (``local_cloud``); its MEADOWRUN_* settings travel
+with each request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import meadowrun_core as mr
+from meadowrun_core.local.allocation_table import SqliteAllocationTable
+
+pytest.importorskip("airflow", reason="apache-airflow is not installed")
+
+TESTS = Path(__file__).parent
+DAGS = TESTS / "airflow_dags"
+RUNNER = DAGS / "_run_dag.py"
+EXAMPLE = TESTS.parent / "examples" / "airflow_dag.py"
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z")
+
+
+def _airflow_environment(home: Path, dags: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AIRFLOW", "MEADOWRUN_"))}
+    env.update(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__DAGS_FOLDER=str(dags),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__LOGGING__COLORED_CONSOLE_LOG="False",
+        AIRFLOW_CONN_MEADOWRUN_TEST=json.dumps(
+            {"conn_type": "meadowrun", "host": "local", "extra": {"max_cpu": 4}}),
+        NO_COLOR="1",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+class DagRunner:
+    """A warm Airflow process that runs DAGs on request (see _run_dag.py --serve)."""
+
+    def __init__(self, env: dict[str, str], dags: Path) -> None:
+        self.dags = dags
+        self.env = env
+        self.proc = subprocess.Popen(
+            [sys.executable, str(RUNNER), "--serve"], env=env, text=True, bufsize=1,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self._ids = iter(range(1_000_000))
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def run(
+        self,
+        dag_file: str,
+        dag_id: str,
+        conf: dict[str, Any] | None = None,
+        logical_date: str | None = None,
+        providers: bool = False,
+        on_line: Callable[[str], None] | None = None,
+        timeout: float = 180,
+    ) -> tuple[dict[str, Any], str]:
+        """Run one DAG against the calling test's local cloud; its summary and its log."""
+        request_id = next(self._ids)
+        request = {
+            "id": request_id, "dag_file": str(self.dags / dag_file), "dag_id": dag_id,
+            "conf": conf, "logical_date": logical_date, "providers": providers,
+            "env": {k: v for k, v in os.environ.items() if k.startswith("MEADOWRUN_")},
+        }
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        log: list[str] = []
+        end = f"=== END {request_id} RESULT_JSON "
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"{dag_id} did not finish in {timeout} s:\n"
+                                     + "".join(log[-80:])) from None
+            if line is None:
+                raise AssertionError("the Airflow runner died:\n" + "".join(log[-80:]))
+            if line.startswith(end):
+                summary = json.loads(line[len(end):])
+                assert "error" not in summary, summary["error"] + "".join(log[-80:])
+                return summary, "".join(log)
+            log.append(line)
+            if on_line is not None:
+                on_line(line)
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A temporary AIRFLOW_HOME with a migrated sqlite DB and these tests' DAGs."""
+    home = tmp_path_factory.mktemp("airflow-home")
+    dags = home / "dags"
+    shutil.copytree(DAGS, dags, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(EXAMPLE, dags / "meadowrun_example.py")
+    env = _airflow_environment(home, dags)
+    subprocess.run([sys.executable, "-c", "from airflow.utils.db import initdb; initdb()"],
+                   env=env, check=True, capture_output=True, timeout=180)
+    return env
+
+
+@pytest.fixture(scope="module")
+def airflow(airflow_env: dict[str, str]) -> Iterator[DagRunner]:
+    runner = DagRunner(airflow_env, Path(airflow_env["AIRFLOW__CORE__DAGS_FOLDER"]))
+    yield runner
+    runner.close()
+
+
+def _allocations(home: Path) -> list[str]:
+    return [a.job_id for a in SqliteAllocationTable(home / "state.db").list_allocations()]
+
+
+def _log_time(log: str, text: str) -> float:
+    """When the first log line containing ``text`` was written."""
+    for line in log.splitlines():
+        if text in line and (match := LOG_TIME.match(line)):
+            return datetime.fromisoformat(match.group(1)).timestamp()
+    raise AssertionError(f"{text!r} is not in the log")
+
+
+def test_callable_result_feeds_downstream_task(local_cloud: Path, airflow: DagRunner) -> None:
+    summary, log = airflow.run("meadowrun_sync.py", "meadowrun_sync", conf={"a": 5, "b": 3})
+    tasks = summary["tasks"]
+    assert summary["state"] == "success", log[-3000:]
+    # op_args and op_kwargs are templated from the run's params; ds came from the context
+    added = tasks["add"]["xcom:return_value"]
+    assert added["sum"] == 8 and re.fullmatch(r"\d{4}-\d\d-\d\d", added["ds"])
+    assert tasks["consume"]["xcom:return_value"] == 80
+    assert "adding 5 and 3 in pid" in log  # the remote print reached the task log
+
+
+def test_command_streams_output_and_returns_last_line(
+    local_cloud: Path, airflow: DagRunner
+) -> None:
+    summary, log = airflow.run("meadowrun_command.py", "meadowrun_command", conf={"greet": "hej"})
+    assert summary["state"] == "success", log[-3000:]
+    xcom = summary["tasks"]["command"]["xcom:return_value"]
+    assert re.fullmatch(r"last-line-\d{8}", xcom)
+    assert "second hej-env" in log  # templated environment, stderr in the log too
+    # streamed: the first line was logged about 2 s before the second, not all at the end
+    assert _log_time(log, "second hej-env") - _log_time(log, "first hej") > 1.5
+
+
+def test_remote_failure_fails_task_with_remote_traceback(
+    local_cloud: Path, airflow: DagRunner
+) -> None:
+    summary, log = airflow.run("meadowrun_failure.py", "meadowrun_failure")
+    tasks = summary["tasks"]
+    assert tasks["raises"]["state"] == "failed"
+    assert tasks["exits_3"]["state"] == "failed"
+    assert tasks["exits_99"]["state"] == "skipped"  # skip_on_exit_code, as BashOperator
+    assert "Remote traceback" in log
+    assert 'in explode_remotely\n    raise ValueError(f"remote kaboom {value}")' in log
+    assert "ValueError: remote kaboom 1234" in log
+    assert "exited with code 3" in log
+    assert _allocations(local_cloud) == []
+
+
+def test_on_kill_cancels_the_job(local_cloud: Path, airflow: DagRunner, tmp_path: Path) -> None:
+    pid_file = tmp_path / "job.pid"
+    summary, log = airflow.run("meadowrun_kill.py", "meadowrun_kill",
+                               conf={"pid_file": str(pid_file)})
+    tasks = summary["tasks"]
+    assert tasks["sleepy"]["state"] == "failed"
+    assert "AirflowTaskTimeout" in log and "Cancelling the meadowrun job" in log
+    # checked by the next task, in the same process, while its client lease still held:
+    # only on_kill can have stopped the job there
+    assert tasks["jobs_left"]["xcom:return_value"] == []
+    job_pid = int(pid_file.read_text())
+    import psutil
+
+    assert not psutil.pid_exists(job_pid) or psutil.Process(job_pid).status() == "zombie"
+
+
+def test_deferrable_mode_end_to_end(local_cloud: Path, airflow: DagRunner,
+                                    tmp_path: Path) -> None:
+    summary, log = airflow.run("meadowrun_deferrable.py", "meadowrun_deferrable",
+                               conf={"pid_file": str(tmp_path / "overrun.pid")})
+    tasks = summary["tasks"]
+    # deferred, followed by the trigger, resumed with the result
+    assert "running trigger in line" in log
+    assert tasks["square"]["state"] == "success", log[-3000:]
+    assert tasks["square"]["xcom:return_value"] == 49
+    assert tasks["square"]["xcom:meadowrun_job_key"].startswith("airflow-")
+    assert tasks["consume"]["xcom:return_value"] == 50
+    assert any("deferred step 2" in line and "MeadowrunJobTrigger" in line
+               for line in log.splitlines()), "the trigger did not relay the job's output"
+    assert tasks["command"]["state"] == "success"
+    assert re.fullmatch(r"last \d{8}", tasks["command"]["xcom:return_value"])
+    # past execution_timeout the deferred job is stopped and its allocation freed
+    assert tasks["overrun"]["state"] == "failed"
+    assert "ran past the execution_timeout" in log
+    assert tasks["jobs_left"]["xcom:return_value"] == []
+    # a deferred task killed the way the triggerer kills it: the job is cancelled
+    assert tasks["kill_deferred"]["xcom:return_value"] == {"status": "cancelled",
+                                                           "allocations": []}
+    # finished jobs leave no keyed record behind
+    assert mr.job_status(tasks["square"]["xcom:meadowrun_job_key"]) == "unknown"
+
+
+def test_deferred_task_reattaches_after_worker_restart(
+    local_cloud: Path, airflow: DagRunner, airflow_env: dict[str, str], tmp_path: Path
+) -> None:
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    starts = markers / "starts.txt"
+    args = ["meadowrun_reattach", "--logical-date", "2026-01-02T03:04:05+00:00",
+            "--conf", json.dumps({"marker_dir": str(markers)})]
+    dag_file = str(Path(airflow_env["AIRFLOW__CORE__DAGS_FOLDER"]) / "meadowrun_reattach.py")
+    env = {**airflow_env, **{k: v for k, v in os.environ.items() if k.startswith("MEADOWRUN_")}}
+    # a first worker submits the job, then dies (its whole process group, as on a restart)
+    with open(tmp_path / "first-worker.log", "w") as out:
+        first = subprocess.Popen([sys.executable, str(RUNNER), dag_file, *args], env=env,
+                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 150
+            while not starts.exists():
+                assert first.poll() is None, (tmp_path / "first-worker.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "the first worker never started the job"
+                time.sleep(0.1)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    assert len(_allocations(local_cloud)) == 1, "the detached job died with its worker"
+
+    def release_once_reattached(line: str) -> None:
+        if "Reattaching to meadowrun job" in line:
+            (markers / "release").touch()
+
+    summary, log = airflow.run("meadowrun_reattach.py", "meadowrun_reattach",
+                               conf={"marker_dir": str(markers)},
+                               logical_date="2026-01-02T03:04:05+00:00",
+                               on_line=release_once_reattached)
+    assert "Reattaching to meadowrun job" in log, log[-3000:]
+    assert summary["tasks"]["long"]["state"] == "success"
+    assert summary["tasks"]["long"]["xcom:return_value"] == "released after 1 start(s)"
+    assert len(starts.read_text().split()) == 1
+    assert _allocations(local_cloud) == []
+
+
+def test_taskflow_decorator_with_mapping_and_connection(
+    local_cloud: Path, airflow: DagRunner
+) -> None:
+    summary, log = airflow.run("meadowrun_taskflow.py", "meadowrun_taskflow", providers=True)
+    providers = summary["providers"]
+    assert "meadowrun" in providers["decorators"]
+    assert "meadowrun" in providers["connection_types"]
+    assert "meadowrun-core" in providers["providers"]
+    tasks = summary["tasks"]
+    assert summary["state"] == "success", log[-3000:]
+    assert tasks["numbers"]["xcom:return_value"] == [1, 2, 3]
+    assert [tasks[f"cube[{i}]"]["xcom:return_value"] for i in range(3)] == [1, 8, 27]
+    assert tasks["total"]["xcom:return_value"] == 36
+    described = tasks["describe"]
+    assert described["xcom:total"] == 36 and described["xcom:run_id"] == summary["run_id"]
+    assert "cubing 3" in log
+
+
+def test_example_dag(local_cloud: Path, airflow: DagRunner) -> None:
+    summary, log = airflow.run("meadowrun_example.py", "meadowrun_example")
+    assert summary["state"] == "success", log[-3000:]
+    assert summary["tasks"]["total"]["xcom:return_value"] == 30
+    assert "sum of squares: 30" in log
