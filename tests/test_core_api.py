@@ -163,3 +163,20 @@ def test_reuses_instances_before_launching(local_cloud: Path) -> None:
     for _ in range(5):
         mr.run_function(workloads.double, args=(1,))
     assert len(_table(local_cloud).list_instances()) == 1
+
+
+def test_first_submissions_from_many_threads(local_cloud: Path) -> None:
+    """Threads submitting the process's first jobs at once share one backend and key."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from meadowrun_core.client.runtime import ClientRuntime
+
+    ClientRuntime.get().forget_backends()
+    with ThreadPoolExecutor(8) as pool:
+        handles = list(
+            pool.map(
+                lambda i: mr.run_function(workloads.double, args=(i,), wait_for_result=False),
+                range(8),
+            )
+        )
+    assert [h.result(timeout=60) for h in handles] == [2 * i for i in range(8)]

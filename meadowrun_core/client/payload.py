@@ -20,7 +20,7 @@ from meadowrun_core.serialization import dumps_fast
 
 log = logging.getLogger(__name__)
 
-_mirrors: dict[int, CodeMirror] = {}
+_mirrors: dict[str, CodeMirror] = {}
 _mirrors_lock = threading.Lock()
 
 FunctionRef = dict[str, str]
@@ -99,7 +99,9 @@ def prepare_deployment(backend: LocalBackend, deployment: Deployment) -> Prepare
     manifest: str | None = None
     if deployment.include_sys_path or deployment.additional_sys_paths:
         with _mirrors_lock:
-            mirror = _mirrors.setdefault(id(backend), CodeMirror(backend.store, backend.signer))
+            mirror = _mirrors.setdefault(
+                str(backend.home), CodeMirror(backend.store, backend.signer)
+            )
         roots = code_roots(deployment.include_sys_path, deployment.additional_sys_paths)
         before = mirror.bytes_uploaded
         manifest = mirror.upload(roots, deployment.globs)

@@ -39,6 +39,7 @@ class ClientRuntime:
         )
         self._thread.start()
         self._backends: dict[tuple[str, Host], LocalBackend] = {}
+        self._backends_lock = threading.Lock()
         self._connections: dict[str, AgentConnection] = {}
         self._connecting: dict[str, asyncio.Lock] = {}
         self._lease_wakeup = threading.Event()
@@ -103,13 +104,14 @@ class ClientRuntime:
                 "'Not built yet'); use the local cloud (host=None or AllocLocalInstance())"
             )
         key = (os.environ.get("MEADOWRUN_HOME", ""), resolved)
-        backend = self._backends.get(key)
-        if backend is None:
-            backend = LocalBackend.open(resolved)
-            backend.table.renew_lease(self.client_id, self.pid, backend.settings.lease_seconds)
-            self._backends[key] = backend
-            self._ensure_lease_thread()
-            self._lease_wakeup.set()  # renew at the new backend's (maybe shorter) interval
+        with self._backends_lock:  # threads submitting their first jobs at once share one
+            backend = self._backends.get(key)
+            if backend is None:
+                backend = LocalBackend.open(resolved)
+                backend.table.renew_lease(self.client_id, self.pid, backend.settings.lease_seconds)
+                self._backends[key] = backend
+                self._ensure_lease_thread()
+                self._lease_wakeup.set()  # renew at the new backend's (maybe shorter) interval
         return backend
 
     def _ensure_lease_thread(self) -> None:
