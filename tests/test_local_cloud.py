@@ -291,3 +291,36 @@ def test_cli_shows_live_state(local_cloud: Path) -> None:
     _wait_until(lambda: _table(local_cloud).list_allocations() == [], 10, "cancel")
     jobs = subprocess.run([*meadowrun, "jobs"], capture_output=True, text=True, check=True)
     assert "no running jobs" in jobs.stdout
+
+
+def test_crashed_instance_loses_no_map_task_and_frees_its_room(local_cloud: Path) -> None:
+    """An agent SIGKILLed without notice: its tasks come back after the visibility timeout,
+    its slots are replaced, and its capacity is freed for new launches."""
+    results: list[mr.TaskResult] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.extend(
+                mr.run_map_as_completed(
+                    partial(workloads.slow_square, seconds=0.1),
+                    range(60),
+                    num_concurrent_tasks=2,
+                    resources_per_task=mr.Resources(logical_cpu=2, memory_gb=1),
+                )
+            )
+        except BaseException as exc:
+            errors.append(exc)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    _wait_until(lambda: len(results) >= 5, 60, "the first results")
+    victim = results[-1].result[1]
+    (record,) = [i for i in _table(local_cloud).list_instances() if i.instance_id == victim]
+    assert record.agent_pid is not None
+    os.kill(record.agent_pid, signal.SIGKILL)
+    runner.join(timeout=120)
+    assert not runner.is_alive() and errors == []
+    assert sorted(r.task_id for r in results) == list(range(60)), "every task exactly once"
+    assert all(r.is_success and r.result[0] == r.task_id**2 for r in results)
+    assert victim not in {i.instance_id for i in _table(local_cloud).list_instances()}

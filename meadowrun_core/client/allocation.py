@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass
 
 from meadowrun_core.exceptions import MeadowrunError, ResourcesNotAvailableError
+from meadowrun_core.local.allocation_table import LAUNCH_GRACE_SECONDS
 from meadowrun_core.local.backend import LocalBackend
 from meadowrun_core.resources import Resources
 from meadowrun_core.seams.allocation_table import InstanceRecord
@@ -18,7 +19,7 @@ from meadowrun_core.seams.instance_provider import InstanceType
 
 log = logging.getLogger(__name__)
 
-LAUNCH_TIMEOUT_SECONDS = 60.0
+LAUNCH_TIMEOUT_SECONDS = LAUNCH_GRACE_SECONDS
 
 
 @dataclass(frozen=True)
@@ -142,8 +143,11 @@ async def _launch_for(
     client_id: str,
     description: str,
 ) -> list[Placement]:
-    used_cpu = sum(i.cpu_total for i in backend.table.list_instances())
-    used_mem = sum(i.memory_total for i in backend.table.list_instances())
+    for instance_id in backend.table.remove_dead_instances():
+        log.warning("instance %s stopped heartbeating; removed it and its allocations", instance_id)
+    instances = backend.table.list_instances()
+    used_cpu = sum(i.cpu_total for i in instances)
+    used_mem = sum(i.memory_total for i in instances)
     choice = choose_instance_type(
         backend.provider.offers(),
         resources,

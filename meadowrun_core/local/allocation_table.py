@@ -75,6 +75,8 @@ CREATE TABLE IF NOT EXISTS job_keys (
 
 # Instances that have not written a heartbeat for this long are treated as crashed.
 INSTANCE_DEAD_AFTER_SECONDS = 10.0
+# An instance that has not registered this long after its launch is treated as failed.
+LAUNCH_GRACE_SECONDS = 60.0
 
 
 def _instance(row: sqlite3.Row, running_jobs: int) -> InstanceRecord:
@@ -297,6 +299,29 @@ class SqliteAllocationTable:
             ).fetchall():
                 self._deallocate(conn, job_id, outcome)
             conn.execute("DELETE FROM instances WHERE instance_id = ?", (instance_id,))
+
+    def remove_dead_instances(self) -> list[str]:
+        """Drop instances whose agent stopped heartbeating (crashed), freeing their room.
+
+        A launching instance (no address yet) gets ``LAUNCH_GRACE_SECONDS`` to register.
+        """
+        now = time.time()
+        with self._db.transaction() as conn:
+            dead = [
+                row["instance_id"]
+                for row in conn.execute(
+                    "SELECT instance_id FROM instances WHERE (address IS NOT NULL AND "
+                    "last_heartbeat < ?) OR (address IS NULL AND created < ?)",
+                    (now - INSTANCE_DEAD_AFTER_SECONDS, now - LAUNCH_GRACE_SECONDS),
+                )
+            ]
+            for instance_id in dead:
+                for (job_id,) in conn.execute(
+                    "SELECT job_id FROM allocations WHERE instance_id = ?", (instance_id,)
+                ).fetchall():
+                    self._deallocate(conn, job_id, "instance died")
+                conn.execute("DELETE FROM instances WHERE instance_id = ?", (instance_id,))
+        return dead
 
     def set_prevent_further_allocation(self, instance_id: str) -> None:
         with self._db.transaction() as conn:
