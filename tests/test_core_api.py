@@ -180,3 +180,16 @@ def test_first_submissions_from_many_threads(local_cloud: Path) -> None:
             )
         )
     assert [h.result(timeout=60) for h in handles] == [2 * i for i in range(8)]
+
+
+def test_abandoning_map_as_completed_stops_its_workers(local_cloud: Path) -> None:
+    results = mr.run_map_as_completed(
+        partial(workloads.slow_square, seconds=0.3), range(100), num_concurrent_tasks=2
+    )
+    first = [next(results) for _ in range(3)]
+    assert all(r.is_success for r in first)
+    results.close()  # the caller lost interest: its slots must stop and free their room
+    deadline = time.monotonic() + 10
+    while _table(local_cloud).list_allocations():
+        assert time.monotonic() < deadline, "map slots kept running after the caller left"
+        time.sleep(0.05)
