@@ -289,26 +289,22 @@ def prepare_function_job(
     function_ref = upload_function(backend, function)
     prepared = prepare_deployment(backend, checked_deployment)
     description = f"run_function {getattr(function, '__qualname__', function)}"
-    submission, exists = _submission(runtime, backend, job_key, detach, detached_timeout)
-    if exists:
-        assert submission.job_key is not None
-        return PreparedJob(
-            runtime,
-            follow_keyed_job(runtime, backend, submission.job_key),
-            description,
-            submission.job_key,
-        )
-    job = function_job(
+    return _start_or_follow(
         runtime,
         backend,
-        submission,
-        function_ref,
-        arguments,
-        checked_resources,
-        prepared,
         description,
+        (job_key, detach, detached_timeout),
+        lambda submission: function_job(
+            runtime,
+            backend,
+            submission,
+            function_ref,
+            arguments,
+            checked_resources,
+            prepared,
+            description,
+        ),
     )
-    return PreparedJob(runtime, job, description, submission.job_key)
 
 
 def prepare_command_job(
@@ -332,19 +328,31 @@ def prepare_command_job(
     env = {str(k): str(v) for k, v in (environment or {}).items()}
     prepared = prepare_deployment(backend, checked_deployment)
     description = f"run_command {argv[0]}"
-    submission, exists = _submission(runtime, backend, job_key, detach, detached_timeout)
+    return _start_or_follow(
+        runtime,
+        backend,
+        description,
+        (job_key, detach, detached_timeout),
+        lambda submission: command_job(
+            runtime, backend, submission, argv, checked_resources, prepared, env, description
+        ),
+    )
+
+
+def _start_or_follow(
+    runtime: ClientRuntime,
+    backend: LocalBackend,
+    description: str,
+    keying: tuple[str | None, bool, float | None],
+    make_job: Callable[[Submission], Coroutine[Any, Any, Any]],
+) -> PreparedJob:
+    """The job to run, or, when its key already names a job, a follower of that job."""
+    submission, exists = _submission(runtime, backend, *keying)
     if exists:
         assert submission.job_key is not None
-        return PreparedJob(
-            runtime,
-            follow_keyed_job(runtime, backend, submission.job_key),
-            description,
-            submission.job_key,
-        )
-    job = command_job(
-        runtime, backend, submission, argv, checked_resources, prepared, env, description
-    )
-    return PreparedJob(runtime, job, description, submission.job_key)
+        follower = follow_keyed_job(runtime, backend, submission.job_key)
+        return PreparedJob(runtime, follower, description, submission.job_key)
+    return PreparedJob(runtime, make_job(submission), description, submission.job_key)
 
 
 async def follow_keyed_job(runtime: ClientRuntime, backend: LocalBackend, job_key: str) -> Any:
