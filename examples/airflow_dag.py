@@ -69,7 +69,13 @@ if __name__ == "__main__":
     from airflow.utils.db import initdb
 
     logging.basicConfig(level=logging.INFO)
-    initdb()
-    run = example_dag.test()
-    log.info("DAG run %s ended %s", run.run_id, run.state)
-    sys.exit(0 if str(run.state) == "success" else 1)
+    try:
+        initdb()
+        run = example_dag.test()
+        for ti in sorted(run.get_task_instances(), key=lambda t: (t.task_id, t.map_index)):
+            log.info("task %s[%d]: %s", ti.task_id, ti.map_index, ti.state)
+        log.info("DAG run %s ended %s", run.run_id, run.state)
+        succeeded = str(run.state) == "success"
+    finally:
+        shutil.rmtree(_home, ignore_errors=True)
+    sys.exit(0 if succeeded else 1)

@@ -215,8 +215,8 @@ def test_deferrable_mode_end_to_end(local_cloud: Path, airflow: DagRunner,
     summary, log = airflow.run("meadowrun_deferrable.py", "meadowrun_deferrable",
                                conf={"pid_file": str(tmp_path / "overrun.pid")})
     tasks = summary["tasks"]
-    # deferred, followed by the trigger, resumed with the result
-    assert "running trigger in line" in log
+    # deferred (the worker slot is given back), followed by the trigger, resumed
+    assert "new_state=deferred" in log and "running trigger in line" in log
     assert tasks["square"]["state"] == "success", log[-3000:]
     assert tasks["square"]["xcom:return_value"] == 49
     assert tasks["square"]["xcom:meadowrun_job_key"].startswith("airflow-")
@@ -293,6 +293,7 @@ def test_taskflow_decorator_with_mapping_and_connection(
     described = tasks["describe"]
     assert described["xcom:total"] == 36 and described["xcom:run_id"] == summary["run_id"]
     assert "cubing 3" in log
+    assert "Using meadowrun host AllocLocalInstance(idle_timeout=None, max_cpu=4.0" in log
 
 
 def test_example_dag(local_cloud: Path, airflow: DagRunner) -> None:

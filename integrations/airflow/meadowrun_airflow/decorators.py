@@ -12,7 +12,7 @@ import meadowrun_core as mr
 from meadowrun_airflow.operators import MeadowrunOperator
 
 
-class _MeadowrunDecoratedOperator(DecoratedOperator, MeadowrunOperator):
+class _MeadowrunDecoratedOperator(DecoratedOperator, MeadowrunOperator):  # type: ignore[misc]
     """Runs the decorated function on a meadowrun instance; its return value is the XCom."""
 
     custom_operator_name: str = "@task.meadowrun"

@@ -90,6 +90,11 @@ class OutputTap(logging.Handler):
             self.last_stdout_line = str(record.args[-1])
 
 
+def _as_handle(value: Any) -> mr.JobHandle[Any]:
+    assert isinstance(value, mr.JobHandle), value  # wait_for_result=False
+    return value
+
+
 def _our_allocations(host: mr.Host | None) -> set[str]:
     """Job ids this process's meadowrun client holds now (the local cloud's table)."""
     from meadowrun_core.api import current_client_id
@@ -109,12 +114,13 @@ class StartedJob:
         self._tap = OutputTap()
         logging.getLogger(JOB_LOGGER).addHandler(self._tap)
         try:
+            self.handle: mr.JobHandle[Any]
             if spec.command is not None:
-                self.handle: mr.JobHandle[Any] = mr.run_command(
+                self.handle = _as_handle(mr.run_command(
                     spec.command, host=spec.host, resources=spec.resources,
                     deployment=spec.deployment, environment=spec.environment,
                     wait_for_result=False,
-                )
+                ))
             else:
                 assert spec.function is not None
                 pickle_by_value_if_unimportable(spec.function)
@@ -190,12 +196,11 @@ def submit_detached(key: str, spec: JobSpec, timeout_seconds: float | None) -> m
         "detached_timeout": timeout_seconds,
     }
     if spec.command is not None:
-        handle: mr.JobHandle[Any] = mr.run_command(
-            spec.command, environment=spec.environment, **common)
-        return handle
+        return _as_handle(mr.run_command(spec.command, environment=spec.environment, **common))
     assert spec.function is not None
     pickle_by_value_if_unimportable(spec.function)
-    return mr.run_function(spec.function, args=spec.args, kwargs=spec.kwargs, **common)
+    return _as_handle(
+        mr.run_function(spec.function, args=spec.args, kwargs=spec.kwargs, **common))
 
 
 def wait_until_started(key: str, handle: mr.JobHandle[Any], host: mr.Host | None,

@@ -49,17 +49,12 @@ def to_meadowrun_resources(resources: Any) -> mr.Resources | None:
     if isinstance(resources, Mapping):
         from airflow.sdk.definitions.operator_resources import Resources
 
-        resources = Resources(**resources)
-    fields: dict[str, float] = {}
-    if (cpus := getattr(resources, "cpus", None)) is not None:
-        fields["logical_cpu"] = float(cpus.qty)
-    if (ram := getattr(resources, "ram", None)) is not None:
-        fields["memory_gb"] = float(ram.qty) / 1024
-    if (gpus := getattr(resources, "gpus", None)) is not None and gpus.qty:
-        fields["gpus"] = float(gpus.qty)
-    if not fields:
+        resources = Resources(**resources)  # type: ignore[no-untyped-call]
+    cpus, ram, gpus = (getattr(resources, name, None) for name in ("cpus", "ram", "gpus"))
+    if cpus is None or ram is None:
         raise TypeError(f"resources must be meadowrun_core.Resources, got {resources!r}")
-    return mr.Resources(**fields)
+    return mr.Resources(logical_cpu=float(cpus.qty), memory_gb=float(ram.qty) / 1024,
+                        gpus=float(gpus.qty) if gpus is not None else 0)
 
 
 def _plain(value: Any) -> Any:
@@ -162,7 +157,9 @@ class MeadowrunOperator(BaseOperator):
             return self.host
         from meadowrun_airflow.hooks import MeadowrunHook
 
-        return MeadowrunHook(self.meadowrun_conn_id).get_host()
+        host = MeadowrunHook(self.meadowrun_conn_id).get_host()
+        self.log.info("Using meadowrun host %r from connection %r", host, self.meadowrun_conn_id)
+        return host
 
     def _context_kwargs(self, context: Context) -> dict[str, Any]:
         """Plain context values for parameters of the callable that ask for them by name."""

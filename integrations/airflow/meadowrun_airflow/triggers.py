@@ -45,7 +45,7 @@ class MeadowrunJobTrigger(BaseTrigger):
     """
 
     def __init__(self, job_key: str, meadowrun_home: str | None = None) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.job_key = job_key
         self.meadowrun_home = meadowrun_home
         self._last_line: str | None = None
@@ -85,7 +85,7 @@ class MeadowrunJobTrigger(BaseTrigger):
             job_logger.removeHandler(relay)
             if not waiter.done():
                 waiter.cancel()  # stops following only; the job keeps running
-        yield TriggerEvent(event)
+        yield TriggerEvent(event)  # type: ignore[no-untyped-call]
 
     def _relay(self, job_id: str | None, level: int, text: str) -> None:
         self.log.log(level, "[%s] %s", job_id, text)
