@@ -160,5 +160,43 @@ def interrupt(
     typer.echo(f"interruption notice sent to {instance_id}; it is killed in {delay:g} s")
 
 
+secret_app = typer.Typer(help="Named secrets (git SSH keys, registry credentials).")
+app.add_typer(secret_app, name="secret")
+
+
+@secret_app.command("set")
+def secret_set(
+    name: str,
+    file: str = typer.Option("", help="read the value from this file (else from stdin)"),
+) -> None:
+    """Store a secret under NAME (the value is read from --file or standard input)."""
+    import sys
+    from pathlib import Path
+
+    from meadowrun_core.local.secrets import LocalSecretStore
+
+    value = Path(file).read_text() if file else sys.stdin.read()
+    LocalSecretStore(meadowrun_home()).put(name, value)
+    typer.echo(f"secret {name!r} stored")
+
+
+@secret_app.command("delete")
+def secret_delete(name: str) -> None:
+    """Remove the secret NAME."""
+    from meadowrun_core.local.secrets import LocalSecretStore
+
+    found = LocalSecretStore(meadowrun_home()).delete(name)
+    typer.echo(f"secret {name!r} {'deleted' if found else 'was not there'}")
+
+
+@secret_app.command("list")
+def secret_list() -> None:
+    """Names of the stored secrets (never their values)."""
+    from meadowrun_core.local.secrets import LocalSecretStore
+
+    for name in LocalSecretStore(meadowrun_home()).names():
+        typer.echo(name)
+
+
 if __name__ == "__main__":
     app()

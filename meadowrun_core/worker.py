@@ -67,8 +67,18 @@ class Worker:
         if manifest_key is None or manifest_key == self._code_loaded:
             return
         cache_dir.mkdir(parents=True, exist_ok=True)
-        paths = materialize(self._store, self._signer, manifest_key, cache_dir)
-        sys.path[0:0] = paths
+        front: list[str] = []
+        for root in materialize(self._store, self._signer, manifest_key, cache_dir):
+            # restore the caller's order: an entry this interpreter also has (an editable
+            # install's path) is replaced in place, the others go where they stood
+            if root.original and root.original in sys.path:
+                sys.path[sys.path.index(root.original)] = root.path
+            elif root.position == "front":
+                front.append(root.path)
+            else:
+                sys.path.append(root.path)
+        sys.path[0:0] = front
+        importlib.invalidate_caches()
         self._code_loaded = manifest_key
 
     def _function(self, header: dict[str, Any]) -> Any:

@@ -299,14 +299,18 @@ class Agent:
             subscriber.send(final, payload)
 
     async def _prepare_worker(self, job: RunningJob, deployment: dict[str, Any]) -> WorkerProcess:
+        from meadowrun_core.deployment.instance import failure_payload, preparer_for
+        from meadowrun_core.deployment.process import DeploymentError
         from meadowrun_core.deployment.spec import PreparedDeployment
 
-        prepared = PreparedDeployment(
-            deployment["python"], deployment["code_manifest"], deployment["environment"]
-        )
-        worker = await self.pool.acquire(
-            prepared.python, prepared.key(), dict(prepared.environment)
-        )
+        prepared = PreparedDeployment.from_json(deployment)
+        try:
+            ready = await preparer_for(self.home, self.dir, self.store, self.signer).prepare(
+                prepared
+            )
+        except DeploymentError as exc:
+            raise _CodeLoadError(failure_payload(exc)) from None
+        worker = await self.pool.acquire(ready.python, prepared.key(), ready.environment)
         worker.sink = job.output
         job.worker = worker
         if job.cancel_reason:

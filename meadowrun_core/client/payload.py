@@ -11,7 +11,7 @@ from typing import Any
 
 import cloudpickle
 
-from meadowrun_core.deployment.code_mirror import CodeMirror, code_roots
+from meadowrun_core.deployment.code_mirror import CodeMirror
 from meadowrun_core.deployment.spec import Deployment, PreparedDeployment
 from meadowrun_core.exceptions import BadInputError
 from meadowrun_core.local.backend import LocalBackend
@@ -96,19 +96,14 @@ def _check_one(value: Any, what: str) -> None:
 
 
 def prepare_deployment(backend: LocalBackend, deployment: Deployment) -> PreparedDeployment:
-    manifest: str | None = None
-    if deployment.include_sys_path or deployment.additional_sys_paths:
-        with _mirrors_lock:
-            mirror = _mirrors.setdefault(
-                str(backend.home), CodeMirror(backend.store, backend.signer)
-            )
-        roots = code_roots(deployment.include_sys_path, deployment.additional_sys_paths)
-        before = mirror.bytes_uploaded
-        manifest = mirror.upload(roots, deployment.globs)
-        if mirror.bytes_uploaded != before:
-            log.debug("uploaded %d bytes of code", mirror.bytes_uploaded - before)
-    return PreparedDeployment(
-        python=deployment.python_executable(),
-        code_manifest=manifest,
-        environment=dict(deployment.environment_variables),
+    from meadowrun_core.deployment.prepare import prepare
+
+    with _mirrors_lock:
+        mirror = _mirrors.setdefault(str(backend.home), CodeMirror(backend.store, backend.signer))
+    before = mirror.bytes_uploaded
+    prepared = prepare(
+        deployment, home=backend.home, store=backend.store, signer=backend.signer, mirror=mirror
     )
+    if mirror.bytes_uploaded != before:
+        log.debug("uploaded %d bytes of code", mirror.bytes_uploaded - before)
+    return prepared

@@ -18,43 +18,72 @@ from meadowrun_core.exceptions import BadInputError
 
 @dataclass(frozen=True)
 class LocalCurrentInterpreter:
-    """The interpreter the caller runs in, recreated on the instance.
+    """The caller's environment, recreated on the instance.
 
-    On the local cloud the instance is this machine, so it is the same executable.
+    How the local environment is described is detected (uv: ``uv.lock``; poetry:
+    ``poetry.lock``; conda: ``conda env export``; else the installed distributions, as pip
+    freeze lists them) and an identical environment with the same Python minor version is
+    built on the instance. On the local cloud the instance is this machine, so by default the
+    caller's own interpreter is used as it is; ``recreate=True`` builds it all the same.
     """
+
+    recreate: bool = False
 
 
 @dataclass(frozen=True)
 class PreinstalledInterpreter:
+    """An interpreter that already exists on the instance, at ``path``."""
+
     path: str
 
 
 @dataclass(frozen=True)
 class PipRequirementsFile:
+    """A requirements file; resolved (pinned) once on the client, built with uv."""
+
     path: str
     python_version: str | None = None
 
 
 @dataclass(frozen=True)
 class UvProject:
+    """A uv project directory with ``pyproject.toml`` and ``uv.lock`` (required)."""
+
     path: str
+    python_version: str | None = None
 
 
 @dataclass(frozen=True)
 class PoetryProjectPath:
+    """A poetry project directory with ``poetry.lock`` (required); installed with uv."""
+
     path: str
+    python_version: str | None = None
 
 
 @dataclass(frozen=True)
 class CondaEnvironmentFile:
+    """A conda ``environment.yml``. Python-and-pip-only files are built with uv; conda
+    packages need conda, mamba or micromamba on the instance."""
+
     path: str
 
 
 @dataclass(frozen=True)
 class ContainerInterpreter:
+    """Run the job in a container image (docker or podman on the instance); the image needs
+    meadowrun-core installed. ``username_password_secret`` names a secret holding
+    ``username:password`` for the registry."""
+
     repository_name: str
     tag: str = "latest"
     username_password_secret: str | None = None
+
+    @property
+    def image(self) -> str:
+        if "@" in self.repository_name:
+            return self.repository_name  # pinned by digest
+        return f"{self.repository_name}:{self.tag}"
 
 
 Interpreter = (
@@ -67,29 +96,40 @@ Interpreter = (
     | ContainerInterpreter
 )
 
-_NOT_BUILT = (
-    PipRequirementsFile,
-    UvProject,
-    PoetryProjectPath,
-    CondaEnvironmentFile,
-    ContainerInterpreter,
-)
-
 
 @dataclass(frozen=True)
 class PreparedDeployment:
-    """What the agent needs to start a worker: an interpreter path, a code manifest and env."""
+    """What the agent needs to start a worker, JSON-safe: the interpreter (a path, or an
+    environment spec to build: see ``environments.py``), a code manifest, a git checkout and
+    environment variables."""
 
     python: str
     code_manifest: str | None
     environment: Mapping[str, str]
+    interpreter: Mapping[str, Any] | None = None
+    git: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "python": self.python,
             "code_manifest": self.code_manifest,
             "environment": dict(self.environment),
         }
+        if self.interpreter is not None:
+            data["interpreter"] = dict(self.interpreter)
+        if self.git is not None:
+            data["git"] = dict(self.git)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PreparedDeployment:
+        return cls(
+            data["python"],
+            data.get("code_manifest"),
+            data.get("environment", {}),
+            data.get("interpreter"),
+            data.get("git"),
+        )
 
     def key(self) -> str:
         """Workers are reused only between jobs with an identical deployment."""
@@ -174,18 +214,19 @@ class Deployment:
         )
 
     def check_supported(self) -> None:
-        """Fail before launching anything for parts that are not built yet."""
+        """Fail before launching anything for a deployment that cannot work."""
+        if not isinstance(self.interpreter, Interpreter):
+            raise BadInputError(
+                f"interpreter must be one of LocalCurrentInterpreter, PipRequirementsFile, "
+                f"UvProject, PoetryProjectPath, CondaEnvironmentFile, ContainerInterpreter or "
+                f"PreinstalledInterpreter, got {self.interpreter!r}"
+            )
         if self.git is not None:
-            raise BadInputError(
-                "Deployment.git_repo is not built yet in meadowrun-core (see README, 'Not built "
-                "yet'); use Deployment.mirror_local() with a local checkout instead"
-            )
-        if isinstance(self.interpreter, _NOT_BUILT):
-            raise BadInputError(
-                f"{type(self.interpreter).__name__} is not built yet in meadowrun-core (see "
-                "README, 'Not built yet'); use LocalCurrentInterpreter() or "
-                "Deployment.preinstalled_interpreter(path)"
-            )
+            url = self.git.get("repo_url")
+            if not isinstance(url, str) or not url:
+                raise BadInputError(f"git_repo needs a repository URL, got {url!r}")
+            if self.git.get("branch") and self.git.get("commit"):
+                raise BadInputError("git_repo takes a branch or a commit, not both")
 
     def python_executable(self) -> str:
         if isinstance(self.interpreter, PreinstalledInterpreter):

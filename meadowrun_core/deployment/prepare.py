@@ -1,0 +1,92 @@
+"""Client side: turn a ``Deployment`` into a ``PreparedDeployment`` (JSON-safe, everything
+uploaded), with every check that can be made here made before anything is launched."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from meadowrun_core.deployment.code_mirror import CodeMirror, code_roots
+from meadowrun_core.deployment.git import (
+    ensure_checkout,
+    git_environment,
+    git_spec,
+    resolve_commit,
+)
+from meadowrun_core.deployment.interpreters import Resolver
+from meadowrun_core.deployment.process import DeploymentError
+from meadowrun_core.deployment.spec import (
+    ContainerInterpreter,
+    Deployment,
+    LocalCurrentInterpreter,
+    PreinstalledInterpreter,
+    PreparedDeployment,
+)
+from meadowrun_core.exceptions import BadInputError
+from meadowrun_core.local.secrets import LocalSecretStore
+from meadowrun_core.seams.object_store import ObjectStore
+from meadowrun_core.serialization import Signer
+
+
+def prepare(
+    deployment: Deployment,
+    *,
+    home: Path,
+    store: ObjectStore,
+    signer: Signer,
+    mirror: CodeMirror | None,
+    local_instance: bool = True,
+) -> PreparedDeployment:
+    cache = home / "client-cache"
+    resolver = Resolver(store, signer, cache, local_instance)
+    base_dir = Path(os.getcwd())
+    git = None
+    if deployment.git is not None:
+        git, checkout = _prepare_git(deployment, home, cache)
+        if checkout is not None:
+            base_dir = checkout
+    spec = resolver.resolve(deployment.interpreter, base_dir)
+    manifest = None
+    if mirror is not None and (deployment.include_sys_path or deployment.additional_sys_paths):
+        roots = code_roots(deployment.include_sys_path, deployment.additional_sys_paths)
+        manifest = mirror.upload(roots, deployment.globs)
+    if spec["kind"] == "current":
+        python, interpreter = str(spec["python"]), None
+    else:
+        python, interpreter = str(spec.get("python", "")), spec
+    return PreparedDeployment(
+        python=python or sys.executable,
+        code_manifest=manifest,
+        environment=dict(deployment.environment_variables),
+        interpreter=interpreter,
+        git=git,
+    )
+
+
+def _prepare_git(
+    deployment: Deployment, home: Path, cache: Path
+) -> tuple[dict[str, object], Path | None]:
+    """Resolve the commit here (a missing branch or commit fails before launch); fetch it here
+    too when the interpreter's spec files must be read from the repository."""
+    assert deployment.git is not None
+    spec = deployment.git
+    interpreter = deployment.interpreter
+    reads_files = not isinstance(
+        interpreter, LocalCurrentInterpreter | PreinstalledInterpreter | ContainerInterpreter
+    )
+    secrets = LocalSecretStore(home).get
+    try:
+        with git_environment(spec.get("ssh_key_secret"), secrets, cache / "known_hosts") as (
+            env,
+            hide,
+        ):
+            commit = resolve_commit(
+                spec["repo_url"], spec.get("branch"), spec.get("commit"), env, BadInputError
+            )
+            checkout = None
+            if reads_files or spec.get("commit"):
+                checkout = ensure_checkout(spec["repo_url"], commit, cache / "git", env, hide)
+    except DeploymentError as exc:
+        raise BadInputError(str(exc)) from None
+    return git_spec(spec, commit), checkout

@@ -1,0 +1,288 @@
+"""Deployments (issue 3): the code mirror, environments built with uv, git repositories,
+containers and secrets. Real uv builds (one tiny package from the index, cached by uv), real git
+repositories made here, a real agent."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import deployment_helpers
+import pytest
+
+import meadowrun_core as mr
+from meadowrun_core.deployment import code_mirror
+from meadowrun_core.deployment.code_mirror import CodeMirror, CodeRoot, materialize
+from meadowrun_core.local.allocation_table import SqliteAllocationTable
+from meadowrun_core.local.object_store import FileObjectStore
+from meadowrun_core.serialization import Signer
+
+SIX = "six==1.17.0"
+GIT = ["git", "-c", "user.email=t@example.com", "-c", "user.name=test"]
+
+
+def _nothing_launched(home: Path) -> bool:
+    return SqliteAllocationTable(home / "state.db").list_instances() == []
+
+
+def _store(tmp_path: Path) -> tuple[FileObjectStore, Signer]:
+    return FileObjectStore(tmp_path / "objects"), Signer(b"k" * 32)
+
+
+# --- code mirror ----------------------------------------------------------------------------
+def _tree(root: Path, dirs: int, files: int, size: int = 1000) -> None:
+    for d in range(dirs):
+        pkg = root / f"pkg{d}"
+        pkg.mkdir(parents=True)
+        for f in range(files):
+            (pkg / f"m{f}.py").write_text(f"X = {d * 1000 + f}\n" + "#" * size)
+
+
+def test_mirror_uploads_only_what_changed(tmp_path: Path) -> None:
+    store, signer = _store(tmp_path)
+    src = tmp_path / "src"
+    _tree(src, dirs=20, files=20)
+    (src / "data.csv").write_text("not code")
+    mirror = CodeMirror(store, signer)
+    first = mirror.upload([CodeRoot(src)])
+    assert mirror.bytes_uploaded > 400 * 1000
+    before = mirror.bytes_uploaded
+    assert mirror.upload([CodeRoot(src)]) == first
+    assert mirror.bytes_uploaded == before  # unchanged: nothing uploaded
+    fresh = CodeMirror(store, signer)  # a new process: reads and hashes, uploads nothing
+    assert fresh.upload([CodeRoot(src)]) == first and fresh.bytes_uploaded == 0
+    (src / "pkg3" / "m7.py").write_text("X = 'changed'\n" + "#" * 10_000)
+    second = mirror.upload([CodeRoot(src)])
+    changed = mirror.bytes_uploaded - before
+    assert second != first and 10_000 < changed < 20_000  # the file and 3 small nodes
+
+    cache = tmp_path / "cache"
+    (old,) = materialize(store, signer, first, cache)
+    (new,) = materialize(store, signer, second, cache)
+    assert "'changed'" in (Path(new.path) / "pkg3" / "m7.py").read_text()
+    assert "X = 3007" in (Path(old.path) / "pkg3" / "m7.py").read_text()
+    assert not (Path(new.path) / "data.csv").exists()
+    # unchanged directories are shared between the two versions, not written twice
+    assert os.readlink(Path(new.path) / "pkg4") == os.readlink(Path(old.path) / "pkg4")
+    assert len(list((cache / "nodes").iterdir())) == 1 + 20 + 2
+
+
+def test_mirror_globs_and_editable_finder(tmp_path: Path) -> None:
+    store, signer = _store(tmp_path)
+    src = tmp_path / "proj"
+    (src / "mypkg").mkdir(parents=True)
+    (src / "mypkg" / "__init__.py").write_text("V = 1\n")
+    (src / "mypkg" / "table.csv").write_text("a,b\n")
+    finder = tmp_path / "__editable___mypkg_0_1_finder.py"
+    mapping = {"mypkg": str(src / "mypkg")}
+    finder.write_text(f"import sys\nMAPPING: dict[str, str] = {mapping!r}\n")
+    assert code_mirror._read_finder(finder) == {"mypkg": src / "mypkg"}
+    mirror = CodeMirror(store, signer)
+    key = mirror.upload([CodeRoot(src / "mypkg", "back", prefix="mypkg")], ("mypkg/*.csv",))
+    (root,) = materialize(store, signer, key, tmp_path / "cache")
+    assert (Path(root.path) / "mypkg" / "__init__.py").read_text() == "V = 1\n"
+    assert (Path(root.path) / "mypkg" / "table.csv").exists()
+    assert root.position == "back"
+
+
+def test_mirror_local_restores_paths_in_order(local_cloud: Path, tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    for directory, value in ((first, "first"), (second, "second")):
+        directory.mkdir()
+        (directory / "mr_order_mod.py").write_text(f"def where():\n    return {value!r}\n")
+    (second / "mr_only_second.py").write_text("OK = True\n")
+    deployment = mr.Deployment.mirror_local(additional_sys_paths=[str(first), str(second)])
+    path = mr.run_function(deployment_helpers.sys_path, deployment=deployment)
+    mirrored = [p for p in path if "/code/nodes/" in p]
+    assert len(mirrored) >= 3  # tests/ (front) ... first, second (back, in order)
+    assert path.index(mirrored[-2]) < path.index(mirrored[-1])
+    assert mr.run_function("mr_order_mod.where", deployment=deployment) == "first"
+    # a change to one file reaches the worker (a new deployment key, a new worker)
+    (first / "mr_order_mod.py").write_text("def where():\n    return 'edited'\n")
+    assert mr.run_function("mr_order_mod.where", deployment=deployment) == "edited"
+
+
+# --- environments ---------------------------------------------------------------------------
+def test_requirements_file_environment_built_once(local_cloud: Path, tmp_path: Path) -> None:
+    (tmp_path / "requirements.txt").write_text("six>=1.16\n")
+    deployment = mr.Deployment.mirror_local(
+        interpreter=mr.PipRequirementsFile(str(tmp_path / "requirements.txt"))
+    )
+    info = mr.run_function(deployment_helpers.env_info, args=("six",), deployment=deployment)
+    assert info["version"] == "1.17.0"
+    assert info["has_typer"] is False  # exactly the spec: meadowrun's own packages are hidden
+    assert info["prefix"] != sys.prefix and "/envs/" in str(info["prefix"])
+    assert info["virtual_env"] == info["prefix"]
+    envs = list(local_cloud.glob("instances/*/envs/*/.meadowrun-ready"))
+    assert len(envs) == 1
+    built = envs[0].stat().st_mtime_ns
+    started = time.perf_counter()
+    again = mr.run_function(deployment_helpers.env_info, args=("six",), deployment=deployment)
+    assert again["prefix"] == info["prefix"] and envs[0].stat().st_mtime_ns == built
+    assert time.perf_counter() - started < 1.0
+
+
+def test_uv_project_and_missing_lock(local_cloud: Path, tmp_path: Path) -> None:
+    project = tmp_path / "uvproj"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        '[project]\nname = "uvproj"\nversion = "0.1"\nrequires-python = ">=3.11"\n'
+        f'dependencies = ["{SIX}"]\n'
+    )
+    with pytest.raises(mr.BadInputError, match=r"no uv\.lock"):
+        mr.run_function(
+            deployment_helpers.env_info,
+            args=("six",),
+            deployment=mr.Deployment.mirror_local(interpreter=mr.UvProject(str(project))),
+        )
+    assert _nothing_launched(local_cloud)
+    subprocess.run(["uv", "lock", "--quiet", "--project", str(project)], check=True)
+    info = mr.run_function(
+        deployment_helpers.env_info,
+        args=("six",),
+        deployment=mr.Deployment.mirror_local(interpreter=mr.UvProject(str(project))),
+    )
+    assert info["version"] == "1.17.0" and info["has_typer"] is False
+
+
+POETRY_LOCK = """# This file is automatically @generated by Poetry 2.1.3.
+
+[[package]]
+name = "six"
+version = "1.17.0"
+description = "Python 2 and 3 compatibility utilities"
+optional = false
+python-versions = "!=3.0.*,!=3.1.*,!=3.2.*,>=2.7"
+groups = ["main"]
+files = [
+    {file = "six-1.17.0-py2.py3-none-any.whl", hash = "sha256:4721f391ed90541fddacab5acf947aa0d\
+3dc7d27b2e1e8eda2be8970586c3274"},
+]
+
+[[package]]
+name = "colorama"
+version = "0.4.6"
+description = "Cross-platform colored terminal text."
+optional = false
+python-versions = "!=3.0.*,!=3.1.*,!=3.2.*,!=3.3.*,!=3.4.*,!=3.5.*,!=3.6.*,>=2.7"
+groups = ["main"]
+markers = "sys_platform == \\"win32\\""
+files = []
+
+[metadata]
+lock-version = "2.1"
+python-versions = ">=3.11"
+content-hash = "0"
+"""
+
+
+def test_poetry_project(local_cloud: Path, tmp_path: Path) -> None:
+    project = tmp_path / "poetryproj"
+    project.mkdir()
+    (project / "pyproject.toml").write_text('[tool.poetry]\nname = "p"\nversion = "0.1"\n')
+    with pytest.raises(mr.BadInputError, match=r"no poetry\.lock"):
+        mr.run_function(
+            deployment_helpers.env_info,
+            args=("six",),
+            deployment=mr.Deployment.mirror_local(interpreter=mr.PoetryProjectPath(str(project))),
+        )
+    (project / "poetry.lock").write_text(POETRY_LOCK)
+    info = mr.run_function(
+        deployment_helpers.env_info,
+        args=("six",),
+        deployment=mr.Deployment.mirror_local(interpreter=mr.PoetryProjectPath(str(project))),
+    )
+    assert info["version"] == "1.17.0" and info["has_typer"] is False
+
+
+def test_conda_file_pip_only_is_built_and_conda_packages_need_conda(
+    local_cloud: Path, tmp_path: Path
+) -> None:
+    env_file = tmp_path / "environment.yml"
+    env_file.write_text(
+        "name: t\nchannels:\n  - conda-forge\ndependencies:\n  - python=3.11\n  - pip\n"
+        f"  - pip:\n    - {SIX}\n"
+    )
+    deployment = mr.Deployment.mirror_local(interpreter=mr.CondaEnvironmentFile(str(env_file)))
+    info = mr.run_function(deployment_helpers.env_info, args=("six",), deployment=deployment)
+    assert info["version"] == "1.17.0"
+    env_file.write_text("name: t\ndependencies:\n  - python=3.11\n  - numpy=1.26\n")
+    if any(Path(p, t).exists() for p in os.environ["PATH"].split(":") for t in ("conda", "mamba")):
+        pytest.skip("conda is installed here")
+    with pytest.raises(mr.BadInputError, match=r"conda packages \(numpy=1.26\)"):
+        mr.run_function(deployment_helpers.env_info, args=("six",), deployment=deployment)
+
+
+def test_environment_errors_before_launch(local_cloud: Path, tmp_path: Path) -> None:
+    def run(interpreter: object) -> None:
+        mr.run_function(
+            deployment_helpers.env_info,
+            args=("six",),
+            deployment=mr.Deployment.mirror_local(interpreter=interpreter),  # type: ignore[arg-type]
+        )
+
+    missing = tmp_path / "missing.txt"
+    missing.write_text("meadowrun-no-such-package-xyz-31337\n")
+    with pytest.raises(mr.BadInputError, match="meadowrun-no-such-package-xyz-31337"):
+        run(mr.PipRequirementsFile(str(missing)))
+    broken = tmp_path / "broken_pkg"
+    broken.mkdir()
+    (broken / "setup.py").write_text("raise RuntimeError('THIS PACKAGE REFUSES TO BUILD')\n")
+    (tmp_path / "broken.txt").write_text(f"broken-pkg @ file://{broken}\n")
+    with pytest.raises(mr.BadInputError, match="THIS PACKAGE REFUSES TO BUILD"):
+        run(mr.PipRequirementsFile(str(tmp_path / "broken.txt")))
+    (tmp_path / "ok.txt").write_text(SIX + "\n")
+    with pytest.raises(mr.BadInputError, match=r"Python 3\.99 is not available"):
+        run(mr.PipRequirementsFile(str(tmp_path / "ok.txt"), python_version="3.99"))
+    with pytest.raises(mr.BadInputError, match="does not exist"):
+        run(mr.PipRequirementsFile(str(tmp_path / "nope.txt")))
+    with pytest.raises(mr.BadInputError, match="does not exist on the instance"):
+        run(mr.PreinstalledInterpreter("/no/such/python"))
+    assert _nothing_launched(local_cloud)
+
+
+def test_built_environment_is_stored_and_unpacked_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meadowrun_core.deployment.environments import ensure_environment
+    from meadowrun_core.deployment.interpreters import Resolver
+
+    store, signer = _store(tmp_path)
+    (tmp_path / "r.txt").write_text(SIX + "\n")
+    spec = Resolver(store, signer, tmp_path / "client", True).resolve(
+        mr.PipRequirementsFile("r.txt"), tmp_path
+    )
+    monkeypatch.setenv("MEADOWRUN_ENV_ARCHIVE", "always")
+    python = ensure_environment(spec, store, signer, tmp_path / "i1" / "envs", tmp_path / "refs")
+    assert list((tmp_path / "refs").iterdir())
+    monkeypatch.setenv("MEADOWRUN_UV", "/bin/false")  # a fresh instance must not build
+    other = ensure_environment(spec, store, signer, tmp_path / "i2" / "envs", tmp_path / "refs")
+    assert other != python
+    out = subprocess.run([other, "-c", "import six; print(six.__version__)"], capture_output=True)
+    assert out.stdout.decode().strip() == "1.17.0", out.stderr
+
+
+def test_detects_how_the_local_environment_is_described(tmp_path: Path) -> None:
+    from meadowrun_core.deployment.detect import detect_local_environment
+
+    uvproj = tmp_path / "uvproj"
+    (uvproj / ".venv").mkdir(parents=True)
+    (uvproj / "uv.lock").write_text("version = 1\n")
+    assert detect_local_environment(str(uvproj / ".venv"), str(tmp_path)).kind == "uv"
+    poetry = tmp_path / "poetryproj"
+    (poetry / ".venv").mkdir(parents=True)
+    (poetry / "poetry.lock").write_text(POETRY_LOCK)
+    assert detect_local_environment(str(poetry / ".venv"), str(poetry)).kind == "poetry"
+    conda = tmp_path / "condaenv"
+    (conda / "conda-meta").mkdir(parents=True)
+    if not any(Path(p, "conda").exists() for p in os.environ["PATH"].split(":")):
+        with pytest.raises(mr.BadInputError, match="conda environment"):
+            detect_local_environment(str(conda), str(tmp_path))
+    venv = tmp_path / "plain"
+    subprocess.run(["uv", "venv", "-q", str(venv)], check=True)
+    subprocess.run(["uv", "pip", "install", "-q", "--python", str(venv), SIX], check=True)
+    detected = detect_local_environment(str(venv), str(tmp_path), str(venv / "bin" / "python"))
+    assert detected.kind == "pip" and detected.text.strip() == SIX
