@@ -1,0 +1,49 @@
+"""``ObjectStore`` on S3: content-addressed keys under one prefix of one bucket."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from meadowrun_core.seams.object_store import content_key
+
+
+class S3ObjectStore:
+    def __init__(self, s3: Any, bucket: str, prefix: str = "objects/") -> None:
+        self._s3 = s3
+        self._bucket = bucket
+        self._prefix = prefix
+
+    def _key(self, key: str) -> str:
+        if not key.isalnum():
+            raise ValueError(f"invalid object key {key!r}")
+        return self._prefix + key
+
+    def put(self, data: bytes) -> str:
+        key = content_key(data)
+        if not self.exists(key):
+            self._s3.put_object(Bucket=self._bucket, Key=self._key(key), Body=data)
+        return key
+
+    def get(self, key: str) -> bytes:
+        try:
+            response = self._s3.get_object(Bucket=self._bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                raise KeyError(f"object {key} is not in s3://{self._bucket}") from None
+            raise
+        data: bytes = response["Body"].read()
+        return data
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._s3.head_object(Bucket=self._bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def delete(self, key: str) -> None:
+        self._s3.delete_object(Bucket=self._bucket, Key=self._key(key))

@@ -1,0 +1,29 @@
+"""moto's server over real HTTP on loopback, for the AWS tests."""
+
+from __future__ import annotations
+
+from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import make_server
+
+
+class SerialMotoServer(ThreadedMotoServer):
+    """moto's server answering one request at a time.
+
+    Real DynamoDB applies conditional writes to an item atomically; moto's threaded server
+    does not lock its in-memory tables, so two racing ``update_item`` calls can both pass the
+    same condition there. Serving requests one at a time restores DynamoDB's semantics, which
+    is what the race tests must check our code against.
+    """
+
+    def _server_entry(self) -> None:
+        app = DomainDispatcherApplication(create_backend_app)
+        self._server = make_server(
+            self._ip_address, self._port, app, False, request_handler=MotoRequestHandler
+        )
+        self._server_ready_event.set()
+        self._server.serve_forever()

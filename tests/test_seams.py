@@ -1,0 +1,207 @@
+"""One conformance suite per seam, run against every implementation: the local cloud's
+SQLite/file versions and the AWS versions on moto's server (real HTTP, real boto3)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import seam_racer
+from moto_server import SerialMotoServer
+
+from meadowrun_core.aws.dynamodb_allocation_table import DynamoDbAllocationTable
+from meadowrun_core.aws.s3_object_store import S3ObjectStore
+from meadowrun_core.aws.sqs_task_queue import SqsTaskQueue
+from meadowrun_core.local.allocation_table import SqliteAllocationTable
+from meadowrun_core.local.object_store import FileObjectStore
+from meadowrun_core.local.task_queue import SqliteTaskQueue
+from meadowrun_core.resources import Resources
+from meadowrun_core.seams.instance_provider import InstanceType
+
+ONE = Resources(logical_cpu=1, memory_gb=1)
+SMALL = InstanceType("t.small", 2, 4, 0.05)
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    server = SerialMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def _boto(service: str, endpoint: str) -> Any:
+    return boto3.client(
+        service,
+        region_name="us-east-1",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def table(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    if request.param == "sqlite":
+        return SqliteAllocationTable(tmp_path / "state.db")
+    endpoint = request.getfixturevalue("moto_endpoint")
+    dynamo = DynamoDbAllocationTable(_boto("dynamodb", endpoint), f"alloc-{uuid.uuid4().hex}")
+    dynamo.create()
+    return dynamo
+
+
+@pytest.fixture(params=["sqlite", "sqs"])
+def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    if request.param == "sqlite":
+        return SqliteTaskQueue(tmp_path / "queues.db")
+    return SqsTaskQueue(_boto("sqs", request.getfixturevalue("moto_endpoint")))
+
+
+@pytest.fixture(params=["file", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    if request.param == "file":
+        return FileObjectStore(tmp_path / "objects")
+    s3 = _boto("s3", request.getfixturevalue("moto_endpoint"))
+    bucket = f"meadowrun-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    return S3ObjectStore(s3, bucket)
+
+
+# --- allocation table -------------------------------------------------------------------------
+def _launch(table: Any, instance_id: str, jobs: list[str]) -> None:
+    assert table.allocate_on_new_instance(instance_id, SMALL, jobs, ONE, "c1", "d", 4, 8)
+    table.register_instance(instance_id, "127.0.0.1:1", 1)
+
+
+def test_allocation_respects_capacity(table: Any) -> None:
+    table.renew_lease("c1", 1, 60)
+    _launch(table, "i-1", ["j1"])
+    (record,) = table.list_instances()
+    assert (record.cpu_free, record.memory_free, record.running_jobs) == (1, 3, 1)
+    assert table.allocate_on_existing(["j2", "j3"], ONE, "c1", "d") == {"j2": "i-1"}
+    assert table.get_instance("i-1").cpu_free == 0
+    assert table.deallocate("j1", "done") and not table.deallocate("j1", "done")
+    assert table.allocate_on_existing(["j3"], ONE, "c1", "d") == {"j3": "i-1"}
+    assert {a.job_id for a in table.list_allocations("i-1")} == {"j2", "j3"}
+
+
+def test_launch_limit_is_never_exceeded(table: Any) -> None:
+    _launch(table, "i-1", ["a"])
+    _launch(table, "i-2", ["b"])
+    assert not table.allocate_on_new_instance("i-3", SMALL, ["c"], ONE, "c1", "d", 4, 8)
+    table.remove_instance("i-2", "terminated")
+    assert table.allocate_on_new_instance("i-3", SMALL, ["c"], ONE, "c1", "d", 4, 8)
+    assert [r["job_id"] for r in table.job_history()] == ["b"]
+
+
+def test_idle_removal_is_conditional(table: Any) -> None:
+    _launch(table, "i-1", ["a"])
+    assert not table.remove_instance_if_idle("i-1")
+    table.deallocate("a", "done")
+    assert table.remove_instance_if_idle("i-1")
+    assert table.list_instances() == []
+
+
+def test_leases_and_interruptions(table: Any) -> None:
+    table.renew_lease("alive", 1, 60)
+    table.renew_lease("dying", 1, 0.01)
+    _launch(table, "i-1", [])
+    table.allocate_on_existing(["ok"], ONE, "alive", "d")
+    table.allocate_on_existing(["orphan"], ONE, "dying", "d")
+    time.sleep(0.05)
+    assert [a.job_id for a in table.allocations_with_expired_lease("i-1")] == ["orphan"]
+    table.request_interruption("i-1", 5)
+    record = table.get_instance("i-1")
+    assert record.interruption_at is not None and record.interruption_at > time.time()
+    table.set_prevent_further_allocation("i-1")
+    table.deallocate("ok", "done")
+    assert table.allocate_on_existing(["late"], ONE, "alive", "d") == {}
+
+
+def test_job_keys(table: Any) -> None:
+    assert table.claim_job_key("k", "pending") is None
+    assert table.claim_job_key("k", "other") == "pending"
+    table.set_job_key_instance("k", "job-1", "i-1")
+    assert table.get_job_key("k")["status"] == "running"
+    table.record_job_final("k", '{"status": "succeeded"}', "abc")
+    row = table.get_job_key("k")
+    assert (row["status"], row["payload_key"], row["job_id"]) == ("ended", "abc", "job-1")
+    assert table.forget_job_key("k") and table.get_job_key("k") is None
+
+
+def test_sixteen_racing_clients_never_over_allocate(table: Any, tmp_path: Path) -> None:
+    table.renew_lease("c1", 1, 60)
+    _launch(table, "i-1", [])
+    if isinstance(table, SqliteAllocationTable):
+        args = [("sqlite", str(tmp_path / "state.db"), w) for w in range(16)]
+    else:
+        args = [("dynamodb", f"{table._db.meta.endpoint_url}|{table._table}", w) for w in range(16)]
+    stop = threading.Event()
+
+    def heartbeat() -> None:  # what the instance's agent does meanwhile
+        while not stop.wait(0.5):
+            table.heartbeat("i-1")
+
+    beating = threading.Thread(target=heartbeat)
+    beating.start()
+    try:
+        with multiprocessing.get_context("fork").Pool(16) as pool:
+            won = sum(pool.map(seam_racer.race, args))
+    finally:
+        stop.set()
+        beating.join()
+    record = table.get_instance("i-1")
+    assert won == 2, "exactly the 2 free CPUs were handed out"
+    assert record.cpu_free == 0 and len(table.list_allocations("i-1")) == 2
+
+
+# --- task queue -------------------------------------------------------------------------------
+def test_queue_visibility_and_redelivery(queue: Any) -> None:
+    name = f"q-{uuid.uuid4().hex[:8]}"
+    queue.create_queue(name)
+    queue.send_batch(name, [f"m{i}".encode() for i in range(12)])
+    first = queue.receive(name, 10, 1, 2)
+    assert 1 <= len(first) <= 10 and all(m.receive_count == 1 for m in first)
+    seen = {m.body for m in first}
+    while len(seen) < 12:
+        more = queue.receive(name, 10, 30, 2)
+        assert more, "messages went missing"
+        seen |= {m.body for m in more}
+        queue.delete(name, [m.receipt for m in more])
+    assert seen == {f"m{i}".encode() for i in range(12)}
+    # the first batch was never deleted: it comes back after its visibility timeout
+    time.sleep(1.2)
+    again = queue.receive(name, 10, 30, 3)
+    assert {m.body for m in again} <= {m.body for m in first}
+    assert again and all(m.receive_count == 2 for m in again)
+    queue.change_visibility(name, [m.receipt for m in again], 0)
+    assert queue.receive(name, 10, 30, 3)
+    queue.delete_queue(name)
+
+
+def test_queue_long_poll_returns_when_empty(queue: Any) -> None:
+    name = f"q-{uuid.uuid4().hex[:8]}"
+    queue.create_queue(name)
+    started = time.monotonic()
+    assert queue.receive(name, 1, 5, 1) == []
+    assert 0.9 <= time.monotonic() - started < 5
+    queue.delete_queue(name)
+
+
+# --- object store -----------------------------------------------------------------------------
+def test_object_store_content_addressed(store: Any) -> None:
+    key = store.put(b"hello")
+    assert store.put(b"hello") == key and store.exists(key)
+    assert store.get(key) == b"hello"
+    store.delete(key)
+    assert not store.exists(key)
+    with pytest.raises(KeyError):
+        store.get(key)
