@@ -1,0 +1,6 @@
+"""Dask clusters on meadowrun: ``Client(MeadowCluster(...))``."""
+
+from meadowrun_dask import config as _config  # noqa: F401  (registers the dask.config defaults)
+from meadowrun_dask.cluster import MeadowCluster, MeadowScheduler, MeadowWorker
+
+__all__ = ["MeadowCluster", "MeadowScheduler", "MeadowWorker"]

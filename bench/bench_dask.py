@@ -1,0 +1,291 @@
+"""Dask benchmark (issue 7): time to a ready MeadowCluster, and one fixed dask.array workload on
+MeadowCluster and on LocalCluster with the same workers, in one run.
+
+    .venv/bin/python -m bench.bench_dask                          # 2 workers, 5 rounds
+    .venv/bin/python -m bench.bench_dask --quick                  # smoke run, 1 round
+    .venv/bin/python -m bench.bench_dask --markdown docs/performance.md --quiet-wait 60
+
+Each round starts every cluster afresh and times it to "ready" (cluster created, client
+connected, all workers registered), then runs the workload once on each cluster, in an order
+that alternates between rounds so that a busy machine slows every system alike, then closes
+them. The first MeadowCluster start of the run is cold (``admin.clean()`` first: instances are
+launched); later ones find idle instances from the round before (warm). Every system has the
+same workers: ``--workers`` processes of one thread and 2 GB each. The workload's answer is
+checked against NumPy on every run, so no system can be fast by being wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+SECTION_HEADING = "## Dask cluster (issue 7)"
+TARGET_WORKLOAD_RATIO = 1.2
+TARGET_READY_S = 3.0
+MEMORY_GB = 2
+
+log = logging.getLogger("bench.dask")
+
+
+@dataclass
+class System:
+    name: str
+    description: str
+    start: Callable[[], Any]  # returns a cluster (a context manager)
+    ready_s: list[float] = field(default_factory=list)
+    workload_s: list[float] = field(default_factory=list)
+    others_cores: list[float] = field(default_factory=list)
+    error: str | None = None
+
+
+def workload(size: int, chunk: int) -> tuple[Any, float]:
+    """A dask.array graph with compute and transfers (the transpose needs other workers'
+    chunks), and its answer computed by NumPy."""
+    import dask.array as da
+
+    x = da.random.RandomState(42).random((size, size), chunks=(chunk, chunk))
+    graph = ((x + x.T) ** 2).mean(axis=0).sum()
+    expected = x.compute()
+    return graph, float((((expected + expected.T) ** 2).mean(axis=0)).sum())
+
+
+def make_systems(workers: int, names: list[str]) -> list[System]:
+    from distributed import LocalCluster
+    from meadowrun_dask import MeadowCluster
+
+    from meadowrun_core import Resources
+
+    def meadow() -> Any:
+        return MeadowCluster(
+            n_workers=workers, worker_resources=Resources(logical_cpu=1, memory_gb=MEMORY_GB)
+        )
+
+    def local(security: bool) -> Callable[[], Any]:
+        return lambda: LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True,
+            memory_limit=f"{MEMORY_GB * 0.9}GiB", dashboard_address=":0",
+            security=security or None, silence_logs=logging.ERROR,
+        )
+
+    available = {
+        "meadowrun": System(
+            "meadowrun", f"MeadowCluster(n_workers={workers}), workers of 1 CPU / {MEMORY_GB} GB "
+            "on the local cloud, TLS (the default)", meadow),
+        "local": System(
+            "local", f"LocalCluster(n_workers={workers}, threads_per_worker=1, processes=True), "
+            "TCP (its default)", local(False)),
+        "local-tls": System(
+            "local-tls", "the same LocalCluster with security=True (TLS, temporary certificates)",
+            local(True)),
+    }
+    return [available[n] for n in names]
+
+
+@contextmanager
+def ready_cluster(system: System, workers: int) -> Iterator[Any]:
+    from distributed import Client
+
+    from bench.load import CpuMeter
+
+    meter = CpuMeter()
+    meter.start()
+    began = time.perf_counter()
+    cluster = system.start()
+    try:
+        with Client(cluster) as client:
+            client.wait_for_workers(workers, timeout=120)
+            system.ready_s.append(time.perf_counter() - began)
+            system.others_cores.append(meter.stop())
+            yield client
+    finally:
+        cluster.close()
+
+
+def measure(systems: list[System], workers: int, rounds: int, size: int, chunk: int,
+            quiet_wait: float) -> None:
+    from contextlib import ExitStack
+
+    from bench.load import wait_until_quiet
+    from meadowrun_core.local import admin
+
+    admin.clean()  # the first MeadowCluster start of the run is a cold one
+    graph, expected = workload(size, chunk)
+    warm_up, _ = workload(2 * chunk, chunk)  # imports and code on every worker, untimed
+    for round_number in range(rounds):
+        order = systems if round_number % 2 == 0 else systems[::-1]
+        with ExitStack() as stack:
+            clients = {}
+            for system in order:
+                if system.error:
+                    continue
+                if quiet_wait:
+                    wait_until_quiet(quiet_wait)
+                try:
+                    clients[system.name] = stack.enter_context(ready_cluster(system, workers))
+                except Exception as exc:
+                    system.error = f"{type(exc).__name__}: {exc}"
+                    log.error("%s failed to start: %s", system.name, system.error)
+                    continue
+                log.warning("round %d: %s ready in %.2f s", round_number + 1, system.name,
+                            system.ready_s[-1])
+            for system in order:
+                client = clients.get(system.name)
+                if client is None:
+                    continue
+                client.compute(warm_up).result()
+                began = time.perf_counter()
+                got = client.compute(graph).result()
+                seconds = time.perf_counter() - began
+                if abs(got - expected) > 1e-6 * abs(expected):
+                    system.error = f"wrong answer {got!r}, expected {expected!r}"
+                    continue
+                system.workload_s.append(seconds)
+                log.warning("round %d: %s workload %.2f s", round_number + 1, system.name,
+                            seconds)
+
+
+def render_markdown(systems: list[System], config: dict[str, Any], machine: dict[str, str],
+                    command: str) -> str:
+    lines = [
+        SECTION_HEADING,
+        "",
+        f"Time to a ready cluster of {config['workers']} workers (created, client connected, "
+        f"all workers registered) and a fixed dask.array workload, "
+        f"`((x + x.T) ** 2).mean(axis=0).sum()` on a {config['size']}x{config['size']} "
+        f"float64 array in {config['chunk']}x{config['chunk']} chunks "
+        f"({(config['size'] // config['chunk']) ** 2} chunks, answer checked against NumPy), "
+        f"median of {config['rounds']} rounds; every round starts each cluster afresh and the "
+        "systems take turns. The first MeadowCluster start of the run is cold (instances "
+        "launched); the others reuse the idle instances of the round before (warm).",
+        "",
+        f"Command: `{command}`",
+        "",
+        "| system | setup | ready, cold (s) | ready, median (s) | workload, median (s) | "
+        "others' CPU (cores) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for s in systems:
+        if s.error or not s.workload_s:
+            lines.append(f"| {s.name} | {s.description} | failed: {s.error} | | | |")
+            continue
+        cold = f"{s.ready_s[0]:.2f}" if s.name == "meadowrun" else ""
+        warm = s.ready_s[1:] if s.name == "meadowrun" and len(s.ready_s) > 1 else s.ready_s
+        lines.append(
+            f"| {s.name} | {s.description} | {cold} | {statistics.median(warm):.2f} | "
+            f"{statistics.median(s.workload_s):.2f} | {statistics.median(s.others_cores):.2f} |"
+        )
+    lines.append("")
+    by_name = {s.name: s for s in systems if s.workload_s and not s.error}
+    ours = by_name.get("meadowrun")
+    if ours is not None:
+        for peer in ("local", "local-tls"):
+            other = by_name.get(peer)
+            if other is None:
+                continue
+            ratio = statistics.median(ours.workload_s) / statistics.median(other.workload_s)
+            verdict = ""
+            if peer == "local":
+                verdict = " (target <= {:.1f}: {})".format(
+                    TARGET_WORKLOAD_RATIO, "met" if ratio <= TARGET_WORKLOAD_RATIO else "NOT met")
+            lines.append(f"- workload, meadowrun / {peer}: {ratio:.2f}x{verdict}")
+        cold = ours.ready_s[0]
+        warm = statistics.median(ours.ready_s[1:]) if len(ours.ready_s) > 1 else None
+        lines.append(f"- ready cluster, cold: {cold:.2f} s (target < {TARGET_READY_S:g} s: "
+                     f"{'met' if cold < TARGET_READY_S else 'NOT met'})")
+        if warm is not None:
+            lines.append(f"- ready cluster, warm: {warm:.2f} s (target < {TARGET_READY_S:g} s: "
+                         f"{'met' if warm < TARGET_READY_S else 'NOT met'})")
+    lines.append("")
+    lines.append("Machine: " + "; ".join(f"{k}: {v}" for k, v in machine.items()))
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace this benchmark's section of ``path`` (up to the next ``## ``), or append it."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# Performance\n\n{section}")
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION_HEADING), None)
+    if start is None:
+        path.write_text("".join(lines).rstrip("\n") + "\n\n" + section)
+        return
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+               len(lines))
+    tail = "".join(lines[end:])
+    path.write_text("".join(lines[:start]) + section + ("\n" + tail if tail else ""))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--size", type=int, default=6000, help="the array is size x size")
+    parser.add_argument("--chunk", type=int, default=750)
+    parser.add_argument("--quick", action="store_true", help="1 round, a 2000x2000 array")
+    parser.add_argument("--systems", default="meadowrun,local,local-tls",
+                        help="comma-separated subset of meadowrun,local,local-tls")
+    parser.add_argument("--quiet-wait", type=float, default=0.0,
+                        help="before each cluster start, wait up to this long for other "
+                        "processes to go quiet (a shared machine)")
+    parser.add_argument("--markdown", type=Path, help="write the table into this Markdown file")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.size, args.chunk = 1, 2000, 500
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("meadowrun_core", "distributed", "meadowrun_dask"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    logging.getLogger("meadowrun_core.job").setLevel(logging.CRITICAL)  # servers' stderr
+    scratch = Path(tempfile.mkdtemp(prefix="bench-dask-"))
+    os.environ.update(
+        {
+            "MEADOWRUN_HOME": str(scratch / "meadowrun-home"),
+            # the workers and the scheduler's 1 CPU; the local cloud may oversubscribe
+            "MEADOWRUN_LOCAL_MAX_CPU": str(args.workers + 1),
+            "MEADOWRUN_LOCAL_MAX_MEMORY_GB": str((args.workers + 1) * MEMORY_GB),
+            "DASK_TEMPORARY_DIRECTORY": str(scratch / "dask"),
+        }
+    )
+
+    from bench.report import machine_description
+    from meadowrun_core.local import admin
+
+    systems = make_systems(args.workers, args.systems.split(","))
+    try:
+        measure(systems, args.workers, args.rounds, args.size, args.chunk, args.quiet_wait)
+    finally:
+        admin.clean()
+        shutil.rmtree(scratch, ignore_errors=True)
+    config = {"workers": args.workers, "rounds": args.rounds, "size": args.size,
+              "chunk": args.chunk}
+    command = "python -m bench.bench_dask " + " ".join(argv or sys.argv[1:])
+    section = render_markdown(systems, config, machine_description(), command.strip())
+    print(section)
+    if args.markdown:
+        write_section(args.markdown, section)
+    return 1 if any(s.error for s in systems) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

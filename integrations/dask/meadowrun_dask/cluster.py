@@ -1,0 +1,499 @@
+"""``MeadowCluster``: a Dask cluster whose scheduler and workers are meadowrun jobs.
+
+Shaped like ``distributed.deploy.spec``: one small ``ProcessInterface`` per server, each a
+meadowrun job started with ``run_function(wait_for_result=False)``, behind one ``SpecCluster``.
+Meadowrun places each job on the cheapest instance that fits (workers on spot where allowed),
+mirrors the caller's code and interpreter, and ties every job to the client's lease, so a
+killed client leaves nothing running for long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import errno
+import logging
+import math
+import socket
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import dask.config
+from dask.utils import parse_timedelta
+from distributed.comm import CommClosedError, connect
+from distributed.core import Status, rpc
+from distributed.deploy.spec import ProcessInterface, SpecCluster
+from distributed.security import Security
+
+import meadowrun_core as mr
+from meadowrun_core.client.results import JobCancelledError
+from meadowrun_core.hosts import AllocLocalInstance, Host, resolve_host
+from meadowrun_dask import remote
+
+logger = logging.getLogger(__name__)
+
+_GiB = 2**30
+
+
+class _PortInUseError(Exception):
+    """The scheduler's chosen port was taken between choosing it and binding it."""
+
+
+def _free_ports(count: int, host: str) -> list[int]:
+    """Ports free on ``host`` now; the scheduler binds them a moment later (a lost race is
+    retried with new ports)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((host, 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _listen_host(host: Host | None) -> str:
+    """The address the servers listen on, known before they start.
+
+    On the local cloud every instance is this machine. Elsewhere the instance's address is
+    only known to the job; meadowrun_core cannot hand it back yet (see
+    /tmp/core-requests/dask.md), and the core cannot run jobs there yet either.
+    """
+    resolved = resolve_host(host)
+    if isinstance(resolved, AllocLocalInstance):
+        return "127.0.0.1"
+    raise NotImplementedError(
+        f"MeadowCluster runs on the local cloud only for now, not on {type(resolved).__name__}: "
+        "meadowrun_core has no way yet to report a job's instance address to the client"
+    )
+
+
+def _resources(value: mr.Resources | Mapping[str, Any] | None, key: str) -> mr.Resources:
+    if isinstance(value, mr.Resources):
+        return value
+    merged = {**dask.config.get(f"meadowrun.{key}"), **(value or {})}
+    return mr.Resources(**{k.replace("-", "_"): v for k, v in merged.items()})
+
+
+def _security(value: bool | Security | None) -> Security:
+    if value is None:
+        value = dask.config.get("meadowrun.security")
+    if isinstance(value, Security):
+        return value
+    # in memory only; it reaches the servers as a pickled job argument
+    return Security.temporary() if value else Security()
+
+
+async def _job_outcome(handle: mr.JobHandle[Any]) -> BaseException | None:
+    """Wait for a job to end: None if it returned, else why it did not."""
+    try:
+        await handle
+    except asyncio.CancelledError:
+        if handle.cancelled():
+            return JobCancelledError("the job was cancelled")
+        raise
+    except Exception as exc:
+        return exc
+    return None
+
+
+async def _stop_job(handle: mr.JobHandle[Any] | None, watch: asyncio.Task[Any] | None,
+                    grace: float) -> None:
+    """Give a closing server ``grace`` seconds to exit by itself (its job then ends normally
+    and frees its allocation), then cancel the job, which kills the process."""
+    if handle is None or watch is None:
+        return
+    if not watch.done():
+        await asyncio.wait({watch}, timeout=grace)
+    if not watch.done():
+        handle.cancel()
+        await asyncio.wait({watch}, timeout=5)
+
+
+class _Launcher:
+    """What the scheduler and workers of one cluster share: where and how their jobs run."""
+
+    def __init__(
+        self,
+        cluster: MeadowCluster,
+        host: Host | None,
+        deployment: mr.Deployment | None,
+        security: Security,
+        worker_resources: mr.Resources,
+        scheduler_resources: mr.Resources,
+    ) -> None:
+        self.cluster = weakref.ref(cluster)
+        self.host = host
+        self.listen_host = _listen_host(host)
+        self.deployment = deployment
+        self.security = security
+        self.worker_resources = worker_resources
+        self.scheduler_resources = scheduler_resources
+        self.config = copy.deepcopy(dask.config.config)
+        self.close_grace = parse_timedelta(dask.config.get("meadowrun.close-grace"))
+        self.retire_timeout = parse_timedelta(dask.config.get("meadowrun.retire-timeout"))
+
+    @property
+    def protocol(self) -> str:
+        return "tls" if self.security.require_encryption else "tcp"
+
+    async def submit(
+        self, function: Callable[..., None], resources: mr.Resources, args: tuple[Any, ...]
+    ) -> mr.JobHandle[None]:
+        # run_function uploads code and arguments before it returns: keep that off the loop
+        handle: mr.JobHandle[None] = await asyncio.to_thread(
+            mr.run_function,
+            function,
+            host=self.host,
+            resources=resources,
+            deployment=self.deployment,
+            args=args,
+            wait_for_result=False,
+        )
+        return handle
+
+
+class MeadowScheduler(ProcessInterface):
+    """A Dask scheduler running as a meadowrun job (on-demand by default).
+
+    Its port is chosen here, so ``address`` is known before the job starts and the first
+    workers can boot alongside it; ``start`` returns once it accepts connections.
+    """
+
+    def __init__(self, launcher: _Launcher, options: dict[str, Any]) -> None:
+        super().__init__()
+        self.launcher = launcher
+        self.options = options
+        self.port, self.dashboard_port = _free_ports(2, launcher.listen_host)
+        self.address = f"{launcher.protocol}://{launcher.listen_host}:{self.port}"
+        self.handle: mr.JobHandle[None] | None = None
+        self._watch: asyncio.Task[BaseException | None] | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        launcher = self.launcher
+        began = time.monotonic()
+        self.handle = await launcher.submit(
+            remote.run_scheduler,
+            launcher.scheduler_resources,
+            (launcher.listen_host, self.port, self.dashboard_port, launcher.security,
+             self.options, launcher.config),
+        )
+        self._watch = asyncio.ensure_future(self._follow())
+        try:
+            await self._wait_until_listening()
+        except BaseException:
+            await self.close()
+            raise
+        logger.debug("scheduler %s listening after %.2f s", self.address, time.monotonic() - began)
+        await super().start()
+
+    async def _wait_until_listening(self) -> None:
+        """Connect as a client would (a bare TCP probe would fail the TLS handshake and log
+        a warning); stop early with the job's error if the job ends first."""
+        assert self._watch is not None
+        timeout = parse_timedelta(dask.config.get("meadowrun.scheduler-start-timeout"))
+        args = self.launcher.security.get_connection_args("client")
+        probe = asyncio.ensure_future(connect(self.address, timeout=timeout, **args))
+        try:
+            await asyncio.wait({probe, self._watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not probe.done():
+                probe.cancel()
+        if probe.done() and not probe.cancelled() and probe.exception() is None:
+            await probe.result().close()
+            return
+        if not self._watch.done():
+            raise TimeoutError(f"the scheduler did not listen within {timeout:g} s")
+        failure = self._watch.result()
+        text = str(failure)
+        if "Address already in use" in text or (
+            isinstance(getattr(failure, "original", None), OSError)
+            and failure.original.errno == errno.EADDRINUSE  # type: ignore[union-attr]
+        ):
+            raise _PortInUseError(text)
+        raise RuntimeError(f"the scheduler job ended before it listened: {failure}")
+
+    async def _follow(self) -> BaseException | None:
+        assert self.handle is not None
+        outcome = await _job_outcome(self.handle)
+        cluster = self.launcher.cluster()
+        if not self._closing and cluster is not None:
+            cluster._scheduler_exited(outcome)
+        return outcome
+
+    async def close(self) -> None:
+        self._closing = True
+        await _stop_job(self.handle, self._watch, self.launcher.close_grace)
+        await super().close()
+
+
+class MeadowWorker(ProcessInterface):
+    """A Dask worker running as a meadowrun job, named by its spec key.
+
+    ``start`` returns once the job is submitted; the worker registers with the scheduler when
+    its instance is up. When the job ends for any reason other than a scale-down or close,
+    the cluster starts a replacement.
+    """
+
+    def __init__(self, scheduler: str, name: Any, launcher: _Launcher,
+                 worker_class: str, options: dict[str, Any]) -> None:
+        super().__init__()
+        self.scheduler = scheduler
+        self.name = name
+        self.launcher = launcher
+        self.worker_class = worker_class
+        self.options = options
+        self.handle: mr.JobHandle[None] | None = None
+        self.started_at: float | None = None
+        self._watch: asyncio.Task[BaseException | None] | None = None
+
+    async def start(self) -> None:
+        launcher = self.launcher
+        self.handle = await launcher.submit(
+            remote.run_worker,
+            launcher.worker_resources,
+            (self.scheduler, self.name, launcher.listen_host, launcher.security,
+             self.worker_class, self.options, launcher.config),
+        )
+        self.started_at = time.monotonic()
+        self._watch = asyncio.ensure_future(self._follow())
+        await super().start()
+
+    async def _follow(self) -> BaseException | None:
+        assert self.handle is not None
+        outcome = await _job_outcome(self.handle)
+        cluster = self.launcher.cluster()
+        if cluster is not None:
+            cluster._worker_exited(self, outcome)
+        return outcome
+
+    async def close(self) -> None:
+        if self._watch is not None and not self._watch.done():
+            await self._ask_to_leave()
+        await _stop_job(self.handle, self._watch, self.launcher.close_grace)
+        await super().close()
+
+    async def _ask_to_leave(self) -> None:
+        """Ask the worker to leave by itself, so its job ends normally and frees its allocation
+        at once: on a scale-down the scheduler first moves its data to the other workers; when
+        the whole cluster closes it just closes."""
+        cluster = self.launcher.cluster()
+        address = None if cluster is None else cluster._worker_address(self.name)
+        if cluster is None or address is None:
+            return  # not registered yet: nothing to move, the job is cancelled
+        try:
+            if cluster.status == Status.running:
+                await asyncio.wait_for(
+                    cluster.scheduler_comm.retire_workers(
+                        workers=[address], close_workers=True, remove=True,
+                        stimulus_id=f"meadowrun-scale-down-{time.time()}",
+                    ),
+                    self.launcher.retire_timeout,
+                )
+            else:
+                connection_args = self.launcher.security.get_connection_args("client")
+                async with rpc(address, connection_args=connection_args) as worker:
+                    await asyncio.wait_for(
+                        worker.terminate(reason="meadowrun-cluster-close"),
+                        self.launcher.close_grace,
+                    )
+        except CommClosedError:
+            pass  # the worker closed before it answered
+        except Exception as exc:
+            logger.debug("worker %r did not leave by itself: %r", self.name, exc)
+
+    def __repr__(self) -> str:
+        return f"<MeadowWorker {self.name!r}: status={self.status.name}>"
+
+
+class MeadowCluster(SpecCluster):
+    """A Dask cluster on meadowrun-allocated instances; use it like ``LocalCluster``.
+
+    >>> from dask.distributed import Client
+    >>> with MeadowCluster(n_workers=2) as cluster, Client(cluster) as client:
+    ...     client.submit(sum, [1, 2]).result()
+    3
+
+    Arguments left as ``None`` come from the ``meadowrun`` key of dask.config (see
+    ``meadowrun.yaml``). ``worker_resources`` and ``scheduler_resources`` are
+    ``meadowrun_core.Resources`` (or dicts of their fields); workers use spot instances when
+    ``max_eviction_rate > 0``. ``security=True`` (the default) secures every connection with
+    TLS and temporary per-cluster certificates. ``close()`` frees every allocation; if the
+    client process dies, meadowrun stops the servers when its lease lapses.
+    """
+
+    def __init__(
+        self,
+        host: Host | None = None,
+        n_workers: int | None = None,
+        worker_resources: mr.Resources | Mapping[str, Any] | None = None,
+        scheduler_resources: mr.Resources | Mapping[str, Any] | None = None,
+        deployment: mr.Deployment | None = None,
+        worker_options: Mapping[str, Any] | None = None,
+        scheduler_options: Mapping[str, Any] | None = None,
+        security: bool | Security | None = None,
+        idle_timeout: str | float | None = None,
+        worker_class: str | None = None,
+        asynchronous: bool = False,
+        loop: Any = None,
+        name: str | None = None,
+        shutdown_on_close: bool = True,
+    ) -> None:
+        cfg = dask.config.get("meadowrun")
+        security_obj = _security(security)
+        launcher = _Launcher(
+            self,
+            host,
+            deployment,
+            security_obj,
+            _resources(worker_resources, "worker-resources"),
+            _resources(scheduler_resources, "scheduler-resources"),
+        )
+        self._launcher = launcher
+        self._next_name = 0
+        self._failed_starts = 0
+        self._early_exit = parse_timedelta(cfg["worker-early-exit"])
+        self._max_failed_starts = int(cfg["max-failed-worker-starts"])
+
+        resources = launcher.worker_resources
+        options: dict[str, Any] = {
+            "nthreads": max(1, math.floor(resources.logical_cpu)),
+            "memory_limit": int(resources.memory_gb * _GiB * cfg["worker-memory-fraction"]),
+            "death_timeout": parse_timedelta(cfg["worker-death-timeout"]),
+            **cfg["worker-options"],
+            **(worker_options or {}),
+        }
+        sched_options: dict[str, Any] = {**cfg["scheduler-options"], **(scheduler_options or {})}
+        idle = idle_timeout if idle_timeout is not None else cfg["idle-timeout"]
+        if idle is not None:
+            sched_options["idle_timeout"] = parse_timedelta(idle)
+        worker_spec = {
+            "cls": MeadowWorker,
+            "options": {
+                "launcher": launcher,
+                "worker_class": worker_class or cfg["worker-class"],
+                "options": options,
+            },
+        }
+        count = cfg["n-workers"] if n_workers is None else n_workers
+        super().__init__(
+            workers={self._take_name(): worker_spec for _ in range(count)},
+            scheduler={"cls": MeadowScheduler, "options": {"launcher": launcher,
+                                                           "options": sched_options}},
+            worker=worker_spec,
+            asynchronous=asynchronous,
+            loop=loop,
+            security=security_obj,
+            name=name,
+            shutdown_on_close=shutdown_on_close,
+        )
+
+    # --- names ------------------------------------------------------------------------------
+    def _take_name(self) -> int:
+        """Names are never reused, so a replacement cannot collide with a worker the
+        scheduler has not yet noticed is gone."""
+        name = self._next_name
+        self._next_name += 1
+        return name
+
+    def new_worker_spec(self) -> dict[Any, Any]:
+        return {self._take_name(): self.new_spec}
+
+    # --- start: scheduler and first workers together -------------------------------------------
+    async def _start(self) -> None:
+        if self.status == Status.created and self.scheduler is None:
+            await self._boot()
+        await super()._start()
+
+    async def _boot(self) -> None:
+        """Start the scheduler and the first workers at the same time: the scheduler's address
+        is known in advance and workers retry until it listens, so a ready cluster costs one
+        instance start instead of two in a row."""
+        self._lock = asyncio.Lock()
+        last: Exception | None = None
+        for _ in range(3):
+            scheduler = MeadowScheduler(**self.scheduler_spec["options"])
+            workers = {
+                name: MeadowWorker(scheduler.address, name=name, **spec["options"])
+                for name, spec in self.worker_spec.items()
+            }
+            servers = [scheduler, *workers.values()]
+            results = await asyncio.gather(
+                *(_await(s) for s in servers), return_exceptions=True
+            )
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if not errors:
+                self.scheduler = scheduler
+                for worker in workers.values():
+                    worker._cluster = weakref.ref(self)  # type: ignore[attr-defined]
+                    self._created.add(worker)
+                self.workers.update(workers)
+                return
+            await asyncio.gather(*(s.close() for s in servers), return_exceptions=True)
+            last = next((e for e in errors if isinstance(e, Exception)), None)
+            if not isinstance(last, _PortInUseError):
+                break
+            logger.info("the scheduler's port was taken; retrying with another")
+        self.status = Status.failed
+        await self._close()
+        raise RuntimeError(f"Cluster failed to start: {last}") from last
+
+    def _worker_address(self, name: Any) -> str | None:
+        for address, info in self.scheduler_info["workers"].items():
+            if info.get("name") == name:
+                return str(address)
+        return None
+
+    # --- keeping the target ----------------------------------------------------------------------
+    def _worker_exited(self, worker: MeadowWorker, outcome: BaseException | None) -> None:
+        """Replace a worker whose job ended while the cluster still wants it (it died, its
+        instance was reclaimed, or it lost the scheduler), under a new name."""
+        name = worker.name
+        if self.status != Status.running or name not in self.worker_spec:
+            return  # scaled down or closing: the end was asked for
+        if self.workers.get(name, worker) is not worker:
+            return
+        self.workers.pop(name, None)
+        spec = self.worker_spec.pop(name)
+        lived = time.monotonic() - (worker.started_at or time.monotonic())
+        if lived < self._early_exit:
+            self._failed_starts += 1
+        else:
+            self._failed_starts = 0
+        why = "it returned" if outcome is None else str(outcome).splitlines()[0]
+        if self._failed_starts > self._max_failed_starts:
+            message = (f"worker {name!r} exited ({why}); {self._failed_starts} workers in a "
+                       "row exited early, so it is not replaced. Full reason: " + str(outcome))
+            logger.error("%s", message)
+            self._log(message)
+            return
+        new_name = self._take_name()
+        self.worker_spec[new_name] = spec
+        delay = 0.0 if self._failed_starts <= 1 else min(30.0, 0.5 * 2 ** self._failed_starts)
+        message = f"worker {name!r} exited ({why}); starting {new_name!r} in its place"
+        logger.warning("%s", message)
+        self._log(message)
+        asyncio.get_running_loop().call_later(delay, self._correct_state)
+
+    def _scheduler_exited(self, outcome: BaseException | None) -> None:
+        """The scheduler's job ended on its own (idle timeout, crash, interruption): nothing
+        is left to coordinate the workers, so close the cluster and free their instances."""
+        if self.status != Status.running:
+            return  # starting: start() reports it; closing: expected
+        why = "it closed (idle timeout?)" if outcome is None else str(outcome)
+        message = f"the scheduler's job ended: {why}; closing the cluster"
+        logger.warning("%s", message)
+        self._log(message)
+        assert self.scheduler is not None
+        self.scheduler.status = Status.closed  # nothing to retire workers through
+        self.shutdown_scheduler = False  # nor to terminate
+        self._closing_task = asyncio.ensure_future(self._close())
+
+
+async def _await(server: ProcessInterface) -> ProcessInterface:
+    return await server

@@ -1,0 +1,171 @@
+"""What runs on the instances: a Dask scheduler or worker inside one meadowrun job.
+
+Each function runs its server in-process on a fresh event loop and returns when the server
+closes, so the job's lifetime is the server's lifetime: cancelling the job, or the client's
+lease lapsing, stops the server, and the job ending tells the cluster that the server is gone.
+Certificates arrive as pickled function arguments over meadowrun's authenticated channel, never
+on a command line, in an environment variable or on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dask.config
+from dask.utils import parse_timedelta
+from distributed import Scheduler
+from distributed.security import Security
+from distributed.utils import import_term
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _remote_context(config: dict[str, Any]) -> Iterator[None]:
+    """The client's Dask config for this job, and quieter stderr logging.
+
+    Remote stderr is streamed to the client as warnings, so the INFO chatter of a healthy
+    server would drown the client's log; the servers' own log buffers (get_logs) keep all of
+    it because only the stream handlers' level changes.
+    """
+    log_level = config.get("meadowrun", {}).get("remote-log-level") or "warning"
+    level = logging.getLevelName(str(log_level).upper())
+    handlers = [
+        h
+        for name in ("distributed", "meadowrun_dask")
+        for h in logging.getLogger(name).handlers
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    ]
+    saved = [h.level for h in handlers]
+    for handler in handlers:
+        handler.setLevel(level)
+    logging.getLogger("distributed").setLevel(logging.INFO)
+    try:
+        with dask.config.set(config):
+            yield
+    finally:
+        for handler, old in zip(handlers, saved, strict=True):
+            handler.setLevel(old)
+
+
+def run_scheduler(
+    host: str,
+    port: int,
+    dashboard_port: int,
+    security: Security,
+    options: dict[str, Any],
+    config: dict[str, Any],
+) -> None:
+    """Run a Dask scheduler on ``host:port`` until it is closed (by the cluster, or idle)."""
+    with _remote_context(config):
+        asyncio.run(_serve_scheduler(host, port, dashboard_port, security, options))
+
+
+async def _serve_scheduler(
+    host: str, port: int, dashboard_port: int, security: Security, options: dict[str, Any]
+) -> None:
+    protocol = "tls" if security.require_encryption else "tcp"
+    async with Scheduler(
+        host=host,
+        port=port,
+        protocol=protocol,
+        security=security,
+        dashboard_address=f"{host}:{dashboard_port}",
+        **options,
+    ) as scheduler:
+        logger.info("scheduler listening at %s", scheduler.address)
+        await scheduler.finished()
+
+
+def run_worker(
+    scheduler_address: str,
+    name: Any,
+    host: str,
+    security: Security,
+    worker_class: str,
+    options: dict[str, Any],
+    config: dict[str, Any],
+) -> None:
+    """Run a Dask worker (or nanny) until it closes; retire it on a spot interruption notice."""
+    with _remote_context(config):
+        asyncio.run(_serve_worker(scheduler_address, name, host, security, worker_class, options))
+
+
+async def _serve_worker(
+    scheduler_address: str,
+    name: Any,
+    host: str,
+    security: Security,
+    worker_class: str,
+    options: dict[str, Any],
+) -> None:
+    cls = import_term(worker_class)
+    poll = parse_timedelta(dask.config.get("meadowrun.interruption-poll-interval"))
+    async with cls(scheduler_address, name=name, host=host, security=security, **options) as server:
+        watcher = asyncio.create_task(_retire_on_interruption(server, poll))
+        try:
+            await server.finished()
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+
+def _interruption_notice() -> float | None:
+    """When this instance will be reclaimed, if a notice has come; None otherwise.
+
+    meadowrun_core has no public call for this yet (see /tmp/core-requests/dask.md), so this
+    reads the local cloud's allocation table, where the notice is published.
+    """
+    instance_id = os.environ.get("MEADOWRUN_INSTANCE_ID")
+    if not instance_id:
+        return None
+    from meadowrun_core.config import meadowrun_home
+    from meadowrun_core.local.allocation_table import SqliteAllocationTable
+
+    record = SqliteAllocationTable(meadowrun_home() / "state.db").get_instance(instance_id)
+    return None if record is None else record.interruption_at
+
+
+async def _retire_on_interruption(server: Any, interval: float) -> None:
+    """On a spot interruption notice, leave the cluster gracefully before the instance goes:
+    the scheduler moves this worker's data to other workers first (``close_gracefully``)."""
+    while True:
+        try:
+            deadline = await asyncio.to_thread(_interruption_notice)
+        except Exception:
+            logger.debug("could not read the interruption notice", exc_info=True)
+            deadline = None
+        if deadline is not None:
+            break
+        await asyncio.sleep(interval)
+    left = deadline - time.time()
+    logger.warning(
+        "spot interruption notice: instance %s goes in %.1f s; retiring worker %s",
+        os.environ.get("MEADOWRUN_INSTANCE_ID"), left, getattr(server, "name", "?"),
+    )
+    try:
+        # keep a second in hand to close before the instance is killed
+        await asyncio.wait_for(_retire(server), left - 1)
+    except TimeoutError:
+        logger.warning("could not move all data before the interruption; closing now")
+        await server.close(reason="spot-interruption")
+
+
+async def _retire(server: Any) -> None:
+    worker_address = getattr(server, "worker_address", None)
+    if worker_address is None:  # a Worker: it asks the scheduler to take its data, then closes
+        await server.close_gracefully(reason="spot-interruption")
+        return
+    # a Nanny: the scheduler drains its worker, then the nanny follows
+    await server.scheduler.retire_workers(
+        workers=[worker_address], close_workers=True, remove=True,
+        stimulus_id=f"spot-interruption-{time.time()}",
+    )
+    await server.close(reason="spot-interruption")
