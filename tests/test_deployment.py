@@ -286,3 +286,193 @@ def test_detects_how_the_local_environment_is_described(tmp_path: Path) -> None:
     subprocess.run(["uv", "pip", "install", "-q", "--python", str(venv), SIX], check=True)
     detected = detect_local_environment(str(venv), str(tmp_path), str(venv / "bin" / "python"))
     assert detected.kind == "pip" and detected.text.strip() == SIX
+
+
+# --- git ------------------------------------------------------------------------------------
+def _git(repo: Path, *args: str) -> str:
+    out = subprocess.run([*GIT, *args], cwd=repo, check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def _make_repo(tmp_path: Path) -> tuple[Path, str]:
+    repo = tmp_path / "repo"
+    (repo / "src" / "gitpkg").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    (repo / "src" / "gitpkg" / "__init__.py").write_text(
+        "import importlib.util\n\n\ndef info():\n    import six\n\n"
+        "    return six.__version__, importlib.util.find_spec('typer') is not None\n"
+    )
+    (repo / "src" / "gitpkg" / "mod.py").write_text("def version():\n    return 'v1'\n")
+    (repo / "requirements.txt").write_text(SIX + "\n")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "v1")
+    return repo, _git(repo, "rev-parse", "HEAD")
+
+
+def test_git_repo_branch_commit_and_errors(local_cloud: Path, tmp_path: Path) -> None:
+    repo, first = _make_repo(tmp_path)
+    url = f"file://{repo}"
+
+    def deploy(**kwargs: str) -> mr.Deployment:
+        return mr.Deployment.git_repo(url, path_to_source="src", **kwargs)
+
+    with pytest.raises(mr.BadInputError, match="branch 'nope' does not exist"):
+        mr.run_function("gitpkg.mod.version", deployment=deploy(branch="nope"))
+    with pytest.raises(mr.BadInputError, match=f"commit {'0' * 40} does not exist"):
+        mr.run_function("gitpkg.mod.version", deployment=deploy(commit="0" * 40))
+    with pytest.raises(mr.BadInputError, match="full 40-character"):
+        mr.run_function("gitpkg.mod.version", deployment=deploy(commit=first[:8]))
+    assert _nothing_launched(local_cloud)
+
+    assert mr.run_function("gitpkg.mod.version", deployment=deploy(branch="main")) == "v1"
+    (repo / "src" / "gitpkg" / "mod.py").write_text("def version():\n    return 'v2'\n")
+    _git(repo, "commit", "-qam", "v2")
+    assert mr.run_function("gitpkg.mod.version", deployment=deploy(branch="main")) == "v2"
+    assert mr.run_function("gitpkg.mod.version", deployment=deploy()) == "v2"  # default branch
+    assert mr.run_function("gitpkg.mod.version", deployment=deploy(commit=first)) == "v1"
+    checkouts = list(local_cloud.glob("instances/*/git/*/[0-9a-f]*"))
+    assert len(checkouts) == 2  # one per commit, reused by the default-branch job
+
+
+def test_git_repo_interpreter_from_spec_file_in_repo(local_cloud: Path, tmp_path: Path) -> None:
+    repo, _ = _make_repo(tmp_path)
+    deployment = mr.Deployment.git_repo(
+        f"file://{repo}",
+        branch="main",
+        path_to_source="src",
+        interpreter=mr.PipRequirementsFile("requirements.txt"),
+    )
+    assert mr.run_function("gitpkg.info", deployment=deployment) == ("1.17.0", False)
+    assert mr.run_function("gitpkg.mod.version", deployment=deployment) == "v1"
+    missing = mr.Deployment.git_repo(
+        f"file://{repo}", interpreter=mr.UvProject("."), path_to_source="src"
+    )
+    with pytest.raises(mr.BadInputError, match="pyproject"):
+        mr.run_function("gitpkg.mod.version", deployment=missing)
+
+
+# --- secrets and containers ----------------------------------------------------------------
+def test_local_secret_store_and_cli(local_cloud: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from meadowrun_core.cli import app
+    from meadowrun_core.local.secrets import LocalSecretStore
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["secret", "set", "token"], input="s3cret-value")
+    assert result.exit_code == 0, result.output
+    assert "s3cret-value" not in result.output
+    store = LocalSecretStore(local_cloud)
+    assert store.get("token") == "s3cret-value"
+    assert stat_mode(local_cloud / "secrets.json") == 0o600
+    assert runner.invoke(app, ["secret", "list"]).output.split() == ["token"]
+    with pytest.raises(mr.BadInputError, match="no secret named 'other'"):
+        store.get("other")
+    assert store.delete("token") and store.names() == []
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_container_without_engine_fails_before_launch(
+    local_cloud: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")  # no daemon answers here
+    for engine in ("docker", "podman"):
+        fake = tmp_path / engine
+        fake.write_text("#!/bin/sh\necho 'Cannot connect to the engine daemon' >&2\nexit 1\n")
+        fake.chmod(0o755)
+    deployment = mr.Deployment.container_image("python", tag="3.11-slim")
+    with pytest.raises(mr.BadInputError, match=r"needs docker or podman .*Cannot connect"):
+        mr.run_function(deployment_helpers.env_info, args=("six",), deployment=deployment)
+    assert _nothing_launched(local_cloud)
+
+
+def test_container_commands_keep_secrets_off_the_command_line() -> None:
+    from meadowrun_core.deployment import containers
+
+    engine = containers.Engine("docker", "/usr/bin/docker")
+    argv = containers.run_command(
+        engine,
+        "registry.example.com/team/app:1.2",
+        name="meadowrun-abc",
+        mounts=["/home/u/.meadowrun", "/tmp/handoff"],
+        env_names=["MEADOWRUN_HOME", "API_TOKEN"],
+        command=["python", "-c", containers.HANDOFF_SHIM],
+    )
+    uid = f"{os.getuid()}:{os.getgid()}"
+    assert argv[:17] == [
+        "/usr/bin/docker", "run", "--rm", "--interactive", "--init", "--name", "meadowrun-abc",
+        "--network", "host", "--pid", "host", "--user", uid,
+        "--volume", "/home/u/.meadowrun:/home/u/.meadowrun",
+        "--volume", "/tmp/handoff:/tmp/handoff",
+    ]  # fmt: skip
+    assert argv[17:22] == [
+        "--env", "MEADOWRUN_HOME", "--env", "API_TOKEN", "registry.example.com/team/app:1.2",
+    ]  # fmt: skip
+    assert containers.login_command(engine, "registry.example.com", "bob") == [
+        "/usr/bin/docker", "login", "--username", "bob", "--password-stdin", "registry.example.com",
+    ]  # fmt: skip
+    assert containers.registry_of("registry.example.com/team/app:1.2") == "registry.example.com"
+    assert containers.registry_of("python:3.11") == "docker.io"
+    assert containers.parse_credentials('{"username": "u", "password": "p:w"}') == ("u", "p:w")
+    assert containers.parse_credentials("u:p:w") == ("u", "p:w")
+
+
+@pytest.fixture
+def ssh_server(tmp_path: Path) -> object:
+    """A real sshd on 127.0.0.1 that accepts one generated key (for root, this machine)."""
+    import shutil
+    import socket
+
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not os.path.exists(sshd) or os.getuid() != 0:
+        pytest.skip("needs openssh-server (apt-get install -y openssh-server) and root")
+    conf = tmp_path / "sshd"
+    conf.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", conf / "host"], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", conf / "id"], check=True)
+    (conf / "authorized_keys").write_text((conf / "id.pub").read_text())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (conf / "config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {conf / 'host'}\n"
+        f"AuthorizedKeysFile {conf / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
+        f"PasswordAuthentication no\nUsePAM no\nStrictModes no\nPidFile {conf / 'pid'}\n"
+    )
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(conf / "config")], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    yield port, (conf / "id").read_text()
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_git_repo_over_ssh_with_key_from_secret_store(
+    local_cloud: Path, tmp_path: Path, ssh_server: tuple[int, str]
+) -> None:
+    from meadowrun_core.local.secrets import LocalSecretStore
+
+    port, key = ssh_server
+    repo, _ = _make_repo(tmp_path)
+    url = f"ssh://root@127.0.0.1:{port}{repo}"
+    deployment = mr.Deployment.git_repo(
+        url, branch="main", path_to_source="src", ssh_key_secret="deploy-key"
+    )
+    with pytest.raises(mr.BadInputError, match="no secret named 'deploy-key'"):
+        mr.run_function("gitpkg.mod.version", deployment=deployment)
+    LocalSecretStore(local_cloud).put("deploy-key", key)
+    assert mr.run_function("gitpkg.mod.version", deployment=deployment) == "v1"
+    # the key is on no disk but the secret store's private file, and in no log
+    marker = key.strip().splitlines()[1]
+    for path in local_cloud.rglob("*"):
+        if path.is_file() and path.name != "secrets.json":
+            assert marker not in path.read_text(errors="ignore"), path
+    assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("meadowrun-git-*"))

@@ -175,7 +175,7 @@ class Resolver:
 
     def _container(self, interpreter: ContainerInterpreter) -> EnvSpec:
         if self.local_instance:
-            containers.require_engine(interpreter.image)
+            containers.require_engine(interpreter.image, BadInputError)
         return {
             "kind": "container",
             "image": interpreter.image,
