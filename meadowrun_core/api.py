@@ -10,7 +10,9 @@ from typing import Any
 
 from meadowrun_core.client.jobs import (
     JobHandle,
+    JobNotFoundError,
     follow_keyed_job,
+    keyed_job_state,
     prepare_command_job,
     prepare_function_job,
 )
@@ -252,34 +254,65 @@ def current_client_id() -> str:
 
 
 # --- keyed jobs: find, follow and cancel a job from any process ------------------------------
-def attach_job(job_key: str, *, host: Host | None = None) -> JobHandle[Any]:
-    """A handle on the job named ``job_key``; its output is logged while the handle follows
-    it. Raises ``JobNotFoundError`` (on ``result()``) if no such job exists."""
+OutputCallback = Callable[[str, bytes], None]
+
+
+def attach_job(
+    job_key: str, *, host: Host | None = None, on_output: OutputCallback | None = None
+) -> JobHandle[Any]:
+    """A handle on the job named ``job_key``. Its output, from the start, goes to
+    ``on_output(stream, data)`` or else is logged. ``result()`` raises ``JobNotFoundError``
+    if no such job exists. Cancelling the handle cancels the job."""
     runtime = ClientRuntime.get()
     backend = runtime.backend(host)
-    future = runtime.submit(follow_keyed_job(runtime, backend, job_key))
-    return JobHandle(future, f"job {job_key}", job_key)
+    future = runtime.submit(follow_keyed_job(runtime, backend, job_key, on_output))
+    return _KeyedJobHandle(future, f"job {job_key}", job_key, host)
 
 
-async def wait_job_async(job_key: str, *, host: Host | None = None) -> Any:
+class _KeyedJobHandle(JobHandle[Any]):
+    """A follower of a keyed job: cancelling it cancels the job everywhere."""
+
+    def __init__(self, future: Any, description: str, job_key: str, host: Host | None) -> None:
+        super().__init__(future, description, job_key)
+        self._host = host
+
+    def cancel(self) -> bool:
+        cancel_job(self.job_key or "", host=self._host)
+        return super().cancel()
+
+
+async def wait_job_async(
+    job_key: str, *, host: Host | None = None, on_output: OutputCallback | None = None
+) -> Any:
     """Wait for the job named ``job_key`` and return its value (or raise its error).
 
     Cancelling this coroutine stops waiting but leaves the job running."""
     runtime = ClientRuntime.get()
     backend = runtime.backend(host)
-    return await runtime.run_async(follow_keyed_job(runtime, backend, job_key))
+    return await runtime.run_async(follow_keyed_job(runtime, backend, job_key, on_output))
 
 
 def job_status(job_key: str, *, host: Host | None = None) -> str:
-    """``unknown``, ``running``, or how it ended (``succeeded``, ``exited``, ``failed``,
-    ``cancelled``, ``died``, ...). Reads the table only; cheap."""
+    """``unknown``; ``pending`` (submitted, not yet running on an instance); ``running``; or
+    how it ended (``succeeded``, ``exited``, ``failed``, ``cancelled``, ``died``, ...).
+    Reads the table only; cheap."""
+    return str(job_info(job_key, host=host)["status"])
+
+
+def job_info(job_key: str, *, host: Host | None = None) -> dict[str, Any]:
+    """Status (as ``job_status``), ``job_id`` (the prefix of its output lines) and
+    ``instance_id`` of the job named ``job_key``."""
     backend = ClientRuntime.get().backend(host)
-    row = backend.table.get_job_key(job_key)
-    if row is None:
-        return "unknown"
-    if row["status"] != "ended":
-        return "running"
-    return str(json.loads(str(row["final"]))["status"])
+    try:
+        row = keyed_job_state(backend, job_key)
+    except JobNotFoundError:
+        return {"status": "unknown", "job_id": None, "instance_id": None}
+    if row["status"] == "ended":
+        status = str(json.loads(str(row["final"]))["status"])
+    else:
+        status = "running" if row["status"] == "running" else "pending"
+    job_id = row["job_id"] if row["job_id"] != "pending" else None
+    return {"status": status, "job_id": job_id, "instance_id": row["instance_id"]}
 
 
 def cancel_job(job_key: str, *, host: Host | None = None, timeout: float = 10.0) -> bool:

@@ -22,9 +22,11 @@ def _float_env(name: str, default: float) -> float:
         ) from exc
 
 
-def meadowrun_home() -> Path:
-    """The directory holding the local cloud's state, created private to this user."""
-    home = Path(os.environ.get("MEADOWRUN_HOME") or Path.home() / ".meadowrun").expanduser()
+def meadowrun_home(override: str | os.PathLike[str] | None = None) -> Path:
+    """The directory holding the local cloud's state (``override``, else ``MEADOWRUN_HOME``,
+    else ``~/.meadowrun``), created private to this user."""
+    chosen = override or os.environ.get("MEADOWRUN_HOME") or Path.home() / ".meadowrun"
+    home = Path(chosen).expanduser()
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     return home.resolve()
 

@@ -18,12 +18,14 @@ class AllocLocalInstance(Host):
     """Instances are agent processes on this machine, state under ``MEADOWRUN_HOME``.
 
     ``idle_timeout`` (seconds) is how long an instance with no job lives on; ``max_cpu`` and
-    ``max_memory_gb`` cap what the local cloud may launch in total (default: this machine).
+    ``max_memory_gb`` cap what the local cloud may launch in total (default: this machine);
+    ``home`` picks a local cloud other than ``MEADOWRUN_HOME``'s.
     """
 
     idle_timeout: float | None = None
     max_cpu: float | None = None
     max_memory_gb: float | None = None
+    home: str | None = None
 
 
 @dataclass(frozen=True)

@@ -193,3 +193,19 @@ def test_abandoning_map_as_completed_stops_its_workers(local_cloud: Path) -> Non
     while _table(local_cloud).list_allocations():
         assert time.monotonic() < deadline, "map slots kept running after the caller left"
         time.sleep(0.05)
+
+
+def test_host_with_its_own_home(local_cloud: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other-cloud"
+    host = mr.AllocLocalInstance(home=str(other))
+    try:
+        assert mr.run_function(workloads.double, args=(8,), host=host) == 16
+        assert len(_table(other).list_instances()) == 1
+        assert _table(local_cloud).list_instances() == []
+    finally:
+        for record in _table(other).list_instances():
+            assert record.agent_pid is not None
+            import os
+            import signal
+
+            os.kill(record.agent_pid, signal.SIGTERM)

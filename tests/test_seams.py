@@ -130,11 +130,19 @@ def test_job_keys(table: Any) -> None:
     assert table.claim_job_key("k", "pending") is None
     assert table.claim_job_key("k", "other") == "pending"
     table.set_job_key_instance("k", "job-1", "i-1")
+    assert table.get_job_key("k")["status"] == "placed"
+    table.mark_job_key_started("k")
     assert table.get_job_key("k")["status"] == "running"
     table.record_job_final("k", '{"status": "succeeded"}', "abc")
     row = table.get_job_key("k")
     assert (row["status"], row["payload_key"], row["job_id"]) == ("ended", "abc", "job-1")
+    table.mark_job_key_started("k")  # a late start notice never reopens an ended job
+    assert table.get_job_key("k")["status"] == "ended"
     assert table.forget_job_key("k") and table.get_job_key("k") is None
+    table.renew_lease("c9", 1, 30)
+    expiry = table.lease_expiry("c9")
+    assert expiry is not None and expiry > time.time() + 20
+    assert table.lease_expiry("nobody") is None
 
 
 def test_sixteen_racing_clients_never_over_allocate(table: Any, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import pickle
 import signal
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,18 @@ from meadowrun_core.agent.worker_pool import (
     describe_exit,
 )
 from meadowrun_core.config import Settings, meadowrun_home
-from meadowrun_core.local.allocation_table import SqliteAllocationTable
+from meadowrun_core.local.allocation_table import LAUNCH_GRACE_SECONDS, SqliteAllocationTable
 from meadowrun_core.local.object_store import FileObjectStore
 from meadowrun_core.local.task_queue import SqliteTaskQueue
 from meadowrun_core.protocol import encode_frame, read_frame
 from meadowrun_core.serialization import Signer, UnauthenticatedDataError, load_or_create_key
 
 log = logging.getLogger("meadowrun_core.agent")
+
+# How much of a job's output the agent keeps for followers that attach late.
+OUTPUT_REPLAY_BYTES = 1 << 20
+# A job allocated here that has not arrived this long after its allocation never will.
+NEVER_STARTED_SECONDS = LAUNCH_GRACE_SECONDS + 60
 
 
 class ClientConnection:
@@ -66,10 +72,33 @@ class RunningJob:
     cancel_reason: str | None = None
     end_status: str = "cancelled"
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # the tail of the job's output, replayed to a follower that attaches late
+    output_log: deque[tuple[str, bytes]] = field(default_factory=deque)
+    output_bytes: int = 0
 
     def output(self, stream: str, data: bytes) -> None:
+        self.output_log.append((stream, data))
+        self.output_bytes += len(data)
+        while self.output_bytes > OUTPUT_REPLAY_BYTES and len(self.output_log) > 1:
+            self.output_bytes -= len(self.output_log.popleft()[1])
         for subscriber in self.subscribers:
-            subscriber.send({"type": "output", "job_id": self.job_id, "stream": stream}, data)
+            self._send_output(subscriber, stream, data)
+
+    def _send_output(
+        self, subscriber: ClientConnection, stream: str, data: bytes, replay_for: str = ""
+    ) -> None:
+        header = {"type": "output", "job_id": self.job_id, "stream": stream}
+        if replay_for:
+            header["replay_for"] = replay_for
+        subscriber.send(header, data)
+
+    def attach(self, subscriber: ClientConnection, follower: str) -> None:
+        """Follow from the start: replay the kept output to this follower, then stream live
+        (a connection already subscribed gets the replay for the new follower only)."""
+        for stream, data in self.output_log:
+            self._send_output(subscriber, stream, data, follower)
+        if subscriber not in self.subscribers:
+            self.subscribers.append(subscriber)
 
     def kill(self, reason: str, status: str = "cancelled") -> None:
         """Stop the job now; ``status`` is what the client is told (cancelled, out_of_memory,
@@ -155,6 +184,7 @@ class Agent:
                 job.kill("the client's lease expired (client gone)", "lease_expired")
             elif time.time() - alloc.created > self.settings.lease_seconds:
                 self.table.deallocate(alloc.job_id, "client lease expired")
+        self.free_never_started()
         self.reap_pid_files()
         self.enforce_memory()
         if (
@@ -164,6 +194,15 @@ class Agent:
         ):
             log.info("idle for %.0f s; terminating", self.idle_timeout)
             self.shutdown.set()
+
+    def free_never_started(self) -> None:
+        """Free allocations whose job never arrived (its client died between allocating and
+        sending it); a detached job's own long lease would otherwise hold them."""
+        cutoff = time.time() - NEVER_STARTED_SECONDS
+        for alloc in self.table.list_allocations(self.instance_id):
+            if alloc.job_id not in self.jobs and alloc.created < cutoff:
+                log.info("job %s was allocated but never started; freeing it", alloc.job_id)
+                self.table.deallocate(alloc.job_id, "never started")
 
     def reap_pid_files(self) -> None:
         """Free the allocation of any worker whose PID file names a dead process."""
@@ -240,8 +279,8 @@ class Agent:
                         conn.send(
                             {"type": "final", "job_id": header["job_id"], "status": "unknown"}
                         )
-                    elif conn not in job.subscribers:
-                        job.subscribers.append(conn)
+                    else:
+                        job.attach(conn, header.get("follower", ""))
                 elif header["type"] == "stop":
                     job = self.jobs.get(header["job_id"])
                     if job is not None:
@@ -271,6 +310,8 @@ class Agent:
         job = RunningJob(job_id, header["kind"], [conn], alloc.memory_gb)
         self.jobs[job_id] = job
         self.last_activity = time.monotonic()
+        if header.get("job_key"):
+            self.table.mark_job_key_started(header["job_key"])
         final: dict[str, Any] = {"status": "error", "message": "agent error"}
         payload = b""
         try:
@@ -290,6 +331,10 @@ class Agent:
             if header.get("job_key"):
                 # keep the outcome where any process can find it by key (attach_job)
                 payload_key = self.store.put(self.signer.sign(payload)) if payload else None
+                if job.output_log:
+                    final["output_key"] = self.store.put(
+                        self.signer.sign(pickle.dumps(list(job.output_log)))
+                    )
                 self.table.record_job_final(header["job_key"], json.dumps(final), payload_key)
             del self.jobs[job_id]
             self.table.deallocate(job_id, final["status"])

@@ -476,9 +476,23 @@ class DynamoDbAllocationTable:
         self._update_instance(
             f"jobkey#{job_key}",
             "SET job_id = :j, instance_id = :i, #s = :s",
-            {":j": {"S": job_id}, ":i": {"S": instance_id}, ":s": {"S": "running"}},
+            {":j": {"S": job_id}, ":i": {"S": instance_id}, ":s": {"S": "placed"}},
             {"#s": "status"},
         )
+
+    def mark_job_key_started(self, job_key: str) -> None:
+        try:
+            self._db.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": f"jobkey#{job_key}"}},
+                UpdateExpression="SET #s = :running",
+                ConditionExpression="attribute_exists(pk) AND #s <> :ended",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={":running": {"S": "running"}, ":ended": {"S": "ended"}},
+            )
+        except ClientError as exc:
+            if not _failed_condition(exc):
+                raise
 
     def record_job_final(self, job_key: str, final: str, payload_key: str | None) -> None:
         values: dict[str, Any] = {
@@ -505,6 +519,7 @@ class DynamoDbAllocationTable:
             "status": item.get("status"),
             "final": item.get("final"),
             "payload_key": item.get("payload_key"),
+            "submitter": item.get("submitter", ""),
         }
 
     def forget_job_key(self, job_key: str) -> bool:
@@ -518,6 +533,10 @@ class DynamoDbAllocationTable:
         self._put(
             {"pk": f"client#{client_id}", "pid": pid, "lease_expires": time.time() + lease_seconds}
         )
+
+    def lease_expiry(self, client_id: str) -> float | None:
+        item = self._get(f"client#{client_id}")
+        return None if item is None else float(item["lease_expires"])
 
     def release_lease(self, client_id: str) -> None:
         self._db.delete_item(TableName=self._table, Key={"pk": {"S": f"client#{client_id}"}})

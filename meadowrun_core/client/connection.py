@@ -24,6 +24,7 @@ class AgentConnection:
         self._writer = writer
         self._signer = signer
         self._jobs: dict[str, list[asyncio.Queue[Event]]] = {}
+        self._followers: dict[str, asyncio.Queue[Event]] = {}
         self.closed = False
         self._task = asyncio.create_task(self._read_loop())
 
@@ -33,14 +34,18 @@ class AgentConnection:
         reader, writer = await asyncio.open_connection(host, int(port))
         return cls(reader, writer, signer)
 
-    def register(self, job_id: str) -> asyncio.Queue[Event]:
+    def register(self, job_id: str, follower: str = "") -> asyncio.Queue[Event]:
+        """Listen to a job's events; ``follower`` names this listener for replayed output."""
         queue: asyncio.Queue[Event] = asyncio.Queue()
+        if follower:
+            self._followers[follower] = queue
         if self.closed:
             queue.put_nowait((DISCONNECTED, b""))
         self._jobs.setdefault(job_id, []).append(queue)
         return queue
 
     def unregister(self, job_id: str, queue: asyncio.Queue[Event]) -> None:
+        self._followers = {k: q for k, q in self._followers.items() if q is not queue}
         listeners = self._jobs.get(job_id, [])
         if queue in listeners:
             listeners.remove(queue)
@@ -58,6 +63,12 @@ class AgentConnection:
         try:
             while True:
                 header, blob = await read_frame(self._reader, self._signer)
+                replay_for = header.get("replay_for")
+                if replay_for is not None:
+                    follower = self._followers.get(replay_for)
+                    if follower is not None:
+                        follower.put_nowait((header, blob))
+                    continue
                 for queue in self._jobs.get(header.get("job_id", ""), ()):
                     queue.put_nowait((header, blob))
         except (asyncio.IncompleteReadError, ConnectionError):

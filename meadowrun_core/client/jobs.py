@@ -9,9 +9,10 @@ import logging
 import os
 import pickle
 import shlex
+import time
 import uuid
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from meadowrun_core.client.allocation import Placement, allocate, check_satisfiable
@@ -67,10 +68,11 @@ async def run_on_instance(
     blob: bytes = b"",
     on_output: Callable[[str, bytes], None] | None = None,
     attach: bool = False,
+    control: FollowControl | None = None,
 ) -> tuple[dict[str, Any], bytes]:
     """Start a job on its instance (or ``attach`` to a running one) and follow it to its final
-    event. Cancelling a started job's follower cancels the job; an attached follower just
-    stops following."""
+    event. Cancelling a started job's follower cancels the job (unless its handle only stopped
+    following); an attached follower just stops following."""
     assert placement.instance.address is not None
     try:
         conn = await runtime.connection(placement.instance.address, backend)
@@ -82,10 +84,11 @@ async def run_on_instance(
             "status": "disconnected",
             "message": f"cannot reach instance {placement.instance.instance_id}: {exc}",
         }, b""
-    events = conn.register(placement.job_id)
+    follower = uuid.uuid4().hex if attach else ""
+    events = conn.register(placement.job_id, follower)
     logger = OutputLogger(placement.job_id)
     if attach:
-        header = {"type": "attach", "job_id": placement.job_id}
+        header = {"type": "attach", "job_id": placement.job_id, "follower": follower}
     else:
         header = {**header, "type": "run", "job_id": placement.job_id}
     try:
@@ -104,7 +107,7 @@ async def run_on_instance(
                     "message": f"instance {placement.instance.instance_id} went away",
                 }, b""
     except asyncio.CancelledError:
-        if not attach:
+        if not attach and (control is None or control.cancel_job_with_follower):
             conn.send(
                 {"type": "cancel", "job_id": placement.job_id, "reason": "cancelled by caller"}
             )
@@ -114,15 +117,35 @@ async def run_on_instance(
         conn.unregister(placement.job_id, events)
 
 
+@dataclass
+class FollowControl:
+    """Shared between a handle and the coroutine following its job."""
+
+    cancel_job_with_follower: bool = True
+
+
 class JobHandle(Generic[T]):
     """A job started with ``wait_for_result=False``: wait on it, poll it, or cancel it."""
 
     def __init__(
-        self, future: concurrent.futures.Future[T], description: str, job_key: str | None = None
+        self,
+        future: concurrent.futures.Future[T],
+        description: str,
+        job_key: str | None = None,
+        control: FollowControl | None = None,
     ) -> None:
         self._future = future
         self.description = description
         self.job_key = job_key
+        self._control = control or FollowControl()
+
+    def stop_following(self) -> None:
+        """Stop following the job here but leave it running (keyed jobs: another process can
+        ``attach_job`` it). The handle then reports cancelled."""
+        if self.job_key is None:
+            raise ValueError("only a keyed job (job_key=...) can be left running unfollowed")
+        self._control.cancel_job_with_follower = False
+        self._future.cancel()
 
     def done(self) -> bool:
         return self._future.done()
@@ -163,6 +186,7 @@ class Submission:
 
     client_id: str
     job_key: str | None = None
+    control: FollowControl = field(default_factory=FollowControl)
 
 
 async def _run_job(
@@ -189,7 +213,9 @@ async def _run_job(
         backend.table.set_job_key_instance(
             submission.job_key, placement.job_id, placement.instance.instance_id
         )
-    final, payload = await run_on_instance(runtime, backend, placement, header, blob)
+    final, payload = await run_on_instance(
+        runtime, backend, placement, header, blob, control=submission.control
+    )
     return decode_final(final, payload)
 
 
@@ -244,7 +270,10 @@ def _submission(
         raise BadInputError(f"job_key must be a non-empty string, got {job_key!r}")
     if detach and job_key is None:
         job_key = f"detached-{uuid.uuid4().hex}"
-    if job_key is not None and backend.table.claim_job_key(job_key, "pending") is not None:
+    if (
+        job_key is not None
+        and backend.table.claim_job_key(job_key, "pending", runtime.client_id) is not None
+    ):
         return Submission(runtime.client_id, job_key), True
     if not detach:
         return Submission(runtime.client_id, job_key), False
@@ -262,8 +291,12 @@ class PreparedJob:
     description: str
     job_key: str | None
 
+    control: FollowControl = field(default_factory=FollowControl)
+
     def handle(self) -> JobHandle[Any]:
-        return JobHandle(self.runtime.submit(self.job), self.description, self.job_key)
+        return JobHandle(
+            self.runtime.submit(self.job), self.description, self.job_key, self.control
+        )
 
 
 def prepare_function_job(
@@ -352,22 +385,32 @@ def _start_or_follow(
         assert submission.job_key is not None
         follower = follow_keyed_job(runtime, backend, submission.job_key)
         return PreparedJob(runtime, follower, description, submission.job_key)
-    return PreparedJob(runtime, make_job(submission), description, submission.job_key)
+    job = make_job(submission)
+    return PreparedJob(runtime, job, description, submission.job_key, submission.control)
 
 
-async def follow_keyed_job(runtime: ClientRuntime, backend: LocalBackend, job_key: str) -> Any:
+async def follow_keyed_job(
+    runtime: ClientRuntime,
+    backend: LocalBackend,
+    job_key: str,
+    on_output: Callable[[str, bytes], None] | None = None,
+) -> Any:
     """Follow a keyed job from any process until it ends; return its value or raise.
 
-    Cancelling this follower does not cancel the job (use ``cancel_job``)."""
-    from meadowrun_core.exceptions import WorkerDiedError
-
+    Output is replayed from the start (the agent keeps the last MiB). Cancelling this follower
+    does not cancel the job (use ``cancel_job``)."""
     delay = 0.01
     while True:
-        row = backend.table.get_job_key(job_key)
-        if row is None:
-            raise JobNotFoundError(f"no job with key {job_key!r} in this cloud")
+        row = keyed_job_state(backend, job_key)
         if row["status"] == "ended":
             final = json.loads(str(row["final"]))
+            if final.get("output_key"):
+                logger = OutputLogger(str(final["job_id"]))
+                for stream, data in pickle.loads(
+                    backend.signer.verify(backend.store.get(final["output_key"]))
+                ):
+                    (on_output or logger.write)(stream, data)
+                logger.flush()
             payload_key = row["payload_key"]
             payload = (
                 backend.signer.verify(backend.store.get(str(payload_key))) if payload_key else b""
@@ -376,20 +419,42 @@ async def follow_keyed_job(runtime: ClientRuntime, backend: LocalBackend, job_ke
         instance = (
             backend.table.get_instance(str(row["instance_id"])) if row["instance_id"] else None
         )
-        if row["status"] == "running" and (instance is None or instance.address is None):
-            row = backend.table.get_job_key(job_key)
-            if row is not None and row["status"] != "ended":
-                raise WorkerDiedError(f"job {job_key!r}: its instance went away")
-            continue
-        if instance is None:
-            await asyncio.sleep(delay)  # submitted, not yet placed
+        if instance is None or instance.address is None:
+            await asyncio.sleep(delay)  # not placed yet, or its instance is still launching
             delay = min(delay * 1.5, 0.25)
             continue
         placement = Placement(str(row["job_id"]), instance)
-        final, payload = await run_on_instance(runtime, backend, placement, {}, attach=True)
+        final, payload = await run_on_instance(
+            runtime, backend, placement, {}, on_output=on_output, attach=True
+        )
         if final["status"] not in ("unknown", "disconnected"):
             return decode_final(final, payload)
         await asyncio.sleep(0.02)  # it ended between our read and attach; read the record
+
+
+def keyed_job_state(backend: LocalBackend, job_key: str) -> dict[str, object]:
+    """The job-key record, first settling jobs that can no longer end on their own: never
+    sent (their submitter died first) or on an instance that vanished."""
+    row = backend.table.get_job_key(job_key)
+    if row is None:
+        raise JobNotFoundError(f"no job with key {job_key!r} in this cloud")
+    status = row["status"]
+    message = None
+    if status in ("submitted", "placed"):
+        expiry = backend.table.lease_expiry(str(row.get("submitter") or ""))
+        if row.get("submitter") and (expiry is None or expiry < time.time()):
+            message = "its submitter went away before the job started"
+    if (
+        status == "running"
+        and row["instance_id"]
+        and backend.table.get_instance(str(row["instance_id"])) is None
+    ):
+        message = f"its instance {row['instance_id']} went away"
+    if message is not None:
+        final = {"status": "died", "job_id": row["job_id"], "message": message}
+        backend.table.record_job_final(job_key, json.dumps(final), None)
+        row = backend.table.get_job_key(job_key) or row
+    return row
 
 
 class JobNotFoundError(MeadowrunError, KeyError):

@@ -69,7 +69,8 @@ CREATE TABLE IF NOT EXISTS job_keys (
     final TEXT,
     payload_key TEXT,
     created REAL NOT NULL,
-    ended REAL
+    ended REAL,
+    submitter TEXT NOT NULL DEFAULT ''
 );
 """
 
@@ -116,6 +117,10 @@ class SqliteAllocationTable:
 
     def __init__(self, path: Path) -> None:
         self._db = SqliteDb(path, _SCHEMA)
+        columns = {r["name"] for r in self._db.connection().execute("PRAGMA table_info(job_keys)")}
+        if "submitter" not in columns:  # a state directory made by an earlier version
+            with self._db.transaction() as conn:
+                conn.execute("ALTER TABLE job_keys ADD COLUMN submitter TEXT NOT NULL DEFAULT ''")
 
     # --- allocation -------------------------------------------------------------------
     def allocate_on_existing(
@@ -373,8 +378,11 @@ class SqliteAllocationTable:
         ).fetchall()
 
     # --- keyed jobs: found again by a caller-chosen key from any process -----------------
-    def claim_job_key(self, job_key: str, job_id: str) -> str | None:
-        """Reserve ``job_key`` for ``job_id``; if taken, return the job id holding it."""
+    def claim_job_key(self, job_key: str, job_id: str, submitter: str = "") -> str | None:
+        """Reserve ``job_key`` for ``job_id``; if taken, return the job id holding it.
+
+        ``submitter`` is the client sending the job: if its lease lapses before the job has
+        started, the job never will."""
         with self._db.transaction() as conn:
             row = conn.execute(
                 "SELECT job_id FROM job_keys WHERE job_key = ?", (job_key,)
@@ -382,18 +390,26 @@ class SqliteAllocationTable:
             if row is not None:
                 return str(row["job_id"])
             conn.execute(
-                "INSERT INTO job_keys (job_key, job_id, status, created) "
-                "VALUES (?, ?, 'submitted', ?)",
-                (job_key, job_id, time.time()),
+                "INSERT INTO job_keys (job_key, job_id, status, created, submitter) "
+                "VALUES (?, ?, 'submitted', ?, ?)",
+                (job_key, job_id, time.time(), submitter),
             )
             return None
 
     def set_job_key_instance(self, job_key: str, job_id: str, instance_id: str) -> None:
         with self._db.transaction() as conn:
             conn.execute(
-                "UPDATE job_keys SET job_id = ?, instance_id = ?, status = 'running' "
-                "WHERE job_key = ?",
+                "UPDATE job_keys SET job_id = ?, instance_id = ?, status = 'placed' "
+                "WHERE job_key = ? AND status = 'submitted'",
                 (job_id, instance_id, job_key),
+            )
+
+    def mark_job_key_started(self, job_key: str) -> None:
+        """Called by the agent once the job runs on its instance."""
+        with self._db.transaction() as conn:
+            conn.execute(
+                "UPDATE job_keys SET status = 'running' WHERE job_key = ? AND status != 'ended'",
+                (job_key,),
             )
 
     def record_job_final(self, job_key: str, final: str, payload_key: str | None) -> None:
@@ -424,6 +440,14 @@ class SqliteAllocationTable:
                 "ON CONFLICT(client_id) DO UPDATE SET lease_expires = excluded.lease_expires",
                 (client_id, pid, time.time() + lease_seconds),
             )
+
+    def lease_expiry(self, client_id: str) -> float | None:
+        row = (
+            self._db.connection()
+            .execute("SELECT lease_expires FROM clients WHERE client_id = ?", (client_id,))
+            .fetchone()
+        )
+        return None if row is None else float(row["lease_expires"])
 
     def release_lease(self, client_id: str) -> None:
         with self._db.transaction() as conn:

@@ -28,7 +28,7 @@ class LocalBackend:
 
     @classmethod
     def open(cls, host: AllocLocalInstance) -> LocalBackend:
-        home = meadowrun_home()
+        home = meadowrun_home(host.home)
         settings = Settings.from_env()
         max_cpu = host.max_cpu if host.max_cpu is not None else settings.max_cpu
         max_mem = host.max_memory_gb if host.max_memory_gb is not None else settings.max_memory_gb
