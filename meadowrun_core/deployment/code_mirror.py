@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meadowrun_core.config import meadowrun_home
+from meadowrun_core.deployment.watch import DirectoryWatcher
 from meadowrun_core.seams.object_store import ObjectStore, content_key
 from meadowrun_core.serialization import Signer
 
@@ -135,6 +136,15 @@ def _read_finder(path: Path) -> dict[str, Path]:
 
 
 @dataclass
+class _CachedDir:
+    globs: tuple[str, ...]
+    files: list[list[str]]
+    subdirs: list[tuple[str, str]]
+    sub_keys: list[str | None]
+    key: str | None
+
+
+@dataclass
 class _CachedFile:
     size: int
     mtime_ns: int
@@ -149,6 +159,9 @@ class CodeMirror:
         self._signer = signer
         self._files: dict[str, _CachedFile] = {}
         self._nodes: dict[str, tuple[object, str]] = {}
+        self._dirs: dict[str, _CachedDir] = {}
+        self._dirty: set[str] = set()
+        self._watcher = DirectoryWatcher.create()
         self._lock = threading.Lock()
         self._state_dir = str(meadowrun_home())
         self.bytes_uploaded = 0
@@ -156,6 +169,11 @@ class CodeMirror:
     def upload(self, roots: list[CodeRoot], globs: tuple[str, ...] = ()) -> str:
         """Upload what changed under ``roots``; return the manifest's key."""
         with self._lock:
+            if self._watcher is not None:
+                dirty = self._watcher.changed()
+                if dirty is None:
+                    self._dirs.clear()  # events were lost: look at everything again
+                self._dirty = dirty or set()
             entries = []
             for root in roots:
                 tree = self._root_tree(root, globs)
@@ -181,6 +199,22 @@ class CodeMirror:
 
     def _tree(self, dirpath: str, globs: tuple[str, ...], rel: str) -> str | None:
         """The key of the node for ``dirpath``, or None if it holds no code."""
+        cached = self._dirs.get(dirpath)
+        if (
+            cached is not None
+            and cached.globs == globs
+            and dirpath not in self._dirty
+            and dirpath in self._watched()
+        ):
+            # nothing in this directory changed: only its sub-directories may have
+            current = [self._tree(path, globs, f"{rel}{name}/") for name, path in cached.subdirs]
+            if current == cached.sub_keys:
+                return cached.key
+            found = [[n, k] for (n, _), k in zip(cached.subdirs, current, strict=True) if k]
+            new_key = self._node(dirpath, cached.files, found) if cached.files or found else None
+            self._dirs[dirpath] = _CachedDir(globs, cached.files, cached.subdirs, current, new_key)
+            return new_key
+        watched = self._watcher is not None and self._watcher.watch(dirpath)
         try:
             with os.scandir(dirpath) as it:
                 entries = sorted(it, key=lambda e: e.name)
@@ -188,6 +222,8 @@ class CodeMirror:
             return None
         files: list[list[str]] = []
         dirs: list[list[str]] = []
+        subdirs: list[tuple[str, str]] = []
+        sub_keys: list[str | None] = []
         for entry in entries:
             name = entry.name
             try:
@@ -195,6 +231,8 @@ class CodeMirror:
                     if self._skip_dir(name, entry.path):
                         continue
                     sub = self._tree(entry.path, globs, f"{rel}{name}/")
+                    subdirs.append((name, entry.path))
+                    sub_keys.append(sub)
                     if sub is not None:
                         dirs.append([name, sub])
                 elif entry.is_file() and (
@@ -206,9 +244,13 @@ class CodeMirror:
                         files.append([name, key])
             except OSError:
                 continue
-        if not files and not dirs:
-            return None
-        return self._node(dirpath, files, dirs)
+        key = self._node(dirpath, files, dirs) if files or dirs else None
+        if watched:
+            self._dirs[dirpath] = _CachedDir(globs, files, subdirs, sub_keys, key)
+        return key
+
+    def _watched(self) -> set[str]:
+        return self._watcher.watched if self._watcher is not None else set()
 
     def _skip_dir(self, name: str, path: str) -> bool:
         return (
