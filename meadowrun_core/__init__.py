@@ -40,6 +40,8 @@ from meadowrun_core.exceptions import (
     WorkerDiedError,
 )
 from meadowrun_core.hosts import AllocAzureVM, AllocEC2Instance, AllocLocalInstance, Host
+from meadowrun_core.instance_metadata import current_instance_id, interruption_notice
+from meadowrun_core.job_context import report
 from meadowrun_core.resources import Resources
 
 __all__ = [
@@ -70,9 +72,12 @@ __all__ = [
     "WorkerDiedError",
     "attach_job",
     "cancel_job",
+    "current_instance_id",
     "forget_job",
+    "interruption_notice",
     "job_info",
     "job_status",
+    "report",
     "run_command",
     "run_command_async",
     "run_function",

@@ -276,8 +276,8 @@ class _KeyedJobHandle(JobHandle[Any]):
         super().__init__(future, description, job_key)
         self._host = host
 
-    def cancel(self) -> bool:
-        cancel_job(self.job_key or "", host=self._host)
+    def cancel(self, wait: bool = False, timeout: float = 10.0) -> bool:
+        cancel_job(self.job_key or "", host=self._host, timeout=timeout if wait else 0.0)
         return super().cancel()
 
 

@@ -13,12 +13,14 @@ import os
 import pickle
 import socket
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
 
+from meadowrun_core import job_context
 from meadowrun_core.config import meadowrun_home
 from meadowrun_core.deployment.code_mirror import materialize
 from meadowrun_core.local.object_store import FileObjectStore
@@ -57,6 +59,7 @@ def _describe_failure(exc: BaseException) -> bytes:
 
 class Worker:
     def __init__(self, sock: socket.socket, signer: Signer, store: FileObjectStore) -> None:
+        self._send_lock = threading.Lock()  # reports may come from the job's own threads
         self._sock = sock
         self._signer = signer
         self._store = store
@@ -120,8 +123,16 @@ class Worker:
             )
             return {"ok": False, "stage": "result"}, _describe_failure(error)
 
+    def send(self, header: dict[str, Any], blob: bytes = b"") -> None:
+        with self._send_lock:
+            send_frame_sync(self._sock, self._signer, header, blob)
+
+    def report(self, value: Any) -> None:
+        self.send({"type": "report"}, dumps_fast(value))
+
     def serve(self) -> None:
-        send_frame_sync(self._sock, self._signer, {"type": "ready", "pid": os.getpid()})
+        job_context.set_reporter(self.report)
+        self.send({"type": "ready", "pid": os.getpid()})
         while True:
             try:
                 header, blob = read_frame_sync(self._sock, self._signer)
@@ -133,14 +144,9 @@ class Worker:
                 try:
                     self.load_code(header["manifest"], Path(header["cache_dir"]))
                     reply: dict[str, Any] = {"type": "code_loaded", "ok": True}
-                    send_frame_sync(self._sock, self._signer, reply)
+                    self.send(reply)
                 except BaseException as exc:
-                    send_frame_sync(
-                        self._sock,
-                        self._signer,
-                        {"type": "code_loaded", "ok": False},
-                        _describe_failure(exc),
-                    )
+                    self.send({"type": "code_loaded", "ok": False}, _describe_failure(exc))
                 continue
             if header["type"] == "call_batch":
                 pid_file = header.get("pid_file")
@@ -150,7 +156,7 @@ class Worker:
                     task = {"function_key": header["function_key"], "single_argument": True}
                     result_header, result_blob = self.call(task, argument)
                     result_header["type"] = "result"
-                    send_frame_sync(self._sock, self._signer, result_header, result_blob)
+                    self.send(result_header, result_blob)
                 continue
             if header["type"] == "call":
                 pid_file = header.get("pid_file")
@@ -158,7 +164,7 @@ class Worker:
                     _write_pid_file(Path(pid_file))
                 result_header, result_blob = self.call(header, blob)
                 result_header.update(type="result", call_id=header["call_id"])
-                send_frame_sync(self._sock, self._signer, result_header, result_blob)
+                self.send(result_header, result_blob)
 
 
 def _write_pid_file(path: Path) -> None:

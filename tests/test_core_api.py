@@ -209,3 +209,60 @@ def test_host_with_its_own_home(local_cloud: Path, tmp_path: Path) -> None:
             import signal
 
             os.kill(record.agent_pid, signal.SIGTERM)
+
+
+def test_job_reports_and_placement(local_cloud: Path) -> None:
+    handle = mr.run_function(
+        workloads.report_then_wait, args=([{"port": 1234}, "second"], 1.0), wait_for_result=False
+    )
+    assert handle.next_report(timeout=30) == {"port": 1234}
+    assert handle.next_report(timeout=5) == "second"
+    assert handle.wait_started(timeout=1)
+    assert handle.job_id and handle.job_id.startswith("job-")
+    assert handle.instance_id in {i.instance_id for i in _table(local_cloud).list_instances()}
+    assert handle.instance_address and handle.instance_address.startswith("127.0.0.1:")
+    assert handle.result(timeout=30) == "done"
+    with pytest.raises(TimeoutError):
+        handle.next_report(timeout=0.1)
+    with pytest.raises(RuntimeError, match="only inside a meadowrun job"):
+        mr.report("not in a job")
+
+
+def test_cancel_and_wait_frees_the_allocation(local_cloud: Path) -> None:
+    handle = mr.run_function(workloads.worker_pid_and_sleep, args=(60,), wait_for_result=False)
+    assert handle.wait_started(timeout=30)
+    handle.cancel(wait=True)
+    assert _table(local_cloud).list_allocations() == []
+
+
+def test_cancel_while_instance_launches_frees_the_allocation(local_cloud: Path) -> None:
+    handle = mr.run_function(
+        workloads.worker_pid_and_sleep,
+        args=(60,),
+        wait_for_result=False,
+        resources=mr.Resources(logical_cpu=2, memory_gb=2),
+    )
+    deadline = time.monotonic() + 10
+    while not _table(local_cloud).list_allocations():
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    assert not handle.wait_started(timeout=0)  # still launching
+    handle.cancel()
+    deadline = time.monotonic() + 10
+    while _table(local_cloud).list_allocations():
+        assert time.monotonic() < deadline, "allocation leaked by a cancel during launch"
+        time.sleep(0.05)
+
+
+def test_interruption_notice_is_visible_inside_the_job(local_cloud: Path) -> None:
+    from meadowrun_core.local import admin
+
+    assert mr.interruption_notice() is None  # not in a job
+    handle = mr.run_function(
+        workloads.wait_for_interruption_notice, args=(30,), wait_for_result=False
+    )
+    assert handle.wait_started(timeout=30)
+    assert handle.instance_id is not None
+    admin.interrupt(handle.instance_id, delay_seconds=5)
+    notice = handle.result(timeout=30)
+    assert notice is not None and notice > time.time()

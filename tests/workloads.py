@@ -96,3 +96,25 @@ def read_env(name: str) -> str | None:
 
 async def async_double(x: int) -> int:
     return 2 * x
+
+
+def report_then_wait(values: list[Any], seconds: float) -> str:
+    """Send values to the client while running (meadowrun_core.report)."""
+    import meadowrun_core as mr
+
+    for value in values:
+        mr.report(value)
+    time.sleep(seconds)
+    return "done"
+
+
+def wait_for_interruption_notice(timeout: float) -> float | None:
+    import meadowrun_core as mr
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        notice = mr.interruption_notice()
+        if notice is not None:
+            return notice
+        time.sleep(0.05)
+    return None

@@ -92,6 +92,11 @@ class RunningJob:
             header["replay_for"] = replay_for
         subscriber.send(header, data)
 
+    def report(self, payload: bytes) -> None:
+        """A value the job sent with ``meadowrun_core.report``; only live followers get it."""
+        for subscriber in self.subscribers:
+            subscriber.send({"type": "report", "job_id": self.job_id}, payload)
+
     def attach(self, subscriber: ClientConnection, follower: str) -> None:
         """Follow from the start: replay the kept output to this follower, then stream live
         (a connection already subscribed gets the replay for the new follower only)."""
@@ -357,6 +362,7 @@ class Agent:
             raise _CodeLoadError(failure_payload(exc)) from None
         worker = await self.pool.acquire(ready.python, prepared.key(), ready.environment)
         worker.sink = job.output
+        worker.report_sink = job.report
         job.worker = worker
         if job.cancel_reason:
             worker.kill(job.cancel_reason)

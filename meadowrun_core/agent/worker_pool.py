@@ -50,6 +50,7 @@ class WorkerProcess:
     deployment_key: str | None = None
     code_loaded: str | None = None
     sink: OutputSink | None = None
+    report_sink: Callable[[bytes], None] | None = None
     killed_reason: str | None = None
     _calls: int = field(default=0)
 
@@ -74,13 +75,8 @@ class WorkerProcess:
         self, signer: Signer, header: dict[str, Any], blob: bytes = b""
     ) -> tuple[dict[str, Any], bytes]:
         """Send one frame and wait for the reply; WorkerDiedError if the process dies first."""
-        try:
-            self.writer.write(encode_frame(signer, header, blob))
-            await self.writer.drain()
-            reply = await read_frame(self.reader, signer)
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            returncode = await _wait_exit(self.proc)
-            raise WorkerDiedError(returncode) from exc
+        await self.send(signer, header, blob)
+        reply = await self.receive(signer)
         self.drain_output()
         return reply
 
@@ -92,10 +88,17 @@ class WorkerProcess:
             raise WorkerDiedError(await _wait_exit(self.proc)) from exc
 
     async def receive(self, signer: Signer) -> tuple[dict[str, Any], bytes]:
-        try:
-            return await read_frame(self.reader, signer)
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            raise WorkerDiedError(await _wait_exit(self.proc)) from exc
+        """The worker's next reply; reports sent by the job meanwhile go to ``report_sink``."""
+        while True:
+            try:
+                header, blob = await read_frame(self.reader, signer)
+            except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                raise WorkerDiedError(await _wait_exit(self.proc)) from exc
+            if header.get("type") != "report":
+                return header, blob
+            self.drain_output()  # keep output written before the report ahead of it
+            if self.report_sink is not None:
+                self.report_sink(blob)
 
     def kill(self, reason: str) -> None:
         self.killed_reason = self.killed_reason or reason
@@ -191,6 +194,7 @@ class WorkerPool:
         """Return a healthy worker to the pool; a dead or surplus one is discarded."""
         self.busy.discard(worker)
         worker.sink = None
+        worker.report_sink = None
         if worker.proc.returncode is not None or worker.killed_reason:
             worker.close_fds()
             return

@@ -4,6 +4,7 @@ never beyond the cloud's launch limit. Cloud-neutral: it only uses the seams."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -84,6 +85,37 @@ def choose_instance_type(
     return None if best is None else (best[2], -best[1])
 
 
+class CapacitySignal:
+    """Wakes clients waiting for room as soon as one of this process's jobs ends (the agent
+    has freed its allocation by then); room freed by other clients is found by polling."""
+
+    def __init__(self) -> None:
+        self._condition: asyncio.Condition | None = None
+
+    def _get(self) -> asyncio.Condition:
+        if self._condition is None:
+            self._condition = asyncio.Condition()
+        return self._condition
+
+    async def wait(self, timeout: float) -> None:
+        condition = self._get()
+        async with condition:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(condition.wait(), timeout)
+
+    async def notify(self) -> None:
+        condition = self._get()
+        async with condition:
+            condition.notify_all()
+
+
+_signals: dict[str, CapacitySignal] = {}
+
+
+def capacity_signal(backend: LocalBackend) -> CapacitySignal:
+    return _signals.setdefault(str(backend.home), CapacitySignal())
+
+
 async def allocate(
     backend: LocalBackend,
     resources: Resources,
@@ -93,35 +125,44 @@ async def allocate(
     minimum: int | None = None,
     job_prefix: str = "job",
 ) -> list[Placement]:
-    """Allocate ``count`` jobs; returns once at least ``minimum`` (default all) are placed."""
+    """Allocate ``count`` jobs; returns once at least ``minimum`` (default all) are placed.
+
+    If cancelled or failing midway, everything it allocated is freed again."""
     check_satisfiable(backend, resources)
     minimum = count if minimum is None else minimum
     placements: list[Placement] = []
     delay = 0.01
     waited_since: float | None = None
-    while True:
-        wanted = [f"{job_prefix}-{uuid.uuid4().hex[:12]}" for _ in range(count - len(placements))]
-        placed = backend.table.allocate_on_existing(wanted, resources, client_id, description)
-        placements.extend(await _records(backend, placed))
-        remaining = [j for j in wanted if j not in placed]
-        while remaining:
-            launched = await _launch_for(backend, resources, remaining, client_id, description)
-            if not launched:
-                break
-            placements.extend(launched)
-            done = {p.job_id for p in launched}
-            remaining = [j for j in remaining if j not in done]
-        if len(placements) >= minimum:
-            return placements
-        if waited_since is None:
-            waited_since = time.monotonic()
-            log.info(
-                "waiting for capacity: the local cloud is at its limit (%g CPU / %g GB)",
-                backend.max_cpu,
-                backend.max_memory_gb,
-            )
-        await asyncio.sleep(delay)
-        delay = min(delay * 1.5, 0.25)
+    try:
+        while True:
+            wanted = [
+                f"{job_prefix}-{uuid.uuid4().hex[:12]}" for _ in range(count - len(placements))
+            ]
+            placed = backend.table.allocate_on_existing(wanted, resources, client_id, description)
+            placements.extend(await _records(backend, placed))
+            remaining = [j for j in wanted if j not in placed]
+            while remaining:
+                launched = await _launch_for(backend, resources, remaining, client_id, description)
+                if not launched:
+                    break
+                placements.extend(launched)
+                done = {p.job_id for p in launched}
+                remaining = [j for j in remaining if j not in done]
+            if len(placements) >= minimum:
+                return placements
+            if waited_since is None:
+                waited_since = time.monotonic()
+                log.info(
+                    "waiting for capacity: the local cloud is at its limit (%g CPU / %g GB)",
+                    backend.max_cpu,
+                    backend.max_memory_gb,
+                )
+            await capacity_signal(backend).wait(delay)
+            delay = min(delay * 1.5, 0.25)
+    except BaseException:
+        for placement in placements:
+            backend.table.deallocate(placement.job_id, "allocation abandoned")
+        raise
 
 
 async def _records(backend: LocalBackend, placed: dict[str, str]) -> list[Placement]:
@@ -172,8 +213,13 @@ async def _launch_for(
     ):
         return []  # another client took the room first; retry from the top
     log.info("launching %s (%s) for %d job(s)", instance_id, instance_type.name, len(jobs))
-    backend.provider.launch(instance_id, instance_type)
-    record = await _wait_registered(backend, instance_id)
+    try:
+        backend.provider.launch(instance_id, instance_type)
+        record = await _wait_registered(backend, instance_id)
+    except BaseException:
+        for job_id in jobs:  # cancelled while the instance boots: give its room back
+            backend.table.deallocate(job_id, "allocation abandoned")
+        raise
     return [Placement(j, record) for j in jobs]
 
 

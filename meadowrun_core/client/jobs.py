@@ -8,14 +8,21 @@ import json
 import logging
 import os
 import pickle
+import queue
 import shlex
+import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from meadowrun_core.client.allocation import Placement, allocate, check_satisfiable
+from meadowrun_core.client.allocation import (
+    Placement,
+    allocate,
+    capacity_signal,
+    check_satisfiable,
+)
 from meadowrun_core.client.payload import (
     check_deployment,
     check_resources,
@@ -68,7 +75,7 @@ async def run_on_instance(
     blob: bytes = b"",
     on_output: Callable[[str, bytes], None] | None = None,
     attach: bool = False,
-    control: FollowControl | None = None,
+    control: JobChannel | None = None,
 ) -> tuple[dict[str, Any], bytes]:
     """Start a job on its instance (or ``attach`` to a running one) and follow it to its final
     event. Cancelling a started job's follower cancels the job (unless its handle only stopped
@@ -76,6 +83,10 @@ async def run_on_instance(
     assert placement.instance.address is not None
     try:
         conn = await runtime.connection(placement.instance.address, backend)
+    except asyncio.CancelledError:
+        if not attach:  # cancelled before the job was sent: free its room
+            backend.table.deallocate(placement.job_id, "cancelled before start")
+        raise
     except OSError as exc:
         backend.table.deallocate(placement.job_id, "instance unreachable")
         return {
@@ -93,11 +104,19 @@ async def run_on_instance(
         header = {**header, "type": "run", "job_id": placement.job_id}
     try:
         conn.send(header, blob)
+        if control is not None:
+            control.placement, control.backend = placement, backend
+            control.started.set()
         while True:
             event, payload = await events.get()
             if event["type"] == "output":
                 (on_output or logger.write)(event["stream"], payload)
+            elif event["type"] == "report":
+                if control is not None:
+                    control.reports.put(pickle.loads(payload))
             elif event["type"] == "final":
+                if not attach:
+                    await capacity_signal(backend).notify()
                 return event, payload
             elif event["type"] == "disconnected":
                 return {
@@ -118,10 +137,15 @@ async def run_on_instance(
 
 
 @dataclass
-class FollowControl:
-    """Shared between a handle and the coroutine following its job."""
+class JobChannel:
+    """Shared between a handle (any thread) and the coroutine running its job: where the job
+    was placed, values it reported, and whether cancelling the follower cancels the job."""
 
     cancel_job_with_follower: bool = True
+    placement: Placement | None = None
+    backend: LocalBackend | None = None
+    started: threading.Event = field(default_factory=threading.Event)
+    reports: queue.Queue[Any] = field(default_factory=queue.Queue)
 
 
 class JobHandle(Generic[T]):
@@ -132,12 +156,42 @@ class JobHandle(Generic[T]):
         future: concurrent.futures.Future[T],
         description: str,
         job_key: str | None = None,
-        control: FollowControl | None = None,
+        control: JobChannel | None = None,
     ) -> None:
         self._future = future
         self.description = description
         self.job_key = job_key
-        self._control = control or FollowControl()
+        self._control = control or JobChannel()
+
+    @property
+    def job_id(self) -> str | None:
+        """The job's id (its output lines are prefixed with it) once it has been placed."""
+        placement = self._control.placement
+        return placement.job_id if placement else None
+
+    @property
+    def instance_id(self) -> str | None:
+        placement = self._control.placement
+        return placement.instance.instance_id if placement else None
+
+    @property
+    def instance_address(self) -> str | None:
+        """The address of the job's instance (reachable from the client) once placed."""
+        placement = self._control.placement
+        return placement.instance.address if placement else None
+
+    def wait_started(self, timeout: float | None = None) -> bool:
+        """Block until the job was sent to its instance (True), or the timeout passed."""
+        return self._control.started.wait(timeout)
+
+    def next_report(self, timeout: float | None = None) -> Any:
+        """The next value the job sent with ``meadowrun_core.report(value)``.
+
+        Raises TimeoutError if none arrives in time."""
+        try:
+            return self._control.reports.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no report from {self.description} within {timeout} s") from None
 
     def stop_following(self) -> None:
         """Stop following the job here but leave it running (keyed jobs: another process can
@@ -153,9 +207,19 @@ class JobHandle(Generic[T]):
     def result(self, timeout: float | None = None) -> T:
         return self._future.result(timeout)
 
-    def cancel(self) -> bool:
-        """Stop the job on its instance (its allocation is freed) and mark the handle cancelled."""
-        return self._future.cancel()
+    def cancel(self, wait: bool = False, timeout: float = 10.0) -> bool:
+        """Stop the job on its instance (its allocation is freed) and mark the handle
+        cancelled. With ``wait=True``, return only once the allocation is gone."""
+        cancelled = self._future.cancel()
+        placement, backend = self._control.placement, self._control.backend
+        if wait and placement is not None and backend is not None:
+            table = backend.table
+            deadline = time.monotonic() + timeout
+            while any(a.job_id == placement.job_id for a in table.list_allocations()):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{placement.job_id} still allocated after {timeout} s")
+                time.sleep(0.01)
+        return cancelled
 
     def cancelled(self) -> bool:
         return self._future.cancelled()
@@ -186,7 +250,7 @@ class Submission:
 
     client_id: str
     job_key: str | None = None
-    control: FollowControl = field(default_factory=FollowControl)
+    control: JobChannel = field(default_factory=JobChannel)
 
 
 async def _run_job(
@@ -291,7 +355,7 @@ class PreparedJob:
     description: str
     job_key: str | None
 
-    control: FollowControl = field(default_factory=FollowControl)
+    control: JobChannel = field(default_factory=JobChannel)
 
     def handle(self) -> JobHandle[Any]:
         return JobHandle(

@@ -1,0 +1,29 @@
+"""What a running job can learn about its instance (the local cloud's IMDS)."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+from meadowrun_core.config import meadowrun_home
+from meadowrun_core.local.allocation_table import SqliteAllocationTable
+
+
+@functools.cache
+def _table() -> SqliteAllocationTable:
+    return SqliteAllocationTable(meadowrun_home() / "state.db")
+
+
+def current_instance_id() -> str | None:
+    """The id of the instance this code runs on, or None outside a meadowrun job."""
+    return os.environ.get("MEADOWRUN_INSTANCE_ID")
+
+
+def interruption_notice() -> float | None:
+    """When this job's instance will be reclaimed (epoch seconds), if a spot interruption
+    notice has been given; None otherwise, and outside a meadowrun job. Cheap to poll."""
+    instance_id = current_instance_id()
+    if instance_id is None:
+        return None
+    record = _table().get_instance(instance_id)
+    return None if record is None else record.interruption_at
