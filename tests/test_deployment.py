@@ -4,6 +4,7 @@ repositories made here, a real agent."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -476,3 +477,46 @@ def test_git_repo_over_ssh_with_key_from_secret_store(
         if path.is_file() and path.name != "secrets.json":
             assert marker not in path.read_text(errors="ignore"), path
     assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("meadowrun-git-*"))
+
+
+# --- commands use the deployment too --------------------------------------------------------
+def _command_output(caplog: pytest.LogCaptureFixture, job_id: str) -> list[str]:
+    prefix = f"[{job_id}] "
+    return [
+        r.getMessage()[len(prefix) :]
+        for r in caplog.records
+        if r.name == "meadowrun_core.job" and r.getMessage().startswith(prefix)
+    ]
+
+
+def test_command_sees_mirrored_code_and_built_environment(
+    local_cloud: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="meadowrun_core.job")
+    mirrored = mr.run_command(["python", "-c", "import workloads; print(workloads.double(21))"])
+    assert isinstance(mirrored, mr.CommandResult) and mirrored.return_code == 0
+    assert _command_output(caplog, mirrored.job_id) == ["42"]
+
+    (tmp_path / "requirements.txt").write_text(f"{SIX}\n")
+    deployment = mr.Deployment.mirror_local(
+        interpreter=mr.PipRequirementsFile(str(tmp_path / "requirements.txt"))
+    )
+    built = mr.run_command(
+        ["python", "-c", "import six, sys; print(six.__version__, sys.prefix != sys.base_prefix)"],
+        deployment=deployment,
+    )
+    assert isinstance(built, mr.CommandResult) and built.return_code == 0
+    assert _command_output(caplog, built.job_id) == ["1.17.0 True"]
+
+
+def test_command_runs_in_git_checkout(
+    local_cloud: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="meadowrun_core.job")
+    repo, _ = _make_repo(tmp_path)
+    result = mr.run_command(
+        ["sh", "-c", "ls src/gitpkg"],
+        deployment=mr.Deployment.git_repo(f"file://{repo}", path_to_source="src"),
+    )
+    assert isinstance(result, mr.CommandResult) and result.return_code == 0
+    assert "mod.py" in _command_output(caplog, result.job_id)

@@ -33,6 +33,10 @@ from meadowrun_core.agent.worker_pool import (
     describe_exit,
 )
 from meadowrun_core.config import Settings, meadowrun_home
+from meadowrun_core.deployment.code_mirror import materialize
+from meadowrun_core.deployment.instance import failure_payload, preparer_for
+from meadowrun_core.deployment.process import DeploymentError
+from meadowrun_core.deployment.spec import PreparedDeployment
 from meadowrun_core.local.allocation_table import LAUNCH_GRACE_SECONDS, SqliteAllocationTable
 from meadowrun_core.local.object_store import FileObjectStore
 from meadowrun_core.local.task_queue import SqliteTaskQueue
@@ -349,10 +353,6 @@ class Agent:
             subscriber.send(final, payload)
 
     async def _prepare_worker(self, job: RunningJob, deployment: dict[str, Any]) -> WorkerProcess:
-        from meadowrun_core.deployment.instance import failure_payload, preparer_for
-        from meadowrun_core.deployment.process import DeploymentError
-        from meadowrun_core.deployment.spec import PreparedDeployment
-
         prepared = PreparedDeployment.from_json(deployment)
         try:
             ready = await preparer_for(self.home, self.dir, self.store, self.signer).prepare(
@@ -381,6 +381,34 @@ class Agent:
             worker.code_loaded = prepared.code_manifest
         self.table.set_worker_pid(job.job_id, worker.pid)
         return worker
+
+    async def _command_context(
+        self, job: RunningJob, header: dict[str, Any]
+    ) -> tuple[dict[str, str], str]:
+        """Environment and working directory of a command: its deployment's interpreter first
+        on PATH, the mirrored code on PYTHONPATH, and the mirror of the caller's working
+        directory (else the git checkout, else a scratch directory) as cwd."""
+        prepared = PreparedDeployment.from_json(header["deployment"])
+        ready = await preparer_for(self.home, self.dir, self.store, self.signer).prepare(prepared)
+        env = {**os.environ, **ready.environment, **header.get("environment", {})}
+        env["PYTHONUNBUFFERED"] = "1"
+        env["PATH"] = os.pathsep.join([os.path.dirname(ready.python), env.get("PATH", "")])
+        cwd = ready.workdir
+        if prepared.code_manifest:
+            roots = await asyncio.to_thread(
+                materialize, self.store, self.signer, prepared.code_manifest, self.code_dir
+            )
+            python_path = [r.path for r in roots]
+            if env.get("PYTHONPATH"):
+                python_path.append(env["PYTHONPATH"])
+            env["PYTHONPATH"] = os.pathsep.join(python_path)
+            caller_cwd = header.get("caller_cwd")
+            cwd = next((r.path for r in roots if r.original == caller_cwd), cwd)
+        if cwd is None:
+            scratch = self.dir / "jobs" / job.job_id
+            scratch.mkdir(parents=True, exist_ok=True)
+            cwd = str(scratch)
+        return env, header.get("cwd") or cwd
 
     def _worker_gone(
         self, job: RunningJob, worker: WorkerProcess, exc: WorkerDiedError
@@ -415,10 +443,10 @@ class Agent:
         return {"status": "failed", "stage": reply.get("stage", "run")}, payload
 
     async def run_command(self, job: RunningJob, header: dict[str, Any]) -> dict[str, Any]:
-        env = {**os.environ, **header["deployment"]["environment"], **header.get("environment", {})}
-        env["PYTHONUNBUFFERED"] = "1"
-        workdir = self.dir / "jobs" / job.job_id
-        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            env, cwd = await self._command_context(job, header)
+        except DeploymentError as exc:
+            return {"status": "failed_to_start", "message": str(exc)}
         try:
             proc = await asyncio.create_subprocess_exec(
                 *header["args"],
@@ -426,7 +454,7 @@ class Agent:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env=env,
-                cwd=header.get("cwd") or workdir,
+                cwd=cwd,
                 start_new_session=True,
             )
         except OSError as exc:

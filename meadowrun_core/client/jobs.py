@@ -312,6 +312,7 @@ async def command_job(
         "deployment": deployment.to_json(),
         "args": args,
         "environment": environment,
+        "caller_cwd": os.path.realpath(os.getcwd()),
     }
     result: CommandResult = await _run_job(
         runtime, backend, submission, resources, description, header

@@ -32,11 +32,11 @@ _sys.path[:] = [p for p in _sys.path if _os.path.abspath(p or ".") != _here]
 _runtime = _os.environ.get("MEADOWRUN_RUNTIME_PATH")
 if _runtime and _runtime not in _sys.path:
     _sys.path.append(_runtime)
-del _sys.modules["sitecustomize"]
+_self = _sys.modules.pop("sitecustomize")
 try:
     import sitecustomize  # the environment's own, if any
 except ImportError:
-    pass
+    _sys.modules["sitecustomize"] = _self  # none: the import that runs us expects an entry
 '''
 
 
