@@ -429,7 +429,7 @@ def ssh_server(tmp_path: Path) -> object:
 
     sshd = shutil.which("sshd") or "/usr/sbin/sshd"
     if not os.path.exists(sshd) or os.getuid() != 0:
-        pytest.skip("needs openssh-server (apt-get install -y openssh-server) and root")
+        pytest.fail("needs openssh-server and root: scripts/test installs it with apt-get")
     conf = tmp_path / "sshd"
     conf.mkdir()
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", conf / "host"], check=True)
