@@ -130,6 +130,7 @@ class WorkerPool:
         self._max_idle = max_idle
         self._idle: list[WorkerProcess] = []
         self.busy: set[WorkerProcess] = set()
+        self._prewarming: set[asyncio.Task[None]] = set()
 
     async def spawn(self, python: str, environment: dict[str, str]) -> WorkerProcess:
         parent_sock, child_sock = socket.socketpair()
@@ -179,6 +180,10 @@ class WorkerPool:
             chosen = next(
                 (w for w in self._idle if w.deployment_key is None and w.python == python), None
             )
+            if chosen is not None:  # keep one blank worker ready for the next new deployment
+                task = asyncio.create_task(self.prewarm(python))
+                self._prewarming.add(task)
+                task.add_done_callback(self._prewarming.discard)
         if chosen is not None:
             self._idle.remove(chosen)
             if chosen.proc.returncode is not None:
