@@ -65,9 +65,9 @@ def workload(size: int, chunk: int) -> tuple[Any, float]:
 
 def make_systems(workers: int, names: list[str]) -> list[System]:
     from distributed import LocalCluster
-    from meadowrun_dask import MeadowCluster
 
     from meadowrun_core import Resources
+    from meadowrun_dask import MeadowCluster
 
     def meadow() -> Any:
         return MeadowCluster(

@@ -26,9 +26,9 @@ if __name__ == "__main__":  # set up a throwaway Airflow before airflow is impor
     )
 
 from airflow.sdk import dag, task
-from meadowrun_airflow import MeadowrunOperator
 
 import meadowrun_core as mr
+from meadowrun_airflow import MeadowrunOperator
 
 log = logging.getLogger(__name__)
 SMALL = mr.Resources(logical_cpu=1, memory_gb=1)

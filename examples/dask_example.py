@@ -16,9 +16,9 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 from distributed import Client
-from meadowrun_dask import MeadowCluster
 
 import meadowrun_core as mr
+from meadowrun_dask import MeadowCluster
 
 log = logging.getLogger("dask_example")
 

@@ -4,9 +4,9 @@ the task log while the job runs, the last stdout line as the XCom (as BashOperat
 from __future__ import annotations
 
 from airflow.sdk import DAG
-from meadowrun_airflow import MeadowrunOperator
 
 import meadowrun_core as mr
+from meadowrun_airflow import MeadowrunOperator
 
 with DAG("meadowrun_command", schedule=None, catchup=False, params={"greet": "hola"}) as dag:
     MeadowrunOperator(

@@ -4,9 +4,9 @@ log) and a command that exits non-zero."""
 from __future__ import annotations
 
 from airflow.sdk import DAG
-from meadowrun_airflow import MeadowrunOperator
 
 import meadowrun_core as mr
+from meadowrun_airflow import MeadowrunOperator
 
 SMALL = mr.Resources(logical_cpu=1, memory_gb=1)
 

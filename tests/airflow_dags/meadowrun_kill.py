@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 from airflow.sdk import DAG, task
-from meadowrun_airflow import MeadowrunOperator
 
 import meadowrun_core as mr
+from meadowrun_airflow import MeadowrunOperator
 
 with DAG("meadowrun_kill", schedule=None, catchup=False, params={"pid_file": "/dev/null"}) as dag:
     sleepy = MeadowrunOperator(

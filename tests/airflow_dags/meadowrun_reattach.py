@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 from airflow.sdk import DAG
-from meadowrun_airflow import MeadowrunOperator
 
 import meadowrun_core as mr
+from meadowrun_airflow import MeadowrunOperator
 
 
 def wait_for_release(marker_dir: str) -> str:

@@ -4,9 +4,9 @@ name, and the result consumed downstream through XCom."""
 from __future__ import annotations
 
 from airflow.sdk import DAG, task
-from meadowrun_airflow import MeadowrunOperator
 
 import meadowrun_core as mr
+from meadowrun_airflow import MeadowrunOperator
 
 
 def add(a: str, b: str, ds: str | None = None) -> dict[str, object]:
