@@ -24,11 +24,12 @@ import pandas as pd
 import psutil
 import pytest
 from distributed import Client
-from meadowrun_dask import MeadowCluster
+from distributed.core import Status
 
 from meadowrun_core.config import meadowrun_home
 from meadowrun_core.local import admin
 from meadowrun_core.local.allocation_table import SqliteAllocationTable
+from meadowrun_dask import MeadowCluster
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -229,6 +230,7 @@ def test_spot_interruption_moves_the_workers_data(local_cloud: Path) -> None:
 _KILLED_CLIENT = """
 import os, signal, sys
 from distributed import Client
+from distributed.core import Status
 from meadowrun_dask import MeadowCluster
 
 cluster = MeadowCluster(n_workers=1)
@@ -250,6 +252,18 @@ def test_killed_client_leaves_nothing_running(local_cloud: Path, tmp_path: Path)
     assert scheduler_address.startswith("tls://") and len(pids) == 2
     # the lease (3 s here) lapses, the agents stop the jobs and free their allocations
     _assert_nothing_left(scheduler_address, pids, timeout=3 + 5)
+
+
+def test_idle_timeout_closes_the_cluster_and_frees_everything(local_cloud: Path) -> None:
+    cluster = MeadowCluster(n_workers=1, idle_timeout="10s")
+    try:
+        scheduler_address = cluster.scheduler_address
+        cluster.wait_for_workers(1, timeout=60)
+        pids = _job_pids()
+        _wait(lambda: cluster.status == Status.closed, 60, "the idle cluster to close")
+        _assert_nothing_left(scheduler_address, pids, timeout=5)
+    finally:
+        cluster.close()
 
 
 def test_scheduler_that_cannot_start_fails_fast_and_frees_everything(local_cloud: Path) -> None:

@@ -7,6 +7,9 @@ mirrors the caller's code and interpreter, and ties every job to the client's le
 killed client leaves nothing running for long.
 """
 
+# distributed's deploy API has no type hints; calling it is the point of this module
+# mypy: disallow-untyped-calls=False
+
 from __future__ import annotations
 
 import asyncio
@@ -22,7 +25,7 @@ from typing import Any
 
 import dask.config
 from dask.utils import parse_timedelta
-from distributed.comm import CommClosedError, connect
+from distributed.comm.core import CommClosedError
 from distributed.core import Status, rpc
 from distributed.deploy.spec import ProcessInterface, SpecCluster
 from distributed.security import Security
@@ -193,19 +196,18 @@ class MeadowScheduler(ProcessInterface):
         await super().start()
 
     async def _wait_until_listening(self) -> None:
-        """Connect as a client would (a bare TCP probe would fail the TLS handshake and log
-        a warning); stop early with the job's error if the job ends first."""
+        """Poll the scheduler's port; stop early with the job's error if the job ends first."""
         assert self._watch is not None
         timeout = parse_timedelta(dask.config.get("meadowrun.scheduler-start-timeout"))
-        args = self.launcher.security.get_connection_args("client")
-        probe = asyncio.ensure_future(connect(self.address, timeout=timeout, **args))
+        probe = asyncio.ensure_future(
+            remote.wait_until_listening(str(self.address), self.launcher.security, timeout)
+        )
         try:
             await asyncio.wait({probe, self._watch}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not probe.done():
                 probe.cancel()
-        if probe.done() and not probe.cancelled() and probe.exception() is None:
-            await probe.result().close()
+        if probe.done() and not probe.cancelled() and probe.result():
             return
         if not self._watch.done():
             raise TimeoutError(f"the scheduler did not listen within {timeout:g} s")
@@ -216,7 +218,8 @@ class MeadowScheduler(ProcessInterface):
             and failure.original.errno == errno.EADDRINUSE  # type: ignore[union-attr]
         ):
             raise _PortInUseError(text)
-        raise RuntimeError(f"the scheduler job ended before it listened: {failure}")
+        raise RuntimeError(f"the scheduler job ended before it listened: "
+                           f"{failure or 'it returned (idle_timeout too short?)'}")
 
     async def _follow(self) -> BaseException | None:
         assert self.handle is not None
@@ -225,6 +228,13 @@ class MeadowScheduler(ProcessInterface):
         if not self._closing and cluster is not None:
             cluster._scheduler_exited(outcome)
         return outcome
+
+    @property
+    def ended(self) -> tuple[BaseException | None] | None:
+        """``(outcome,)`` once the scheduler's job has ended, else None."""
+        if self._watch is None or not self._watch.done() or self._watch.cancelled():
+            return None
+        return (self._watch.result(),)
 
     async def close(self) -> None:
         self._closing = True
@@ -288,6 +298,7 @@ class MeadowWorker(ProcessInterface):
             return  # not registered yet: nothing to move, the job is cancelled
         try:
             if cluster.status == Status.running:
+                assert cluster.scheduler_comm is not None
                 await asyncio.wait_for(
                     cluster.scheduler_comm.retire_workers(
                         workers=[address], close_workers=True, remove=True,
@@ -409,6 +420,9 @@ class MeadowCluster(SpecCluster):
         if self.status == Status.created and self.scheduler is None:
             await self._boot()
         await super()._start()
+        scheduler = self.scheduler
+        if isinstance(scheduler, MeadowScheduler) and scheduler.ended is not None:
+            self._scheduler_exited(scheduler.ended[0])  # it went while we connected
 
     async def _boot(self) -> None:
         """Start the scheduler and the first workers at the same time: the scheduler's address
@@ -419,7 +433,7 @@ class MeadowCluster(SpecCluster):
         for _ in range(3):
             scheduler = MeadowScheduler(**self.scheduler_spec["options"])
             workers = {
-                name: MeadowWorker(scheduler.address, name=name, **spec["options"])
+                name: MeadowWorker(str(scheduler.address), name=name, **spec["options"])
                 for name, spec in self.worker_spec.items()
             }
             servers = [scheduler, *workers.values()]
@@ -495,5 +509,5 @@ class MeadowCluster(SpecCluster):
         self._closing_task = asyncio.ensure_future(self._close())
 
 
-async def _await(server: ProcessInterface) -> ProcessInterface:
-    return await server
+async def _await(server: ProcessInterface) -> None:
+    await server

@@ -7,6 +7,9 @@ Certificates arrive as pickled function arguments over meadowrun's authenticated
 on a command line, in an environment variable or on disk.
 """
 
+# distributed has no type hints; calling it is the point of this module
+# mypy: disallow-untyped-calls=False
+
 from __future__ import annotations
 
 import asyncio
@@ -52,6 +55,36 @@ def _remote_context(config: dict[str, Any]) -> Iterator[None]:
     finally:
         for handler, old in zip(handlers, saved, strict=True):
             handler.setLevel(old)
+
+
+async def is_listening(address: str, security: Security, timeout: float = 10) -> bool:
+    """Whether a Dask server accepts connections at ``address``, checked without Dask's
+    ``connect``: its exponential back-off can sleep for seconds after the server comes up,
+    and a bare TCP probe of a TLS listener makes it log a failed handshake."""
+    host, port = address.split("://", 1)[1].rsplit(":", 1)
+    ssl_context = security.get_connection_args("client").get("ssl_context")
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, int(port), ssl=ssl_context), timeout
+        )
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+async def wait_until_listening(
+    address: str, security: Security, timeout: float, interval: float = 0.02
+) -> bool:
+    """Poll ``address`` until it listens (True) or ``timeout`` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while not await is_listening(address, security):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(interval)
+    return True
 
 
 def run_scheduler(
@@ -107,6 +140,12 @@ async def _serve_worker(
 ) -> None:
     cls = import_term(worker_class)
     poll = parse_timedelta(dask.config.get("meadowrun.interruption-poll-interval"))
+    # The first workers start alongside the scheduler; wait for it here, promptly, rather
+    # than in the Worker's own connect loop, whose back-off grows to seconds.
+    patience = parse_timedelta(options.get("death_timeout") or 120)
+    if not await wait_until_listening(scheduler_address, security, patience):
+        raise TimeoutError(f"the scheduler at {scheduler_address} did not listen within "
+                           f"{patience:g} s")
     async with cls(scheduler_address, name=name, host=host, security=security, **options) as server:
         watcher = asyncio.create_task(_retire_on_interruption(server, poll))
         try:
