@@ -160,6 +160,70 @@ def interrupt(
     typer.echo(f"interruption notice sent to {instance_id}; it is killed in {delay:g} s")
 
 
+@app.command("instance-types")
+def instance_types(
+    cpu: float = typer.Option(1, "--cpu", help="logical CPUs per worker"),
+    memory: float = typer.Option(2, "--memory", help="GB of memory per worker"),
+    gpus: float = typer.Option(0, "--gpus", help="GPUs per worker"),
+    gpu_memory: float = typer.Option(0, "--gpu-memory", help="GB of GPU memory per worker"),
+    max_eviction_rate: float = typer.Option(
+        80, "--max-eviction-rate", help="highest spot interruption % accepted; 0: on-demand"
+    ),
+    flags: list[str] = typer.Option(  # noqa: B008
+        [], "--flags", help="e.g. nvidia, avx512, arm64 (repeat or comma-separate)"
+    ),
+    workers: int = typer.Option(1, "--workers", help="workers to place (bin-packing)"),
+    region: str = typer.Option("", "--region", help="default: AWS_DEFAULT_REGION or us-east-1"),
+    limit: int = typer.Option(15, "--limit", help="how many types to show"),
+) -> None:
+    """EC2 instance types that fit, cheapest per worker first, with prices and spot risk.
+
+    Live prices (Pricing API, spot price history, Spot Instance Advisor), cached 4 h;
+    MEADOWRUN_AWS_PRICE_FIXTURE=<dir> uses a price fixture instead."""
+    import os
+
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from meadowrun_core.aws.instance_selection import choose_instance_types
+    from meadowrun_core.aws.instance_types import load_offers
+    from meadowrun_core.aws.pricing import DiskCache, default_price_source
+    from meadowrun_core.exceptions import MeadowrunError
+    from meadowrun_core.resources import Resources
+
+    region = region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    try:
+        resources = Resources(
+            logical_cpu=cpu,
+            memory_gb=memory,
+            gpus=gpus,
+            gpu_memory=gpu_memory or None,
+            max_eviction_rate=max_eviction_rate,
+            flags=tuple(f for flag in flags for f in flag.split(",") if f.strip()),
+        )
+        offers, prices = load_offers(region, default_price_source(), cache=DiskCache())
+        choices = choose_instance_types(offers, resources, workers, region)
+    except (MeadowrunError, ValueError, BotoCoreError, ClientError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(
+        f"{'TYPE':16} {'VCPU':>5} {'GB':>7} {'GPUS':>4} {'ON-DEMAND':>10} {'SPOT':>9} "
+        f"{'INTERRUPT':>9} {'MARKET':9} {'WORKERS':>7} {'$/H/WORKER':>10}"
+    )
+    shown: set[str] = set()
+    for c in choices:
+        if c.offer.name in shown or len(shown) >= limit:
+            continue
+        shown.add(c.offer.name)
+        o = c.offer
+        spot = "-" if o.spot_price is None else f"{o.spot_price:.4f}"
+        typer.echo(
+            f"{o.name:16} {o.logical_cpu:>5g} {o.memory_gb:>7g} {o.gpus:>4} "
+            f"{o.on_demand_price or 0:>10.4f} {spot:>9} "
+            f"{prices.bucket_label(o.interruption_bucket):>9} {c.market:9} "
+            f"{c.workers_per_instance:>7} {c.price_per_worker:>10.4f}"
+        )
+
+
 secret_app = typer.Typer(help="Named secrets (git SSH keys, registry credentials).")
 app.add_typer(secret_app, name="secret")
 

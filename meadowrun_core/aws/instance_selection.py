@@ -1,0 +1,277 @@
+"""Choosing EC2 instance types for some workers, and launching with fallback.
+
+For each offered, priced type ``choose_instance_types`` computes how many of the workers
+one instance holds (CPU, memory, GPUs and GPU memory each bound it; at most the number of
+workers wanted) and what each placed worker costs per hour, in each market the type may
+use: spot when ``max_eviction_rate > 0``, the type has a spot price and its Advisor bucket
+(upper end, percent) is at most ``max_eviction_rate``; on-demand always. Choices come back
+cheapest per worker first; ties go to the instance holding more workers, then the lower
+interruption bucket. A spot choice's type also appears later as on-demand, so fallback can
+get to it.
+
+``launch_with_fallback`` walks that list and moves on when EC2 answers with a capacity or
+quota error; any other error is raised at once. Requests nothing can satisfy fail in
+``choose_instance_types``, before anything is launched.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+from botocore.exceptions import ClientError
+
+from meadowrun_core.aws.instance_types import Ec2Offer, describe_offer
+from meadowrun_core.exceptions import BadInputError, ResourcesNotAvailableError
+from meadowrun_core.resources import Resources
+
+log = logging.getLogger(__name__)
+
+Market = Literal["spot", "on-demand"]
+T = TypeVar("T")
+
+# EC2 error codes after which another type (or market) may still launch.
+FALLBACK_ERROR_CODES = frozenset(
+    {
+        "InsufficientInstanceCapacity",
+        "InsufficientHostCapacity",
+        "InsufficientCapacity",
+        "InstanceLimitExceeded",
+        "VcpuLimitExceeded",
+        "MaxSpotInstanceCountExceeded",
+        "SpotMaxPriceTooLow",
+        "Unsupported",
+    }
+)
+# Errors that hold for every type of the market: skip the rest of that market.
+_MARKET_WIDE_ERROR_CODES = {"MaxSpotInstanceCountExceeded": "spot"}
+
+_FLAG_ALIASES = {
+    "aarch64": "arm64",
+    "arm": "arm64",
+    "x86": "x86_64",
+    "amd64": "x86_64",
+    "amd_cpu": "amd",
+    "intel_cpu": "intel",
+    "cuda": "nvidia",
+    "avx-512": "avx512",
+}
+KNOWN_FLAGS = frozenset(
+    {"x86_64", "arm64", "intel", "amd", "graviton", "nvidia", "amd_gpu", "avx", "avx2", "avx512"}
+)
+_EPSILON = 1e-9
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Launching ``offer`` in ``market`` to hold ``workers_per_instance`` workers."""
+
+    offer: Ec2Offer
+    market: Market
+    price_per_hour: float
+    workers_per_instance: int
+
+    @property
+    def price_per_worker(self) -> float:
+        return self.price_per_hour / self.workers_per_instance
+
+    def describe(self) -> str:
+        return (
+            f"{self.offer.name} {self.market} (${self.price_per_hour:.4f}/h, "
+            f"{self.workers_per_instance} worker(s))"
+        )
+
+
+def normalize_flags(flags: Iterable[str]) -> frozenset[str]:
+    """Lower-cased flags with aliases resolved; unknown flags are a ``BadInputError``."""
+    result = set()
+    for flag in flags:
+        name = _FLAG_ALIASES.get(flag.strip().lower(), flag.strip().lower())
+        if name not in KNOWN_FLAGS:
+            raise BadInputError(
+                f"unknown Resources flag {flag!r} for EC2; known flags: "
+                f"{', '.join(sorted(KNOWN_FLAGS))}"
+            )
+        result.add(name)
+    return frozenset(result)
+
+
+def _wanted_arch(flags: frozenset[str]) -> str:
+    """arm64 only when asked for: deployments built on x86 clients need x86 workers."""
+    if {"arm64", "x86_64"} <= flags:
+        raise BadInputError("Resources flags ask for both arm64 and x86_64")
+    return "arm64" if "arm64" in flags or "graviton" in flags else "x86_64"
+
+
+def _gpus_per_worker(resources: Resources) -> float:
+    return resources.gpus or (1.0 if resources.gpu_memory else 0.0)
+
+
+def _matches(offer: Ec2Offer, flags: frozenset[str]) -> bool:
+    return offer.arch == _wanted_arch(flags) and flags <= offer.flags
+
+
+def workers_per_instance(offer: Ec2Offer, resources: Resources, workers: int = 1) -> int:
+    """How many workers (at most ``workers``) one instance of ``offer`` holds; 0 if none.
+
+    ``gpu_memory`` is what one worker needs over its GPU share (``gpus``, 1 if unset):
+    a 16 GB T4 gives 16 GB to ``gpus=1``, 8 GB to ``gpus=0.5``."""
+    if resources.custom:
+        return 0
+    bounds = [workers]
+    for have, need in (
+        (offer.logical_cpu, resources.logical_cpu),
+        (offer.memory_gb, resources.memory_gb),
+    ):
+        if need > 0:
+            bounds.append(math.floor(have / need + _EPSILON))
+    gpus = _gpus_per_worker(resources)
+    if gpus > 0:
+        bounds.append(math.floor(offer.gpus / gpus + _EPSILON))
+        if resources.gpu_memory and offer.gpu_memory_per_gpu * gpus < resources.gpu_memory:
+            return 0
+    return max(0, min(bounds))
+
+
+def spot_allowed(offer: Ec2Offer, max_eviction_rate: float) -> bool:
+    """Spot when allowed at all, priced, and the type's whole Advisor bucket is within the
+    limit (types the Advisor does not list count as 100%)."""
+    if max_eviction_rate <= 0 or offer.spot_price is None or "spot" not in offer.usage_classes:
+        return False
+    bucket = 100 if offer.interruption_bucket is None else offer.interruption_bucket
+    return bucket <= max_eviction_rate
+
+
+def _available(offer: Ec2Offer) -> bool:
+    return offer.in_region and offer.on_demand_price is not None
+
+
+def choose_instance_types(
+    offers: Iterable[Ec2Offer], resources: Resources, workers: int = 1, region: str = ""
+) -> list[Choice]:
+    """Every (type, market) that fits, cheapest per placed worker first.
+
+    Raises ``ResourcesNotAvailableError`` naming the largest type when nothing fits, and
+    ``BadInputError`` for unknown flags."""
+    if workers < 1:
+        raise BadInputError(f"workers must be at least 1, got {workers}")
+    flags = normalize_flags(resources.flags)
+    offers = [o for o in offers if _available(o)]
+    choices = []
+    for offer in offers:
+        if not _matches(offer, flags):
+            continue
+        placed = workers_per_instance(offer, resources, workers)
+        if placed < 1:
+            continue
+        if spot_allowed(offer, resources.max_eviction_rate):
+            assert offer.spot_price is not None
+            choices.append(Choice(offer, "spot", offer.spot_price, placed))
+        if "on-demand" in offer.usage_classes:
+            assert offer.on_demand_price is not None
+            choices.append(Choice(offer, "on-demand", offer.on_demand_price, placed))
+    if not choices:
+        raise ResourcesNotAvailableError(_why_nothing_fits(offers, resources, flags, region))
+    return sorted(choices, key=_rank)
+
+
+def _rank(choice: Choice) -> tuple[float, int, int, str, str]:
+    bucket = choice.offer.interruption_bucket if choice.market == "spot" else 0
+    return (
+        round(choice.price_per_worker, 9),
+        -choice.workers_per_instance,
+        100 if bucket is None else bucket,
+        choice.offer.name,
+        choice.market,
+    )
+
+
+def _largest(offers: Sequence[Ec2Offer], key: Callable[[Ec2Offer], tuple[float, ...]]) -> str:
+    return describe_offer(max(offers, key=key)) if offers else "none"
+
+
+def _why_nothing_fits(
+    offers: Sequence[Ec2Offer], resources: Resources, flags: frozenset[str], region: str
+) -> str:
+    where = f" in {region}" if region else ""
+    wanted = f"Resources({resources.describe()}"
+    if resources.gpus or resources.gpu_memory:
+        wanted += f", gpus={resources.gpus:g}, gpu_memory={resources.gpu_memory or 0:g} GB"
+    if flags:
+        wanted += f", flags={sorted(flags)}"
+    wanted += ")"
+    if not offers:
+        return f"no priced EC2 instance types are offered{where}; cannot place {wanted}"
+    parts = [f"no EC2 instance type{where} fits {wanted}"]
+    if resources.custom:
+        parts.append(f"EC2 instances have no custom resources ({sorted(resources.custom)})")
+    parts.append(
+        "the largest is " + _largest(offers, lambda o: (o.logical_cpu, o.memory_gb, o.gpus))
+    )
+    if _gpus_per_worker(resources):
+        gpu_offers = [o for o in offers if o.gpus]
+        parts.append("the most GPUs: " + _largest(gpu_offers, lambda o: (o.gpus, o.gpu_memory_gb)))
+        if resources.gpu_memory:
+            parts.append(
+                "the most memory per GPU: "
+                + _largest(gpu_offers, lambda o: (o.gpu_memory_per_gpu, o.gpus))
+                + f" with {max((o.gpu_memory_per_gpu for o in gpu_offers), default=0):g} GB"
+            )
+    if flags:
+        matching = [o for o in offers if _matches(o, flags)]
+        parts.append(
+            f"{len(matching)} type(s) have flags {sorted(flags)} on {_wanted_arch(flags)}"
+            + (
+                f", the largest {_largest(matching, lambda o: (o.logical_cpu, o.memory_gb))}"
+                if matching
+                else ""
+            )
+        )
+    return "; ".join(parts)
+
+
+def launch_with_fallback(
+    choices: Sequence[Choice], launch: Callable[[Choice], T], max_attempts: int | None = None
+) -> tuple[Choice, T]:
+    """``launch`` the first choice that EC2 accepts; returns it and what ``launch`` returned.
+
+    Capacity and quota errors (``FALLBACK_ERROR_CODES``) move on to the next choice;
+    ``MaxSpotInstanceCountExceeded`` skips the remaining spot choices. Other errors are
+    raised at once. When every attempt fails, ``ResourcesNotAvailableError`` lists them."""
+    tried: list[str] = []
+    skipped_markets: set[str] = set()
+    for choice in choices:
+        if choice.market in skipped_markets:
+            continue
+        if max_attempts is not None and len(tried) >= max_attempts:
+            break
+        try:
+            return choice, launch(choice)
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            if code not in FALLBACK_ERROR_CODES:
+                raise
+            tried.append(f"{choice.describe()}: {code}: {error.get('Message', '')}".rstrip(": "))
+            log.warning("could not launch %s (%s); trying the next choice", choice.describe(), code)
+            if code in _MARKET_WIDE_ERROR_CODES:
+                skipped_markets.add(_MARKET_WIDE_ERROR_CODES[code])
+    if not tried:
+        raise ResourcesNotAvailableError("no instance type to launch: the list of choices is empty")
+    raise ResourcesNotAvailableError(
+        f"EC2 refused all {len(tried)} instance type choice(s) tried:\n  " + "\n  ".join(tried)
+    )
+
+
+def launch_cheapest(
+    offers: Iterable[Ec2Offer],
+    resources: Resources,
+    workers: int,
+    launch: Callable[[Choice], T],
+    region: str = "",
+) -> tuple[Choice, T]:
+    """Choose, then launch with fallback: an impossible request fails before any launch."""
+    return launch_with_fallback(choose_instance_types(offers, resources, workers, region), launch)
