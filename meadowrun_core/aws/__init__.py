@@ -1,5 +1,7 @@
-"""The AWS backend's seams: SQS task queues, S3 object store, DynamoDB allocation table.
+"""The AWS backend, one module per seam: SQS task queues, S3 object store, DynamoDB allocation
+table, and choosing and launching the cheapest fitting EC2 instance types (prices, spot
+interruption buckets, capacity fallback).
 
-Only the seams are built so far; the EC2 instance provider, SSH transport and installer are
-not (see README, "Not built yet").
+Not built yet: wiring these into a host (``AllocEC2Instance``), the SSH transport, the
+on-instance agent bootstrap and the installer (see README, "Not built yet").
 """
