@@ -84,13 +84,16 @@ class DagRunner:
         providers: bool = False,
         on_line: Callable[[str], None] | None = None,
         timeout: float = 180,
+        env: dict[str, str] | None = None,
     ) -> tuple[dict[str, Any], str]:
-        """Run one DAG against the calling test's local cloud; its summary and its log."""
+        """Run one DAG against the calling test's local cloud; its summary and its log.
+        ``env``: more environment variables for this run (or MEADOWRUN_* ones to replace)."""
         request_id = next(self._ids)
         request = {
             "id": request_id, "dag_file": str(self.dags / dag_file), "dag_id": dag_id,
             "conf": conf, "logical_date": logical_date, "providers": providers,
-            "env": {k: v for k, v in os.environ.items() if k.startswith("MEADOWRUN_")},
+            "env": {**{k: v for k, v in os.environ.items() if k.startswith("MEADOWRUN_")},
+                    **(env or {})},
         }
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(request) + "\n")
@@ -223,6 +226,10 @@ def test_deferrable_mode_end_to_end(local_cloud: Path, airflow: DagRunner,
     assert tasks["consume"]["xcom:return_value"] == 50
     assert any("deferred step 2" in line and "MeadowrunJobTrigger" in line
                for line in log.splitlines()), "the trigger did not relay the job's output"
+    # every line once: the submitting worker logs none, the trigger replays all from the start
+    for text in ("deferred step 0", "deferred step 1", "deferred step 2",
+                 "deferred-command-out"):
+        assert len([line for line in log.splitlines() if f"] {text}" in line]) == 1, text
     assert tasks["command"]["state"] == "success"
     assert re.fullmatch(r"last \d{8}", tasks["command"]["xcom:return_value"])
     # past execution_timeout the deferred job is stopped and its allocation freed
@@ -271,9 +278,34 @@ def test_deferred_task_reattaches_after_worker_restart(
                                logical_date="2026-01-02T03:04:05+00:00",
                                on_line=release_once_reattached)
     assert "Reattaching to meadowrun job" in log, log[-3000:]
+    # printed while the first worker followed the job: replayed to the new trigger
+    assert any("job started, waiting for release" in line and "MeadowrunJobTrigger" in line
+               for line in log.splitlines())
     assert summary["tasks"]["long"]["state"] == "success"
     assert summary["tasks"]["long"]["xcom:return_value"] == "released after 1 start(s)"
     assert len(starts.read_text().split()) == 1
+    assert _allocations(local_cloud) == []
+
+
+def test_connection_selects_another_local_cloud(
+    local_cloud: Path, airflow: DagRunner, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "not-this-cloud"
+    connection = {"conn_type": "meadowrun",
+                  "extra": {"host": "local", "meadowrun_home": str(local_cloud)}}
+    summary, log = airflow.run(
+        "meadowrun_home.py", "meadowrun_home",
+        env={"MEADOWRUN_HOME": str(elsewhere),
+             "AIRFLOW_CONN_MEADOWRUN_ELSEWHERE": json.dumps(connection)})
+    tasks = summary["tasks"]
+    assert summary["state"] == "success", log[-3000:]
+    assert tasks["double"]["xcom:return_value"] == 42
+    assert tasks["command"]["xcom:return_value"] == "from the other cloud"
+    assert len([line for line in log.splitlines() if "doubling 21" in line]) == 1
+    # the jobs ran in the connection's cloud, and MEADOWRUN_HOME's was never opened
+    assert not (elsewhere / "state.db").exists()
+    history = SqliteAllocationTable(local_cloud / "state.db").job_history()
+    assert {"run_function double", "run_command bash"} <= {r["description"] for r in history}
     assert _allocations(local_cloud) == []
 
 

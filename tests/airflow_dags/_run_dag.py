@@ -8,7 +8,8 @@ out of the pytest process. Two modes:
 - ``_run_dag.py --serve``: read one JSON request a line on stdin (dag_file, dag_id, conf,
   logical_date, env) and answer each between ``=== BEGIN id`` and ``=== END id RESULT_JSON``
   lines, so that several tests share one warm Airflow (its in-process API takes ~15 s to
-  start). ``env`` carries the test's MEADOWRUN_* variables (its private local cloud).
+  start). ``env`` carries the test's MEADOWRUN_* variables (its private local cloud) and any
+  other variables of that one request (``AIRFLOW_CONN_*``).
 """
 
 from __future__ import annotations
@@ -85,13 +86,18 @@ def run_dag(dag_file: str, dag_id: str, conf: dict[str, Any] | None = None,
     return summary
 
 
+_request_env: set[str] = set()
+
+
 def _use_env(env: dict[str, str]) -> None:
-    """Point this process at the requesting test's local cloud."""
+    """Point this process at the requesting test's local cloud (and its connections)."""
     from meadowrun_core.client.runtime import ClientRuntime
 
     ClientRuntime.get().forget_backends()
-    for name in [n for n in os.environ if n.startswith("MEADOWRUN_")]:
-        del os.environ[name]
+    for name in [n for n in os.environ if n.startswith("MEADOWRUN_")] + sorted(_request_env):
+        os.environ.pop(name, None)
+    _request_env.clear()
+    _request_env.update(env)
     os.environ.update(env)
 
 

@@ -8,9 +8,9 @@ import time
 from datetime import timedelta
 
 from airflow.sdk import DAG, task
-from meadowrun_airflow import MeadowrunOperator
 
 import meadowrun_core as mr
+from meadowrun_airflow import MeadowrunOperator
 
 SMALL = mr.Resources(logical_cpu=1, memory_gb=1)
 
@@ -35,15 +35,14 @@ def kill_deferred_job() -> dict[str, object]:
     coroutine, then call its on_kill. The job must end and free its allocation."""
     import asyncio
 
-    from meadowrun_airflow.jobs import JobSpec, submit_detached, wait_until_started
+    from meadowrun_airflow.jobs import JobSpec, local_home, submit_detached, wait_until_started
     from meadowrun_airflow.triggers import MeadowrunJobTrigger
-
-    from meadowrun_core.config import meadowrun_home
 
     key = "airflow-test-kill-deferred"
     handle = submit_detached(key, JobSpec(command=["sleep", "120"], resources=SMALL), None)
-    wait_until_started(key, handle, None)
-    trigger = MeadowrunJobTrigger(job_key=key, meadowrun_home=str(meadowrun_home()))
+    assert wait_until_started(key, handle, None) == "running"
+    handle.stop_following()  # as a deferring worker does
+    trigger = MeadowrunJobTrigger(job_key=key, meadowrun_home=local_home(None))
 
     async def kill() -> None:
         following = asyncio.ensure_future(trigger.run().__anext__())

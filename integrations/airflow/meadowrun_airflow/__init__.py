@@ -1,8 +1,9 @@
 """Airflow provider for meadowrun: ``MeadowrunOperator``, ``@task.meadowrun``, the
 ``meadowrun`` connection type and ``MeadowrunJobTrigger``.
 
-Names are imported lazily so that ``meadowrun_airflow.provider`` and the job holder process
-never pay for (or depend on) importing Airflow.
+Names are imported lazily so that ``meadowrun_airflow.provider`` (read by Airflow's providers
+manager while it is still discovering) and ``meadowrun_airflow.jobs`` never pay for (or depend
+on) importing Airflow.
 """
 
 from __future__ import annotations

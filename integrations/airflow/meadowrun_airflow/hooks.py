@@ -2,12 +2,12 @@
 
 A connection keeps cloud settings out of DAG code, as the Amazon provider's ``aws``
 connection does for BatchOperator. Everything lives in the connection's extra, e.g.
-``{"host": "local", "max_cpu": 8}`` or ``{"host": "ec2", "region_name": "us-east-2"}``.
+``{"host": "local", "max_cpu": 8}``, ``{"host": "local", "meadowrun_home": "/srv/meadowrun"}``
+or ``{"host": "ec2", "region_name": "us-east-2"}``.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from airflow.sdk import BaseHook
@@ -16,7 +16,8 @@ import meadowrun_core as mr
 from meadowrun_airflow.provider import CONNECTION_UI
 
 _HOST_FIELDS: dict[str, tuple[type[mr.Host], tuple[str, ...]]] = {
-    "local": (mr.AllocLocalInstance, ("idle_timeout", "max_cpu", "max_memory_gb")),
+    "local": (mr.AllocLocalInstance, ("idle_timeout", "max_cpu", "max_memory_gb",
+                                      "meadowrun_home")),
     "ec2": (mr.AllocEC2Instance, ("region_name", "ami_id", "subnet_id", "security_group_ids",
                                   "iam_role_instance_profile")),
     "azure": (mr.AllocAzureVM, ("location",)),
@@ -30,7 +31,7 @@ def host_from_extra(extra: dict[str, Any]) -> mr.Host:
         raise ValueError(f"meadowrun connection: host must be one of {sorted(_HOST_FIELDS)}, "
                          f"got {kind!r}")
     cls, allowed = _HOST_FIELDS[kind]
-    known = {"host", "meadowrun_home", *allowed}
+    known = {"host", *allowed}
     unknown = set(extra) - known
     if unknown:
         raise ValueError(f"meadowrun connection: unknown field(s) {sorted(unknown)} for host "
@@ -45,7 +46,10 @@ def host_from_extra(extra: dict[str, Any]) -> mr.Host:
         elif name == "security_group_ids":
             value = tuple(value) if isinstance(value, list | tuple) else tuple(
                 v.strip() for v in str(value).split(",") if v.strip())
-        params[name] = value
+        elif name == "meadowrun_home":
+            value = str(value)
+        # meadowrun_home: AllocLocalInstance(home=...), the local cloud's state directory
+        params["home" if name == "meadowrun_home" else name] = value
     return cls(**params)
 
 
@@ -74,12 +78,10 @@ class MeadowrunHook(BaseHook):
         return extra
 
     def get_host(self) -> mr.Host:
-        """The host of the connection. A ``meadowrun_home`` field selects the local cloud's
-        state directory for this process (the core reads ``MEADOWRUN_HOME``)."""
-        extra = self.get_extra()
-        if extra.get("meadowrun_home"):
-            os.environ["MEADOWRUN_HOME"] = str(extra["meadowrun_home"])
-        return host_from_extra(extra)
+        """The host of the connection. For ``local``, a ``meadowrun_home`` field selects the
+        local cloud's state directory (``AllocLocalInstance(home=...)``) instead of
+        ``MEADOWRUN_HOME``'s."""
+        return host_from_extra(self.get_extra())
 
     def test_connection(self) -> tuple[bool, str]:
         try:

@@ -1,12 +1,16 @@
-"""Running one meadowrun job for an Airflow task, attached or detached.
+"""Running one meadowrun job for an Airflow task, attached or detached, with meadowrun's public
+API only (``import meadowrun_core as mr``).
 
 Attached (``start_job``): the job belongs to this process's meadowrun client, the way a
-non-deferrable operator uses it; cancelling waits until the allocation is really freed.
+non-deferrable operator uses it. It still gets a key of its own (``attempt_key``), so that
+cancelling can wait until the job has really ended (``mr.cancel_job``) and a command's last
+stdout line can be read from the output kept with its outcome.
 
 Detached (``submit_detached``): a deferrable operator hands the job over to the triggerer and
 must find it again after a worker restart, so the job gets a deterministic key (``job_key``)
-and a lease of its own (meadowrun_core's ``job_key=``/``detach=``); any process can then
-follow it (``mr.wait_job_async``), cancel it (``mr.cancel_job``) or read its outcome.
+and a lease of its own (``job_key=``/``detach=``); any process can then follow it
+(``mr.wait_job_async``, which replays its output from the start), cancel it
+(``mr.cancel_job``) or read its outcome.
 """
 
 from __future__ import annotations
@@ -15,10 +19,13 @@ import contextlib
 import hashlib
 import importlib.machinery
 import logging
+import os
 import sys
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cloudpickle
@@ -27,16 +34,40 @@ import meadowrun_core as mr
 
 log = logging.getLogger(__name__)
 
+# Where meadowrun_core logs the output of the jobs it follows ("[job id] line").
 JOB_LOGGER = "meadowrun_core.job"
 
 # How long cancelling waits for the agent to stop the process and free its allocation.
 CANCEL_WAIT_SECONDS = 15.0
+
+PENDING, RUNNING, UNKNOWN = "pending", "running", "unknown"
+NOT_ENDED = frozenset({PENDING, RUNNING})
 
 
 def job_key(dag_id: str, task_id: str, run_id: str, map_index: int) -> str:
     """The same key for every try of one task instance, so a retry finds the running job."""
     digest = hashlib.sha256(f"{dag_id}\0{task_id}\0{run_id}\0{map_index}".encode()).hexdigest()
     return f"airflow-{digest[:32]}"
+
+
+def attempt_key() -> str:
+    """A key for one attached (non-deferrable) job: unique, since the job dies with this
+    process and no later try may follow it."""
+    return f"airflow-attached-{uuid.uuid4().hex}"
+
+
+def local_home(host: mr.Host | None) -> str:
+    """The local cloud's state directory a job of ``host`` lives in, as an absolute path (the
+    triggerer may run with another environment): ``host.home``, else ``MEADOWRUN_HOME``, else
+    meadowrun's documented default ``~/.meadowrun``."""
+    home = host.home if isinstance(host, mr.AllocLocalInstance) else None
+    home = home or os.environ.get("MEADOWRUN_HOME") or "~/.meadowrun"
+    return str(Path(home).expanduser().resolve())
+
+
+def host_for_home(meadowrun_home: str | None) -> mr.Host | None:
+    """The host to find a job by in the local cloud at ``meadowrun_home``."""
+    return mr.AllocLocalInstance(home=meadowrun_home) if meadowrun_home else None
 
 
 def pickle_by_value_if_unimportable(function: Any) -> None:
@@ -78,90 +109,128 @@ class JobSpec:
         return f"function {getattr(self.function, '__qualname__', self.function)!r}"
 
 
-class OutputTap(logging.Handler):
-    """Remembers the last stdout line of the job (the XCom of a command, as BashOperator)."""
+def _submit(spec: JobSpec, key: str, detach: bool,
+            timeout_seconds: float | None = None) -> mr.JobHandle[Any]:
+    common: dict[str, Any] = {
+        "host": spec.host, "resources": spec.resources, "deployment": spec.deployment,
+        "wait_for_result": False, "job_key": key, "detach": detach,
+    }
+    if detach:
+        common["detached_timeout"] = timeout_seconds
+    if spec.command is not None:
+        handle = mr.run_command(spec.command, environment=spec.environment, **common)
+    else:
+        assert spec.function is not None
+        pickle_by_value_if_unimportable(spec.function)
+        handle = mr.run_function(spec.function, args=spec.args, kwargs=spec.kwargs, **common)
+    assert isinstance(handle, mr.JobHandle), handle  # wait_for_result=False
+    return handle
 
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
+
+# --- output ------------------------------------------------------------------------------------
+
+class OutputLines:
+    """Splits a job's raw output chunks (``on_output(stream, data)``) into lines for
+    ``emit(level, line)`` (stderr at WARNING, as meadowrun logs it) and remembers the last
+    stdout line (the XCom of a command, as BashOperator)."""
+
+    def __init__(self, emit: Callable[[int, str], None] | None = None) -> None:
+        self._emit = emit
+        self._partial: dict[str, bytes] = {}
         self.last_stdout_line: str | None = None
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno == logging.INFO and isinstance(record.args, tuple) and record.args:
-            self.last_stdout_line = str(record.args[-1])
+    def feed(self, stream: str, data: bytes) -> None:
+        *lines, rest = (self._partial.get(stream, b"") + data).split(b"\n")
+        self._partial[stream] = rest
+        for line in lines:
+            self._line(stream, line)
+
+    def flush(self) -> None:
+        partial, self._partial = self._partial, {}
+        for stream, rest in partial.items():
+            if rest:
+                self._line(stream, rest)
+
+    def _line(self, stream: str, raw: bytes) -> None:
+        text = raw.decode(errors="replace")
+        if stream == "stdout":
+            self.last_stdout_line = text
+        if self._emit is not None:
+            self._emit(logging.INFO if stream == "stdout" else logging.WARNING, text)
 
 
-def _as_handle(value: Any) -> mr.JobHandle[Any]:
-    assert isinstance(value, mr.JobHandle), value  # wait_for_result=False
-    return value
+def discard_output(stream: str, data: bytes) -> None:
+    """An ``on_output`` for reading a finished job's value without replaying its output."""
 
 
-def _our_allocations(host: mr.Host | None) -> set[str]:
-    """Job ids this process's meadowrun client holds now (the local cloud's table)."""
-    from meadowrun_core.api import current_client_id
-    from meadowrun_core.client.runtime import ClientRuntime
+class _DropAll(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
 
-    client_id = current_client_id()
-    table = ClientRuntime.get().backend(host).table
-    return {a.job_id for a in table.list_allocations() if a.client_id == client_id}
 
+@contextlib.contextmanager
+def job_output_not_logged() -> Iterator[None]:
+    """Keep meadowrun from logging the output of the jobs this process follows.
+
+    The handle that submits a detached job follows it until ``stop_following``; whoever
+    follows it next (the trigger) gets its output replayed from the start, so lines logged
+    here would appear twice in the task log.
+    """
+    drop = _DropAll()
+    logger = logging.getLogger(JOB_LOGGER)
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
+# --- attached jobs -----------------------------------------------------------------------------
 
 class StartedJob:
-    """A job of this process's client: wait for it, or cancel it and wait until it is gone."""
+    """A job of this process's client: wait for it, or cancel it and wait until it is gone.
+
+    Its output is logged by meadowrun (``meadowrun_core.job``) as it arrives."""
 
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
-        self._before = _our_allocations(spec.host)
-        self._tap = OutputTap()
-        logging.getLogger(JOB_LOGGER).addHandler(self._tap)
-        try:
-            self.handle: mr.JobHandle[Any]
-            if spec.command is not None:
-                self.handle = _as_handle(mr.run_command(
-                    spec.command, host=spec.host, resources=spec.resources,
-                    deployment=spec.deployment, environment=spec.environment,
-                    wait_for_result=False,
-                ))
-            else:
-                assert spec.function is not None
-                pickle_by_value_if_unimportable(spec.function)
-                self.handle = mr.run_function(
-                    spec.function, host=spec.host, resources=spec.resources,
-                    deployment=spec.deployment, args=spec.args, kwargs=spec.kwargs,
-                    wait_for_result=False,
-                )
-        except BaseException:
-            self._untap()
-            raise
+        self.key = attempt_key()
+        self._closed = False
+        self.handle = _submit(spec, self.key, detach=False)
 
-    @property
     def last_stdout_line(self) -> str | None:
-        return self._tap.last_stdout_line
-
-    def job_ids(self) -> set[str]:
-        return _our_allocations(self.spec.host) - self._before
+        """The job's last stdout line, from the output kept with its outcome (once it ended)."""
+        lines = OutputLines()
+        with contextlib.suppress(mr.MeadowrunError, TimeoutError):
+            mr.attach_job(self.key, host=self.spec.host, on_output=lines.feed).result(
+                timeout=CANCEL_WAIT_SECONDS)
+        lines.flush()
+        return lines.last_stdout_line
 
     def wait(self, poll_seconds: float = 0.5) -> Any:
         """The job's result; polls so that signals (SIGTERM, SIGALRM timeouts) get through."""
-        try:
-            while True:
-                with contextlib.suppress(TimeoutError):
-                    return self.handle.result(timeout=poll_seconds)
-        finally:
-            self._untap()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                return self.handle.result(timeout=poll_seconds)
 
     def cancel(self, wait_seconds: float = CANCEL_WAIT_SECONDS) -> bool:
-        """Cancel the job and wait until its allocation is freed; False if it had finished."""
-        cancelled = self.handle.cancel()
-        deadline = time.monotonic() + wait_seconds
-        while (left := self.job_ids()) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if left:
-            log.warning("job(s) %s still hold an allocation after cancel", sorted(left))
-        self._untap()
-        return cancelled
+        """Cancel the job and wait until it has ended; False if it had finished already."""
+        if self._closed:
+            return False
+        was_done = self.handle.done()
+        self.handle.cancel()  # our own job: the agent is told to stop it
+        mr.cancel_job(self.key, host=self.spec.host, timeout=wait_seconds)  # waits for the end
+        status = mr.job_status(self.key, host=self.spec.host)
+        if status in NOT_ENDED:
+            log.warning("meadowrun job %s is still %s after cancel", self.key, status)
+        self.close()
+        return not was_done
 
-    def _untap(self) -> None:
-        logging.getLogger(JOB_LOGGER).removeHandler(self._tap)
+    def close(self) -> None:
+        """Drop the job's record (its outcome was read, or it was cancelled)."""
+        if not self._closed:
+            self._closed = True
+            mr.forget_job(self.key, host=self.spec.host)
 
 
 def start_job(spec: JobSpec) -> StartedJob:
@@ -170,80 +239,59 @@ def start_job(spec: JobSpec) -> StartedJob:
 
 # --- detached jobs, found by key ---------------------------------------------------------------
 
-RUNNING, UNKNOWN = "running", "unknown"
 # How long a worker waits for its detached job to be started on an instance before deferring
 # (the job is sent by this process, so it must not exit before that).
 START_WAIT_SECONDS = 600.0
 
 
-def _table(host: mr.Host | None) -> Any:
-    from meadowrun_core.client.runtime import ClientRuntime
-
-    return ClientRuntime.get().backend(host).table
-
-
-def keyed_job_id(key: str, host: mr.Host | None = None) -> str | None:
-    """The meadowrun job id behind a key: output lines are logged under the job id."""
-    row = _table(host).get_job_key(key)
-    return None if row is None else str(row["job_id"])
-
-
 def submit_detached(key: str, spec: JobSpec, timeout_seconds: float | None) -> mr.JobHandle[Any]:
     """Start the job under ``key`` with a lease of its own, bounded by ``timeout_seconds``."""
-    common: dict[str, Any] = {
-        "host": spec.host, "resources": spec.resources, "deployment": spec.deployment,
-        "wait_for_result": False, "job_key": key, "detach": True,
-        "detached_timeout": timeout_seconds,
-    }
-    if spec.command is not None:
-        return _as_handle(mr.run_command(spec.command, environment=spec.environment, **common))
-    assert spec.function is not None
-    pickle_by_value_if_unimportable(spec.function)
-    return _as_handle(
-        mr.run_function(spec.function, args=spec.args, kwargs=spec.kwargs, **common))
+    return _submit(spec, key, detach=True, timeout_seconds=timeout_seconds)
 
 
 def wait_until_started(key: str, handle: mr.JobHandle[Any], host: mr.Host | None,
-                       timeout: float = START_WAIT_SECONDS) -> None:
-    """Return once an instance runs the job (or it already ended).
+                       timeout: float = START_WAIT_SECONDS) -> str:
+    """Wait until an instance has the job (or it already ended); return its status.
 
-    This process sends the job to its instance, so it must not exit (defer) before that.
+    This process sends the job to its instance, so it must not exit (defer) before that. On
+    timeout the job is cancelled.
     """
-    table = _table(host)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if handle.done():
-            return
-        row = table.get_job_key(key)
-        if row is not None and row["status"] == "ended":
-            return
-        if row is not None and row["status"] == RUNNING:
-            alloc = next((a for a in table.list_allocations() if a.job_id == row["job_id"]),
-                         None)
-            if alloc is None or alloc.worker_pid:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"meadowrun job {key} did not start within {timeout:g} s")
+    delay = 0.01
+    while (status := mr.job_status(key, host=host)) == PENDING and not handle.done():
+        if time.monotonic() > deadline:
+            handle.cancel()
+            raise TimeoutError(f"meadowrun job {key} did not start within {timeout:g} s")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.1)
+    return status
 
 
-def outcome_event(key: str, get_value: Callable[[], Any], last_line: str | None = None,
+def outcome_event(key: str, get_value: Callable[[], Any], lines: OutputLines | None = None,
                   host: mr.Host | None = None) -> dict[str, Any]:
     """The JSON event that tells a deferred task how its job ended (the value itself stays in
-    meadowrun's store until ``execute_complete`` reads it)."""
-    base: dict[str, Any] = {"job_key": key, "job_id": keyed_job_id(key, host)}
+    meadowrun's store until ``execute_complete`` reads it). ``get_value`` may feed ``lines``
+    (a command's XCom is its last stdout line)."""
+    event: dict[str, Any] = {"job_key": key, "job_id": None}
     try:
         value = get_value()
     except mr.TaskException as exc:
-        return {**base, "status": "failed", "message": exc.message,
-                "traceback": exc.remote_traceback}
+        event.update(status="failed", message=exc.message, traceback=exc.remote_traceback)
     except mr.JobCancelledError as exc:
-        return {**base, "status": "cancelled", "message": str(exc)}
+        event.update(status="cancelled", message=str(exc))
     except mr.MeadowrunError as exc:
         # a detached job past its detached_timeout (the task's execution_timeout)
         timed_out = mr.job_status(key, host=host) == "lease_expired"
-        return {**base, "status": "timed_out" if timed_out else "error",
-                "message": f"{type(exc).__name__}: {exc}"}
-    if isinstance(value, mr.CommandResult):
-        return {**base, "status": "exited", "return_code": value.return_code,
-                "last_line": last_line}
-    return {**base, "status": "succeeded"}
+        event.update(status="timed_out" if timed_out else "error",
+                     message=f"{type(exc).__name__}: {exc}")
+    else:
+        if isinstance(value, mr.CommandResult):
+            event.update(status="exited", return_code=value.return_code, last_line=None)
+        else:
+            event.update(status="succeeded")
+    if lines is not None:
+        lines.flush()
+        if event["status"] == "exited":
+            event["last_line"] = lines.last_stdout_line
+    event["job_id"] = mr.job_info(key, host=host)["job_id"]
+    return event

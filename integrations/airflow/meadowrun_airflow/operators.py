@@ -8,7 +8,6 @@ provider's BatchOperator and EcsRunTaskOperator).
 from __future__ import annotations
 
 import inspect
-import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, ClassVar
@@ -18,20 +17,24 @@ from airflow.sdk.exceptions import AirflowException, AirflowSkipException, Airfl
 
 import meadowrun_core as mr
 from meadowrun_airflow.jobs import (
-    JOB_LOGGER,
-    RUNNING,
+    NOT_ENDED,
+    PENDING,
     UNKNOWN,
     JobSpec,
-    OutputTap,
+    OutputLines,
     StartedJob,
+    discard_output,
     job_key,
-    keyed_job_id,
+    job_output_not_logged,
+    local_home,
     outcome_event,
     start_job,
     submit_detached,
     wait_until_started,
 )
-from meadowrun_core.config import meadowrun_home
+
+# How long resuming waits to read a finished job's value from meadowrun's store.
+RESULT_READ_SECONDS = 120.0
 
 # Context values a remote callable may ask for by parameter name: plain data that pickles.
 # (``ti``, ``dag_run`` and the like are live objects of the worker and cannot travel.)
@@ -208,18 +211,21 @@ class MeadowrunOperator(BaseOperator):
         if self.deferrable:
             return self._submit_and_defer(context, spec)
         self.log.info("Running %s on meadowrun", spec.description)
-        self._job = start_job(spec)
+        self._job = job = start_job(spec)
         try:
-            value = self._job.wait()
+            value = job.wait()
+            last_line = job.last_stdout_line() if isinstance(value, mr.CommandResult) else None
         except mr.TaskException as exc:
             raise self._job_failed(exc.message, exc.remote_traceback) from None
         except BaseException:
             # Timeouts (AirflowTaskTimeout), kills and errors: never leave the job behind.
-            self._job.cancel()
+            job.cancel()
             raise
+        finally:
+            job.close()
         if isinstance(value, mr.CommandResult):
             self._check_exit_code(value.return_code)
-            return self._job.last_stdout_line
+            return last_line
         return value
 
     def _check_exit_code(self, return_code: int) -> None:
@@ -241,42 +247,59 @@ class MeadowrunOperator(BaseOperator):
         map_index = getattr(ti, "map_index", -1)
         return job_key(ti.dag_id, ti.task_id, ti.run_id, -1 if map_index is None else map_index)
 
+    def _finished_outcome(self, key: str, host: mr.Host | None,
+                          log_output: bool = True) -> dict[str, Any]:
+        """The outcome of a job that has ended. Its output is replayed from the start: into
+        this task's log if ``log_output``, and for a command's last stdout line."""
+        job_id = mr.job_info(key, host=host)["job_id"]
+        lines = OutputLines(
+            (lambda level, text: self.log.log(level, "[%s] %s", job_id, text))
+            if log_output else None)
+        return outcome_event(
+            key, lambda: mr.attach_job(key, host=host, on_output=lines.feed).result(
+                timeout=RESULT_READ_SECONDS),
+            lines, host)
+
     def _submit_and_defer(self, context: Context, spec: JobSpec) -> Any:
+        key = self._job_key = self._key(context)
+        # The trigger relays the job's output, replayed from its start; meadowrun must not log
+        # it here too (the submitting handle follows the job until it has started).
+        with job_output_not_logged():
+            return self._start_or_reattach(context, spec, key)
+
+    def _start_or_reattach(self, context: Context, spec: JobSpec, key: str) -> Any:
         from meadowrun_airflow.triggers import MeadowrunJobTrigger
 
-        key = self._job_key = self._key(context)
-        status = mr.job_status(key, host=spec.host)
+        host = spec.host
+        status = mr.job_status(key, host=host)
         if status in ("succeeded", "exited"):
-            event = outcome_event(key, mr.attach_job(key, host=spec.host).result, host=spec.host)
+            # its output is in the earlier try's log already
+            event = self._finished_outcome(key, host, log_output=False)
             if event.get("return_code", 0) == 0:
                 self.log.info("Job %s already finished (started by an earlier try); "
                               "using its result", key)
                 return self.execute_complete(context, event)
-        if status == RUNNING:
+        if status in NOT_ENDED:
             self.log.info("Reattaching to meadowrun job %s, started by an earlier try", key)
-            tap = None
         else:
             if status != UNKNOWN:  # an earlier try's job ended badly: this is a retry
                 self.log.info("Job %s of an earlier try ended %s; starting it again", key, status)
-                mr.forget_job(key, host=spec.host)
+                mr.forget_job(key, host=host)
             timeout = self.execution_timeout.total_seconds() if self.execution_timeout else None
-            tap = OutputTap()
-            logging.getLogger(JOB_LOGGER).addHandler(tap)
-            try:
-                handle = submit_detached(key, spec, timeout)
-                wait_until_started(key, handle, spec.host)
-            finally:
-                logging.getLogger(JOB_LOGGER).removeHandler(tap)
+            handle = submit_detached(key, spec, timeout)
+            status = wait_until_started(key, handle, host)
+            if status == PENDING:  # the submission failed before the job reached an instance
+                return self.execute_complete(context, outcome_event(key, handle.result,
+                                                                    host=host))
+            handle.stop_following()  # the job runs on; the trigger follows it
             self.log.info("Submitted %s to meadowrun as job %s (meadowrun job id %s)",
-                          spec.description, key, keyed_job_id(key, spec.host))
-            if handle.done():  # already over: no point in deferring
-                return self.execute_complete(
-                    context, outcome_event(key, handle.result, tap.last_stdout_line, spec.host))
+                          spec.description, key, mr.job_info(key, host=host)["job_id"])
+            if status not in NOT_ENDED:  # already over: no point in deferring
+                return self.execute_complete(context, self._finished_outcome(key, host))
         context["ti"].xcom_push(key="meadowrun_job_key", value=key)
         self.defer(
-            trigger=MeadowrunJobTrigger(job_key=key, meadowrun_home=str(meadowrun_home())),
+            trigger=MeadowrunJobTrigger(job_key=key, meadowrun_home=local_home(host)),
             method_name="execute_complete",
-            kwargs={"last_line": tap.last_stdout_line if tap else None},
             # The job itself stops at execution_timeout (its detached lease); a safety net.
             timeout=self.execution_timeout + timedelta(seconds=60)
             if self.execution_timeout else None,
@@ -286,15 +309,16 @@ class MeadowrunOperator(BaseOperator):
                          last_line: str | None = None) -> Any:
         """Resume after the trigger saw the job end: return its result or fail the task.
 
-        ``last_line`` is the last stdout line the worker saw before deferring (a command's
-        XCom if the trigger saw none)."""
+        ``last_line`` is accepted from tasks deferred by earlier versions of this operator
+        (the last stdout line their worker saw before deferring)."""
         key = self._job_key = event["job_key"]
         host = self._resolve_host()
         status = event.get("status")
         try:
             if status == "succeeded":
                 self.log.info("Job %s succeeded", key)
-                return mr.attach_job(key, host=host).result()
+                return mr.attach_job(key, host=host, on_output=discard_output).result(
+                    timeout=RESULT_READ_SECONDS)
             if status == "exited":
                 self._check_exit_code(int(event["return_code"]))
                 return event.get("last_line") or last_line
@@ -310,7 +334,7 @@ class MeadowrunOperator(BaseOperator):
             mr.forget_job(key, host=host)
 
     def on_kill(self) -> None:
-        """Cancel the job on its instance and free its allocation."""
+        """Cancel the job on its instance and wait until it has ended."""
         if self._job is not None:
             self.log.info("Cancelling the meadowrun job")
             self._job.cancel()

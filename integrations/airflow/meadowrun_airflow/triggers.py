@@ -1,54 +1,34 @@
 """``MeadowrunJobTrigger``: follows a detached meadowrun job from the triggerer.
 
-It relays the job's output to the task log as it is written and fires one event when the job
-ends, so a deferred ``MeadowrunOperator`` holds no worker slot while its job runs.
+It relays the job's output to the task log (replayed from the job's start, then as it is
+written) and fires one event when the job ends, so a deferred ``MeadowrunOperator`` holds no
+worker slot while its job runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 import meadowrun_core as mr
-from meadowrun_airflow.jobs import JOB_LOGGER, keyed_job_id, outcome_event
-
-
-class _OutputRelay(logging.Handler):
-    """Hands one job's output lines to the trigger's coroutine.
-
-    meadowrun logs output from its client thread, outside the trigger's context, and the
-    triggerer routes a record to a task's log only from within that trigger's context.
-    """
-
-    def __init__(self, job_id: str, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(logging.INFO)
-        self.job_id = job_id
-        self.loop = loop
-        self.lines: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if isinstance(record.args, tuple) and record.args and record.args[0] == self.job_id:
-            item = (record.levelno, str(record.args[-1]))
-            self.loop.call_soon_threadsafe(self.lines.put_nowait, item)
+from meadowrun_airflow.jobs import OutputLines, host_for_home, outcome_event
 
 
 class MeadowrunJobTrigger(BaseTrigger):
     """Fires ``{"job_key": ..., "status": ...}`` when the job named ``job_key`` ends.
 
-    ``meadowrun_home`` travels with the trigger because the triggerer may run with another
-    environment than the worker that submitted the job.
+    ``meadowrun_home`` (the local cloud the job runs in) travels with the trigger because the
+    triggerer may run with another environment than the worker that submitted the job, and may
+    follow jobs of several local clouds.
     """
 
     def __init__(self, job_key: str, meadowrun_home: str | None = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.job_key = job_key
         self.meadowrun_home = meadowrun_home
-        self._last_line: str | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -56,44 +36,57 @@ class MeadowrunJobTrigger(BaseTrigger):
             {"job_key": self.job_key, "meadowrun_home": self.meadowrun_home},
         )
 
-    def _use_home(self) -> None:
-        if self.meadowrun_home and os.environ.get("MEADOWRUN_HOME") != self.meadowrun_home:
-            os.environ["MEADOWRUN_HOME"] = self.meadowrun_home
+    @property
+    def _host(self) -> mr.Host | None:
+        return host_for_home(self.meadowrun_home)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        self._use_home()
-        job_id = await asyncio.to_thread(keyed_job_id, self.job_key)
-        relay = _OutputRelay(job_id or "", asyncio.get_running_loop())
-        job_logger = logging.getLogger(JOB_LOGGER)
-        job_logger.addHandler(relay)
-        waiter = asyncio.ensure_future(mr.wait_job_async(self.job_key))
-        event: dict[str, Any]
+        # meadowrun calls on_output from its client thread, outside this trigger's context, and
+        # the triggerer routes a record to the task's log only from within that context: the
+        # chunks are handed over to this coroutine, which logs them.
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+
+        def on_output(stream: str, data: bytes) -> None:
+            loop.call_soon_threadsafe(chunks.put_nowait, (stream, data))
+
+        job_id: str | None = None
+
+        def log_line(level: int, text: str) -> None:
+            self.log.log(level, "[%s] %s", job_id, text)
+
+        lines = OutputLines(log_line)
+        waiter = asyncio.ensure_future(
+            mr.wait_job_async(self.job_key, host=self._host, on_output=on_output))
         try:
             while True:
-                getter = asyncio.ensure_future(relay.lines.get())
+                getter = asyncio.ensure_future(chunks.get())
                 done, _ = await asyncio.wait({waiter, getter},
                                              return_when=asyncio.FIRST_COMPLETED)
-                if getter in done:
-                    self._relay(job_id, *getter.result())
-                    continue
-                getter.cancel()
-                break
-            while not relay.lines.empty():
-                self._relay(job_id, *relay.lines.get_nowait())
-            event = outcome_event(self.job_key, waiter.result, self._last_line)
+                if getter not in done:
+                    getter.cancel()
+                    break
+                if job_id is None:  # output comes once the job is on an instance
+                    job_id = await self._job_id()
+                lines.feed(*getter.result())
+            # output handed over before the end is queued before the waiter's result
+            if job_id is None and not chunks.empty():
+                job_id = await self._job_id()
+            while not chunks.empty():
+                lines.feed(*chunks.get_nowait())
+            lines.flush()
+            event = await asyncio.to_thread(
+                outcome_event, self.job_key, waiter.result, lines, self._host)
         finally:
-            job_logger.removeHandler(relay)
             if not waiter.done():
                 waiter.cancel()  # stops following only; the job keeps running
         yield TriggerEvent(event)  # type: ignore[no-untyped-call]
 
-    def _relay(self, job_id: str | None, level: int, text: str) -> None:
-        self.log.log(level, "[%s] %s", job_id, text)
-        if level == logging.INFO:
-            self._last_line = text
+    async def _job_id(self) -> str | None:
+        info = await asyncio.to_thread(mr.job_info, self.job_key, host=self._host)
+        return None if info["job_id"] is None else str(info["job_id"])
 
     async def on_kill(self) -> None:
         """The deferred task was killed by a user: cancel the job and free its allocation."""
-        self._use_home()
         self.log.info("Cancelling meadowrun job %s", self.job_key)
-        await asyncio.to_thread(mr.cancel_job, self.job_key)
+        await asyncio.to_thread(mr.cancel_job, self.job_key, host=self._host)
