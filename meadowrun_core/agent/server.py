@@ -337,6 +337,8 @@ class Agent:
             final = {"status": "error", "message": f"agent error: {exc!r}"}
         finally:
             final.update(type="final", job_id=job_id, kind=job.kind)
+            # free the room first: whoever sees the outcome may rely on the room being free
+            self.table.deallocate(job_id, final["status"])
             if header.get("job_key"):
                 # keep the outcome where any process can find it by key (attach_job)
                 payload_key = self.store.put(self.signer.sign(payload)) if payload else None
@@ -346,7 +348,6 @@ class Agent:
                     )
                 self.table.record_job_final(header["job_key"], json.dumps(final), payload_key)
             del self.jobs[job_id]
-            self.table.deallocate(job_id, final["status"])
             (self.pid_dir / f"{job_id}.pid").unlink(missing_ok=True)
             self.last_activity = time.monotonic()
         for subscriber in job.subscribers:
