@@ -18,6 +18,7 @@ attached to a LocalCluster started once (``address=``), the fairer warm comparis
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import shutil
@@ -46,6 +47,8 @@ def offline_prefect_environment(scratch: Path, workers: int) -> None:
         {
             "MEADOWRUN_HOME": str(scratch / "meadowrun-home"),
             "MEADOWRUN_LOCAL_MAX_CPU": str(workers),
+            # instances stay up between rounds, as the attached Dask cluster does
+            "MEADOWRUN_IDLE_TIMEOUT": "1800",
             "PREFECT_HOME": str(scratch / "prefect-home"),
             "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(scratch / "prefect-results"),
             "PREFECT_SERVER_MEMO_STORE_PATH": str(scratch / "prefect-memo.toml"),
@@ -91,17 +94,17 @@ def progress(message: str) -> None:
 def dask_cluster(workers: int) -> Iterator[str]:
     from distributed import LocalCluster
 
-    with LocalCluster(
+    with LocalCluster(  # type: ignore[no-untyped-call]
         n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
     ) as cluster:
         yield str(cluster.scheduler_address)
 
 
 def make_systems(workers: int, stack: ExitStack, names: list[str]) -> list[System]:
-    from meadowrun_prefect import MeadowrunTaskRunner
     from prefect.task_runners import ThreadPoolTaskRunner
 
     import meadowrun_core as mr
+    from meadowrun_prefect import MeadowrunTaskRunner
 
     systems: list[System] = []
     for name in names:
@@ -137,7 +140,7 @@ def make_systems(workers: int, stack: ExitStack, names: list[str]) -> list[Syste
                     System(
                         "dask",
                         f"DaskTaskRunner(), a LocalCluster of {workers} workers per flow run",
-                        lambda kwargs=kwargs: DaskTaskRunner(cluster_kwargs=kwargs),
+                        functools.partial(DaskTaskRunner, cluster_kwargs=kwargs),
                     )
                 )
             else:
@@ -146,7 +149,7 @@ def make_systems(workers: int, stack: ExitStack, names: list[str]) -> list[Syste
                     System(
                         "dask-attached",
                         f"DaskTaskRunner(address=...), one LocalCluster of {workers} workers",
-                        lambda address=address: DaskTaskRunner(address=address),
+                        functools.partial(DaskTaskRunner, address=address),
                     )
                 )
     return systems
@@ -155,7 +158,7 @@ def make_systems(workers: int, stack: ExitStack, names: list[str]) -> list[Syste
 def run_flow(runner: Any, tasks: int) -> float:
     from prefect import flow, task
 
-    small_task = task(small, name="small")
+    small_task = task(name="small")(small)
 
     @flow(name="bench-prefect", task_runner=runner, log_prints=False)
     def bench_flow(n: int) -> int:

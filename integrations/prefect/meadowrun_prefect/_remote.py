@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import State, TaskRun
@@ -63,6 +63,7 @@ def run_task_on_instance(
     from prefect.task_engine import run_task_async, run_task_sync
 
     logs: list[dict[str, Any]] = []
+    state: State[Any]
     set_api_log_sink(logs.append)
     if not task.isasync:
         _keep_sync_client()
@@ -75,7 +76,10 @@ def run_task_on_instance(
             return_type="state",
             context=context,
         )
-        state = asyncio.run(run_task_async(**kwargs)) if task.isasync else run_task_sync(**kwargs)
+        if task.isasync:
+            state = cast("State[Any]", asyncio.run(run_task_async(**kwargs)))
+        else:
+            state = cast("State[Any]", run_task_sync(**kwargs))
     finally:
         set_api_log_sink(None)
         # the worker process is reused: make sure this run's state events have left it

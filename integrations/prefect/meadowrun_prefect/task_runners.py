@@ -49,8 +49,9 @@ import logging
 import threading
 import uuid
 import weakref
-from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from types import CoroutineType
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast, overload
 
 from prefect.client.schemas.objects import (
     RunInput,
@@ -193,7 +194,8 @@ class _Loop:
     thousands of tasks needs no thread per task.
 
     Jobs are submitted (pickled, uploaded) from one extra thread: that work holds the GIL
-    anyway, and it keeps the loop free to follow the runs already going.
+    anyway, and it keeps the loop free to follow the runs already going. (Submitting them from
+    one thread also sidesteps a race in early meadowrun-core versions.)
     """
 
     _lock = threading.Lock()
@@ -235,7 +237,6 @@ class _Call:
     context: dict[str, Any]
     options: MeadowrunOptions
     future: concurrent.futures.Future[State[Any]]
-    handle: mr.JobHandle[Any] | None = None
     state_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
@@ -277,7 +278,7 @@ class MeadowrunTaskRunner(TaskRunner[PrefectMeadowrunFuture[Any]]):
         self.deployment = deployment
         self.max_concurrency = max_concurrency
         self.cancel_timeout = cancel_timeout
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._init_runtime()
 
     def _init_runtime(self) -> None:
@@ -331,7 +332,7 @@ class MeadowrunTaskRunner(TaskRunner[PrefectMeadowrunFuture[Any]]):
     @overload
     def submit(
         self,
-        task: Task[P, Coroutine[Any, Any, R]],
+        task: Task[P, CoroutineType[Any, Any, R]],
         parameters: dict[str, Any],
         wait_for: Iterable[PrefectFuture[Any]] | None = None,
         dependencies: dict[str, set[RunInput]] | None = None,
@@ -361,7 +362,7 @@ class MeadowrunTaskRunner(TaskRunner[PrefectMeadowrunFuture[Any]]):
         wait_for_list = list(wait_for) if wait_for else None
         task_run = new_task_run(task, parameters, wait_for_list, dependencies)
         emit_task_run_state_change_event(
-            task_run=task_run, initial_state=None, validated_state=task_run.state
+            task_run=task_run, initial_state=None, validated_state=cast(State[Any], task_run.state)
         )
         future: concurrent.futures.Future[State[Any]] = concurrent.futures.Future()
         future.set_running_or_notify_cancel()  # only the runner settles it
@@ -384,7 +385,7 @@ class MeadowrunTaskRunner(TaskRunner[PrefectMeadowrunFuture[Any]]):
     @overload
     def map(
         self,
-        task: Task[P, Coroutine[Any, Any, R]],
+        task: Task[P, CoroutineType[Any, Any, R]],
         parameters: dict[str, Any],
         wait_for: Iterable[PrefectFuture[Any]] | None = None,
     ) -> PrefectFutureList[PrefectMeadowrunFuture[R]]: ...
@@ -529,27 +530,11 @@ class MeadowrunTaskRunner(TaskRunner[PrefectMeadowrunFuture[Any]]):
                     # states): unpicklable arguments or result, a broken environment, ...
                     return self._crash(call, f"the task engine failed on the worker: {exc}", exc)
                 except (mr.WorkerDiedError, mr.JobCancelledError) as exc:
+                    reason = f"its meadowrun worker or instance died: {exc}"
                     if attempt >= call.task.retries:
-                        return self._crash(call, f"its meadowrun worker died: {exc}", exc)
-                    delay = retry_delay(call.task, attempt)
+                        return self._crash(call, reason, exc)
                     attempt += 1
-                    self._set_state(
-                        call,
-                        AwaitingRetry(
-                            scheduled_time=_now() + datetime.timedelta(seconds=delay),
-                            message=f"Worker died ({exc}); retry {attempt}/{call.task.retries}",
-                        ),
-                        run_count=attempt,
-                    )
-                    self._run_logger(call).warning(
-                        "Task run's meadowrun worker died (%s); retry %d/%d in %g s on a "
-                        "fresh worker",
-                        exc,
-                        attempt,
-                        call.task.retries,
-                        delay,
-                    )
-                    await asyncio.sleep(delay)
+                    await asyncio.sleep(self._awaiting_retry(call, reason, attempt))
                 except mr.MeadowrunError as exc:
                     # nothing ran: impossible resources, bad deployment, ...
                     self._run_logger(call).error("Could not start the task run: %s", exc)
@@ -593,14 +578,15 @@ class MeadowrunTaskRunner(TaskRunner[PrefectMeadowrunFuture[Any]]):
         except asyncio.CancelledError:
             launch.add_done_callback(_cancel_launched)
             raise
-        call.handle = handle
         try:
             result: tuple[State[Any], list[dict[str, Any]]] = await handle
         except asyncio.CancelledError:
-            handle.cancel()
+            # report Cancelled only once the job is stopped and its allocation freed
+            try:
+                await asyncio.to_thread(handle.cancel, wait=True, timeout=self.cancel_timeout)
+            except TimeoutError:
+                logger.warning("meadowrun job of task run %s was slow to stop", call.task_run.id)
             raise
-        finally:
-            call.handle = None
         return result
 
     @contextlib.asynccontextmanager
@@ -635,7 +621,7 @@ class MeadowrunTaskRunner(TaskRunner[PrefectMeadowrunFuture[Any]]):
             if run_count is not None:
                 task_run.run_count = max(task_run.run_count, run_count)
             if state.is_final() and task_run.end_time is None:
-                task_run.end_time = state.timestamp
+                task_run.end_time = cast(Any, state.timestamp)
             try:
                 emit_task_run_state_change_event(
                     task_run=task_run, initial_state=last, validated_state=state
@@ -645,6 +631,27 @@ class MeadowrunTaskRunner(TaskRunner[PrefectMeadowrunFuture[Any]]):
                     "could not report state %s of task run %s", state.name, task_run.id
                 )
         return state
+
+    def _awaiting_retry(self, call: _Call, reason: str, attempt: int) -> float:
+        """Put the run in AwaitingRetry as Prefect's engine would; return the delay."""
+        delay = retry_delay(call.task, attempt - 1)
+        retries = call.task.retries
+        self._set_state(
+            call,
+            AwaitingRetry(
+                scheduled_time=_now() + datetime.timedelta(seconds=delay),
+                message=f"Task run failed: {reason}; retry {attempt}/{retries}",
+            ),
+            run_count=attempt,
+        )
+        self._run_logger(call).warning(
+            "Task run failed: %s - Retry %d/%d will start on a fresh worker in %g s",
+            reason,
+            attempt,
+            retries,
+            delay,
+        )
+        return delay
 
     def _crash(self, call: _Call, message: str, exc: BaseException) -> State[Any]:
         if isinstance(exc, mr.TaskException) and exc.remote_traceback:
@@ -725,7 +732,7 @@ def retry_delay(task: Task[Any, Any], retries_used: int) -> float:
         return 0.0
     if isinstance(delays, Sequence):
         return float(delays[min(retries_used, len(delays) - 1)])
-    return float(delays)  # type: ignore[arg-type]
+    return float(cast(float, delays))
 
 
 def new_task_run(
@@ -750,7 +757,10 @@ def new_task_run(
     for name, extra in (dependencies or {}).items():
         task_inputs[name] = task_inputs.get(name, set()) | extra
     flow_run_id = flow_ctx.flow_run.id if flow_ctx and flow_ctx.flow_run else None
-    state = Pending(state_details=StateDetails(task_run_id=task_run_id, flow_run_id=flow_run_id))
+    state: State[Any] = Pending(
+        state_details=StateDetails(task_run_id=task_run_id, flow_run_id=flow_run_id)
+    )
+    created: Any = state.timestamp
     return TaskRun(
         id=task_run_id,
         name=f"{task.name}-{dynamic_key[:3]}",
@@ -760,18 +770,18 @@ def new_task_run(
         task_version=task.version,
         empirical_policy=TaskRunPolicy(
             retries=task.retries,
-            retry_delay=task.retry_delay_seconds,  # type: ignore[arg-type]
+            retry_delay=cast(Any, task.retry_delay_seconds),
             retry_jitter_factor=task.retry_jitter_factor,
         ),
         tags=sorted(set(task.tags).union(TagsContext.get().current_tags or ())),
-        task_inputs=task_inputs,
-        expected_start_time=state.timestamp,
+        task_inputs={name: list(cast(Any, inputs)) for name, inputs in task_inputs.items()},
+        expected_start_time=created,
         state_id=state.id,
         state_type=state.type,
         state_name=state.name,
         state=state,
-        created=state.timestamp,
-        updated=state.timestamp,
+        created=created,
+        updated=created,
     )
 
 
@@ -815,7 +825,7 @@ class _PicklableAnnotation:
     subclasses) do not survive pickling: ``allow_failure(x)`` comes back as
     ``allow_failure((x,))``, which would hand the task a tuple."""
 
-    def __init__(self, annotation_type: type[BaseAnnotation[Any]], value: Any) -> None:
+    def __init__(self, annotation_type: type[Any], value: Any) -> None:
         self.annotation_type = annotation_type
         self.value = value
 
@@ -835,7 +845,7 @@ def picklable_annotations(expr: Any) -> Any:
 async def final_state(future: PrefectFuture[Any]) -> State[Any]:
     if isinstance(future, PrefectMeadowrunFuture):
         # shielded: giving up on a downstream run must not cancel the upstream one
-        state: State[Any] = await asyncio.shield(asyncio.wrap_future(future.wrapped_future))
-        return state
+        wrapped: concurrent.futures.Future[State[Any]] = future.wrapped_future
+        return await asyncio.shield(asyncio.wrap_future(wrapped))
     await asyncio.to_thread(future.wait)
     return future.state
