@@ -182,32 +182,47 @@ def test_idle_instances_terminate(local_cloud: Path) -> None:
     _wait_until(lambda: not _alive(instance.agent_pid), 5, "the agent to exit")
 
 
-def test_simulated_interruption_loses_no_map_task(local_cloud: Path) -> None:
-    results: list[mr.TaskResult] = []
-    errors: list[BaseException] = []
+class _MapInBackground:
+    """Runs ``run_map_as_completed`` of ``slow_square`` in a thread, collecting results, so a
+    test can hurt an instance while tasks are in flight."""
 
-    def run() -> None:
+    def __init__(self, tasks: int, seconds: float, cpu: float) -> None:
+        self.tasks = tasks
+        self.results: list[mr.TaskResult] = []
+        self.errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, args=(seconds, cpu))
+        self._thread.start()
+
+    def _run(self, seconds: float, cpu: float) -> None:
         try:
-            results.extend(
+            self.results.extend(
                 mr.run_map_as_completed(
-                    partial(workloads.slow_square, seconds=0.2),
-                    range(40),
+                    partial(workloads.slow_square, seconds=seconds),
+                    range(self.tasks),
                     num_concurrent_tasks=2,
-                    resources_per_task=mr.Resources(logical_cpu=1, memory_gb=1),
+                    resources_per_task=mr.Resources(logical_cpu=cpu, memory_gb=1),
                 )
             )
         except BaseException as exc:
-            errors.append(exc)
+            self.errors.append(exc)
 
-    runner = threading.Thread(target=run)
-    runner.start()
-    _wait_until(lambda: len(results) >= 5, 60, "the first results")
-    victim = results[-1].result[1]
+    def instance_of_a_recent_task(self) -> str:
+        _wait_until(lambda: len(self.results) >= 5, 60, "the first results")
+        return str(self.results[-1].result[1])
+
+    def assert_every_task_once(self) -> None:
+        self._thread.join(timeout=120)
+        assert not self._thread.is_alive() and self.errors == []
+        assert sorted(r.task_id for r in self.results) == list(range(self.tasks))
+        assert all(r.is_success and r.result[0] == r.task_id**2 for r in self.results)
+
+
+def test_simulated_interruption_loses_no_map_task(local_cloud: Path) -> None:
+    run = _MapInBackground(tasks=40, seconds=0.2, cpu=1)
+    victim = run.instance_of_a_recent_task()
     admin.interrupt(victim, delay_seconds=1.0)
-    runner.join(timeout=120)
-    assert not runner.is_alive() and errors == []
-    assert sorted(r.task_id for r in results) == list(range(40)), "every task exactly once"
-    assert all(r.is_success and r.result[0] == r.task_id**2 for r in results)
+    run.assert_every_task_once()
+    results = run.results
     assert all(r.attempt == 1 for r in results), "an interruption must not count an attempt"
     assert victim not in {i.instance_id for i in _table(local_cloud).list_instances()}
     late = [r for r in results[5:] if r.result[1] == victim]
@@ -296,31 +311,10 @@ def test_cli_shows_live_state(local_cloud: Path) -> None:
 def test_crashed_instance_loses_no_map_task_and_frees_its_room(local_cloud: Path) -> None:
     """An agent SIGKILLed without notice: its tasks come back after the visibility timeout,
     its slots are replaced, and its capacity is freed for new launches."""
-    results: list[mr.TaskResult] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            results.extend(
-                mr.run_map_as_completed(
-                    partial(workloads.slow_square, seconds=0.1),
-                    range(60),
-                    num_concurrent_tasks=2,
-                    resources_per_task=mr.Resources(logical_cpu=2, memory_gb=1),
-                )
-            )
-        except BaseException as exc:
-            errors.append(exc)
-
-    runner = threading.Thread(target=run)
-    runner.start()
-    _wait_until(lambda: len(results) >= 5, 60, "the first results")
-    victim = results[-1].result[1]
+    run = _MapInBackground(tasks=60, seconds=0.1, cpu=2)
+    victim = run.instance_of_a_recent_task()
     (record,) = [i for i in _table(local_cloud).list_instances() if i.instance_id == victim]
     assert record.agent_pid is not None
     os.kill(record.agent_pid, signal.SIGKILL)
-    runner.join(timeout=120)
-    assert not runner.is_alive() and errors == []
-    assert sorted(r.task_id for r in results) == list(range(60)), "every task exactly once"
-    assert all(r.is_success and r.result[0] == r.task_id**2 for r in results)
+    run.assert_every_task_once()
     assert victim not in {i.instance_id for i in _table(local_cloud).list_instances()}
