@@ -5,10 +5,10 @@ MeadowCluster and on LocalCluster with the same workers, in one run.
     .venv/bin/python -m bench.bench_dask --quick                  # smoke run, 1 round
     .venv/bin/python -m bench.bench_dask --markdown docs/performance.md --quiet-wait 60
 
-Each round starts every cluster afresh and times it to "ready" (cluster created, client
-connected, all workers registered), then runs the workload once on each cluster, in an order
-that alternates between rounds so that a busy machine slows every system alike, then closes
-them. The first MeadowCluster start of the run is cold (``admin.clean()`` first: instances are
+Each round runs every system alone, one after the other, in an order that alternates between
+rounds so that a busy machine slows every system alike: start the cluster and time it to
+"ready" (cluster created, client connected, all workers registered), run the workload once,
+close it. The first MeadowCluster start of the run is cold (``admin.clean()`` first: instances are
 launched); later ones find idle instances from the round before (warm). Every system has the
 same workers: ``--workers`` processes of one thread and 2 GB each. The workload's answer is
 checked against NumPy on every run, so no system can be fast by being wrong.
@@ -117,8 +117,6 @@ def ready_cluster(system: System, workers: int) -> Iterator[Any]:
 
 def measure(systems: list[System], workers: int, rounds: int, size: int, chunk: int,
             quiet_wait: float) -> None:
-    from contextlib import ExitStack
-
     from bench.load import wait_until_quiet
     from meadowrun_core.local import admin
 
@@ -126,36 +124,29 @@ def measure(systems: list[System], workers: int, rounds: int, size: int, chunk: 
     graph, expected = workload(size, chunk)
     warm_up, _ = workload(2 * chunk, chunk)  # imports and code on every worker, untimed
     for round_number in range(rounds):
-        order = systems if round_number % 2 == 0 else systems[::-1]
-        with ExitStack() as stack:
-            clients = {}
-            for system in order:
-                if system.error:
-                    continue
-                if quiet_wait:
-                    wait_until_quiet(quiet_wait)
-                try:
-                    clients[system.name] = stack.enter_context(ready_cluster(system, workers))
-                except Exception as exc:
-                    system.error = f"{type(exc).__name__}: {exc}"
-                    log.error("%s failed to start: %s", system.name, system.error)
-                    continue
-                log.warning("round %d: %s ready in %.2f s", round_number + 1, system.name,
-                            system.ready_s[-1])
-            for system in order:
-                client = clients.get(system.name)
-                if client is None:
-                    continue
-                client.compute(warm_up).result()
-                began = time.perf_counter()
-                got = client.compute(graph).result()
-                seconds = time.perf_counter() - began
-                if abs(got - expected) > 1e-6 * abs(expected):
-                    system.error = f"wrong answer {got!r}, expected {expected!r}"
-                    continue
-                system.workload_s.append(seconds)
-                log.warning("round %d: %s workload %.2f s", round_number + 1, system.name,
-                            seconds)
+        for system in systems if round_number % 2 == 0 else systems[::-1]:
+            if system.error:
+                continue
+            if quiet_wait:
+                wait_until_quiet(quiet_wait)
+            try:
+                # one cluster at a time: two in one process share its event loop and GIL
+                with ready_cluster(system, workers) as client:
+                    log.warning("round %d: %s ready in %.2f s", round_number + 1, system.name,
+                                system.ready_s[-1])
+                    client.compute(warm_up).result()
+                    began = time.perf_counter()
+                    got = client.compute(graph).result()
+                    seconds = time.perf_counter() - began
+            except Exception as exc:
+                system.error = f"{type(exc).__name__}: {exc}"
+                log.error("%s failed: %s", system.name, system.error)
+                continue
+            if abs(got - expected) > 1e-6 * abs(expected):
+                system.error = f"wrong answer {got!r}, expected {expected!r}"
+                continue
+            system.workload_s.append(seconds)
+            log.warning("round %d: %s workload %.2f s", round_number + 1, system.name, seconds)
 
 
 def render_markdown(systems: list[System], config: dict[str, Any], machine: dict[str, str],
@@ -168,9 +159,10 @@ def render_markdown(systems: list[System], config: dict[str, Any], machine: dict
         f"`((x + x.T) ** 2).mean(axis=0).sum()` on a {config['size']}x{config['size']} "
         f"float64 array in {config['chunk']}x{config['chunk']} chunks "
         f"({(config['size'] // config['chunk']) ** 2} chunks, answer checked against NumPy), "
-        f"median of {config['rounds']} rounds; every round starts each cluster afresh and the "
-        "systems take turns. The first MeadowCluster start of the run is cold (instances "
-        "launched); the others reuse the idle instances of the round before (warm).",
+        f"median of {config['rounds']} rounds; in every round each system runs alone (start, "
+        "workload, close), the systems taking turns. The first MeadowCluster start of the run "
+        "is cold (instances launched); the others reuse the idle instances of the round "
+        "before (warm).",
         "",
         f"Command: `{command}`",
         "",
@@ -265,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             "MEADOWRUN_LOCAL_MAX_CPU": str(args.workers + 1),
             "MEADOWRUN_LOCAL_MAX_MEMORY_GB": str((args.workers + 1) * MEMORY_GB),
             "DASK_TEMPORARY_DIRECTORY": str(scratch / "dask"),
+            # idle instances outlive a round, so every start after the first is a warm one
+            "MEADOWRUN_IDLE_TIMEOUT": "600",
         }
     )
 

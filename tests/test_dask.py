@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import dask
 import dask.array as da
 import dask.dataframe as dd
 import numpy as np
@@ -264,6 +265,20 @@ def test_idle_timeout_closes_the_cluster_and_frees_everything(local_cloud: Path)
         _assert_nothing_left(scheduler_address, pids, timeout=5)
     finally:
         cluster.close()
+
+
+def test_scheduler_address_reported_by_its_job(local_cloud: Path) -> None:
+    """``listen-host: any`` is the cloud's path: the port is the scheduler's own choice and
+    only the job knows the address, which it reports; the workers start once it has."""
+    with (
+        dask.config.set({"meadowrun.listen-host": "any"}),
+        MeadowCluster(n_workers=1) as cluster,
+        Client(cluster) as client,
+    ):
+        assert not cluster.scheduler_address.startswith("tls://127.0.0.1:")
+        client.wait_for_workers(1, timeout=60)
+        assert client.submit(sum, [1, 2]).result() == 3
+    _wait(lambda: not _table().list_allocations(), 5, "every allocation to be freed")
 
 
 def test_scheduler_that_cannot_start_fails_fast_and_frees_everything(local_cloud: Path) -> None:

@@ -59,20 +59,14 @@ def _free_ports(count: int, host: str) -> list[int]:
             sock.close()
 
 
-def _listen_host(host: Host | None) -> str:
-    """The address the servers listen on, known before they start.
-
-    On the local cloud every instance is this machine. Elsewhere the instance's address is
-    only known to the job; meadowrun_core cannot hand it back yet (see
-    /tmp/core-requests/dask.md), and the core cannot run jobs there yet either.
-    """
-    resolved = resolve_host(host)
-    if isinstance(resolved, AllocLocalInstance):
-        return "127.0.0.1"
-    raise NotImplementedError(
-        f"MeadowCluster runs on the local cloud only for now, not on {type(resolved).__name__}: "
-        "meadowrun_core has no way yet to report a job's instance address to the client"
-    )
+def _listen_host(host: Host | None) -> str | None:
+    """The address the servers listen on (None: Dask picks the machine's own address, and the
+    scheduler reports it back). ``auto``: 127.0.0.1 on the local cloud, where every instance is
+    this machine, else the instance's own address."""
+    setting = str(dask.config.get("meadowrun.listen-host", "auto"))
+    if setting == "auto":
+        return "127.0.0.1" if isinstance(resolve_host(host), AllocLocalInstance) else None
+    return None if setting == "any" else setting
 
 
 def _resources(value: mr.Resources | Mapping[str, Any] | None, key: str) -> mr.Resources:
@@ -107,13 +101,17 @@ async def _job_outcome(handle: mr.JobHandle[Any]) -> BaseException | None:
 async def _stop_job(handle: mr.JobHandle[Any] | None, watch: asyncio.Task[Any] | None,
                     grace: float) -> None:
     """Give a closing server ``grace`` seconds to exit by itself (its job then ends normally
-    and frees its allocation), then cancel the job, which kills the process."""
+    and frees its allocation), then cancel the job, which kills the process; either way return
+    once the allocation is freed."""
     if handle is None or watch is None:
         return
     if not watch.done():
         await asyncio.wait({watch}, timeout=grace)
     if not watch.done():
-        handle.cancel()
+        try:
+            await asyncio.to_thread(handle.cancel, wait=True)
+        except TimeoutError:
+            logger.warning("%s: its allocation was not freed in time after cancel()", handle)
         await asyncio.wait({watch}, timeout=5)
 
 
@@ -163,16 +161,18 @@ class _Launcher:
 class MeadowScheduler(ProcessInterface):
     """A Dask scheduler running as a meadowrun job (on-demand by default).
 
-    Its port is chosen here, so ``address`` is known before the job starts and the first
-    workers can boot alongside it; ``start`` returns once it accepts connections.
+    ``start`` returns once the scheduler listens and its job has reported its address. On the
+    local cloud the port is chosen here, so ``address`` is known even before the job starts
+    and the first workers can boot alongside the scheduler.
     """
 
     def __init__(self, launcher: _Launcher, options: dict[str, Any]) -> None:
         super().__init__()
         self.launcher = launcher
         self.options = options
-        self.port, self.dashboard_port = _free_ports(2, launcher.listen_host)
-        self.address = f"{launcher.protocol}://{launcher.listen_host}:{self.port}"
+        host = launcher.listen_host
+        self.port, self.dashboard_port = _free_ports(2, host) if host else (0, 0)
+        self.address = f"{launcher.protocol}://{host}:{self.port}" if host else None
         self.handle: mr.JobHandle[None] | None = None
         self._watch: asyncio.Task[BaseException | None] | None = None
         self._closing = False
@@ -188,29 +188,29 @@ class MeadowScheduler(ProcessInterface):
         )
         self._watch = asyncio.ensure_future(self._follow())
         try:
-            await self._wait_until_listening()
+            self.address = await self._reported_address()
         except BaseException:
             await self.close()
             raise
-        logger.debug("scheduler %s listening after %.2f s", self.address, time.monotonic() - began)
+        logger.debug("scheduler %s up after %.2f s", self.address, time.monotonic() - began)
         await super().start()
 
-    async def _wait_until_listening(self) -> None:
-        """Poll the scheduler's port; stop early with the job's error if the job ends first."""
-        assert self._watch is not None
+    async def _reported_address(self) -> str:
+        """The address the scheduler job reports once it listens; the job's error if it ends
+        first."""
+        assert self.handle is not None and self._watch is not None
         timeout = parse_timedelta(dask.config.get("meadowrun.scheduler-start-timeout"))
-        probe = asyncio.ensure_future(
-            remote.wait_until_listening(str(self.address), self.launcher.security, timeout)
-        )
-        try:
-            await asyncio.wait({probe, self._watch}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not probe.done():
-                probe.cancel()
-        if probe.done() and not probe.cancelled() and probe.result():
-            return
-        if not self._watch.done():
-            raise TimeoutError(f"the scheduler did not listen within {timeout:g} s")
+        deadline = time.monotonic() + timeout
+        while not self._watch.done():
+            try:
+                # short waits in a thread: nothing blocks the loop or outlives a failed start
+                report = await asyncio.to_thread(self.handle.next_report, 0.1)
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"the scheduler did not start within {timeout:g} s") from None
+                continue
+            return str(report["address"])
         failure = self._watch.result()
         text = str(failure)
         if "Address already in use" in text or (
@@ -425,17 +425,20 @@ class MeadowCluster(SpecCluster):
             self._scheduler_exited(scheduler.ended[0])  # it went while we connected
 
     async def _boot(self) -> None:
-        """Start the scheduler and the first workers at the same time: the scheduler's address
-        is known in advance and workers retry until it listens, so a ready cluster costs one
-        instance start instead of two in a row."""
+        """Start the scheduler and, when its address is known in advance (the local cloud),
+        the first workers at the same time: they wait for it to listen, so a ready cluster
+        costs one instance start instead of two in a row. Elsewhere the workers follow once the
+        scheduler has reported its address (SpecCluster's ``_correct_state``)."""
         self._lock = asyncio.Lock()
         last: Exception | None = None
         for _ in range(3):
             scheduler = MeadowScheduler(**self.scheduler_spec["options"])
-            workers = {
-                name: MeadowWorker(str(scheduler.address), name=name, **spec["options"])
-                for name, spec in self.worker_spec.items()
-            }
+            workers = {}
+            if scheduler.address is not None:
+                workers = {
+                    name: MeadowWorker(scheduler.address, name=name, **spec["options"])
+                    for name, spec in self.worker_spec.items()
+                }
             servers = [scheduler, *workers.values()]
             results = await asyncio.gather(
                 *(_await(s) for s in servers), return_exceptions=True

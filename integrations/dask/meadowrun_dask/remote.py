@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +24,8 @@ from dask.utils import parse_timedelta
 from distributed import Scheduler
 from distributed.security import Security
 from distributed.utils import import_term
+
+import meadowrun_core
 
 logger = logging.getLogger(__name__)
 
@@ -88,20 +89,25 @@ async def wait_until_listening(
 
 
 def run_scheduler(
-    host: str,
+    host: str | None,
     port: int,
     dashboard_port: int,
     security: Security,
     options: dict[str, Any],
     config: dict[str, Any],
 ) -> None:
-    """Run a Dask scheduler on ``host:port`` until it is closed (by the cluster, or idle)."""
+    """Run a Dask scheduler until it is closed (by the cluster, or when idle).
+
+    Once it listens, its address is reported to the client (``meadowrun_core.report``): with
+    ``host=None`` and ``port=0`` only the instance knows it.
+    """
     with _remote_context(config):
         asyncio.run(_serve_scheduler(host, port, dashboard_port, security, options))
 
 
 async def _serve_scheduler(
-    host: str, port: int, dashboard_port: int, security: Security, options: dict[str, Any]
+    host: str | None, port: int, dashboard_port: int, security: Security,
+    options: dict[str, Any],
 ) -> None:
     protocol = "tls" if security.require_encryption else "tcp"
     async with Scheduler(
@@ -109,17 +115,18 @@ async def _serve_scheduler(
         port=port,
         protocol=protocol,
         security=security,
-        dashboard_address=f"{host}:{dashboard_port}",
+        dashboard_address=f"{host or ''}:{dashboard_port}",
         **options,
     ) as scheduler:
         logger.info("scheduler listening at %s", scheduler.address)
+        meadowrun_core.report({"address": scheduler.address})
         await scheduler.finished()
 
 
 def run_worker(
     scheduler_address: str,
     name: Any,
-    host: str,
+    host: str | None,
     security: Security,
     worker_class: str,
     options: dict[str, Any],
@@ -133,7 +140,7 @@ def run_worker(
 async def _serve_worker(
     scheduler_address: str,
     name: Any,
-    host: str,
+    host: str | None,
     security: Security,
     worker_class: str,
     options: dict[str, Any],
@@ -156,28 +163,12 @@ async def _serve_worker(
                 await watcher
 
 
-def _interruption_notice() -> float | None:
-    """When this instance will be reclaimed, if a notice has come; None otherwise.
-
-    meadowrun_core has no public call for this yet (see /tmp/core-requests/dask.md), so this
-    reads the local cloud's allocation table, where the notice is published.
-    """
-    instance_id = os.environ.get("MEADOWRUN_INSTANCE_ID")
-    if not instance_id:
-        return None
-    from meadowrun_core.config import meadowrun_home
-    from meadowrun_core.local.allocation_table import SqliteAllocationTable
-
-    record = SqliteAllocationTable(meadowrun_home() / "state.db").get_instance(instance_id)
-    return None if record is None else record.interruption_at
-
-
 async def _retire_on_interruption(server: Any, interval: float) -> None:
     """On a spot interruption notice, leave the cluster gracefully before the instance goes:
     the scheduler moves this worker's data to other workers first (``close_gracefully``)."""
     while True:
         try:
-            deadline = await asyncio.to_thread(_interruption_notice)
+            deadline = await asyncio.to_thread(meadowrun_core.interruption_notice)
         except Exception:
             logger.debug("could not read the interruption notice", exc_info=True)
             deadline = None
@@ -187,7 +178,7 @@ async def _retire_on_interruption(server: Any, interval: float) -> None:
     left = deadline - time.time()
     logger.warning(
         "spot interruption notice: instance %s goes in %.1f s; retiring worker %s",
-        os.environ.get("MEADOWRUN_INSTANCE_ID"), left, getattr(server, "name", "?"),
+        meadowrun_core.current_instance_id(), left, getattr(server, "name", "?"),
     )
     try:
         # keep a second in hand to close before the instance is killed
