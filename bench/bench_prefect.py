@@ -72,6 +72,7 @@ class Result:
     description: str
     first_s: float = float("nan")
     runs_s: list[float] = field(default_factory=list)
+    others_cores: list[float] = field(default_factory=list)
     error: str | None = None
 
     @property
@@ -114,8 +115,7 @@ def make_systems(workers: int, stack: ExitStack, names: list[str]) -> list[Syste
                     "meadowrun",
                     f"MeadowrunTaskRunner, local cloud of {workers} CPUs, tasks of 1 CPU",
                     lambda: MeadowrunTaskRunner(
-                        resources=mr.Resources(logical_cpu=1, memory_gb=0.5),
-                        max_concurrency=workers,
+                        resources=mr.Resources(logical_cpu=1, memory_gb=0.5)
                     ),
                 )
             )
@@ -155,6 +155,17 @@ def make_systems(workers: int, stack: ExitStack, names: list[str]) -> list[Syste
     return systems
 
 
+def run_flow_metered(runner: Any, tasks: int, result: Result) -> float:
+    """``run_flow``, noting how many cores other processes used meanwhile."""
+    from bench.load import CpuMeter
+
+    meter = CpuMeter()
+    meter.start()
+    seconds = run_flow(runner, tasks)
+    result.others_cores.append(meter.stop())
+    return seconds
+
+
 def run_flow(runner: Any, tasks: int) -> float:
     from prefect import flow, task
 
@@ -178,7 +189,7 @@ def measure(systems: list[System], tasks: int, rounds: int) -> list[Result]:
     for system in systems:
         result = results[system.name]
         try:
-            result.first_s = run_flow(system.make_runner(), tasks)
+            result.first_s = run_flow_metered(system.make_runner(), tasks, result)
             progress(f"{system.name}: first flow run {result.first_s:.2f} s")
         except Exception as exc:
             result.error = f"{type(exc).__name__}: {exc}"
@@ -189,7 +200,7 @@ def measure(systems: list[System], tasks: int, rounds: int) -> list[Result]:
             if result.error:
                 continue
             try:
-                seconds = run_flow(system.make_runner(), tasks)
+                seconds = run_flow_metered(system.make_runner(), tasks, result)
             except Exception as exc:
                 result.error = f"{type(exc).__name__}: {exc}"
                 progress(f"{system.name}: FAILED {result.error}")
@@ -210,21 +221,25 @@ def render_markdown(results: list[Result], config: dict[str, Any], machine: dict
         f"Prefect server, with the same concurrency ({config['workers']}) for all; median of "
         f"{config['rounds']} flow runs per runner, runners taking turns round after round. "
         "\"first\" is each runner's first flow run (cluster or instance start, Prefect "
-        "imported in the workers).",
+        "imported in the workers). \"others' cores\": the cores other processes on this "
+        f"shared {os.cpu_count()}-core machine used meanwhile, on average over its runs.",
         "",
         f"Command: `{command}`",
         "",
-        "| runner | setup | first flow run (s) | flow run, median (s) | per task (ms) |",
-        "|---|---|---:|---:|---:|",
+        "| runner | setup | first flow run (s) | flow run, median (s) | all runs (s) | "
+        "per task (ms) | others' cores |",
+        "|---|---|---:|---:|---|---:|---:|",
     ]
     for r in results:
         if r.error:
-            lines.append(f"| {r.name} | {r.description} | failed: {r.error} | | |")
+            lines.append(f"| {r.name} | {r.description} | failed: {r.error} | | | | |")
             continue
         per_task = r.median_s / config["tasks"] * 1000
+        runs = ", ".join(f"{s:.1f}" for s in r.runs_s)
+        others = statistics.mean(r.others_cores) if r.others_cores else float("nan")
         lines.append(
-            f"| {r.name} | {r.description} | {r.first_s:.2f} | {r.median_s:.2f} | "
-            f"{per_task:.1f} |"
+            f"| {r.name} | {r.description} | {r.first_s:.2f} | {r.median_s:.2f} | {runs} | "
+            f"{per_task:.1f} | {others:.2f} |"
         )
     lines.append("")
     ours = by_name.get("meadowrun")
