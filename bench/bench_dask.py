@@ -5,11 +5,12 @@ MeadowCluster and on LocalCluster with the same workers, in one run.
     .venv/bin/python -m bench.bench_dask --quick                  # smoke run, 1 round
     .venv/bin/python -m bench.bench_dask --markdown docs/performance.md --quiet-wait 60
 
-Each round runs every system alone, one after the other, in an order that alternates between
-rounds so that a busy machine slows every system alike: start the cluster and time it to
-"ready" (cluster created, client connected, all workers registered), run the workload once,
-close it. The first MeadowCluster start of the run is cold (``admin.clean()`` first: instances are
-launched); later ones find idle instances from the round before (warm). Every system has the
+First ``--cold-starts`` MeadowCluster starts from nothing (``admin.clean()`` before each, so
+each launches its instances), timed to "ready": cluster created, client connected, all workers
+registered. Then each round runs every system alone, one after the other, in an order that
+alternates between rounds so that a busy machine slows every system alike: start the cluster
+and time it to ready, run the workload once, close it. MeadowCluster starts in rounds are warm:
+they find the idle instances (and their worker processes) of the start before. Every system has the
 same workers: ``--workers`` processes of one thread and 2 GB each. The workload's answer is
 checked against NumPy on every run, so no system can be fast by being wrong.
 """
@@ -47,6 +48,7 @@ class System:
     description: str
     start: Callable[[], Any]  # returns a cluster (a context manager)
     ready_s: list[float] = field(default_factory=list)
+    cold_ready_s: list[float] = field(default_factory=list)
     workload_s: list[float] = field(default_factory=list)
     others_cores: list[float] = field(default_factory=list)
     error: str | None = None
@@ -96,31 +98,39 @@ def make_systems(workers: int, names: list[str]) -> list[System]:
 
 
 @contextmanager
-def ready_cluster(system: System, workers: int) -> Iterator[Any]:
+def ready_cluster(system: System, workers: int, times: list[float]) -> Iterator[Any]:
+    """A started cluster and its client; the seconds it took to be ready go to ``times``."""
     from distributed import Client
 
-    from bench.load import CpuMeter
-
-    meter = CpuMeter()
-    meter.start()
     began = time.perf_counter()
     cluster = system.start()
     try:
         with Client(cluster) as client:
             client.wait_for_workers(workers, timeout=120)
-            system.ready_s.append(time.perf_counter() - began)
-            system.others_cores.append(meter.stop())
+            times.append(time.perf_counter() - began)
             yield client
     finally:
         cluster.close()
 
 
-def measure(systems: list[System], workers: int, rounds: int, size: int, chunk: int,
-            quiet_wait: float) -> None:
+def measure_cold_starts(system: System, workers: int, count: int, quiet_wait: float) -> None:
+    """Starts from nothing: every instance terminated first, so each start launches them."""
     from bench.load import wait_until_quiet
     from meadowrun_core.local import admin
 
-    admin.clean()  # the first MeadowCluster start of the run is a cold one
+    for number in range(count):
+        admin.clean()
+        if quiet_wait:
+            wait_until_quiet(quiet_wait)
+        with ready_cluster(system, workers, system.cold_ready_s):
+            log.warning("cold start %d: %s ready in %.2f s", number + 1, system.name,
+                        system.cold_ready_s[-1])
+
+
+def measure(systems: list[System], workers: int, rounds: int, size: int, chunk: int,
+            quiet_wait: float) -> None:
+    from bench.load import CpuMeter, wait_until_quiet
+
     graph, expected = workload(size, chunk)
     warm_up, _ = workload(2 * chunk, chunk)  # imports and code on every worker, untimed
     for round_number in range(rounds):
@@ -129,9 +139,11 @@ def measure(systems: list[System], workers: int, rounds: int, size: int, chunk: 
                 continue
             if quiet_wait:
                 wait_until_quiet(quiet_wait)
+            meter = CpuMeter()
+            meter.start()
             try:
                 # one cluster at a time: two in one process share its event loop and GIL
-                with ready_cluster(system, workers) as client:
+                with ready_cluster(system, workers, system.ready_s) as client:
                     log.warning("round %d: %s ready in %.2f s", round_number + 1, system.name,
                                 system.ready_s[-1])
                     client.compute(warm_up).result()
@@ -142,6 +154,7 @@ def measure(systems: list[System], workers: int, rounds: int, size: int, chunk: 
                 system.error = f"{type(exc).__name__}: {exc}"
                 log.error("%s failed: %s", system.name, system.error)
                 continue
+            system.others_cores.append(meter.stop())
             if abs(got - expected) > 1e-6 * abs(expected):
                 system.error = f"wrong answer {got!r}, expected {expected!r}"
                 continue
@@ -160,13 +173,14 @@ def render_markdown(systems: list[System], config: dict[str, Any], machine: dict
         f"float64 array in {config['chunk']}x{config['chunk']} chunks "
         f"({(config['size'] // config['chunk']) ** 2} chunks, answer checked against NumPy), "
         f"median of {config['rounds']} rounds; in every round each system runs alone (start, "
-        "workload, close), the systems taking turns. The first MeadowCluster start of the run "
-        "is cold (instances launched); the others reuse the idle instances of the round "
-        "before (warm).",
+        "workload, close), the systems taking turns. \"ready\": cluster created, client "
+        "connected, all workers registered. Cold: median of "
+        f"{config['cold_starts']} MeadowCluster starts from nothing (instances launched); "
+        "warm: the starts in the rounds, which find the idle instances of the start before.",
         "",
         f"Command: `{command}`",
         "",
-        "| system | setup | ready, cold (s) | ready, median (s) | workload, median (s) | "
+        "| system | setup | ready, cold (s) | ready, warm (s) | workload (s) | "
         "others' CPU (cores) |",
         "|---|---|---:|---:|---:|---:|",
     ]
@@ -174,10 +188,9 @@ def render_markdown(systems: list[System], config: dict[str, Any], machine: dict
         if s.error or not s.workload_s:
             lines.append(f"| {s.name} | {s.description} | failed: {s.error} | | | |")
             continue
-        cold = f"{s.ready_s[0]:.2f}" if s.name == "meadowrun" else ""
-        warm = s.ready_s[1:] if s.name == "meadowrun" and len(s.ready_s) > 1 else s.ready_s
+        cold = f"{statistics.median(s.cold_ready_s):.2f}" if s.cold_ready_s else ""
         lines.append(
-            f"| {s.name} | {s.description} | {cold} | {statistics.median(warm):.2f} | "
+            f"| {s.name} | {s.description} | {cold} | {statistics.median(s.ready_s):.2f} | "
             f"{statistics.median(s.workload_s):.2f} | {statistics.median(s.others_cores):.2f} |"
         )
     lines.append("")
@@ -194,13 +207,13 @@ def render_markdown(systems: list[System], config: dict[str, Any], machine: dict
                 verdict = " (target <= {:.1f}: {})".format(
                     TARGET_WORKLOAD_RATIO, "met" if ratio <= TARGET_WORKLOAD_RATIO else "NOT met")
             lines.append(f"- workload, meadowrun / {peer}: {ratio:.2f}x{verdict}")
-        cold = ours.ready_s[0]
-        warm = statistics.median(ours.ready_s[1:]) if len(ours.ready_s) > 1 else None
-        lines.append(f"- ready cluster, cold: {cold:.2f} s (target < {TARGET_READY_S:g} s: "
-                     f"{'met' if cold < TARGET_READY_S else 'NOT met'})")
-        if warm is not None:
-            lines.append(f"- ready cluster, warm: {warm:.2f} s (target < {TARGET_READY_S:g} s: "
-                         f"{'met' if warm < TARGET_READY_S else 'NOT met'})")
+        for label, times in (("cold", ours.cold_ready_s), ("warm", ours.ready_s)):
+            if times:
+                median = statistics.median(times)
+                every = ", ".join(f"{t:.2f}" for t in times)
+                lines.append(
+                    f"- ready cluster, {label}: {median:.2f} s (each: {every}; target < "
+                    f"{TARGET_READY_S:g} s: {'met' if median < TARGET_READY_S else 'NOT met'})")
     lines.append("")
     lines.append("Machine: " + "; ".join(f"{k}: {v}" for k, v in machine.items()))
     lines.append("")
@@ -228,6 +241,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--cold-starts", type=int, default=3)
     parser.add_argument("--size", type=int, default=6000, help="the array is size x size")
     parser.add_argument("--chunk", type=int, default=750)
     parser.add_argument("--quick", action="store_true", help="1 round, a 2000x2000 array")
@@ -239,7 +253,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--markdown", type=Path, help="write the table into this Markdown file")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds, args.size, args.chunk = 1, 2000, 500
+        args.rounds, args.cold_starts, args.size, args.chunk = 1, 1, 2000, 500
     return args
 
 
@@ -267,12 +281,15 @@ def main(argv: list[str] | None = None) -> int:
 
     systems = make_systems(args.workers, args.systems.split(","))
     try:
+        for system in systems:
+            if system.name == "meadowrun" and args.cold_starts:
+                measure_cold_starts(system, args.workers, args.cold_starts, args.quiet_wait)
         measure(systems, args.workers, args.rounds, args.size, args.chunk, args.quiet_wait)
     finally:
         admin.clean()
         shutil.rmtree(scratch, ignore_errors=True)
     config = {"workers": args.workers, "rounds": args.rounds, "size": args.size,
-              "chunk": args.chunk}
+              "chunk": args.chunk, "cold_starts": args.cold_starts}
     command = "python -m bench.bench_dask " + " ".join(argv or sys.argv[1:])
     section = render_markdown(systems, config, machine_description(), command.strip())
     print(section)
