@@ -107,12 +107,12 @@ class DaskLocal:
     def start(self) -> Any:
         from distributed import Client, LocalCluster
 
-        self._cluster = LocalCluster(
+        self._cluster = LocalCluster(  # type: ignore[no-untyped-call]
             n_workers=self.workers, threads_per_worker=1, processes=True,
             dashboard_address=None, silence_logs=logging.ERROR,
             local_directory=str(self.scratch),
         )
-        self._client = Client(self._cluster)
+        self._client = Client(self._cluster)  # type: ignore[no-untyped-call]
         return self.call(0)
 
     def call(self, x: int) -> Any:
