@@ -142,6 +142,7 @@ class Agent:
         self.jobs: dict[str, RunningJob] = {}
         self.feeders: dict[str, MapFeeder] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._early_cancels: dict[str, str] = {}
         self.last_activity = time.monotonic()
         self.interruption_handled = False
         self.shutdown = asyncio.Event()
@@ -279,9 +280,12 @@ class Agent:
                     self._tasks.add(task)  # keep a reference until it finishes
                     task.add_done_callback(self._tasks.discard)
                 elif header["type"] == "cancel":
+                    reason = header.get("reason", "cancelled by the client")
                     job = self.jobs.get(header["job_id"])
                     if job is not None:
-                        job.kill(header.get("reason", "cancelled by the client"))
+                        job.kill(reason)
+                    else:  # the run frame's task has not started yet: cancel it on arrival
+                        self._early_cancels[header["job_id"]] = reason
                 elif header["type"] == "attach":
                     job = self.jobs.get(header["job_id"])
                     if job is None:
@@ -324,7 +328,10 @@ class Agent:
         final: dict[str, Any] = {"status": "error", "message": "agent error"}
         payload = b""
         try:
-            if job.kind == "function":
+            early_cancel = self._early_cancels.pop(job_id, None)
+            if early_cancel is not None:
+                final = {"status": "cancelled", "message": early_cancel}
+            elif job.kind == "function":
                 final, payload = await self.run_function(job, header, blob)
             elif job.kind == "command":
                 final = await self.run_command(job, header)
@@ -464,6 +471,8 @@ class Agent:
                 "message": f"cannot run {header['args'][0]!r}: {exc}",
             }
         job.command = proc
+        if job.cancel_reason:  # cancelled while it was being started
+            job.kill(job.cancel_reason, job.end_status)
         (self.pid_dir / f"{job.job_id}.pid").write_text(str(proc.pid))
         self.table.set_worker_pid(job.job_id, proc.pid)
 
