@@ -99,7 +99,9 @@ def prepare_deployment(backend: LocalBackend, deployment: Deployment) -> Prepare
     from meadowrun_core.deployment.prepare import prepare
 
     with _mirrors_lock:
-        mirror = _mirrors.setdefault(str(backend.home), CodeMirror(backend.store, backend.signer))
+        mirror = _mirrors.get(str(backend.home))
+        if mirror is None:  # one per cloud and process: it remembers what it uploaded
+            mirror = _mirrors[str(backend.home)] = CodeMirror(backend.store, backend.signer)
     before = mirror.bytes_uploaded
     prepared = prepare(
         deployment, home=backend.home, store=backend.store, signer=backend.signer, mirror=mirror

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import functools
 import json
 import os
 import shutil
@@ -48,6 +49,7 @@ class CodeRoot:
     original: str = ""
 
 
+@functools.cache
 def _interpreter_dirs() -> list[Path]:
     """Directories that belong to the interpreter (stdlib, site-packages), never mirrored."""
     dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
