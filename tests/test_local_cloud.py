@@ -318,3 +318,25 @@ def test_crashed_instance_loses_no_map_task_and_frees_its_room(local_cloud: Path
     os.kill(record.agent_pid, signal.SIGKILL)
     run.assert_every_task_once()
     assert victim not in {i.instance_id for i in _table(local_cloud).list_instances()}
+
+
+def test_idle_instances_make_room_at_the_limit(local_cloud: Path) -> None:
+    """At the launch limit, idle small instances are terminated for a bigger job rather than
+    the job waiting for them to idle out."""
+    small = mr.Resources(logical_cpu=1, memory_gb=1)
+    handles = [
+        mr.run_function(
+            workloads.slow_square, args=(i, 0.5), resources=small, wait_for_result=False
+        )
+        for i in range(4)
+    ]
+    assert [h.result(timeout=60)[0] for h in handles] == [0, 1, 4, 9]
+    # any instance left up blocks a 4-CPU launch under the 4-CPU limit
+    assert _table(local_cloud).list_instances()
+    started = time.monotonic()
+    value, instance = mr.run_function(
+        workloads.slow_square, args=(5, 0.0), resources=mr.Resources(logical_cpu=4, memory_gb=2)
+    )
+    assert value == 25
+    assert time.monotonic() - started < 20, "waited for idle instances instead of replacing them"
+    assert [i.instance_id for i in _table(local_cloud).list_instances()] == [instance]

@@ -197,6 +197,8 @@ async def _launch_for(
         backend.max_memory_gb - used_mem,
     )
     if choice is None:
+        choice = _make_room(backend, resources, len(job_ids), instances)
+    if choice is None:
         return []
     instance_type, placed = choice
     instance_id = f"i-{uuid.uuid4().hex[:10]}"
@@ -221,6 +223,40 @@ async def _launch_for(
             backend.table.deallocate(job_id, "allocation abandoned")
         raise
     return [Placement(j, record) for j in jobs]
+
+
+def _make_room(
+    backend: LocalBackend, resources: Resources, workers: int, instances: list[InstanceRecord]
+) -> tuple[InstanceType, int] | None:
+    """At the launch limit, terminate idle instances (oldest first) until a fitting type can
+    launch, rather than waiting for them to idle out. Each removal is conditional on the
+    instance still being idle, so a job placed there meanwhile keeps its instance."""
+    offers = backend.provider.offers()
+    used_cpu = sum(i.cpu_total for i in instances)
+    used_mem = sum(i.memory_total for i in instances)
+    idle = [i for i in instances if i.running_jobs == 0 and i.address is not None]
+    freed_cpu = freed_mem = 0.0
+    to_remove: list[InstanceRecord] = []
+    for instance in sorted(idle, key=lambda i: i.created):
+        to_remove.append(instance)
+        freed_cpu += instance.cpu_total
+        freed_mem += instance.memory_total
+        choice = choose_instance_type(
+            offers,
+            resources,
+            workers,
+            backend.max_cpu - used_cpu + freed_cpu,
+            backend.max_memory_gb - used_mem + freed_mem,
+        )
+        if choice is not None:
+            removed = [i for i in to_remove if backend.table.remove_instance_if_idle(i.instance_id)]
+            if len(removed) < len(to_remove):
+                return None  # one got a job meanwhile; the caller retries from the top
+            for instance in removed:
+                log.info("terminated idle %s to make room", instance.instance_id)
+                backend.provider.terminate(instance.instance_id, instance.agent_pid)
+            return choice
+    return None
 
 
 async def _wait_registered(backend: LocalBackend, instance_id: str) -> InstanceRecord:
