@@ -29,12 +29,13 @@ if __name__ == "__main__" and not os.environ.get("PREFECT_API_URL"):
         os.environ.setdefault(_key, _value)
 
 from prefect import flow, task
+from prefect.logging import get_logger
 from prefect.utilities.annotations import unmapped
 
 import meadowrun_core as mr
 from meadowrun_prefect import MeadowrunTaskRunner, meadowrun_options
 
-log = logging.getLogger("prefect_flow")
+log = get_logger("examples.prefect_flow")  # Prefect's logging setup keeps its loggers on
 
 
 @task
