@@ -49,7 +49,7 @@ def transform(value: int, scale: int) -> int:
     return value * scale
 
 
-@task(tags=["meadowrun:logical_cpu=0.5"])  # a light task: two of them share a CPU
+@task(tags=["meadowrun:memory_gb=2"])  # this task asks for more memory than the runner's default
 def aggregate(values: list[int]) -> dict[str, float]:
     return {"count": len(values), "total": sum(values), "mean": sum(values) / len(values)}
 
@@ -78,7 +78,7 @@ def etl(sources: list[str], marker: str) -> str:
     scaled = transform.map(flat, unmapped(10))
     summary = aggregate.submit(scaled)
     # per call, the Prefect counterpart of dask.annotate (any Resources or Deployment)
-    with meadowrun_options(resources=mr.Resources(logical_cpu=1, memory_gb=0.5)):
+    with meadowrun_options(resources=mr.Resources(logical_cpu=1, memory_gb=1.5)):
         published = flaky_publish.submit(summary, marker)
     return notify.submit(published).result()
 
