@@ -60,12 +60,14 @@ def test_sixteen_racing_clients_never_over_allocate(local_cloud: Path, tmp_path:
         """
     )
     violations: list[str] = []
+    capacity: dict[str, float] = {}  # every instance seen, even if later terminated
     stop = threading.Event()
     table = _table(local_cloud)
 
     def sample() -> None:
         while not stop.is_set():
             instances = table.list_instances()
+            capacity.update((i.instance_id, i.cpu_total) for i in instances)
             if sum(i.cpu_total for i in instances) > 4 + 1e-9:
                 violations.append(f"launched past the limit: {instances}")
             violations.extend(
@@ -88,7 +90,7 @@ def test_sixteen_racing_clients_never_over_allocate(local_cloud: Path, tmp_path:
     assert violations == []
     runs = [json.loads(p.read_text()) for p in records.iterdir()]
     assert len(runs) == 32
-    capacity = {i.instance_id: i.cpu_total for i in table.list_instances()}
+    capacity.update((i.instance_id, i.cpu_total) for i in table.list_instances())
     assert set(r["instance"] for r in runs) <= set(capacity)
     for instance_id, cpus in capacity.items():
         mine = [r for r in runs if r["instance"] == instance_id]

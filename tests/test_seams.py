@@ -161,7 +161,7 @@ def test_sixteen_racing_clients_never_over_allocate(table: Any, tmp_path: Path) 
     beating = threading.Thread(target=heartbeat)
     beating.start()
     try:
-        with multiprocessing.get_context("fork").Pool(16) as pool:
+        with multiprocessing.get_context("forkserver").Pool(16) as pool:
             won = sum(pool.map(seam_racer.race, args))
     finally:
         stop.set()

@@ -235,6 +235,12 @@ def _make_room(
     used_cpu = sum(i.cpu_total for i in instances)
     used_mem = sum(i.memory_total for i in instances)
     idle = [i for i in instances if i.running_jobs == 0 and i.address is not None]
+    if any(
+        i.cpu_free >= resources.logical_cpu and i.memory_free >= resources.memory_gb
+        for i in instances
+        if i.address is not None and not i.prevent_further_allocation
+    ):
+        return None  # room freed up meanwhile: place the job there instead of replacing
     freed_cpu = freed_mem = 0.0
     to_remove: list[InstanceRecord] = []
     for instance in sorted(idle, key=lambda i: i.created):
