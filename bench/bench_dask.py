@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             "MEADOWRUN_LOCAL_MAX_MEMORY_GB": str((args.workers + 1) * MEMORY_GB),
             "DASK_TEMPORARY_DIRECTORY": str(scratch / "dask"),
             # idle instances outlive a round, so every start after the first is a warm one
-            "MEADOWRUN_IDLE_TIMEOUT": "600",
+            "MEADOWRUN_IDLE_TIMEOUT": "3600",
         }
     )
 

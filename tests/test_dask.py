@@ -27,6 +27,7 @@ import pytest
 from distributed import Client
 from distributed.core import Status
 
+import meadowrun_core as mr
 from meadowrun_core.config import meadowrun_home
 from meadowrun_core.local import admin
 from meadowrun_core.local.allocation_table import SqliteAllocationTable
@@ -87,8 +88,17 @@ def test_array_dataframe_scale_and_close_leave_nothing(
     local_cloud: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    with MeadowCluster(n_workers=2) as cluster, Client(cluster) as client:
+    deployment = mr.Deployment.mirror_local(environment_variables={"MEADOW_DASK_TEST": "yes"})
+    with (
+        MeadowCluster(n_workers=2, deployment=deployment) as cluster,
+        Client(cluster) as client,
+    ):
         client.wait_for_workers(2, timeout=60)
+        # the caller's deployment, plus what Dask's Nanny gives LocalCluster's workers
+        environ = client.run(
+            lambda: (os.environ.get("MEADOW_DASK_TEST"), os.environ.get("OMP_NUM_THREADS"))
+        )
+        assert set(environ.values()) == {("yes", "1")}
         key_text = cluster.security.tls_client_key
         assert key_text and "PRIVATE KEY" in key_text
         assert cluster.scheduler_address.startswith("tls://")

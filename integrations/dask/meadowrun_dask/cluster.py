@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import errno
 import logging
 import math
@@ -115,6 +116,20 @@ async def _stop_job(handle: mr.JobHandle[Any] | None, watch: asyncio.Task[Any] |
         await asyncio.wait({watch}, timeout=5)
 
 
+def _with_server_environment(deployment: mr.Deployment | None) -> mr.Deployment:
+    """The deployment with the environment Dask's Nanny gives its worker processes
+    (``distributed.nanny.pre-spawn-environ``: one BLAS thread per task thread, memory handed
+    back to the OS), so these workers behave like LocalCluster's; the caller's variables win."""
+    base = deployment or mr.Deployment.mirror_local()
+    defaults = {
+        **dask.config.get("distributed.nanny.pre-spawn-environ", {}),
+        **dask.config.get("distributed.nanny.environ", {}),
+    }
+    environment = {str(k): str(v) for k, v in defaults.items()}
+    environment.update(base.environment_variables)
+    return dataclasses.replace(base, environment_variables=environment)
+
+
 class _Launcher:
     """What the scheduler and workers of one cluster share: where and how their jobs run."""
 
@@ -130,7 +145,7 @@ class _Launcher:
         self.cluster = weakref.ref(cluster)
         self.host = host
         self.listen_host = _listen_host(host)
-        self.deployment = deployment
+        self.deployment = _with_server_environment(deployment)
         self.security = security
         self.worker_resources = worker_resources
         self.scheduler_resources = scheduler_resources
