@@ -106,6 +106,8 @@ class MapFeeder:
             async with self._receive_lock:
                 if self.pending:
                     break
+                if stopping.is_set() or self.interrupted:
+                    return None  # told to stop while another slot was receiving
                 messages = await asyncio.to_thread(
                     self.queues.receive, self.request_queue, 1, self.visibility_timeout, 0.25
                 )
