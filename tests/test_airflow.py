@@ -10,6 +10,7 @@ with each request.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import queue
@@ -30,7 +31,8 @@ import pytest
 import meadowrun_core as mr
 from meadowrun_core.local.allocation_table import SqliteAllocationTable
 
-pytest.importorskip("airflow", reason="apache-airflow is not installed")
+if importlib.util.find_spec("airflow") is None:  # fail, never skip, when it is missing
+    raise RuntimeError("apache-airflow is not installed: scripts/setup installs every extra")
 
 TESTS = Path(__file__).parent
 DAGS = TESTS / "airflow_dags"
@@ -40,15 +42,15 @@ LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z")
 
 
 def _airflow_environment(home: Path, dags: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AIRFLOW", "MEADOWRUN_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MEADOWRUN_"))}
     env.update(
         AIRFLOW_HOME=str(home),
         AIRFLOW__CORE__DAGS_FOLDER=str(dags),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
         AIRFLOW__LOGGING__COLORED_CONSOLE_LOG="False",
         AIRFLOW_CONN_MEADOWRUN_TEST=json.dumps(
-            {"conn_type": "meadowrun", "host": "local", "extra": {"max_cpu": 4}}),
+            {"conn_type": "meadowrun", "host": "local", "extra": {"max_cpu": 4}}
+        ),
         NO_COLOR="1",
         PYTHONUNBUFFERED="1",
     )
@@ -62,8 +64,13 @@ class DagRunner:
         self.dags = dags
         self.env = env
         self.proc = subprocess.Popen(
-            [sys.executable, str(RUNNER), "--serve"], env=env, text=True, bufsize=1,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            [sys.executable, str(RUNNER), "--serve"],
+            env=env,
+            text=True,
+            bufsize=1,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -90,10 +97,16 @@ class DagRunner:
         ``env``: more environment variables for this run (or MEADOWRUN_* ones to replace)."""
         request_id = next(self._ids)
         request = {
-            "id": request_id, "dag_file": str(self.dags / dag_file), "dag_id": dag_id,
-            "conf": conf, "logical_date": logical_date, "providers": providers,
-            "env": {**{k: v for k, v in os.environ.items() if k.startswith("MEADOWRUN_")},
-                    **(env or {})},
+            "id": request_id,
+            "dag_file": str(self.dags / dag_file),
+            "dag_id": dag_id,
+            "conf": conf,
+            "logical_date": logical_date,
+            "providers": providers,
+            "env": {
+                **{k: v for k, v in os.environ.items() if k.startswith("MEADOWRUN_")},
+                **(env or {}),
+            },
         }
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(request) + "\n")
@@ -105,12 +118,13 @@ class DagRunner:
             try:
                 line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
             except queue.Empty:
-                raise AssertionError(f"{dag_id} did not finish in {timeout} s:\n"
-                                     + "".join(log[-80:])) from None
+                raise AssertionError(
+                    f"{dag_id} did not finish in {timeout} s:\n" + "".join(log[-80:])
+                ) from None
             if line is None:
                 raise AssertionError("the Airflow runner died:\n" + "".join(log[-80:]))
             if line.startswith(end):
-                summary = json.loads(line[len(end):])
+                summary = json.loads(line[len(end) :])
                 assert "error" not in summary, summary["error"] + "".join(log[-80:])
                 return summary, "".join(log)
             log.append(line)
@@ -135,8 +149,13 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     shutil.copytree(DAGS, dags, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(EXAMPLE, dags / "meadowrun_example.py")
     env = _airflow_environment(home, dags)
-    subprocess.run([sys.executable, "-c", "from airflow.utils.db import initdb; initdb()"],
-                   env=env, check=True, capture_output=True, timeout=180)
+    subprocess.run(
+        [sys.executable, "-c", "from airflow.utils.db import initdb; initdb()"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
     return env
 
 
@@ -199,8 +218,9 @@ def test_remote_failure_fails_task_with_remote_traceback(
 
 def test_on_kill_cancels_the_job(local_cloud: Path, airflow: DagRunner, tmp_path: Path) -> None:
     pid_file = tmp_path / "job.pid"
-    summary, log = airflow.run("meadowrun_kill.py", "meadowrun_kill",
-                               conf={"pid_file": str(pid_file)})
+    summary, log = airflow.run(
+        "meadowrun_kill.py", "meadowrun_kill", conf={"pid_file": str(pid_file)}
+    )
     tasks = summary["tasks"]
     assert tasks["sleepy"]["state"] == "failed"
     assert "AirflowTaskTimeout" in log and "Cancelling the meadowrun job" in log
@@ -213,10 +233,12 @@ def test_on_kill_cancels_the_job(local_cloud: Path, airflow: DagRunner, tmp_path
     assert not psutil.pid_exists(job_pid) or psutil.Process(job_pid).status() == "zombie"
 
 
-def test_deferrable_mode_end_to_end(local_cloud: Path, airflow: DagRunner,
-                                    tmp_path: Path) -> None:
-    summary, log = airflow.run("meadowrun_deferrable.py", "meadowrun_deferrable",
-                               conf={"pid_file": str(tmp_path / "overrun.pid")})
+def test_deferrable_mode_end_to_end(local_cloud: Path, airflow: DagRunner, tmp_path: Path) -> None:
+    summary, log = airflow.run(
+        "meadowrun_deferrable.py",
+        "meadowrun_deferrable",
+        conf={"pid_file": str(tmp_path / "overrun.pid")},
+    )
     tasks = summary["tasks"]
     # deferred (the worker slot is given back), followed by the trigger, resumed
     assert "new_state=deferred" in log and "running trigger in line" in log
@@ -224,11 +246,11 @@ def test_deferrable_mode_end_to_end(local_cloud: Path, airflow: DagRunner,
     assert tasks["square"]["xcom:return_value"] == 49
     assert tasks["square"]["xcom:meadowrun_job_key"].startswith("airflow-")
     assert tasks["consume"]["xcom:return_value"] == 50
-    assert any("deferred step 2" in line and "MeadowrunJobTrigger" in line
-               for line in log.splitlines()), "the trigger did not relay the job's output"
+    assert any(
+        "deferred step 2" in line and "MeadowrunJobTrigger" in line for line in log.splitlines()
+    ), "the trigger did not relay the job's output"
     # every line once: the submitting worker logs none, the trigger replays all from the start
-    for text in ("deferred step 0", "deferred step 1", "deferred step 2",
-                 "deferred-command-out"):
+    for text in ("deferred step 0", "deferred step 1", "deferred step 2", "deferred-command-out"):
         assert len([line for line in log.splitlines() if f"] {text}" in line]) == 1, text
     assert tasks["command"]["state"] == "success"
     assert re.fullmatch(r"last \d{8}", tasks["command"]["xcom:return_value"])
@@ -237,8 +259,7 @@ def test_deferrable_mode_end_to_end(local_cloud: Path, airflow: DagRunner,
     assert "ran past the execution_timeout" in log
     assert tasks["jobs_left"]["xcom:return_value"] == []
     # a deferred task killed the way the triggerer kills it: the job is cancelled
-    assert tasks["kill_deferred"]["xcom:return_value"] == {"status": "cancelled",
-                                                           "allocations": []}
+    assert tasks["kill_deferred"]["xcom:return_value"] == {"status": "cancelled", "allocations": []}
     # finished jobs leave no keyed record behind
     assert mr.job_status(tasks["square"]["xcom:meadowrun_job_key"]) == "unknown"
 
@@ -249,14 +270,24 @@ def test_deferred_task_reattaches_after_worker_restart(
     markers = tmp_path / "markers"
     markers.mkdir()
     starts = markers / "starts.txt"
-    args = ["meadowrun_reattach", "--logical-date", "2026-01-02T03:04:05+00:00",
-            "--conf", json.dumps({"marker_dir": str(markers)})]
+    args = [
+        "meadowrun_reattach",
+        "--logical-date",
+        "2026-01-02T03:04:05+00:00",
+        "--conf",
+        json.dumps({"marker_dir": str(markers)}),
+    ]
     dag_file = str(Path(airflow_env["AIRFLOW__CORE__DAGS_FOLDER"]) / "meadowrun_reattach.py")
     env = {**airflow_env, **{k: v for k, v in os.environ.items() if k.startswith("MEADOWRUN_")}}
     # a first worker submits the job, then dies (its whole process group, as on a restart)
     with open(tmp_path / "first-worker.log", "w") as out:
-        first = subprocess.Popen([sys.executable, str(RUNNER), dag_file, *args], env=env,
-                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        first = subprocess.Popen(
+            [sys.executable, str(RUNNER), dag_file, *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             deadline = time.monotonic() + 150
             while not starts.exists():
@@ -273,14 +304,19 @@ def test_deferred_task_reattaches_after_worker_restart(
         if "Reattaching to meadowrun job" in line:
             (markers / "release").touch()
 
-    summary, log = airflow.run("meadowrun_reattach.py", "meadowrun_reattach",
-                               conf={"marker_dir": str(markers)},
-                               logical_date="2026-01-02T03:04:05+00:00",
-                               on_line=release_once_reattached)
+    summary, log = airflow.run(
+        "meadowrun_reattach.py",
+        "meadowrun_reattach",
+        conf={"marker_dir": str(markers)},
+        logical_date="2026-01-02T03:04:05+00:00",
+        on_line=release_once_reattached,
+    )
     assert "Reattaching to meadowrun job" in log, log[-3000:]
     # printed while the first worker followed the job: replayed to the new trigger
-    assert any("job started, waiting for release" in line and "MeadowrunJobTrigger" in line
-               for line in log.splitlines())
+    assert any(
+        "job started, waiting for release" in line and "MeadowrunJobTrigger" in line
+        for line in log.splitlines()
+    )
     assert summary["tasks"]["long"]["state"] == "success"
     assert summary["tasks"]["long"]["xcom:return_value"] == "released after 1 start(s)"
     assert len(starts.read_text().split()) == 1
@@ -291,12 +327,18 @@ def test_connection_selects_another_local_cloud(
     local_cloud: Path, airflow: DagRunner, tmp_path: Path
 ) -> None:
     elsewhere = tmp_path / "not-this-cloud"
-    connection = {"conn_type": "meadowrun",
-                  "extra": {"host": "local", "meadowrun_home": str(local_cloud)}}
+    connection = {
+        "conn_type": "meadowrun",
+        "extra": {"host": "local", "meadowrun_home": str(local_cloud)},
+    }
     summary, log = airflow.run(
-        "meadowrun_home.py", "meadowrun_home",
-        env={"MEADOWRUN_HOME": str(elsewhere),
-             "AIRFLOW_CONN_MEADOWRUN_ELSEWHERE": json.dumps(connection)})
+        "meadowrun_home.py",
+        "meadowrun_home",
+        env={
+            "MEADOWRUN_HOME": str(elsewhere),
+            "AIRFLOW_CONN_MEADOWRUN_ELSEWHERE": json.dumps(connection),
+        },
+    )
     tasks = summary["tasks"]
     assert summary["state"] == "success", log[-3000:]
     assert tasks["double"]["xcom:return_value"] == 42
