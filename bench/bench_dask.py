@@ -220,23 +220,6 @@ def render_markdown(systems: list[System], config: dict[str, Any], machine: dict
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of ``path`` (up to the next ``## ``), or append it."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"# Performance\n\n{section}")
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION_HEADING), None)
-    if start is None:
-        path.write_text("".join(lines).rstrip("\n") + "\n\n" + section)
-        return
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-               len(lines))
-    tail = "".join(lines[end:])
-    path.write_text("".join(lines[:start]) + section + ("\n" + tail if tail else ""))
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=2)
@@ -276,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
 
-    from bench.report import machine_description
+    from bench.report import machine_description, write_section
     from meadowrun_core.local import admin
 
     systems = make_systems(args.workers, args.systems.split(","))
@@ -294,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     section = render_markdown(systems, config, machine_description(), command.strip())
     print(section)
     if args.markdown:
-        write_section(args.markdown, section)
+        write_section(args.markdown, section, SECTION_HEADING)
     return 1 if any(s.error for s in systems) else 0
 
 

@@ -191,14 +191,14 @@ def render_markdown(report: Report) -> str:
     ])
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the benchmark's section of ``path`` (up to the next ``## `` heading), or add it."""
+def write_section(path: Path, section: str, heading: str = SECTION_HEADING) -> None:
+    """Replace the section under ``heading`` in ``path`` (up to the next ``## ``), or add it."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"# Performance\n\n{section}")
         return
     lines = path.read_text().splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION_HEADING), None)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == heading), None)
     if start is None:
         text = "".join(lines).rstrip("\n")
         path.write_text(f"{text}\n\n{section}")
