@@ -327,7 +327,7 @@ def cancel_job(job_key: str, *, host: Host | None = None, timeout: float = 10.0)
         instance = backend.table.get_instance(str(row["instance_id"]))
         if instance is None or instance.address is None:
             return False
-        conn = await runtime.connection(instance.address, backend)
+        conn = await runtime.connection(instance, backend)
         conn.send({"type": "cancel", "job_id": row["job_id"], "reason": "cancel_job"})
         deadline = asyncio.get_running_loop().time() + timeout
         while asyncio.get_running_loop().time() < deadline:

@@ -30,11 +30,28 @@ class AllocLocalInstance(Host):
 
 @dataclass(frozen=True)
 class AllocEC2Instance(Host):
+    """Instances are EC2 instances (spot where ``Resources.max_eviction_rate`` allows) in the
+    caller's AWS account, state in DynamoDB, queues in SQS, objects in S3.
+
+    ``ami_id`` defaults to the region's latest Amazon Linux 2023 image (looked up in SSM);
+    ``security_group_ids`` to a meadowrun group allowing SSH; ``iam_role_instance_profile``
+    to the profile ``meadowrun install --cloud aws`` creates. ``max_cpu`` and ``max_memory_gb``
+    cap what may run at once (a spending guard; ``MEADOWRUN_AWS_MAX_CPU`` /
+    ``MEADOWRUN_AWS_MAX_MEMORY_GB``); ``agent_python`` is the interpreter with meadowrun-core
+    on the image; ``use_private_ip`` connects to private addresses (from inside the VPC).
+    """
+
     region_name: str | None = None
     ami_id: str | None = None
     subnet_id: str | None = None
     security_group_ids: tuple[str, ...] = ()
     iam_role_instance_profile: str | None = None
+    idle_timeout: float | None = None
+    max_cpu: float | None = None
+    max_memory_gb: float | None = None
+    agent_python: str = "/opt/meadowrun/venv/bin/python"
+    use_private_ip: bool = False
+    launch_timeout: float = 300.0
 
 
 @dataclass(frozen=True)

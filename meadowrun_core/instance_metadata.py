@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 
 from meadowrun_core.config import meadowrun_home
 from meadowrun_core.local.allocation_table import SqliteAllocationTable
@@ -24,6 +25,14 @@ def interruption_notice() -> float | None:
     notice has been given; None otherwise, and outside a meadowrun job. Cheap to poll."""
     instance_id = current_instance_id()
     if instance_id is None:
+        return None
+    notice_file = os.environ.get("MEADOWRUN_INTERRUPTION_FILE")
+    if notice_file:  # written by the agent as soon as it hears of a notice, on every cloud
+        try:
+            return float(Path(notice_file).read_text())
+        except (OSError, ValueError):
+            pass
+    if os.environ.get("MEADOWRUN_CLOUD", "local") != "local":
         return None
     record = _table().get_instance(instance_id)
     return None if record is None else record.interruption_at

@@ -25,6 +25,7 @@ from meadowrun_core.config import meadowrun_home
 from meadowrun_core.deployment.code_mirror import materialize
 from meadowrun_core.local.object_store import FileObjectStore
 from meadowrun_core.protocol import read_frame_sync, send_frame_sync
+from meadowrun_core.seams.object_store import ObjectStore
 from meadowrun_core.serialization import Signer, dumps_fast, load_or_create_key
 
 
@@ -58,7 +59,7 @@ def _describe_failure(exc: BaseException) -> bytes:
 
 
 class Worker:
-    def __init__(self, sock: socket.socket, signer: Signer, store: FileObjectStore) -> None:
+    def __init__(self, sock: socket.socket, signer: Signer, store: ObjectStore) -> None:
         self._send_lock = threading.Lock()  # reports may come from the job's own threads
         self._sock = sock
         self._signer = signer
@@ -188,7 +189,21 @@ def main() -> None:
     sock = socket.socket(fileno=int(os.environ.pop("MEADOWRUN_WORKER_FD")))
     home = meadowrun_home()
     signer = Signer(load_or_create_key(home / "cluster.key"))
-    Worker(sock, signer, FileObjectStore(home / "objects")).serve()
+    Worker(sock, signer, _object_store(home)).serve()
+
+
+def _object_store(home: Path) -> ObjectStore:
+    """The instance's object store, as its agent described it in MEADOWRUN_OBJECT_STORE
+    (``s3://bucket/prefix`` on AWS); the local cloud's files otherwise."""
+    url = os.environ.get("MEADOWRUN_OBJECT_STORE", "")
+    if url.startswith("s3://"):
+        from meadowrun_core.aws.clients import aws_client
+        from meadowrun_core.aws.s3_object_store import S3ObjectStore
+
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        s3 = aws_client("s3", os.environ.get("MEADOWRUN_AWS_REGION"))
+        return S3ObjectStore(s3, bucket, prefix)
+    return FileObjectStore(home / "objects")
 
 
 if __name__ == "__main__":

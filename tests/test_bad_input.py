@@ -61,7 +61,7 @@ def test_invalid_resources_rejected_on_construction(
         mr.Resources(**kwargs)  # type: ignore[arg-type]
 
 
-def test_wrong_types_are_explained(local_cloud: Path) -> None:
+def test_wrong_types_are_explained(local_cloud: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(mr.BadInputError, match="resources must be"):
         mr.run_function(workloads.double, args=(1,), resources={"cpu": 1})  # type: ignore[arg-type]
     with pytest.raises(mr.BadInputError, match="must be callable"):
@@ -71,7 +71,14 @@ def test_wrong_types_are_explained(local_cloud: Path) -> None:
     with pytest.raises(mr.BadInputError, match="empty"):
         mr.run_command([])
     with pytest.raises(mr.BadInputError, match="not built yet"):
-        mr.run_function(workloads.double, args=(1,), host=mr.AllocEC2Instance())
+        mr.run_function(workloads.double, args=(1,), host=mr.AllocAzureVM())
+    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(local_cloud / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(local_cloud / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(mr.BadInputError, match="no AWS credentials"):
+        mr.run_function(workloads.double, args=(1,), host=mr.AllocEC2Instance("us-east-1"))
     assert _nothing_launched(local_cloud)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import psutil
 
+from meadowrun_core.agent.cloud import AgentCloud, LocalAgentCloud
 from meadowrun_core.agent.map_feeder import MapFeeder, Task
 from meadowrun_core.agent.worker_pool import (
     WorkerDiedError,
@@ -37,11 +38,9 @@ from meadowrun_core.deployment.code_mirror import materialize
 from meadowrun_core.deployment.instance import failure_payload, preparer_for
 from meadowrun_core.deployment.process import DeploymentError
 from meadowrun_core.deployment.spec import PreparedDeployment
-from meadowrun_core.local.allocation_table import LAUNCH_GRACE_SECONDS, SqliteAllocationTable
-from meadowrun_core.local.object_store import FileObjectStore
-from meadowrun_core.local.task_queue import SqliteTaskQueue
+from meadowrun_core.local.allocation_table import LAUNCH_GRACE_SECONDS
 from meadowrun_core.protocol import encode_frame, read_frame
-from meadowrun_core.serialization import Signer, UnauthenticatedDataError, load_or_create_key
+from meadowrun_core.serialization import Signer, UnauthenticatedDataError
 
 log = logging.getLogger("meadowrun_core.agent")
 
@@ -125,20 +124,27 @@ class RunningJob:
 
 class Agent:
     def __init__(
-        self, instance_id: str, home: Path, settings: Settings, idle_timeout: float
+        self,
+        instance_id: str,
+        home: Path,
+        settings: Settings,
+        idle_timeout: float,
+        cloud: AgentCloud | None = None,
     ) -> None:
         self.instance_id = instance_id
         self.home = home
         self.settings = settings
         self.idle_timeout = idle_timeout
-        self.signer = Signer(load_or_create_key(home / "cluster.key"))
-        self.table = SqliteAllocationTable(home / "state.db")
-        self.queues = SqliteTaskQueue(home / "queues.db")
-        self.store = FileObjectStore(home / "objects")
+        self.cloud = cloud or LocalAgentCloud(home)
+        self.signer = self.cloud.signer
+        self.table = self.cloud.table
+        self.queues = self.cloud.queues
+        self.store = self.cloud.store
         self.dir = home / "instances" / instance_id
         self.pid_dir = self.dir / "pids"
         self.code_dir = self.dir / "code"
         self.pid_dir.mkdir(parents=True, exist_ok=True)
+        self.interruption_file = self.dir / "interruption_at"
         self.jobs: dict[str, RunningJob] = {}
         self.feeders: dict[str, MapFeeder] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -149,6 +155,8 @@ class Agent:
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("MEADOWRUN_WORKER")}
         base_env["MEADOWRUN_HOME"] = str(home)
         base_env["MEADOWRUN_INSTANCE_ID"] = instance_id
+        base_env["MEADOWRUN_INTERRUPTION_FILE"] = str(self.interruption_file)
+        base_env.update(self.cloud.worker_environment())
         self.pool = WorkerPool(self.signer, base_env, max_idle=8)
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -168,6 +176,7 @@ class Agent:
         self.pool.kill_all()
         await asyncio.sleep(0.05)
         log.info("instance %s terminated", self.instance_id)
+        await asyncio.to_thread(self.cloud.terminate_self, self.instance_id)
 
     async def reconcile_loop(self) -> None:
         while not self.shutdown.is_set():
@@ -183,8 +192,15 @@ class Agent:
             log.info("instance record removed from the table; shutting down")
             self.shutdown.set()
             return
-        if record.interruption_at is not None:
-            await self.handle_interruption(record.interruption_at)
+        interruption_at = record.interruption_at
+        if interruption_at is None and not self.interruption_handled:
+            interruption_at = await asyncio.to_thread(self.cloud.interruption_notice)
+            if interruption_at is not None:  # the cloud said so: tell clients and jobs too
+                self.table.request_interruption(
+                    self.instance_id, max(0.0, interruption_at - time.time())
+                )
+        if interruption_at is not None:
+            await self.handle_interruption(interruption_at)
             if self.shutdown.is_set():
                 return
         for alloc in self.table.allocations_with_expired_lease(self.instance_id):
@@ -254,6 +270,7 @@ class Agent:
         if not self.interruption_handled:
             self.interruption_handled = True
             log.warning("interruption notice: terminating at %.1f", interruption_at)
+            self.interruption_file.write_text(repr(interruption_at))
             self.table.set_prevent_further_allocation(self.instance_id)
             for feeder in list(self.feeders.values()):
                 feeder.interrupted = True
@@ -593,11 +610,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="meadowrun local-cloud instance agent")
     parser.add_argument("--instance-id", required=True)
     parser.add_argument("--idle-timeout", type=float, required=True)
+    parser.add_argument("--cloud", choices=("local", "aws"), default="local")
+    parser.add_argument("--region", default=None, help="the AWS region (--cloud aws)")
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    agent = Agent(args.instance_id, meadowrun_home(), Settings.from_env(), args.idle_timeout)
+    home = meadowrun_home()
+    cloud: AgentCloud | None = None
+    if args.cloud == "aws":
+        from meadowrun_core.aws.agent_cloud import AwsAgentCloud
+
+        cloud = AwsAgentCloud(home, args.region)
+    agent = Agent(args.instance_id, home, Settings.from_env(), args.idle_timeout, cloud)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()

@@ -16,6 +16,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from meadowrun_core.aws import names
 from meadowrun_core.local.allocation_table import (
     INSTANCE_DEAD_AFTER_SECONDS,
     LAUNCH_GRACE_SECONDS,
@@ -76,7 +77,7 @@ def _allocations(item: dict[str, Any]) -> list[AllocationRecord]:
 
 
 class DynamoDbAllocationTable:
-    def __init__(self, dynamodb: Any, table_name: str = "meadowrun_allocation") -> None:
+    def __init__(self, dynamodb: Any, table_name: str = names.TABLE_NAME) -> None:
         self._db = dynamodb
         self._table = table_name
 
@@ -89,7 +90,7 @@ class DynamoDbAllocationTable:
                 AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
                 KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
                 BillingMode="PAY_PER_REQUEST",
-                Tags=[{"Key": "meadowrun", "Value": "allocation-table"}],
+                Tags=names.TAGS,
             )
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ResourceInUseException":
@@ -451,7 +452,7 @@ class DynamoDbAllocationTable:
         return sorted(rows, key=lambda r: r["ended"], reverse=True)[:limit]
 
     # --- keyed jobs -----------------------------------------------------------------------
-    def claim_job_key(self, job_key: str, job_id: str) -> str | None:
+    def claim_job_key(self, job_key: str, job_id: str, submitter: str = "") -> str | None:
         try:
             self._db.put_item(
                 TableName=self._table,
@@ -461,6 +462,7 @@ class DynamoDbAllocationTable:
                         "job_id": job_id,
                         "status": "submitted",
                         "created": time.time(),
+                        "submitter": submitter,
                     }
                 ),
                 ConditionExpression="attribute_not_exists(pk)",

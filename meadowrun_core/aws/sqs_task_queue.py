@@ -6,6 +6,7 @@ import base64
 import time
 from typing import Any
 
+from meadowrun_core.aws import names
 from meadowrun_core.seams.task_queue import QueueMessage
 
 # SQS limits: 10 messages per batch call, 256 KiB per message, 20 s long poll.
@@ -29,7 +30,7 @@ class SqsTaskQueue:
     def create_queue(self, name: str) -> None:
         response = self._sqs.create_queue(
             QueueName=self._prefix + name,
-            tags={"meadowrun": "task-queue"},
+            tags={names.TAG_KEY: names.TAG_VALUE},
         )
         self._urls[name] = response["QueueUrl"]
 

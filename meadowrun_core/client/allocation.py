@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 import uuid
 from dataclasses import dataclass
 
+from meadowrun_core.backend import Backend, CapacityError
 from meadowrun_core.exceptions import MeadowrunError, ResourcesNotAvailableError
 from meadowrun_core.local.allocation_table import LAUNCH_GRACE_SECONDS
-from meadowrun_core.local.backend import LocalBackend
 from meadowrun_core.resources import Resources
 from meadowrun_core.seams.allocation_table import InstanceRecord
 from meadowrun_core.seams.instance_provider import InstanceType
@@ -29,60 +28,9 @@ class Placement:
     instance: InstanceRecord
 
 
-def check_satisfiable(backend: LocalBackend, resources: Resources) -> None:
+def check_satisfiable(backend: Backend, resources: Resources) -> None:
     """Fail at once, naming the largest instance type, if nothing could ever fit."""
-    offers = backend.provider.offers()
-    if any(_fits(t, resources) for t in offers):
-        return
-    largest = max(offers, key=lambda t: (t.logical_cpu, t.memory_gb))
-    extra = ""
-    if resources.gpus:
-        extra = "; the local cloud has no GPUs"
-    raise ResourcesNotAvailableError(
-        f"no instance type can ever fit Resources({resources.describe()}, gpus="
-        f"{resources.gpus:g}); the largest local instance type is {largest.name} "
-        f"({largest.logical_cpu:g} CPU / {largest.memory_gb:g} GB){extra}. Ask for less, or "
-        "raise the local cloud's limit with MEADOWRUN_LOCAL_MAX_CPU / "
-        "MEADOWRUN_LOCAL_MAX_MEMORY_GB (or AllocLocalInstance(max_cpu=..., max_memory_gb=...))."
-    )
-
-
-def _fits(instance_type: InstanceType, resources: Resources) -> bool:
-    return (
-        instance_type.logical_cpu >= resources.logical_cpu
-        and instance_type.memory_gb >= resources.memory_gb
-        and resources.gpus == 0
-        and not resources.flags
-        and not resources.custom
-    )
-
-
-def choose_instance_type(
-    offers: list[InstanceType], resources: Resources, workers: int, room_cpu: float, room_mem: float
-) -> tuple[InstanceType, int] | None:
-    """The type with the lowest price per placed worker that fits in the remaining room;
-    ties go to the type that places more workers (fewer instances to manage)."""
-    best: tuple[float, int, InstanceType] | None = None
-    for offer in offers:
-        if offer.logical_cpu > room_cpu + 1e-9 or offer.memory_gb > room_mem + 1e-9:
-            continue
-        per_cpu = (
-            math.floor(offer.logical_cpu / resources.logical_cpu + 1e-9)
-            if resources.logical_cpu
-            else workers
-        )
-        per_mem = (
-            math.floor(offer.memory_gb / resources.memory_gb + 1e-9)
-            if resources.memory_gb
-            else workers
-        )
-        placed = min(workers, per_cpu, per_mem)
-        if placed < 1 or not _fits(offer, resources):
-            continue
-        key = (offer.price_per_hour / placed, -placed, offer)
-        if best is None or key[:2] < best[:2]:
-            best = key
-    return None if best is None else (best[2], -best[1])
+    backend.provider.check_satisfiable(resources)
 
 
 class CapacitySignal:
@@ -112,12 +60,12 @@ class CapacitySignal:
 _signals: dict[str, CapacitySignal] = {}
 
 
-def capacity_signal(backend: LocalBackend) -> CapacitySignal:
-    return _signals.setdefault(str(backend.home), CapacitySignal())
+def capacity_signal(backend: Backend) -> CapacitySignal:
+    return _signals.setdefault(backend.key, CapacitySignal())
 
 
 async def allocate(
-    backend: LocalBackend,
+    backend: Backend,
     resources: Resources,
     count: int,
     client_id: str,
@@ -152,11 +100,7 @@ async def allocate(
                 return placements
             if waited_since is None:
                 waited_since = time.monotonic()
-                log.info(
-                    "waiting for capacity: the local cloud is at its limit (%g CPU / %g GB)",
-                    backend.max_cpu,
-                    backend.max_memory_gb,
-                )
+                log.info("waiting for capacity: %s is at its limit", backend.description)
             await capacity_signal(backend).wait(delay)
             delay = min(delay * 1.5, 0.25)
     except BaseException:
@@ -165,7 +109,7 @@ async def allocate(
         raise
 
 
-async def _records(backend: LocalBackend, placed: dict[str, str]) -> list[Placement]:
+async def _records(backend: Backend, placed: dict[str, str]) -> list[Placement]:
     records: dict[str, InstanceRecord | None] = {}
     result = []
     for job_id, instance_id in placed.items():
@@ -178,7 +122,7 @@ async def _records(backend: LocalBackend, placed: dict[str, str]) -> list[Placem
 
 
 async def _launch_for(
-    backend: LocalBackend,
+    backend: Backend,
     resources: Resources,
     job_ids: list[str],
     client_id: str,
@@ -189,20 +133,43 @@ async def _launch_for(
     instances = backend.table.list_instances()
     used_cpu = sum(i.cpu_total for i in instances)
     used_mem = sum(i.memory_total for i in instances)
-    choice = choose_instance_type(
-        backend.provider.offers(),
+    choices = backend.provider.choices(
         resources,
         len(job_ids),
         backend.max_cpu - used_cpu,
         backend.max_memory_gb - used_mem,
     )
-    if choice is None:
-        choice = _make_room(backend, resources, len(job_ids), instances)
-    if choice is None:
-        return []
-    instance_type, placed = choice
+    if not choices:
+        made_room = _make_room(backend, resources, len(job_ids), instances)
+        choices = [made_room] if made_room is not None else []
+    refused: list[str] = []
+    for instance_type, placed in choices:
+        launched = await _launch_one(
+            backend, instance_type, job_ids[:placed], resources, client_id, description
+        )
+        if isinstance(launched, str):
+            refused.append(launched)
+            continue
+        return launched
+    if refused and len(refused) == len(choices):
+        raise ResourcesNotAvailableError(
+            f"{backend.description} refused every instance type that fits:\n  "
+            + "\n  ".join(refused)
+        )
+    return []
+
+
+async def _launch_one(
+    backend: Backend,
+    instance_type: InstanceType,
+    jobs: list[str],
+    resources: Resources,
+    client_id: str,
+    description: str,
+) -> list[Placement] | str:
+    """Launch one instance for ``jobs``: its placements; [] if another client took the room
+    first; or, when the cloud has no capacity for the type, why (the caller tries the next)."""
     instance_id = f"i-{uuid.uuid4().hex[:10]}"
-    jobs = job_ids[:placed]
     if not backend.table.allocate_on_new_instance(
         instance_id,
         instance_type,
@@ -216,8 +183,12 @@ async def _launch_for(
         return []  # another client took the room first; retry from the top
     log.info("launching %s (%s) for %d job(s)", instance_id, instance_type.name, len(jobs))
     try:
-        backend.provider.launch(instance_id, instance_type)
+        await backend.provider.launch(instance_id, instance_type)
         record = await _wait_registered(backend, instance_id)
+    except CapacityError as exc:
+        backend.table.remove_instance(instance_id, f"no capacity: {exc}")
+        log.warning("no capacity for %s (%s); trying the next choice", instance_type.name, exc)
+        return f"{instance_type.name}: {exc}"
     except BaseException:
         for job_id in jobs:  # cancelled while the instance boots: give its room back
             backend.table.deallocate(job_id, "allocation abandoned")
@@ -226,12 +197,11 @@ async def _launch_for(
 
 
 def _make_room(
-    backend: LocalBackend, resources: Resources, workers: int, instances: list[InstanceRecord]
+    backend: Backend, resources: Resources, workers: int, instances: list[InstanceRecord]
 ) -> tuple[InstanceType, int] | None:
     """At the launch limit, terminate idle instances (oldest first) until a fitting type can
     launch, rather than waiting for them to idle out. Each removal is conditional on the
     instance still being idle, so a job placed there meanwhile keeps its instance."""
-    offers = backend.provider.offers()
     used_cpu = sum(i.cpu_total for i in instances)
     used_mem = sum(i.memory_total for i in instances)
     idle = [i for i in instances if i.running_jobs == 0 and i.address is not None]
@@ -247,14 +217,14 @@ def _make_room(
         to_remove.append(instance)
         freed_cpu += instance.cpu_total
         freed_mem += instance.memory_total
-        choice = choose_instance_type(
-            offers,
+        choices = backend.provider.choices(
             resources,
             workers,
             backend.max_cpu - used_cpu + freed_cpu,
             backend.max_memory_gb - used_mem + freed_mem,
         )
-        if choice is not None:
+        if choices:
+            choice = choices[0]
             removed = [i for i in to_remove if backend.table.remove_instance_if_idle(i.instance_id)]
             if len(removed) < len(to_remove):
                 return None  # one got a job meanwhile; the caller retries from the top
@@ -265,7 +235,7 @@ def _make_room(
     return None
 
 
-async def _wait_registered(backend: LocalBackend, instance_id: str) -> InstanceRecord:
+async def _wait_registered(backend: Backend, instance_id: str) -> InstanceRecord:
     deadline = time.monotonic() + LAUNCH_TIMEOUT_SECONDS
     delay = 0.005
     while time.monotonic() < deadline:
@@ -275,9 +245,8 @@ async def _wait_registered(backend: LocalBackend, instance_id: str) -> InstanceR
         await asyncio.sleep(delay)
         delay = min(delay * 1.5, 0.1)
     backend.table.remove_instance(instance_id, "failed to start")
-    log_path = backend.provider.log_path(instance_id)
-    tail = log_path.read_text()[-2000:] if log_path.exists() else "(no log)"
+    hint = backend.provider.failure_hint(instance_id)
+    backend.provider.terminate(instance_id)
     raise MeadowrunError(
-        f"instance {instance_id} did not start within {LAUNCH_TIMEOUT_SECONDS:.0f} s; "
-        f"its log ({log_path}) ends with:\n{tail}"
+        f"instance {instance_id} did not start within {LAUNCH_TIMEOUT_SECONDS:.0f} s; {hint}"
     )

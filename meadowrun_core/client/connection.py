@@ -28,12 +28,6 @@ class AgentConnection:
         self.closed = False
         self._task = asyncio.create_task(self._read_loop())
 
-    @classmethod
-    async def open(cls, address: str, signer: Signer) -> AgentConnection:
-        host, port = address.rsplit(":", 1)
-        reader, writer = await asyncio.open_connection(host, int(port))
-        return cls(reader, writer, signer)
-
     def register(self, job_id: str, follower: str = "") -> asyncio.Queue[Event]:
         """Listen to a job's events; ``follower`` names this listener for replayed output."""
         queue: asyncio.Queue[Event] = asyncio.Queue()

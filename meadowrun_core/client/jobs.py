@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from meadowrun_core.backend import Backend
 from meadowrun_core.client.allocation import (
     Placement,
     allocate,
@@ -35,7 +36,6 @@ from meadowrun_core.client.runtime import ClientRuntime
 from meadowrun_core.deployment.spec import Deployment, PreparedDeployment
 from meadowrun_core.exceptions import BadInputError, CommandResult, MeadowrunError
 from meadowrun_core.hosts import Host
-from meadowrun_core.local.backend import LocalBackend
 from meadowrun_core.resources import Resources
 
 job_log = logging.getLogger("meadowrun_core.job")
@@ -69,7 +69,7 @@ class OutputLogger:
 
 async def run_on_instance(
     runtime: ClientRuntime,
-    backend: LocalBackend,
+    backend: Backend,
     placement: Placement,
     header: dict[str, Any],
     blob: bytes = b"",
@@ -82,7 +82,7 @@ async def run_on_instance(
     following); an attached follower just stops following."""
     assert placement.instance.address is not None
     try:
-        conn = await runtime.connection(placement.instance.address, backend)
+        conn = await runtime.connection(placement.instance, backend)
     except asyncio.CancelledError:
         if not attach:  # cancelled before the job was sent: free its room
             backend.table.deallocate(placement.job_id, "cancelled before start")
@@ -143,7 +143,7 @@ class JobChannel:
 
     cancel_job_with_follower: bool = True
     placement: Placement | None = None
-    backend: LocalBackend | None = None
+    backend: Backend | None = None
     started: threading.Event = field(default_factory=threading.Event)
     reports: queue.Queue[Any] = field(default_factory=queue.Queue)
 
@@ -255,7 +255,7 @@ class Submission:
 
 async def _run_job(
     runtime: ClientRuntime,
-    backend: LocalBackend,
+    backend: Backend,
     submission: Submission,
     resources: Resources,
     description: str,
@@ -285,7 +285,7 @@ async def _run_job(
 
 async def function_job(
     runtime: ClientRuntime,
-    backend: LocalBackend,
+    backend: Backend,
     submission: Submission,
     function_ref: dict[str, str],
     arguments: bytes,
@@ -299,7 +299,7 @@ async def function_job(
 
 async def command_job(
     runtime: ClientRuntime,
-    backend: LocalBackend,
+    backend: Backend,
     submission: Submission,
     args: list[str],
     resources: Resources,
@@ -325,7 +325,7 @@ DEFAULT_DETACHED_TIMEOUT_SECONDS = 24 * 3600.0
 
 def _submission(
     runtime: ClientRuntime,
-    backend: LocalBackend,
+    backend: Backend,
     job_key: str | None,
     detach: bool,
     detached_timeout: float | None,
@@ -439,7 +439,7 @@ def prepare_command_job(
 
 def _start_or_follow(
     runtime: ClientRuntime,
-    backend: LocalBackend,
+    backend: Backend,
     description: str,
     keying: tuple[str | None, bool, float | None],
     make_job: Callable[[Submission], Coroutine[Any, Any, Any]],
@@ -456,7 +456,7 @@ def _start_or_follow(
 
 async def follow_keyed_job(
     runtime: ClientRuntime,
-    backend: LocalBackend,
+    backend: Backend,
     job_key: str,
     on_output: Callable[[str, bytes], None] | None = None,
 ) -> Any:
@@ -497,7 +497,7 @@ async def follow_keyed_job(
         await asyncio.sleep(0.02)  # it ended between our read and attach; read the record
 
 
-def keyed_job_state(backend: LocalBackend, job_key: str) -> dict[str, object]:
+def keyed_job_state(backend: Backend, job_key: str) -> dict[str, object]:
     """The job-key record, first settling jobs that can no longer end on their own: never
     sent (their submitter died first) or on an instance that vanished."""
     row = backend.table.get_job_key(job_key)

@@ -21,6 +21,7 @@ from typing import Any
 from tqdm import tqdm
 
 from meadowrun_core.agent.map_feeder import TaskTuple, decode_results, encode_tasks
+from meadowrun_core.backend import Backend
 from meadowrun_core.client.allocation import allocate, check_satisfiable
 from meadowrun_core.client.jobs import run_on_instance
 from meadowrun_core.client.payload import (
@@ -35,7 +36,6 @@ from meadowrun_core.client.runtime import ClientRuntime
 from meadowrun_core.deployment.spec import Deployment, PreparedDeployment
 from meadowrun_core.exceptions import BadInputError, MeadowrunError, TaskResult
 from meadowrun_core.hosts import Host
-from meadowrun_core.local.backend import LocalBackend
 from meadowrun_core.resources import Resources
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class MapJob:
     def __init__(
         self,
         runtime: ClientRuntime,
-        backend: LocalBackend,
+        backend: Backend,
         function_key: str,
         arguments: list[bytes],
         resources: Resources,
@@ -127,7 +127,7 @@ class MapJob:
             placement = self.placements[job_id]
             if slot.done() or placement.instance.address is None:
                 continue
-            conn = await self.runtime.connection(placement.instance.address, self.backend)
+            conn = await self.runtime.connection(placement.instance, self.backend)
             conn.send(
                 {
                     "type": "cancel" if kill else "stop",

@@ -11,10 +11,10 @@ from typing import Any
 
 import cloudpickle
 
+from meadowrun_core.backend import Backend
 from meadowrun_core.deployment.code_mirror import CodeMirror
 from meadowrun_core.deployment.spec import Deployment, PreparedDeployment
 from meadowrun_core.exceptions import BadInputError
-from meadowrun_core.local.backend import LocalBackend
 from meadowrun_core.resources import Resources
 from meadowrun_core.serialization import dumps_fast
 
@@ -45,7 +45,7 @@ def check_deployment(deployment: Deployment | None) -> Deployment:
     return deployment
 
 
-def upload_function(backend: LocalBackend, function: Callable[..., Any] | str) -> FunctionRef:
+def upload_function(backend: Backend, function: Callable[..., Any] | str) -> FunctionRef:
     """A reference the worker can load: an importable name, or a signed pickle in the store."""
     if isinstance(function, str):
         module, _, attr = function.rpartition(".")
@@ -95,16 +95,21 @@ def _check_one(value: Any, what: str) -> None:
         ) from exc
 
 
-def prepare_deployment(backend: LocalBackend, deployment: Deployment) -> PreparedDeployment:
+def prepare_deployment(backend: Backend, deployment: Deployment) -> PreparedDeployment:
     from meadowrun_core.deployment.prepare import prepare
 
     with _mirrors_lock:
-        mirror = _mirrors.get(str(backend.home))
+        mirror = _mirrors.get(backend.key)
         if mirror is None:  # one per cloud and process: it remembers what it uploaded
-            mirror = _mirrors[str(backend.home)] = CodeMirror(backend.store, backend.signer)
+            mirror = _mirrors[backend.key] = CodeMirror(backend.store, backend.signer)
     before = mirror.bytes_uploaded
     prepared = prepare(
-        deployment, home=backend.home, store=backend.store, signer=backend.signer, mirror=mirror
+        deployment,
+        home=backend.home,
+        store=backend.store,
+        signer=backend.signer,
+        mirror=mirror,
+        local_instance=backend.instances_are_this_machine,
     )
     if mirror.bytes_uploaded != before:
         log.debug("uploaded %d bytes of code", mirror.bytes_uploaded - before)

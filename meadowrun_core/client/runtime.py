@@ -18,9 +18,10 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from meadowrun_core.backend import Backend
 from meadowrun_core.client.connection import AgentConnection
-from meadowrun_core.hosts import AllocLocalInstance, Host, resolve_host
-from meadowrun_core.local.backend import LocalBackend
+from meadowrun_core.hosts import AllocEC2Instance, AllocLocalInstance, Host, resolve_host
+from meadowrun_core.seams.allocation_table import InstanceRecord
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,7 +39,7 @@ class ClientRuntime:
             target=self.loop.run_forever, name="meadowrun-client", daemon=True
         )
         self._thread.start()
-        self._backends: dict[tuple[str, Host], LocalBackend] = {}
+        self._backends: dict[tuple[str, Host], Backend] = {}
         self._backends_lock = threading.Lock()
         self._connections: dict[str, AgentConnection] = {}
         self._connecting: dict[str, asyncio.Lock] = {}
@@ -94,20 +95,13 @@ class ClientRuntime:
             raise
 
     # --- backends and leases ---------------------------------------------------------
-    def backend(self, host: Host | None) -> LocalBackend:
+    def backend(self, host: Host | None) -> Backend:
         resolved = resolve_host(host)
-        if not isinstance(resolved, AllocLocalInstance):
-            from meadowrun_core.exceptions import BadInputError
-
-            raise BadInputError(
-                f"{type(resolved).__name__} is not built yet in meadowrun-core (see README, "
-                "'Not built yet'); use the local cloud (host=None or AllocLocalInstance())"
-            )
         key = (os.environ.get("MEADOWRUN_HOME", ""), resolved)
         with self._backends_lock:  # threads submitting their first jobs at once share one
             backend = self._backends.get(key)
             if backend is None:
-                backend = LocalBackend.open(resolved)
+                backend = open_backend(resolved)
                 backend.table.renew_lease(self.client_id, self.pid, backend.settings.lease_seconds)
                 self._backends[key] = backend
                 self._ensure_lease_thread()
@@ -143,16 +137,40 @@ class ClientRuntime:
                 backend.table.release_lease(self.client_id)
             except Exception:
                 log.debug("could not release the lease", exc_info=True)
+        backends = list(self._backends.values())
         self._backends.clear()
         connections, self._connections = list(self._connections.values()), {}
         for conn in connections:
             self.loop.call_soon_threadsafe(conn.close)
+        for backend in backends:
+            self.loop.call_soon_threadsafe(backend.close)
 
-    async def connection(self, address: str, backend: LocalBackend) -> AgentConnection:
-        lock = self._connecting.setdefault(address, asyncio.Lock())
+    async def connection(self, instance: InstanceRecord, backend: Backend) -> AgentConnection:
+        """One connection per instance agent, shared by every job this client runs there."""
+        key = f"{backend.key}/{instance.instance_id}"
+        lock = self._connecting.setdefault(key, asyncio.Lock())
         async with lock:  # two jobs starting at once share one connection
-            conn = self._connections.get(address)
+            conn = self._connections.get(key)
             if conn is None or conn.closed:
-                conn = await AgentConnection.open(address, backend.signer)
-                self._connections[address] = conn
+                reader, writer = await backend.open_agent_stream(instance)
+                conn = AgentConnection(reader, writer, backend.signer)
+                self._connections[key] = conn
             return conn
+
+
+def open_backend(host: Host) -> Backend:
+    """The backend of a host: the local cloud, or a cloud whose SDK is imported only now."""
+    if isinstance(host, AllocLocalInstance):
+        from meadowrun_core.local.backend import LocalBackend
+
+        return LocalBackend.open(host)
+    if isinstance(host, AllocEC2Instance):
+        from meadowrun_core.aws.backend import AwsBackend
+
+        return AwsBackend.open(host)
+    from meadowrun_core.exceptions import BadInputError
+
+    raise BadInputError(
+        f"{type(host).__name__} is not built yet in meadowrun-core (see README, 'Not built "
+        "yet'); use the local cloud (host=None or AllocLocalInstance()) or AllocEC2Instance()"
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 from meadowrun_core.local.sqlite_db import SqliteDb
 from meadowrun_core.resources import Resources
@@ -371,11 +372,12 @@ class SqliteAllocationTable:
             ).fetchall()
         return [_allocation(r) for r in rows]
 
-    def job_history(self, limit: int = 100) -> list[sqlite3.Row]:
+    def job_history(self, limit: int = 100) -> list[dict[str, Any]]:
         conn = self._db.connection()
-        return conn.execute(
+        rows = conn.execute(
             "SELECT * FROM job_history ORDER BY ended DESC LIMIT ?", (limit,)
         ).fetchall()
+        return [dict(row) for row in rows]
 
     # --- keyed jobs: found again by a caller-chosen key from any process -----------------
     def claim_job_key(self, job_key: str, job_id: str, submitter: str = "") -> str | None:

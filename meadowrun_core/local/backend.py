@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from meadowrun_core.local.allocation_table import SqliteAllocationTable
 from meadowrun_core.local.instance_provider import LocalInstanceProvider
 from meadowrun_core.local.object_store import FileObjectStore
 from meadowrun_core.local.task_queue import SqliteTaskQueue
+from meadowrun_core.seams.allocation_table import InstanceRecord
 from meadowrun_core.serialization import Signer, load_or_create_key
 
 
@@ -25,6 +27,7 @@ class LocalBackend:
     signer: Signer
     max_cpu: float
     max_memory_gb: float
+    instances_are_this_machine: bool = True
 
     @classmethod
     def open(cls, host: AllocLocalInstance) -> LocalBackend:
@@ -44,3 +47,23 @@ class LocalBackend:
             max_cpu=max_cpu,
             max_memory_gb=max_mem,
         )
+
+    @property
+    def key(self) -> str:
+        return f"local:{self.home}"
+
+    @property
+    def description(self) -> str:
+        return f"the local cloud ({self.max_cpu:g} CPU / {self.max_memory_gb:g} GB)"
+
+    async def open_agent_stream(
+        self, instance: InstanceRecord
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Local agents listen on loopback; frames are authenticated with the cluster key."""
+        if instance.address is None:
+            raise ConnectionError(f"instance {instance.instance_id} has not registered yet")
+        host, port = instance.address.rsplit(":", 1)
+        return await asyncio.open_connection(host, int(port))
+
+    def close(self) -> None:
+        pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import subprocess
@@ -10,6 +11,8 @@ import sys
 import threading
 from pathlib import Path
 
+from meadowrun_core.exceptions import ResourcesNotAvailableError
+from meadowrun_core.resources import Resources
 from meadowrun_core.seams.instance_provider import InstanceType
 
 # Modelled on general-purpose cloud prices (USD/hour per vCPU and per GB), so that cost
@@ -42,6 +45,45 @@ def local_instance_types(max_cpu: float, max_memory_gb: float) -> list[InstanceT
     ]
 
 
+def fits(instance_type: InstanceType, resources: Resources) -> bool:
+    """Local instances have CPUs and memory only: no GPUs, flags or custom resources."""
+    return (
+        instance_type.logical_cpu >= resources.logical_cpu
+        and instance_type.memory_gb >= resources.memory_gb
+        and resources.gpus == 0
+        and not resources.flags
+        and not resources.custom
+    )
+
+
+def choose_instance_type(
+    offers: list[InstanceType], resources: Resources, workers: int, room_cpu: float, room_mem: float
+) -> tuple[InstanceType, int] | None:
+    """The type with the lowest price per placed worker that fits in the remaining room;
+    ties go to the type that places more workers (fewer instances to manage)."""
+    best: tuple[float, int, InstanceType] | None = None
+    for offer in offers:
+        if offer.logical_cpu > room_cpu + 1e-9 or offer.memory_gb > room_mem + 1e-9:
+            continue
+        per_cpu = (
+            math.floor(offer.logical_cpu / resources.logical_cpu + 1e-9)
+            if resources.logical_cpu
+            else workers
+        )
+        per_mem = (
+            math.floor(offer.memory_gb / resources.memory_gb + 1e-9)
+            if resources.memory_gb
+            else workers
+        )
+        placed = min(workers, per_cpu, per_mem)
+        if placed < 1 or not fits(offer, resources):
+            continue
+        key = (offer.price_per_hour / placed, -placed, offer)
+        if best is None or key[:2] < best[:2]:
+            best = key
+    return None if best is None else (best[2], -best[1])
+
+
 class LocalInstanceProvider:
     """Each instance is a detached agent process that outlives the client that started it."""
 
@@ -56,10 +98,37 @@ class LocalInstanceProvider:
     def offers(self) -> list[InstanceType]:
         return local_instance_types(self._max_cpu, self._max_memory_gb)
 
+    def check_satisfiable(self, resources: Resources) -> None:
+        """Fail at once, naming the largest instance type, if nothing could ever fit."""
+        offers = self.offers()
+        if any(fits(t, resources) for t in offers):
+            return
+        largest = max(offers, key=lambda t: (t.logical_cpu, t.memory_gb))
+        extra = "; the local cloud has no GPUs" if resources.gpus else ""
+        raise ResourcesNotAvailableError(
+            f"no instance type can ever fit Resources({resources.describe()}, gpus="
+            f"{resources.gpus:g}); the largest local instance type is {largest.name} "
+            f"({largest.logical_cpu:g} CPU / {largest.memory_gb:g} GB){extra}. Ask for less, "
+            "or raise the local cloud's limit with MEADOWRUN_LOCAL_MAX_CPU / "
+            "MEADOWRUN_LOCAL_MAX_MEMORY_GB (or AllocLocalInstance(max_cpu=..., "
+            "max_memory_gb=...))."
+        )
+
+    def choices(
+        self, resources: Resources, workers: int, room_cpu: float, room_memory_gb: float
+    ) -> list[tuple[InstanceType, int]]:
+        choice = choose_instance_type(self.offers(), resources, workers, room_cpu, room_memory_gb)
+        return [] if choice is None else [choice]
+
+    def failure_hint(self, instance_id: str) -> str:
+        log_path = self.log_path(instance_id)
+        tail = log_path.read_text()[-2000:] if log_path.exists() else "(no log)"
+        return f"its log ({log_path}) ends with:\n{tail}"
+
     def log_path(self, instance_id: str) -> Path:
         return self._home / "instances" / instance_id / "agent.log"
 
-    def launch(self, instance_id: str, instance_type: InstanceType) -> None:
+    async def launch(self, instance_id: str, instance_type: InstanceType) -> None:
         log_path = self.log_path(instance_id)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "MEADOWRUN_HOME": str(self._home)}

@@ -7,7 +7,7 @@ Azure Table ETags) so that racing clients never over-allocate an instance.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from meadowrun_core.resources import Resources
 from meadowrun_core.seams.instance_provider import InstanceType
@@ -75,6 +75,14 @@ class AllocationTable(Protocol):
     def remove_instance_if_idle(self, instance_id: str) -> bool: ...
 
     def remove_instance(self, instance_id: str, outcome: str) -> None: ...
+
+    def remove_dead_instances(self) -> list[str]:
+        """Remove instances that stopped heartbeating or never registered; their ids."""
+        ...
+
+    def set_prevent_further_allocation(self, instance_id: str) -> None: ...
+
+    def job_history(self, limit: int = 100) -> list[dict[str, Any]]: ...
 
     def get_instance(self, instance_id: str) -> InstanceRecord | None: ...
 

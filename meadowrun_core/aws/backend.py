@@ -1,0 +1,92 @@
+"""AWS assembled from its seams: DynamoDB table, SQS queues, S3 store, EC2 instances."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from botocore.exceptions import NoCredentialsError
+
+from meadowrun_core.aws.account import open_data_plane, region_name
+from meadowrun_core.aws.dynamodb_allocation_table import DynamoDbAllocationTable
+from meadowrun_core.aws.ec2_provider import Ec2Provider
+from meadowrun_core.aws.s3_object_store import S3ObjectStore
+from meadowrun_core.aws.sqs_task_queue import SqsTaskQueue
+from meadowrun_core.config import Settings, _float_env, meadowrun_home
+from meadowrun_core.exceptions import BadInputError
+from meadowrun_core.hosts import AllocEC2Instance
+from meadowrun_core.seams.allocation_table import InstanceRecord
+from meadowrun_core.serialization import Signer
+
+# A spending guard: at most this much runs at once unless the host or environment says more.
+DEFAULT_MAX_CPU = 256.0
+DEFAULT_MAX_MEMORY_GB = 2048.0
+
+
+@dataclass
+class AwsBackend:
+    region: str
+    home: Path
+    settings: Settings
+    table: DynamoDbAllocationTable
+    queues: SqsTaskQueue
+    store: S3ObjectStore
+    provider: Ec2Provider
+    signer: Signer
+    max_cpu: float
+    max_memory_gb: float
+    instances_are_this_machine: bool = False
+
+    @classmethod
+    def open(cls, host: AllocEC2Instance) -> AwsBackend:
+        region = region_name(host.region_name)
+        settings = Settings.from_env()
+        try:
+            plane = open_data_plane(region)
+        except NoCredentialsError:
+            raise BadInputError(
+                "no AWS credentials found for AllocEC2Instance: configure them as for the AWS "
+                "CLI (aws configure, AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY), or use the local cloud (host=None)"
+            ) from None
+        home = meadowrun_home() / "aws" / region
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        max_cpu = host.max_cpu or _float_env("MEADOWRUN_AWS_MAX_CPU", DEFAULT_MAX_CPU)
+        max_mem = host.max_memory_gb or _float_env(
+            "MEADOWRUN_AWS_MAX_MEMORY_GB", DEFAULT_MAX_MEMORY_GB
+        )
+        return cls(
+            region=region,
+            home=home,
+            settings=settings,
+            table=plane.table,
+            queues=plane.queues,
+            store=plane.store,
+            provider=Ec2Provider(host, region, settings, home / "cache"),
+            signer=Signer(plane.key),
+            max_cpu=max_cpu,
+            max_memory_gb=max_mem,
+        )
+
+    @property
+    def key(self) -> str:
+        return f"aws:{self.region}:{os.environ.get('MEADOWRUN_AWS_ENDPOINT_URL', '')}"
+
+    @property
+    def description(self) -> str:
+        return f"AWS {self.region} (limit {self.max_cpu:g} CPU / {self.max_memory_gb:g} GB)"
+
+    async def open_agent_stream(
+        self, instance: InstanceRecord
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Through an SSH tunnel to the agent's loopback port; frames are HMAC-signed too."""
+        if instance.address is None:
+            raise ConnectionError(f"instance {instance.instance_id} has not registered yet")
+        remote_port = int(instance.address.rsplit(":", 1)[1])
+        local_port = await self.provider.forward(instance.instance_id, remote_port)
+        return await asyncio.open_connection("127.0.0.1", local_port)
+
+    def close(self) -> None:
+        self.provider.close()
