@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -11,11 +13,17 @@ from meadowrun_core.config import meadowrun_home
 from meadowrun_core.local import admin
 from meadowrun_core.local.allocation_table import SqliteAllocationTable
 
+if TYPE_CHECKING:
+    from meadowrun_core.seams.allocation_table import InstanceRecord
+
 app = typer.Typer(
     help="Manage meadowrun clouds and inspect what runs on them.", no_args_is_help=True
 )
 
 _CLOUDS = ("local", "aws", "azure")
+_BUILT = ("local", "aws")
+_CLOUD_HELP = "local or aws"
+_REGION_HELP = "AWS region (default: AWS_DEFAULT_REGION or us-east-1)"
 
 
 def _table() -> SqliteAllocationTable:
@@ -25,9 +33,35 @@ def _table() -> SqliteAllocationTable:
 def _check_cloud(cloud: str) -> None:
     if cloud not in _CLOUDS:
         raise typer.BadParameter(f"--cloud must be one of {', '.join(_CLOUDS)}")
-    if cloud != "local":
+    if cloud not in _BUILT:
         typer.echo(f"The {cloud} backend is not built yet (see README, 'Not built yet').", err=True)
         raise typer.Exit(2)
+
+
+def _aws(action: Callable[[], Any]) -> Any:
+    """Run an AWS action, turning AWS and configuration errors into a message and exit 1."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from meadowrun_core.exceptions import MeadowrunError
+
+    try:
+        return action()
+    except (MeadowrunError, BotoCoreError, ClientError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+def _echo_lines(lines: list[str], empty: str) -> None:
+    for line in lines or [empty]:
+        typer.echo(line)
+
+
+def _aws_table(region: str | None) -> Any:
+    from meadowrun_core.aws import names
+    from meadowrun_core.aws.clients import aws_client
+    from meadowrun_core.aws.dynamodb_allocation_table import DynamoDbAllocationTable
+
+    return DynamoDbAllocationTable(aws_client("dynamodb", region or None), names.TABLE_NAME)
 
 
 def _ts(t: float) -> str:
@@ -35,9 +69,18 @@ def _ts(t: float) -> str:
 
 
 @app.command()
-def install(cloud: str = typer.Option("local", help="local, aws or azure")) -> None:
-    """Create what a cloud needs (local: the state directory and its key)."""
+def install(
+    cloud: str = typer.Option("local", help=_CLOUD_HELP),
+    region: str = typer.Option("", help=_REGION_HELP),
+) -> None:
+    """Create what a cloud needs (local: the state directory and its key; aws: the table,
+    bucket, secrets, security group, instance role and the scheduled manager)."""
     _check_cloud(cloud)
+    if cloud == "aws":
+        from meadowrun_core.aws import install as aws_install
+
+        _echo_lines(_aws(lambda: aws_install.install(region or None)), "nothing to do")
+        return
     from meadowrun_core.hosts import AllocLocalInstance
     from meadowrun_core.local.backend import LocalBackend
 
@@ -49,9 +92,17 @@ def install(cloud: str = typer.Option("local", help="local, aws or azure")) -> N
 
 
 @app.command()
-def uninstall(cloud: str = typer.Option("local", help="local, aws or azure")) -> None:
+def uninstall(
+    cloud: str = typer.Option("local", help=_CLOUD_HELP),
+    region: str = typer.Option("", help=_REGION_HELP),
+) -> None:
     """Remove everything install created (local: terminates instances, deletes the state)."""
     _check_cloud(cloud)
+    if cloud == "aws":
+        from meadowrun_core.aws import install as aws_install
+
+        _echo_lines(_aws(lambda: aws_install.uninstall(region or None)), "nothing to remove")
+        return
     import shutil
 
     admin.clean()
@@ -61,9 +112,17 @@ def uninstall(cloud: str = typer.Option("local", help="local, aws or azure")) ->
 
 
 @app.command()
-def clean(cloud: str = typer.Option("local", help="local, aws or azure")) -> None:
+def clean(
+    cloud: str = typer.Option("local", help=_CLOUD_HELP),
+    region: str = typer.Option("", help=_REGION_HELP),
+) -> None:
     """Terminate every instance this cloud launched and delete its task queues."""
     _check_cloud(cloud)
+    if cloud == "aws":
+        from meadowrun_core.aws import install as aws_install
+
+        _echo_lines(_aws(lambda: aws_install.clean(region or None)), "nothing to clean")
+        return
     report = admin.clean()
     typer.echo(
         f"terminated {report.instances_terminated} instance(s), "
@@ -71,10 +130,42 @@ def clean(cloud: str = typer.Option("local", help="local, aws or azure")) -> Non
     )
 
 
+def _local_state(r: InstanceRecord) -> str:
+    return (
+        "interrupting"
+        if r.interruption_at
+        else "launching"
+        if r.address is None
+        else "alive"
+        if admin.agent_is_alive(r.agent_pid)
+        else "dead"
+    )
+
+
+def _aws_state(r: InstanceRecord) -> str:
+    """From the table alone: an instance whose heartbeat stopped is one the manager ends."""
+    from meadowrun_core.local.allocation_table import INSTANCE_DEAD_AFTER_SECONDS
+
+    if r.interruption_at:
+        return "interrupting"
+    if r.address is None:
+        return "launching"
+    return "alive" if r.last_heartbeat >= time.time() - INSTANCE_DEAD_AFTER_SECONDS else "stale"
+
+
 @app.command()
-def instances() -> None:
-    """Instances of the local cloud with their free capacity and running jobs."""
-    rows = _table().list_instances()
+def instances(
+    cloud: str = typer.Option("local", help=_CLOUD_HELP),
+    region: str = typer.Option("", help=_REGION_HELP),
+) -> None:
+    """Instances of a cloud with their free capacity and running jobs."""
+    _check_cloud(cloud)
+    if cloud == "aws":
+        rows = _aws(lambda: _aws_table(region).list_instances())
+        state = _aws_state
+    else:
+        rows = _table().list_instances()
+        state = _local_state
     if not rows:
         typer.echo("no instances")
         return
@@ -84,18 +175,9 @@ def instances() -> None:
     )
     now = time.time()
     for r in rows:
-        state = (
-            "interrupting"
-            if r.interruption_at
-            else "launching"
-            if r.address is None
-            else "alive"
-            if admin.agent_is_alive(r.agent_pid)
-            else "dead"
-        )
         typer.echo(
             f"{r.instance_id:14} {r.instance_type:22} {r.cpu_free:>9g} {r.memory_free:>8g} "
-            f"{r.running_jobs:>5} {now - r.created:>5.0f}s {state:10} {r.address or '-'}"
+            f"{r.running_jobs:>5} {now - r.created:>5.0f}s {state(r):10} {r.address or '-'}"
         )
 
 
@@ -135,20 +217,53 @@ def logs(instance_id: str, lines: int = typer.Option(50, help="how many lines"))
 
 
 @app.command()
-def costs(history: int = typer.Option(10000, help="how many finished jobs to count")) -> None:
-    """What finished jobs cost: each job pays its share (by CPU) of its instance's price."""
-    rows = _table().job_history(history)
-    total = 0.0
-    seconds = 0.0
-    for row in rows:
-        duration = row["ended"] - row["started"]
-        share = row["cpu"] / row["instance_cpu"] if row["instance_cpu"] else 1.0
-        total += duration / 3600 * row["price_per_hour"] * share
-        seconds += duration
+def costs(
+    history: int = typer.Option(10000, help="how many finished jobs to count"),
+    cloud: str = typer.Option("local", help=_CLOUD_HELP),
+    region: str = typer.Option("", help=_REGION_HELP),
+) -> None:
+    """What finished jobs cost: each job pays its share (by CPU) of its instance's price.
+
+    aws: also what the same instance-seconds would have cost on-demand (live prices, cached
+    4 h; MEADOWRUN_AWS_PRICE_FIXTURE=<dir> uses a price fixture)."""
+    from meadowrun_core.aws.costs import job_costs
+
+    _check_cloud(cloud)
+    if cloud == "aws":
+        _aws_costs(history, region)
+        return
+    report = job_costs(_table(), limit=history)
     typer.echo(
-        f"{len(rows)} jobs, {seconds:.1f} job-seconds, ${total:.6f} at local list prices "
-        "(the local cloud is free; prices model general-purpose cloud instances)"
+        f"{report.jobs} jobs, {report.job_seconds:.1f} job-seconds, ${report.cost:.6f} at local "
+        "list prices (the local cloud is free; prices model general-purpose cloud instances)"
     )
+
+
+def _aws_costs(history: int, region: str) -> None:
+    import os
+
+    from meadowrun_core.aws.costs import job_costs
+    from meadowrun_core.aws.pricing import default_price_source
+
+    region = region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    prices = None
+    try:
+        prices = default_price_source().prices(region)
+    except Exception as exc:  # the comparison is optional; the bill is not
+        typer.echo(f"no on-demand prices for {region} ({exc}): not compared", err=True)
+    report = _aws(lambda: job_costs(_aws_table(region), prices, limit=history))
+    typer.echo(
+        f"{report.jobs} jobs, {report.job_seconds:.1f} job-seconds, "
+        f"{report.instance_seconds:.1f} instance-seconds, ${report.cost:.6f} at the prices paid"
+    )
+    if report.on_demand_cost is not None:
+        saved = f" (saved {report.savings:.0%})" if report.savings is not None else ""
+        typer.echo(f"${report.on_demand_cost:.6f} on-demand for the same instance-seconds{saved}")
+    if report.unpriced_types:
+        typer.echo(
+            f"no on-demand price for {', '.join(report.unpriced_types)}: counted at the price paid",
+            err=True,
+        )
 
 
 @app.command()

@@ -18,8 +18,13 @@ from meadowrun_core.aws.clients import aws_client
 from meadowrun_core.aws.dynamodb_allocation_table import DynamoDbAllocationTable
 from meadowrun_core.aws.s3_object_store import S3ObjectStore
 from meadowrun_core.aws.sqs_task_queue import SqsTaskQueue
+from meadowrun_core.exceptions import MeadowrunError
 
 log = logging.getLogger(__name__)
+
+# Cached code, arguments and results expire from the bucket after this many days.
+OBJECT_EXPIRY_DAYS = 7
+LIFECYCLE_RULE = "meadowrun-expire-objects"
 
 
 def region_name(region: str | None) -> str:
@@ -28,53 +33,87 @@ def region_name(region: str | None) -> str:
 
 
 @functools.cache
-def account_id(region: str) -> str:
+def account_id(region: str | None) -> str:
     identity: dict[str, Any] = aws_client("sts", region).get_caller_identity()
     return str(identity["Account"])
 
 
-def get_or_create_secret(region: str, name: str, make: Callable[[], str]) -> str:
-    """The secret's value; on first use, ``make`` one and store it (never overwritten)."""
-    client = aws_client("secretsmanager", region)
+def _code(exc: ClientError) -> str:
+    return str(exc.response["Error"]["Code"])
+
+
+def fetch_or_create_secret(sm: Any, name: str, make: Callable[[], str]) -> tuple[str, bool]:
+    """The secret's value and whether this call created it. ``make`` runs only when the
+    secret is missing; if another process creates it first, theirs wins. A secret scheduled
+    for deletion is restored, keeping the value that clients and instances hold."""
     try:
-        return str(client.get_secret_value(SecretId=name)["SecretString"])
+        return str(sm.get_secret_value(SecretId=name)["SecretString"]), False
     except ClientError as exc:
-        if exc.response["Error"]["Code"] != "ResourceNotFoundException":
+        if _code(exc) == "InvalidRequestException" and "DeletedDate" in sm.describe_secret(
+            SecretId=name
+        ):
+            sm.restore_secret(SecretId=name)
+            log.info("restored secret %s, which was scheduled for deletion", name)
+            return str(sm.get_secret_value(SecretId=name)["SecretString"]), False
+        if _code(exc) != "ResourceNotFoundException":
             raise
+    value = make()
     try:
-        client.create_secret(Name=name, SecretString=make(), Tags=names.TAGS)
+        sm.create_secret(Name=name, SecretString=value, Tags=names.TAGS)
         log.info("created secret %s", name)
-    except ClientError as exc:  # another client created it first: use theirs
-        if exc.response["Error"]["Code"] != "ResourceExistsException":
+    except ClientError as exc:
+        if _code(exc) != "ResourceExistsException":
             raise
-    return str(client.get_secret_value(SecretId=name)["SecretString"])
+        return str(sm.get_secret_value(SecretId=name)["SecretString"]), False
+    return value, True
+
+
+def get_or_create_secret(region: str | None, name: str, make: Callable[[], str]) -> str:
+    """The secret's value, created with ``make`` on first use (never overwritten)."""
+    value, _ = fetch_or_create_secret(aws_client("secretsmanager", region), name, make)
+    return value
+
+
+def new_cluster_key() -> str:
+    return secrets.token_hex(32)
 
 
 def cluster_key(region: str) -> bytes:
     """The HMAC key that authenticates every frame and stored pickle of this account."""
-    return bytes.fromhex(
-        get_or_create_secret(region, names.SECRET_CLUSTER_KEY, lambda: secrets.token_hex(32))
-    )
+    return bytes.fromhex(get_or_create_secret(region, names.SECRET_CLUSTER_KEY, new_cluster_key))
 
 
-def ensure_bucket(region: str) -> str:
-    bucket = names.bucket_name(account_id(region), region)
-    s3 = aws_client("s3", region)
+def bucket_exists(s3: Any, bucket: str) -> bool:
     try:
         s3.head_bucket(Bucket=bucket)
-        return bucket
     except ClientError as exc:
-        if exc.response["Error"]["Code"] not in ("404", "NoSuchBucket", "NotFound"):
-            raise
-    kwargs: dict[str, Any] = {"Bucket": bucket}
-    if region != "us-east-1":
-        kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
-    try:
-        s3.create_bucket(**kwargs)
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":
-            raise
-    s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": names.TAGS})
+        code = _code(exc)
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            return False
+        if code in ("403", "Forbidden", "AccessDenied"):
+            raise MeadowrunError(
+                f"the S3 bucket {bucket} exists but this account cannot use it"
+            ) from exc
+        raise
+    return True
+
+
+def ensure_bucket(region: str, expiry_days: int = OBJECT_EXPIRY_DAYS) -> tuple[str, bool]:
+    """meadowrun's bucket in ``region`` (private, tagged, cached objects expiring after
+    ``expiry_days``) and whether this call created it."""
+    s3 = aws_client("s3", region)
+    bucket = names.bucket_name(account_id(region), region)
+    existed = bucket_exists(s3, bucket)
+    if not existed:
+        kwargs: dict[str, Any] = {"Bucket": bucket}
+        if region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            s3.create_bucket(**kwargs)
+        except ClientError as exc:
+            if _code(exc) != "BucketAlreadyOwnedByYou":
+                raise
+        log.info("created bucket %s", bucket)
     s3.put_public_access_block(
         Bucket=bucket,
         PublicAccessBlockConfiguration={
@@ -84,8 +123,21 @@ def ensure_bucket(region: str) -> str:
             "RestrictPublicBuckets": True,
         },
     )
-    log.info("created bucket %s", bucket)
-    return bucket
+    s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": names.TAGS})
+    s3.put_bucket_lifecycle_configuration(
+        Bucket=bucket,
+        LifecycleConfiguration={
+            "Rules": [
+                {
+                    "ID": LIFECYCLE_RULE,
+                    "Filter": {"Prefix": names.OBJECT_PREFIX},
+                    "Status": "Enabled",
+                    "Expiration": {"Days": expiry_days},
+                }
+            ]
+        },
+    )
+    return bucket, not existed
 
 
 @dataclass
@@ -103,7 +155,10 @@ def open_data_plane(region: str, create: bool = True) -> DataPlane:
     table = DynamoDbAllocationTable(aws_client("dynamodb", region), names.TABLE_NAME)
     if create:
         table.create()
-    bucket = ensure_bucket(region) if create else names.bucket_name(account_id(region), region)
+    if create:
+        bucket, _ = ensure_bucket(region)
+    else:
+        bucket = names.bucket_name(account_id(region), region)
     return DataPlane(
         region=region,
         table=table,

@@ -22,13 +22,14 @@ log = logging.getLogger(__name__)
 SSH_USER = "meadowrun"
 
 
-def _new_private_key() -> str:
+def new_client_key_text() -> str:
+    """A new ed25519 private key, OpenSSH format, for the account's clients."""
     return str(asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode())
 
 
 def client_key(region: str) -> asyncssh.SSHKey:
     return asyncssh.import_private_key(
-        get_or_create_secret(region, names.SECRET_SSH_KEY, _new_private_key)
+        get_or_create_secret(region, names.SECRET_SSH_KEY, new_client_key_text)
     )
 
 
