@@ -4,6 +4,7 @@ repositories made here, a real agent."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -114,7 +115,7 @@ def test_requirements_file_environment_built_once(local_cloud: Path, tmp_path: P
     )
     info = mr.run_function(deployment_helpers.env_info, args=("six",), deployment=deployment)
     assert info["version"] == "1.17.0"
-    assert info["has_typer"] is False  # exactly the spec: meadowrun's own packages are hidden
+    assert info["has_typer"] is False, info  # exactly the spec: meadowrun's own packages are hidden
     assert info["prefix"] != sys.prefix and "/envs/" in str(info["prefix"])
     assert info["virtual_env"] == info["prefix"]
     envs = list(local_cloud.glob("instances/*/envs/*/.meadowrun-ready"))
@@ -520,3 +521,54 @@ def test_command_runs_in_git_checkout(
     )
     assert isinstance(result, mr.CommandResult) and result.return_code == 0
     assert "mod.py" in _command_output(caplog, result.job_id)
+
+
+RECREATE_CLIENT = """
+import json, sys
+sys.path.insert(0, {tests!r})
+import deployment_helpers
+import meadowrun_core as mr
+
+info = mr.run_function(
+    deployment_helpers.env_info,
+    args=("six",),
+    # the .pth entries below are not this venv's code: mirror only the tests' helpers
+    deployment=mr.Deployment.mirror_local(
+        include_sys_path=False,
+        additional_sys_paths=({tests!r},),
+        interpreter=mr.LocalCurrentInterpreter(recreate=True),
+    ),
+)
+print(json.dumps(info))
+"""
+
+
+def test_local_current_interpreter_recreated_end_to_end(local_cloud: Path, tmp_path: Path) -> None:
+    """A client in a plain venv with six: recreate=True detects it (pip freeze), builds an
+    identical environment on the instance and runs the job there, not in the client's venv."""
+    import site
+
+    venv = tmp_path / "client-venv"
+    subprocess.run(["uv", "venv", "-q", "--python", sys.executable, str(venv)], check=True)
+    subprocess.run(["uv", "pip", "install", "-q", "--python", str(venv), SIX], check=True)
+    # the client venv also sees meadowrun-core (through a .pth, so `pip freeze` lists only six)
+    (site_packages,) = (venv / "lib").glob("python3*/site-packages")
+    (site_packages / "meadowrun_dev.pth").write_text(
+        "\n".join([*site.getsitepackages(), str(Path(__file__).parent.parent)]) + "\n"
+    )
+    script = tmp_path / "client.py"
+    script.write_text(RECREATE_CLIENT.format(tests=str(Path(__file__).parent)))
+    out = subprocess.run(
+        [str(venv / "bin" / "python"), str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "MEADOWRUN_HOME": str(local_cloud)},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert info["version"] == "1.17.0"  # the client's six, rebuilt
+    assert info["has_typer"] is False, info  # exactly the client's packages, nothing of ours
+    assert Path(str(info["prefix"])).resolve() != venv.resolve()  # a new environment
+    assert str(local_cloud) in str(info["prefix"])  # built on the instance

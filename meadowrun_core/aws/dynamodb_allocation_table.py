@@ -19,7 +19,6 @@ from botocore.exceptions import ClientError
 from meadowrun_core.aws import names
 from meadowrun_core.local.allocation_table import (
     INSTANCE_DEAD_AFTER_SECONDS,
-    LAUNCH_GRACE_SECONDS,
 )
 from meadowrun_core.resources import Resources
 from meadowrun_core.seams.allocation_table import AllocationRecord, InstanceRecord
@@ -76,10 +75,21 @@ def _allocations(item: dict[str, Any]) -> list[AllocationRecord]:
     ]
 
 
+# An EC2 instance may take minutes to boot, install meadowrun and register (the local
+# cloud's agents take a second): a launching record older than this is considered dead.
+EC2_LAUNCH_GRACE_SECONDS = 600.0
+
+
 class DynamoDbAllocationTable:
-    def __init__(self, dynamodb: Any, table_name: str = names.TABLE_NAME) -> None:
+    def __init__(
+        self,
+        dynamodb: Any,
+        table_name: str = names.TABLE_NAME,
+        launch_grace_seconds: float = EC2_LAUNCH_GRACE_SECONDS,
+    ) -> None:
         self._db = dynamodb
         self._table = table_name
+        self._launch_grace = launch_grace_seconds
 
     # --- setup ----------------------------------------------------------------------------
     def create(self) -> None:
@@ -413,7 +423,7 @@ class DynamoDbAllocationTable:
             r.instance_id
             for r in self.list_instances()
             if (r.address is not None and r.last_heartbeat < now - INSTANCE_DEAD_AFTER_SECONDS)
-            or (r.address is None and r.created < now - LAUNCH_GRACE_SECONDS)
+            or (r.address is None and r.created < now - self._launch_grace)
         ]
         for instance_id in dead:
             self.remove_instance(instance_id, "instance died")

@@ -20,7 +20,10 @@ from botocore.exceptions import ClientError
 
 from meadowrun_core.aws import names
 from meadowrun_core.aws.clients import aws_client
-from meadowrun_core.aws.dynamodb_allocation_table import DynamoDbAllocationTable
+from meadowrun_core.aws.dynamodb_allocation_table import (
+    EC2_LAUNCH_GRACE_SECONDS,
+    DynamoDbAllocationTable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +183,7 @@ def _delete_stale_queues(
 def manage_once(
     region: str | None = None,
     now: float | None = None,
-    launch_grace_seconds: float = 300,
+    launch_grace_seconds: float = EC2_LAUNCH_GRACE_SECONDS,
     heartbeat_timeout_seconds: float = 120,
     queue_max_age_seconds: float = 86400,
 ) -> list[str]:

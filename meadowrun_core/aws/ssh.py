@@ -68,8 +68,11 @@ async def connect(
                 agent_path=None,
                 config=[],
             )
-        except asyncssh.HostKeyNotVerifiable:
-            raise
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise ConnectionError(
+                f"the SSH host key of {host}:{port} is not the one generated for this instance "
+                f"at launch; refusing to connect ({exc})"
+            ) from exc
         except (OSError, asyncssh.Error, TimeoutError) as exc:
             if time.monotonic() + delay > deadline:
                 raise ConnectionError(
