@@ -115,6 +115,9 @@ def test_run_function_goes_ec2_ssh_s3(aws: AwsCloud) -> None:
     assert tags[names.TAG_KEY] == names.TAG_VALUE
     assert tags[names.INSTANCE_ID_TAG] == instance_id
     assert instance["InstanceType"]  # chosen from the price fixture
+    # a fresh account works: the group (SSH in) and the agent's instance role were created
+    assert instance["IamInstanceProfile"]["Arn"].endswith(f"/{names.INSTANCE_PROFILE}")
+    assert [g["GroupName"] for g in instance["SecurityGroups"]] == [names.SECURITY_GROUP]
     # the agent registered in DynamoDB; code and arguments went through S3
     assert instance_id in aws.table_instances()
     bucket = names.bucket_name("123456789012", REGION)

@@ -40,6 +40,8 @@ from meadowrun_core.seams.instance_provider import InstanceType
 log = logging.getLogger(__name__)
 
 ADDRESS_MAP_ENV = "MEADOWRUN_EC2_ADDRESS_MAP"
+# How long a new instance profile may take to become usable by RunInstances.
+PROFILE_PROPAGATION_SECONDS = 60.0
 # How many (type, market) choices to try before giving up on capacity errors.
 MAX_FALLBACK_CHOICES = 5
 _AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{arch}"
@@ -110,13 +112,7 @@ class Ec2Provider:
         params = await asyncio.to_thread(
             self._run_instances_params, instance_id, instance_type, host_private, host_public, key
         )
-        try:
-            response = await asyncio.to_thread(lambda: self._ec2.run_instances(**params))
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            if error.get("Code") in FALLBACK_ERROR_CODES:
-                raise CapacityError(f"{error.get('Code')}: {error.get('Message', '')}") from exc
-            raise
+        response = await self._run_instances(params)
         ec2_id = response["Instances"][0]["InstanceId"]
         self._ec2_ids[instance_id] = ec2_id
         self._host_keys[instance_id] = host_public
@@ -133,6 +129,26 @@ class Ec2Provider:
         except BaseException:
             self.terminate(instance_id)
             raise
+
+    async def _run_instances(self, params: dict[str, Any]) -> dict[str, Any]:
+        """RunInstances; capacity errors become ``CapacityError``, and a just-created instance
+        profile that IAM has not propagated yet is waited for (IAM is eventually consistent)."""
+        deadline = time.monotonic() + PROFILE_PROPAGATION_SECONDS
+        while True:
+            try:
+                response: dict[str, Any] = await asyncio.to_thread(
+                    lambda: self._ec2.run_instances(**params)
+                )
+                return response
+            except ClientError as exc:
+                error = exc.response.get("Error", {})
+                code, message = str(error.get("Code", "")), str(error.get("Message", ""))
+                if code in FALLBACK_ERROR_CODES:
+                    raise CapacityError(f"{code}: {message}") from exc
+                propagating = code == "InvalidParameterValue" and "iamInstanceProfile" in message
+                if not propagating or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(2)
 
     def _run_instances_params(
         self,
@@ -168,10 +184,8 @@ class Ec2Provider:
         }
         if self.host.subnet_id:
             params["SubnetId"] = self.host.subnet_id
-        if self.host.iam_role_instance_profile:
-            params["IamInstanceProfile"] = {"Name": self.host.iam_role_instance_profile}
-        elif self._installed_profile():
-            params["IamInstanceProfile"] = {"Name": names.INSTANCE_PROFILE}
+        profile = self.host.iam_role_instance_profile or self._instance_profile()
+        params["IamInstanceProfile"] = {"Name": profile}
         if instance_type.is_spot:
             params["InstanceMarketOptions"] = {
                 "MarketType": "spot",
@@ -188,41 +202,16 @@ class Ec2Provider:
 
     @functools.cache  # noqa: B019 - one provider per backend, kept for the process
     def _security_group(self) -> str:
-        """meadowrun's group in the default VPC: SSH in, everything out."""
-        found = self._ec2.describe_security_groups(
-            Filters=[{"Name": "group-name", "Values": [names.SECURITY_GROUP]}, *names.TAG_FILTER]
-        )["SecurityGroups"]
-        if found:
-            return str(found[0]["GroupId"])
-        group_id = str(
-            self._ec2.create_security_group(
-                GroupName=names.SECURITY_GROUP,
-                Description="meadowrun instances: SSH from clients",
-                TagSpecifications=[{"ResourceType": "security-group", "Tags": names.TAGS}],
-            )["GroupId"]
-        )
-        self._ec2.authorize_security_group_ingress(
-            GroupId=group_id,
-            IpPermissions=[
-                {
-                    "IpProtocol": "tcp",
-                    "FromPort": 22,
-                    "ToPort": 22,
-                    "IpRanges": [{"CidrIp": "0.0.0.0/0"}],
-                }
-            ],
-        )
+        from meadowrun_core.aws.install import ensure_security_group
+
+        group_id, _ = ensure_security_group(self.region)
         return group_id
 
     @functools.cache  # noqa: B019
-    def _installed_profile(self) -> bool:
-        try:
-            aws_client("iam", self.region).get_instance_profile(
-                InstanceProfileName=names.INSTANCE_PROFILE
-            )
-        except ClientError:
-            return False
-        return True
+    def _instance_profile(self) -> str:
+        from meadowrun_core.aws.install import ensure_instance_profile
+
+        return ensure_instance_profile(self.region)
 
     def _agent_command(self, instance_id: str) -> str:
         """Start the agent detached (setsid, nohup), state under ~/.meadowrun."""

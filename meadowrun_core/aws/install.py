@@ -150,7 +150,8 @@ def _create_security_group(ec2: Any) -> str:
     return str(response["GroupId"])
 
 
-def _install_security_group(region: str) -> str:
+def ensure_security_group(region: str) -> tuple[str, bool]:
+    """meadowrun's security group in the default VPC (SSH in), and whether it was created."""
     ec2 = aws_client("ec2", region)
     group_id = find_security_group(ec2)
     existed = group_id is not None
@@ -171,7 +172,12 @@ def _install_security_group(region: str) -> str:
     except ClientError as exc:
         if _code(exc) != "InvalidPermission.Duplicate":
             raise
-    return f"{'found' if existed else 'created'} security group {names.SECURITY_GROUP} ({group_id})"
+    return group_id, not existed
+
+
+def _install_security_group(region: str) -> str:
+    group_id, created = ensure_security_group(region)
+    return f"{'created' if created else 'found'} security group {names.SECURITY_GROUP} ({group_id})"
 
 
 # --- IAM -----------------------------------------------------------------------------------
@@ -299,6 +305,13 @@ def _ensure_role(iam: Any, name: str, service: str, policy: dict[str, Any]) -> t
         created = False
     iam.put_role_policy(RoleName=name, PolicyName=name, PolicyDocument=json.dumps(policy))
     return str(arn), created
+
+
+def ensure_instance_profile(region: str) -> str:
+    """The instance profile whose role lets an agent use the table, bucket, queues and
+    secrets; created on first use, so that a fresh account works without install."""
+    _install_instance_role(region, account_id(region))
+    return names.INSTANCE_PROFILE
 
 
 def _install_instance_role(region: str, account: str) -> list[str]:
