@@ -25,6 +25,9 @@ from meadowrun_core.seams.allocation_table import AllocationRecord, InstanceReco
 from meadowrun_core.seams.instance_provider import InstanceType
 
 _LIMITS = "limits"
+# A sparse index on ``kind``: instance and history items carry it, so listing them is a Query
+# over those items instead of a Scan of the whole table (leases, job keys, history).
+_BY_KIND = "by_kind"
 _CONDITION_FAILED = ("ConditionalCheckFailedException", "TransactionCanceledException")
 
 
@@ -97,8 +100,21 @@ class DynamoDbAllocationTable:
         try:
             self._db.create_table(
                 TableName=self._table,
-                AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                AttributeDefinitions=[
+                    {"AttributeName": "pk", "AttributeType": "S"},
+                    {"AttributeName": "kind", "AttributeType": "S"},
+                ],
                 KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                GlobalSecondaryIndexes=[
+                    {
+                        "IndexName": _BY_KIND,
+                        "KeySchema": [
+                            {"AttributeName": "kind", "KeyType": "HASH"},
+                            {"AttributeName": "pk", "KeyType": "RANGE"},
+                        ],
+                        "Projection": {"ProjectionType": "ALL"},
+                    }
+                ],
                 BillingMode="PAY_PER_REQUEST",
                 Tags=names.TAGS,
             )
@@ -109,16 +125,47 @@ class DynamoDbAllocationTable:
 
     # --- helpers --------------------------------------------------------------------------
     def _scan(self, prefix: str) -> list[dict[str, Any]]:
-        """Every item whose key starts with ``prefix``, across all scan pages."""
+        """Every item whose key starts with ``prefix``, across all scan pages, read
+        consistently (reads the whole table: only a fallback)."""
         items: list[dict[str, Any]] = []
         paginator = self._db.get_paginator("scan")
         for page in paginator.paginate(
             TableName=self._table,
             FilterExpression="begins_with(pk, :p)",
             ExpressionAttributeValues={":p": {"S": prefix}},
+            ConsistentRead=True,
         ):
             items.extend(_from_dynamo(item) for item in page["Items"])
         return items
+
+    def _kind(self, kind: str) -> list[dict[str, Any]]:
+        """Every item of one kind (instance, history) from the sparse index on ``kind``: a
+        Query that reads only those items, not the whole table. Index reads are eventually
+        consistent; callers that must see the latest state re-read the item by key."""
+        items: list[dict[str, Any]] = []
+        paginator = self._db.get_paginator("query")
+        for page in paginator.paginate(
+            TableName=self._table,
+            IndexName=_BY_KIND,
+            KeyConditionExpression="#k = :k",
+            ExpressionAttributeNames={"#k": "kind"},
+            ExpressionAttributeValues={":k": {"S": kind}},
+        ):
+            items.extend(_from_dynamo(item) for item in page["Items"])
+        return items
+
+    def _instance_holding(self, job_id: str) -> dict[str, Any] | None:
+        """The instance item (read consistently) whose running jobs include ``job_id``. The
+        index finds it; if the index has not caught up yet, a consistent scan does."""
+        for item in self._kind("instance"):
+            if job_id in item.get("running_jobs", {}):
+                fresh = self._get(item["pk"])
+                if fresh is not None and job_id in fresh.get("running_jobs", {}):
+                    return fresh
+        for item in self._scan("instance#"):
+            if job_id in item.get("running_jobs", {}):
+                return item
+        return None
 
     def _get(self, pk: str) -> dict[str, Any] | None:
         response = self._db.get_item(
@@ -211,6 +258,7 @@ class DynamoDbAllocationTable:
         n = len(job_ids)
         item = {
             "pk": f"instance#{instance_id}",
+            "kind": "instance",
             "instance_type": instance_type.name,
             "cpu_total": instance_type.logical_cpu,
             "memory_total": instance_type.memory_gb,
@@ -277,11 +325,10 @@ class DynamoDbAllocationTable:
                 raise
 
     def deallocate(self, job_id: str, outcome: str) -> bool:
-        for item in self._scan("instance#"):
-            job = item.get("running_jobs", {}).get(job_id)
-            if job is not None:
-                return self._deallocate(item, job_id, job, outcome)
-        return False
+        item = self._instance_holding(job_id)
+        if item is None:
+            return False
+        return self._deallocate(item, job_id, item["running_jobs"][job_id], outcome)
 
     def _deallocate(
         self, item: dict[str, Any], job_id: str, job: dict[str, Any], outcome: str
@@ -306,6 +353,7 @@ class DynamoDbAllocationTable:
         self._put(
             {
                 "pk": f"history#{job_id}",
+                "kind": "history",
                 "instance_id": item["pk"].removeprefix("instance#"),
                 "instance_type": item["instance_type"],
                 "client_id": job["client_id"],
@@ -322,15 +370,14 @@ class DynamoDbAllocationTable:
         return True
 
     def set_worker_pid(self, job_id: str, pid: int) -> None:
-        for item in self._scan("instance#"):
-            if job_id in item.get("running_jobs", {}):
-                self._update_instance(
-                    item["pk"],
-                    "SET running_jobs.#j.worker_pid = :v",
-                    {":v": {"N": str(pid)}},
-                    {"#j": job_id},
-                )
-                return
+        item = self._instance_holding(job_id)
+        if item is not None:
+            self._update_instance(
+                item["pk"],
+                "SET running_jobs.#j.worker_pid = :v",
+                {":v": {"N": str(pid)}},
+                {"#j": job_id},
+            )
 
     # --- instances ------------------------------------------------------------------------
     def _update_instance(
@@ -447,18 +494,18 @@ class DynamoDbAllocationTable:
         return None if item is None else _instance(item)
 
     def list_instances(self) -> list[InstanceRecord]:
-        return sorted((_instance(i) for i in self._scan("instance#")), key=lambda r: r.created)
+        return sorted((_instance(i) for i in self._kind("instance")), key=lambda r: r.created)
 
     def list_allocations(self, instance_id: str | None = None) -> list[AllocationRecord]:
         if instance_id is not None:
             item = self._get(f"instance#{instance_id}")
             records = _allocations(item) if item else []
         else:
-            records = [a for item in self._scan("instance#") for a in _allocations(item)]
+            records = [a for item in self._kind("instance") for a in _allocations(item)]
         return sorted(records, key=lambda a: a.created)
 
     def job_history(self, limit: int = 100) -> list[dict[str, Any]]:
-        rows = [{**i, "job_id": i["pk"].removeprefix("history#")} for i in self._scan("history#")]
+        rows = [{**i, "job_id": i["pk"].removeprefix("history#")} for i in self._kind("history")]
         return sorted(rows, key=lambda r: r["ended"], reverse=True)[:limit]
 
     # --- keyed jobs -----------------------------------------------------------------------

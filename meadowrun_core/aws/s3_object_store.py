@@ -8,6 +8,8 @@ from botocore.exceptions import ClientError
 
 from meadowrun_core.seams.object_store import content_key
 
+_PUT_WITHOUT_CHECK_BYTES = 256 * 1024
+
 
 class S3ObjectStore:
     def __init__(self, s3: Any, bucket: str, prefix: str = "objects/") -> None:
@@ -22,7 +24,9 @@ class S3ObjectStore:
 
     def put(self, data: bytes) -> str:
         key = content_key(data)
-        if not self.exists(key):
+        # content-addressed, so a PUT of a blob already there changes nothing: for small blobs
+        # one PUT is cheaper than HEAD then PUT; large ones are checked first
+        if len(data) <= _PUT_WITHOUT_CHECK_BYTES or not self.exists(key):
             self._s3.put_object(Bucket=self._bucket, Key=self._key(key), Body=data)
         return key
 
