@@ -34,7 +34,6 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -418,12 +417,6 @@ def measure_local(scratch: Path, deployment: mr.Deployment, config: dict[str, An
     return figures
 
 
-def _reset_moto(endpoint: str) -> None:
-    # moto keeps its state per process, not per server: start from an empty account
-    request = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
-    urllib.request.urlopen(request).close()
-
-
 def measure_aws(scratch: Path, deployment: mr.Deployment, config: dict[str, Any],
                 quiet_wait: float) -> Figures:
     import boto3
@@ -433,6 +426,7 @@ def measure_aws(scratch: Path, deployment: mr.Deployment, config: dict[str, Any]
     from meadowrun_core.aws.dynamodb_allocation_table import DynamoDbAllocationTable
     from meadowrun_core.client.runtime import ClientRuntime
     from tests.ec2_hosts import Ec2TestHosts
+    from tests.moto_server import reset_moto
 
     figures = Figures()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -444,7 +438,7 @@ def measure_aws(scratch: Path, deployment: mr.Deployment, config: dict[str, Any]
     requests: RequestCounter | None = None
     with environment({**env, "MEADOWRUN_HOME": str(scratch / "aws-client-home")}):
         try:
-            _reset_moto(endpoint)
+            reset_moto(endpoint)
             progress("aws: allocation path (DynamoDbAllocationTable on moto)")
             dynamodb = boto3.client("dynamodb", region_name=REGION, endpoint_url=endpoint)
             seam = DynamoDbAllocationTable(dynamodb, f"bench-alloc-{uuid.uuid4().hex[:8]}")
@@ -461,7 +455,7 @@ def measure_aws(scratch: Path, deployment: mr.Deployment, config: dict[str, Any]
                 "through boto3 and moto's HTTP server; it sets the seam's cost)")
             progress(f"  p50 {figures.values['alloc_p50_ms']:.2f} ms")
 
-            _reset_moto(endpoint)  # the cold start finds an empty account, no instance
+            reset_moto(endpoint)  # the cold start finds an empty account, no instance
             hosts = Ec2TestHosts(endpoint, REGION, scratch / "hosts", env=env)
             hosts.start()
             os.environ["MEADOWRUN_EC2_ADDRESS_MAP"] = str(hosts.address_map_path)

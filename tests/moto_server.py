@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.request
+
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -27,3 +29,11 @@ class SerialMotoServer(ThreadedMotoServer):
         )
         self._server_ready_event.set()
         self._server.serve_forever()
+
+
+def reset_moto(endpoint: str) -> None:
+    """Empty every moto backend. moto keeps its state per process, not per server, so a test
+    module must not see what an earlier module's server left behind."""
+    request = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
+    with urllib.request.urlopen(request, timeout=10):
+        pass

@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import meadowrun_core as mr
 from meadowrun_core.aws import names
 from meadowrun_core.client.runtime import ClientRuntime
 from tests.ec2_hosts import Ec2TestHosts
+from tests.moto_server import reset_moto
 
 REGION = "us-east-1"
 FIXTURES = Path(__file__).parent / "fixtures" / "aws"
@@ -70,8 +70,7 @@ def aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsCloud]:
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    # moto keeps its state per process, not per server: start from an empty account
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"))
+    reset_moto(endpoint)  # an empty account
     environment = {
         "MEADOWRUN_AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
@@ -93,6 +92,7 @@ def aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsCloud]:
     finally:
         ClientRuntime.get().forget_backends()
         hosts.close()
+        reset_moto(endpoint)  # nothing left for a later module's moto server
         server.stop()
 
 

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import boto3.session
 from botocore.exceptions import NoCredentialsError
 
 from meadowrun_core.aws.account import open_data_plane, region_name
@@ -20,6 +21,11 @@ from meadowrun_core.hosts import AllocEC2Instance
 from meadowrun_core.seams.allocation_table import InstanceRecord
 from meadowrun_core.serialization import Signer
 
+_NO_CREDENTIALS = (
+    "no AWS credentials found for AllocEC2Instance: configure them as for the AWS CLI (aws "
+    "configure, AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), or use the "
+    "local cloud (host=None)"
+)
 # A spending guard: at most this much runs at once unless the host or environment says more.
 DEFAULT_MAX_CPU = 256.0
 DEFAULT_MAX_MEMORY_GB = 2048.0
@@ -43,14 +49,14 @@ class AwsBackend:
     def open(cls, host: AllocEC2Instance) -> AwsBackend:
         region = region_name(host.region_name)
         settings = Settings.from_env()
+        # a fresh session looks again (the default one caches what it found first), and
+        # nothing is sent to AWS before this check
+        if boto3.session.Session().get_credentials() is None:
+            raise BadInputError(_NO_CREDENTIALS)
         try:
             plane = open_data_plane(region)
         except NoCredentialsError:
-            raise BadInputError(
-                "no AWS credentials found for AllocEC2Instance: configure them as for the AWS "
-                "CLI (aws configure, AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY), or use the local cloud (host=None)"
-            ) from None
+            raise BadInputError(_NO_CREDENTIALS) from None
         home = meadowrun_home() / "aws" / region
         home.mkdir(mode=0o700, parents=True, exist_ok=True)
         max_cpu = host.max_cpu or _float_env("MEADOWRUN_AWS_MAX_CPU", DEFAULT_MAX_CPU)
