@@ -123,6 +123,8 @@ class ClientRuntime:
             self._lease_wakeup.wait(interval)
             self._lease_wakeup.clear()
             for backend in backends:
+                if all(b is not backend for b in list(self._backends.values())):
+                    continue  # forgotten while we waited: its lease was released on purpose
                 try:
                     backend.table.renew_lease(
                         self.client_id, self.pid, backend.settings.lease_seconds
