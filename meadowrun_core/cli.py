@@ -240,12 +240,11 @@ def costs(
 
 
 def _aws_costs(history: int, region: str) -> None:
-    import os
-
+    from meadowrun_core.aws.clients import resolve_region
     from meadowrun_core.aws.costs import job_costs
     from meadowrun_core.aws.pricing import default_price_source
 
-    region = region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    region = resolve_region(region)
     prices = None
     try:
         prices = default_price_source().prices(region)
@@ -295,17 +294,16 @@ def instance_types(
 
     Live prices (Pricing API, spot price history, Spot Instance Advisor), cached 4 h;
     MEADOWRUN_AWS_PRICE_FIXTURE=<dir> uses a price fixture instead."""
-    import os
-
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from meadowrun_core.aws.clients import resolve_region
     from meadowrun_core.aws.instance_selection import choose_instance_types
     from meadowrun_core.aws.instance_types import load_offers
     from meadowrun_core.aws.pricing import DiskCache, default_price_source
     from meadowrun_core.exceptions import MeadowrunError
     from meadowrun_core.resources import Resources
 
-    region = region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    region = resolve_region(region)
     try:
         resources = Resources(
             logical_cpu=cpu,

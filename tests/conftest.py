@@ -12,6 +12,7 @@ import pytest
 from meadowrun_core.client.runtime import ClientRuntime
 from meadowrun_core.config import meadowrun_home
 from meadowrun_core.local import admin
+from tests.moto_server import SerialMotoServer, reset_moto
 
 
 @pytest.fixture
@@ -30,3 +31,18 @@ def local_cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
     yield home
     ClientRuntime.get().forget_backends()
     admin.clean()
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    """moto's server over HTTP on loopback for one test module, answering one request at a
+    time (see tests/moto_server.py). moto keeps its state per process, not per server, so the
+    module starts from an empty account and leaves one behind."""
+    server = SerialMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    reset_moto(endpoint)
+    yield endpoint
+    reset_moto(endpoint)
+    server.stop()

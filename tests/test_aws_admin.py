@@ -15,7 +15,6 @@ import sys
 import time
 import urllib.request
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ import asyncssh
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from moto_server import SerialMotoServer
 from typer.testing import CliRunner
 
 from meadowrun_core.aws import install as aws_install
@@ -42,15 +40,6 @@ FIXTURE = Path(__file__).parent / "fixtures" / "aws"
 TAG = {"Key": names.TAG_KEY, "Value": names.TAG_VALUE}
 ONE = Resources(logical_cpu=1, memory_gb=1)
 SMALL = InstanceType("m5.large", 2, 8, 0.0359)
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    server = SerialMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture

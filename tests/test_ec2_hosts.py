@@ -21,22 +21,9 @@ import pytest
 
 from meadowrun_core.aws.user_data import InstanceBoot, render_user_data
 from tests.ec2_hosts import Ec2TestHosts
-from tests.moto_server import SerialMotoServer, reset_moto
 
 REGION = "us-east-1"
 USER = "ubuntu"
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    server = SerialMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    reset_moto(endpoint)  # moto's state is per process: drop what earlier modules left
-    yield endpoint
-    reset_moto(endpoint)
-    server.stop()
 
 
 @pytest.fixture

@@ -7,14 +7,12 @@ import multiprocessing
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 import seam_racer
-from moto_server import SerialMotoServer
 
 from meadowrun_core.aws.dynamodb_allocation_table import DynamoDbAllocationTable
 from meadowrun_core.aws.s3_object_store import S3ObjectStore
@@ -27,15 +25,6 @@ from meadowrun_core.seams.instance_provider import InstanceType
 
 ONE = Resources(logical_cpu=1, memory_gb=1)
 SMALL = InstanceType("t.small", 2, 4, 0.05)
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    server = SerialMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 def _boto(service: str, endpoint: str) -> Any:

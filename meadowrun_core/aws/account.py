@@ -14,7 +14,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from meadowrun_core.aws import names
-from meadowrun_core.aws.clients import aws_client
+from meadowrun_core.aws.clients import aws_client, error_code
 from meadowrun_core.aws.dynamodb_allocation_table import DynamoDbAllocationTable
 from meadowrun_core.aws.s3_object_store import S3ObjectStore
 from meadowrun_core.aws.sqs_task_queue import SqsTaskQueue
@@ -27,19 +27,10 @@ OBJECT_EXPIRY_DAYS = 7
 LIFECYCLE_RULE = "meadowrun-expire-objects"
 
 
-def region_name(region: str | None) -> str:
-    resolved: str = aws_client("sts", region).meta.region_name
-    return resolved
-
-
 @functools.cache
 def account_id(region: str | None) -> str:
     identity: dict[str, Any] = aws_client("sts", region).get_caller_identity()
     return str(identity["Account"])
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response["Error"]["Code"])
 
 
 def fetch_or_create_secret(sm: Any, name: str, make: Callable[[], str]) -> tuple[str, bool]:
@@ -49,20 +40,20 @@ def fetch_or_create_secret(sm: Any, name: str, make: Callable[[], str]) -> tuple
     try:
         return str(sm.get_secret_value(SecretId=name)["SecretString"]), False
     except ClientError as exc:
-        if _code(exc) == "InvalidRequestException" and "DeletedDate" in sm.describe_secret(
+        if error_code(exc) == "InvalidRequestException" and "DeletedDate" in sm.describe_secret(
             SecretId=name
         ):
             sm.restore_secret(SecretId=name)
             log.info("restored secret %s, which was scheduled for deletion", name)
             return str(sm.get_secret_value(SecretId=name)["SecretString"]), False
-        if _code(exc) != "ResourceNotFoundException":
+        if error_code(exc) != "ResourceNotFoundException":
             raise
     value = make()
     try:
         sm.create_secret(Name=name, SecretString=value, Tags=names.TAGS)
         log.info("created secret %s", name)
     except ClientError as exc:
-        if _code(exc) != "ResourceExistsException":
+        if error_code(exc) != "ResourceExistsException":
             raise
         return str(sm.get_secret_value(SecretId=name)["SecretString"]), False
     return value, True
@@ -87,7 +78,7 @@ def bucket_exists(s3: Any, bucket: str) -> bool:
     try:
         s3.head_bucket(Bucket=bucket)
     except ClientError as exc:
-        code = _code(exc)
+        code = error_code(exc)
         if code in ("404", "NoSuchBucket", "NotFound"):
             return False
         if code in ("403", "Forbidden", "AccessDenied"):
@@ -111,7 +102,7 @@ def ensure_bucket(region: str, expiry_days: int = OBJECT_EXPIRY_DAYS) -> tuple[s
         try:
             s3.create_bucket(**kwargs)
         except ClientError as exc:
-            if _code(exc) != "BucketAlreadyOwnedByYou":
+            if error_code(exc) != "BucketAlreadyOwnedByYou":
                 raise
         log.info("created bucket %s", bucket)
     s3.put_public_access_block(

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from meadowrun_core.aws.account import open_data_plane
-from meadowrun_core.aws.clients import aws_client
+from meadowrun_core.aws.clients import aws_client, resolve_region
 from meadowrun_core.serialization import Signer
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def parse_instance_action(text: str) -> float:
 
 class AwsAgentCloud:
     def __init__(self, home: Path, region: str | None) -> None:
-        plane = open_data_plane(region or aws_client("sts").meta.region_name, create=False)
+        plane = open_data_plane(resolve_region(region), create=False)
         self.region = plane.region
         self.table = plane.table
         self.queues = plane.queues

@@ -10,7 +10,8 @@ from pathlib import Path
 import boto3.session
 from botocore.exceptions import NoCredentialsError
 
-from meadowrun_core.aws.account import open_data_plane, region_name
+from meadowrun_core.aws.account import open_data_plane
+from meadowrun_core.aws.clients import resolve_region
 from meadowrun_core.aws.dynamodb_allocation_table import DynamoDbAllocationTable
 from meadowrun_core.aws.ec2_provider import Ec2Provider
 from meadowrun_core.aws.s3_object_store import S3ObjectStore
@@ -47,7 +48,7 @@ class AwsBackend:
 
     @classmethod
     def open(cls, host: AllocEC2Instance) -> AwsBackend:
-        region = region_name(host.region_name)
+        region = resolve_region(host.region_name)
         settings = Settings.from_env()
         # a fresh session looks again (the default one caches what it found first), and
         # nothing is sent to AWS before this check

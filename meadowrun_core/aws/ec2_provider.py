@@ -26,7 +26,7 @@ import asyncssh
 from botocore.exceptions import ClientError
 
 from meadowrun_core.aws import names, ssh
-from meadowrun_core.aws.clients import aws_client
+from meadowrun_core.aws.clients import aws_client, error_code
 from meadowrun_core.aws.instance_selection import FALLBACK_ERROR_CODES, choose_instance_types
 from meadowrun_core.aws.instance_types import Ec2Offer, load_offers
 from meadowrun_core.aws.pricing import DiskCache, default_price_source
@@ -108,7 +108,7 @@ class Ec2Provider:
     # --- launching ---------------------------------------------------------------------
     async def launch(self, instance_id: str, instance_type: InstanceType) -> None:
         host_private, host_public = ssh.new_host_key()
-        key = await asyncio.to_thread(ssh.client_key, self.region)
+        key = await asyncio.to_thread(self._client_key)
         params = await asyncio.to_thread(
             self._run_instances_params, instance_id, instance_type, host_private, host_public, key
         )
@@ -141,8 +141,8 @@ class Ec2Provider:
                 )
                 return response
             except ClientError as exc:
-                error = exc.response.get("Error", {})
-                code, message = str(error.get("Code", "")), str(error.get("Message", ""))
+                code = error_code(exc)
+                message = str(exc.response.get("Error", {}).get("Message", ""))
                 if code in FALLBACK_ERROR_CODES:
                     raise CapacityError(f"{code}: {message}") from exc
                 propagating = code == "InvalidParameterValue" and "iamInstanceProfile" in message
@@ -201,6 +201,11 @@ class Ec2Provider:
         return _latest_ami(self.region, "arm64" if arch == "arm64" else "x86_64")
 
     @functools.cache  # noqa: B019 - one provider per backend, kept for the process
+    def _client_key(self) -> asyncssh.SSHKey:
+        """The account's SSH client key, read from Secrets Manager once per provider."""
+        return ssh.client_key(self.region)
+
+    @functools.cache  # noqa: B019
     def _security_group(self) -> str:
         from meadowrun_core.aws.install import ensure_security_group
 
@@ -256,7 +261,7 @@ class Ec2Provider:
                 address,
                 port,
                 host_key,
-                await asyncio.to_thread(ssh.client_key, self.region),
+                await asyncio.to_thread(self._client_key),
                 self.host.launch_timeout,
             )
             self._connections[instance_id] = connection

@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import time
 import zipfile
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from meadowrun_core.aws.account import (
     get_or_create_secret,
     new_cluster_key,
 )
-from meadowrun_core.aws.clients import aws_client
+from meadowrun_core.aws.clients import aws_client, error_code, resolve_region
 from meadowrun_core.aws.dynamodb_allocation_table import DynamoDbAllocationTable
 from meadowrun_core.aws.manager import (
     LIVE_STATES,
@@ -59,14 +58,6 @@ _PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent  # holds meadowrun
 # A zip entry's fixed timestamp, so the same code gives the same CodeSha256.
 _ZIP_TIME = (2020, 1, 1, 0, 0, 0)
 _ROLE_PROPAGATION_SECONDS = 60.0
-
-
-def resolve_region(region: str | None) -> str:
-    return region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response["Error"]["Code"])
 
 
 def _tag_dict() -> dict[str, str]:
@@ -99,7 +90,7 @@ def _install_table(region: str) -> str:
         dynamodb.describe_table(TableName=names.TABLE_NAME)
         existed = True
     except ClientError as exc:
-        if _code(exc) != "ResourceNotFoundException":
+        if error_code(exc) != "ResourceNotFoundException":
             raise
         existed = False
     DynamoDbAllocationTable(dynamodb, names.TABLE_NAME).create()
@@ -140,7 +131,7 @@ def _create_security_group(ec2: Any) -> str:
             TagSpecifications=[{"ResourceType": "security-group", "Tags": names.TAGS}],
         )
     except ClientError as exc:
-        if _code(exc) != "InvalidGroup.Duplicate":
+        if error_code(exc) != "InvalidGroup.Duplicate":
             raise
         raise MeadowrunError(
             f"the default VPC has a security group named {names.SECURITY_GROUP} without the "
@@ -170,7 +161,7 @@ def ensure_security_group(region: str) -> tuple[str, bool]:
             ],
         )
     except ClientError as exc:
-        if _code(exc) != "InvalidPermission.Duplicate":
+        if error_code(exc) != "InvalidPermission.Duplicate":
             raise
     return group_id, not existed
 
@@ -299,7 +290,7 @@ def _ensure_role(iam: Any, name: str, service: str, policy: dict[str, Any]) -> t
         )["Role"]["Arn"]
         created = True
     except ClientError as exc:
-        if _code(exc) != "EntityAlreadyExists":
+        if error_code(exc) != "EntityAlreadyExists":
             raise
         arn = iam.get_role(RoleName=name)["Role"]["Arn"]
         created = False
@@ -326,7 +317,7 @@ def _install_instance_role(region: str, account: str) -> list[str]:
         )["InstanceProfile"]
         done.append(f"created instance profile {names.INSTANCE_PROFILE}")
     except ClientError as exc:
-        if _code(exc) != "EntityAlreadyExists":
+        if error_code(exc) != "EntityAlreadyExists":
             raise
         profile = iam.get_instance_profile(InstanceProfileName=names.INSTANCE_PROFILE)[
             "InstanceProfile"
@@ -428,7 +419,7 @@ def _create_function(
             )
             return response
         except ClientError as exc:
-            if _code(exc) != "InvalidParameterValueException" or time.monotonic() > deadline:
+            if error_code(exc) != "InvalidParameterValueException" or time.monotonic() > deadline:
                 raise
             log.info("waiting for IAM role %s to reach Lambda", names.MANAGER_ROLE)
             sleep(3)
@@ -449,7 +440,7 @@ def _install_function(
     try:
         config = lam.get_function(FunctionName=names.MANAGER_FUNCTION)["Configuration"]
     except ClientError as exc:
-        if _code(exc) != "ResourceNotFoundException":
+        if error_code(exc) != "ResourceNotFoundException":
             raise
         config = _create_function(lam, role_arn, code, sleep)
         done.append(f"created Lambda function {names.MANAGER_FUNCTION}")
@@ -468,7 +459,7 @@ def _install_schedule(region: str, function_arn: str) -> str:
         events.describe_rule(Name=names.MANAGER_RULE)
         existed = True
     except ClientError as exc:
-        if _code(exc) != "ResourceNotFoundException":
+        if error_code(exc) != "ResourceNotFoundException":
             raise
         existed = False
     rule_arn = events.put_rule(
@@ -488,7 +479,7 @@ def _install_schedule(region: str, function_arn: str) -> str:
             SourceArn=rule_arn,
         )
     except ClientError as exc:
-        if _code(exc) != "ResourceConflictException":
+        if error_code(exc) != "ResourceConflictException":
             raise
     return f"{'found' if existed else 'created'} schedule {names.MANAGER_RULE} (every minute)"
 
@@ -521,7 +512,7 @@ def _forget_instances(region: str, instance_ids: list[str], outcome: str) -> Non
         for instance_id in instance_ids:
             table.remove_instance(instance_id, outcome)
     except ClientError as exc:
-        if _code(exc) != "ResourceNotFoundException":
+        if error_code(exc) != "ResourceNotFoundException":
             raise
 
 
@@ -553,7 +544,7 @@ def _ignore(codes: tuple[str, ...], call: Callable[[], object]) -> bool:
     try:
         call()
     except ClientError as exc:
-        if _code(exc) in codes:
+        if error_code(exc) in codes:
             return False
         raise
     return True
@@ -601,7 +592,7 @@ def _remove_role(iam: Any, name: str) -> list[str]:
             iam.detach_role_policy(RoleName=name, PolicyArn=policy["PolicyArn"])
         iam.delete_role(RoleName=name)
     except ClientError as exc:
-        if _code(exc) != "NoSuchEntity":
+        if error_code(exc) != "NoSuchEntity":
             raise
         return []
     return [f"deleted IAM role {name}"]
@@ -616,7 +607,7 @@ def _remove_instance_profile(iam: Any) -> list[str]:
             )
         iam.delete_instance_profile(InstanceProfileName=names.INSTANCE_PROFILE)
     except ClientError as exc:
-        if _code(exc) != "NoSuchEntity":
+        if error_code(exc) != "NoSuchEntity":
             raise
         return []
     return [f"deleted instance profile {names.INSTANCE_PROFILE}"]
@@ -635,9 +626,9 @@ def _remove_security_group(
             ec2.delete_security_group(GroupId=group_id)
             return [f"deleted security group {names.SECURITY_GROUP} ({group_id})"]
         except ClientError as exc:
-            if _code(exc) == "InvalidGroup.NotFound":
+            if error_code(exc) == "InvalidGroup.NotFound":
                 return []
-            if _code(exc) != "DependencyViolation" or attempt == attempts - 1:
+            if error_code(exc) != "DependencyViolation" or attempt == attempts - 1:
                 raise
             sleep(5)
     return []

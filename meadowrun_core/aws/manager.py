@@ -19,7 +19,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from meadowrun_core.aws import names
-from meadowrun_core.aws.clients import aws_client
+from meadowrun_core.aws.clients import aws_client, error_code
 from meadowrun_core.aws.dynamodb_allocation_table import (
     EC2_LAUNCH_GRACE_SECONDS,
     DynamoDbAllocationTable,
@@ -106,7 +106,7 @@ def delete_queue(sqs: Any, url: str) -> bool:
     try:
         sqs.delete_queue(QueueUrl=url)
     except ClientError as exc:
-        if "NonExistentQueue" in exc.response["Error"]["Code"]:
+        if "NonExistentQueue" in error_code(exc):
             return False
         raise
     return True
@@ -168,7 +168,7 @@ def _delete_stale_queues(
                 QueueUrl=url, AttributeNames=["CreatedTimestamp"]
             )["Attributes"]
         except ClientError as exc:
-            if "NonExistentQueue" in exc.response["Error"]["Code"]:
+            if "NonExistentQueue" in error_code(exc):
                 continue
             raise
         age = now - float(attributes["CreatedTimestamp"])
