@@ -325,6 +325,8 @@ def bench_client(host: mr.Host, deployment: mr.Deployment, config: dict[str, Any
                  requests: RequestCounter | None = None) -> None:
     def counted(before: dict[str, int] | None, what: str, per: int = 1) -> None:
         if requests is not None and before is not None:
+            figures.values[f"requests {what}"] = requests.sent_since(before) / per
+            figures.values[f"served {what}"] = (requests.served - before[SERVED]) / per
             if per == 1:
                 figures.notes.append(f"AWS requests by the client, {what}: "
                                      f"{requests.since(before)}")
@@ -383,6 +385,48 @@ def bench_client(host: mr.Host, deployment: mr.Deployment, config: dict[str, Any
     progress(f"  run_map {config['tasks']} tasks in {seconds:.2f} s")
     counted(before, "the timed run_map", config["tasks"])
     figures.notes.append(f"instances launched in all: {count_instances()}")
+    if requests is not None:
+        figures.notes.extend(request_targets(figures.values, config["tasks"]))
+
+
+# Issue 12's targets, and what Meadowrun 0.2.16's design needs for the same work, computed
+# from that design (its code is not run here): one SQS message per task (SendMessageBatch of
+# 10), each task received and deleted on its own, each result written to S3 and found by
+# listing the bucket (at least one ListObjectsV2 per second of the map; not counted).
+TARGETS = {"warm": 3.0, "cold": 30.0, "map": 20.0}
+MEADOWRUN_0_2_16 = {
+    # DynamoDB scan of the instance table + conditional update; function and arguments
+    # pickled into the SSH command (no S3); the result read back over SSH
+    "warm": "2 (Scan + UpdateItem)",
+    # the above, plus the code as one zip in S3 (HeadObject + PutObject), RunInstances and
+    # the instance registering (PutItem), before its own boot-time requests
+    "cold": "6 (Scan, UpdateItem, HeadObject, PutObject, RunInstances, PutItem)",
+    # 100 SendMessageBatch + 1,000 ReceiveMessage + 1,000 DeleteMessage + 1,000 PutObject
+    # (results) + S3 listing while polling
+    "map": "3,100 + S3 polling",
+}
+
+
+def request_targets(values: dict[str, float], tasks: int) -> list[str]:
+    """Requests per operation next to the targets and Meadowrun 0.2.16's design."""
+    rows = [
+        ("warm run_function", values.get("requests one warm run_function"), "warm", 1),
+        ("cold start (131-file tree, empty account)", values.get("requests cold start"),
+         "cold", 1),
+        ("run_map, per 1,000 tasks (client)", values.get("requests the timed run_map"),
+         "map", 1000),
+        ("run_map, per 1,000 tasks (client + agents + test hosts)",
+         values.get("served the timed run_map"), "map", 1000),
+    ]
+    lines = ["requests per operation (target; Meadowrun 0.2.16's design):"]
+    for what, value, key, scale in rows:
+        if value is None:
+            continue
+        figure = value * scale
+        verdict = "meets" if figure <= TARGETS[key] else "misses"
+        lines.append(f"  {what}: {figure:.1f} ({verdict} <= {TARGETS[key]:g}; "
+                     f"Meadowrun 0.2.16: {MEADOWRUN_0_2_16[key]})")
+    return ["\n".join(lines)] if len(lines) > 1 else []
 
 
 # --- the two clouds -----------------------------------------------------------------------------
@@ -460,7 +504,8 @@ def measure_aws(scratch: Path, deployment: mr.Deployment, config: dict[str, Any]
             hosts.start()
             os.environ["MEADOWRUN_EC2_ADDRESS_MAP"] = str(hosts.address_map_path)
             progress("aws: run_function / run_map")
-            host = mr.AllocEC2Instance(region_name=REGION, agent_python=sys.executable)
+            host = mr.AllocEC2Instance(region_name=REGION, agent_python=sys.executable,
+                                      ssh_cidr="127.0.0.0/8")
             ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=endpoint)
 
             def count() -> int:

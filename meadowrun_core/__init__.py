@@ -4,6 +4,7 @@ local cloud by default. ``import meadowrun_core as mr``."""
 from meadowrun_core.api import (
     attach_job,
     cancel_job,
+    expose_port,
     forget_job,
     job_info,
     job_status,
@@ -73,6 +74,7 @@ __all__ = [
     "attach_job",
     "cancel_job",
     "current_instance_id",
+    "expose_port",
     "forget_job",
     "interruption_notice",
     "job_info",

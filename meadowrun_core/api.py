@@ -17,9 +17,15 @@ from meadowrun_core.client.jobs import (
     prepare_function_job,
 )
 from meadowrun_core.client.map_driver import prepare_map_job
+from meadowrun_core.client.names import check_function_name
 from meadowrun_core.client.runtime import ClientRuntime
 from meadowrun_core.deployment.spec import Deployment
-from meadowrun_core.exceptions import CommandResult, RunMapTasksFailedException, TaskResult
+from meadowrun_core.exceptions import (
+    BadInputError,
+    CommandResult,
+    RunMapTasksFailedException,
+    TaskResult,
+)
 from meadowrun_core.hosts import Host
 from meadowrun_core.resources import Resources
 
@@ -44,6 +50,7 @@ def run_function(
     follows the existing job instead of starting another. ``detach=True`` lets the job outlive
     this process (for at most ``detached_timeout`` seconds, default a day).
     """
+    check_function_name(function, host, deployment)
     prepared = prepare_function_job(
         function, host, resources, deployment, args, kwargs, job_key, detach, detached_timeout
     )
@@ -65,6 +72,7 @@ async def run_function_async(
     detach: bool = False,
     detached_timeout: float | None = None,
 ) -> Any:
+    check_function_name(function, host, deployment)
     prepared = prepare_function_job(
         function, host, resources, deployment, args, kwargs, job_key, detach, detached_timeout
     )
@@ -129,6 +137,7 @@ def run_map_as_completed(
     max_num_task_attempts: int = 1,
 ) -> Iterator[TaskResult]:
     """Yield a ``TaskResult`` per task as each finishes (each task exactly once)."""
+    check_function_name(function, host, deployment)
     runtime, job = prepare_map_job(
         function,
         args,
@@ -161,6 +170,7 @@ async def run_map_as_completed_async(
     num_concurrent_tasks: int | None = None,
     max_num_task_attempts: int = 1,
 ) -> AsyncIterator[TaskResult]:
+    check_function_name(function, host, deployment)
     runtime, job = prepare_map_job(
         function,
         args,
@@ -251,6 +261,18 @@ async def run_map_async(
 
 def current_client_id() -> str:
     return ClientRuntime.get().client_id
+
+
+def expose_port(port: int, *, host: Host | None = None) -> None:
+    """Let jobs on ``host``'s instances reach a service of this machine at the same address:
+    their ``127.0.0.1:port`` leads to this machine's ``127.0.0.1:port`` (e.g. a Prefect API
+    server that the flow process runs). On the local cloud the instances are this machine, so
+    nothing is needed; on a cloud it is a reverse forward over the SSH connection to each
+    instance, so no port of this machine is opened to the network."""
+    if not 0 < port < 65536:
+        raise BadInputError(f"expose_port({port}): a port is a number from 1 to 65535")
+    runtime = ClientRuntime.get()
+    runtime.run(runtime.backend(host).expose(port))
 
 
 # --- keyed jobs: find, follow and cancel a job from any process ------------------------------

@@ -11,16 +11,29 @@ from pathlib import Path
 from typing import Protocol
 
 from meadowrun_core.config import Settings
+from meadowrun_core.exceptions import MeadowrunError
 from meadowrun_core.resources import Resources
 from meadowrun_core.seams.allocation_table import AllocationTable, InstanceRecord
 from meadowrun_core.seams.instance_provider import InstanceType
 from meadowrun_core.seams.object_store import ObjectStore
+from meadowrun_core.seams.secret_store import SecretStore
 from meadowrun_core.seams.task_queue import TaskQueue
 from meadowrun_core.serialization import Signer
 
 
 class CapacityError(Exception):
-    """The cloud has no capacity (or quota) for this instance type now: try the next choice."""
+    """The cloud has no capacity (or quota) for this instance type now: try the next choice.
+    ``market_wide``: the error holds for every type of its market (a spot quota), so the
+    remaining choices in that market are skipped."""
+
+    def __init__(self, message: str, market_wide: bool = False) -> None:
+        super().__init__(message)
+        self.market_wide = market_wide
+
+
+class LaunchError(MeadowrunError):
+    """An instance was launched but could not become a meadowrun instance (its bootstrap
+    failed); it has been terminated, and the message says why."""
 
 
 class Provider(Protocol):
@@ -89,6 +102,11 @@ class Backend(Protocol):
     def signer(self) -> Signer: ...
 
     @property
+    def secrets(self) -> SecretStore:
+        """The cloud's named secrets (what deployments' ``*_secret`` names refer to)."""
+        ...
+
+    @property
     def max_cpu(self) -> float: ...
 
     @property
@@ -98,6 +116,16 @@ class Backend(Protocol):
         self, instance: InstanceRecord
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """An authenticated-transport stream to the instance's agent."""
+        ...
+
+    async def reach(self, instance: InstanceRecord, host: str, port: int) -> tuple[str, int]:
+        """An address on this machine that reaches ``host:port`` as seen from ``instance``
+        (a server a job runs there): the same address where the instance is this machine, a
+        port forwarded through the SSH connection otherwise, so no other port need be open."""
+        ...
+
+    async def expose(self, port: int) -> None:
+        """From now on, instances reach this machine's ``127.0.0.1:port`` at their own."""
         ...
 
     def close(self) -> None:

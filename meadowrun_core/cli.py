@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
@@ -20,6 +20,7 @@ app = typer.Typer(
     help="Manage meadowrun clouds and inspect what runs on them.", no_args_is_help=True
 )
 
+_T = TypeVar("_T")
 _CLOUDS = ("local", "aws", "azure")
 _BUILT = ("local", "aws")
 _CLOUD_HELP = "local or aws"
@@ -27,7 +28,21 @@ _REGION_HELP = "AWS region (default: AWS_DEFAULT_REGION or us-east-1)"
 
 
 def _table() -> SqliteAllocationTable:
-    return SqliteAllocationTable(meadowrun_home() / "state.db")
+    return _local(lambda: SqliteAllocationTable(meadowrun_home() / "state.db"))
+
+
+def _local(action: Callable[[], _T]) -> _T:
+    """Run a local-cloud action; damaged or vanished state is a message and exit 1 (the
+    database itself recovers: see local/sqlite_db.py), never a raw sqlite traceback."""
+    import sqlite3
+
+    from meadowrun_core.exceptions import MeadowrunError
+
+    try:
+        return action()
+    except (MeadowrunError, sqlite3.DatabaseError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 def _check_cloud(cloud: str) -> None:
@@ -123,10 +138,11 @@ def clean(
 
         _echo_lines(_aws(lambda: aws_install.clean(region or None)), "nothing to clean")
         return
-    report = admin.clean()
+    report = _local(admin.clean)
     typer.echo(
         f"terminated {report.instances_terminated} instance(s), "
-        f"deleted {report.queues_deleted} queue(s)"
+        f"deleted {report.queues_deleted} queue(s), removed {report.instance_dirs_removed} "
+        f"instance folder(s) and {report.objects_removed} unused object(s)"
     )
 
 
@@ -153,6 +169,17 @@ def _aws_state(r: InstanceRecord) -> str:
     return "alive" if r.last_heartbeat >= time.time() - INSTANCE_DEAD_AFTER_SECONDS else "stale"
 
 
+def _echo_untracked(known: set[str]) -> None:
+    """Agents of this home that the table does not list (its state was deleted or damaged)."""
+    for pid, instance_id in sorted(admin.home_agents().items()):
+        if instance_id not in known:
+            typer.echo(
+                f"{instance_id}: agent pid {pid} runs but is not in the state table; "
+                "`meadowrun clean` stops it",
+                err=True,
+            )
+
+
 @app.command()
 def instances(
     cloud: str = typer.Option("local", help=_CLOUD_HELP),
@@ -164,8 +191,9 @@ def instances(
         rows = _aws(lambda: _aws_table(region).list_instances())
         state = _aws_state
     else:
-        rows = _table().list_instances()
+        rows = _local(lambda: _table().list_instances())
         state = _local_state
+        _echo_untracked({r.instance_id for r in rows})
     if not rows:
         typer.echo("no instances")
         return
@@ -341,37 +369,57 @@ secret_app = typer.Typer(help="Named secrets (git SSH keys, registry credentials
 app.add_typer(secret_app, name="secret")
 
 
+def _secret_store(cloud: str, region: str) -> Any:
+    """The secret store of ``cloud``: a private file locally, Secrets Manager on AWS."""
+    _check_cloud(cloud)
+    if cloud == "aws":
+        from meadowrun_core.aws.clients import resolve_region
+        from meadowrun_core.aws.secret_store import SecretsManagerStore
+
+        return SecretsManagerStore(resolve_region(region or None))
+    from meadowrun_core.local.secrets import LocalSecretStore
+
+    return LocalSecretStore(meadowrun_home())
+
+
 @secret_app.command("set")
 def secret_set(
     name: str,
     file: str = typer.Option("", help="read the value from this file (else from stdin)"),
+    cloud: str = typer.Option("local", help=_CLOUD_HELP),
+    region: str = typer.Option("", help=_REGION_HELP),
 ) -> None:
-    """Store a secret under NAME (the value is read from --file or standard input)."""
+    """Store a secret under NAME in a cloud's secret store (the value is read from --file or
+    standard input, never from the command line)."""
     import sys
     from pathlib import Path
 
-    from meadowrun_core.local.secrets import LocalSecretStore
-
     value = Path(file).read_text() if file else sys.stdin.read()
-    LocalSecretStore(meadowrun_home()).put(name, value)
-    typer.echo(f"secret {name!r} stored")
+    store = _secret_store(cloud, region)
+    _aws(lambda: store.put(name, value)) if cloud == "aws" else store.put(name, value)
+    typer.echo(f"secret {name!r} stored ({cloud})")
 
 
 @secret_app.command("delete")
-def secret_delete(name: str) -> None:
+def secret_delete(
+    name: str,
+    cloud: str = typer.Option("local", help=_CLOUD_HELP),
+    region: str = typer.Option("", help=_REGION_HELP),
+) -> None:
     """Remove the secret NAME."""
-    from meadowrun_core.local.secrets import LocalSecretStore
-
-    found = LocalSecretStore(meadowrun_home()).delete(name)
+    store = _secret_store(cloud, region)
+    found = _aws(lambda: store.delete(name)) if cloud == "aws" else store.delete(name)
     typer.echo(f"secret {name!r} {'deleted' if found else 'was not there'}")
 
 
 @secret_app.command("list")
-def secret_list() -> None:
+def secret_list(
+    cloud: str = typer.Option("local", help=_CLOUD_HELP),
+    region: str = typer.Option("", help=_REGION_HELP),
+) -> None:
     """Names of the stored secrets (never their values)."""
-    from meadowrun_core.local.secrets import LocalSecretStore
-
-    for name in LocalSecretStore(meadowrun_home()).names():
+    store = _secret_store(cloud, region)
+    for name in _aws(store.names) if cloud == "aws" else store.names():
         typer.echo(name)
 
 

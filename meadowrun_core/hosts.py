@@ -37,8 +37,11 @@ class AllocEC2Instance(Host):
     ``security_group_ids`` to a meadowrun group allowing SSH; ``iam_role_instance_profile``
     to the profile ``meadowrun install --cloud aws`` creates. ``max_cpu`` and ``max_memory_gb``
     cap what may run at once (a spending guard; ``MEADOWRUN_AWS_MAX_CPU`` /
-    ``MEADOWRUN_AWS_MAX_MEMORY_GB``); ``agent_python`` is the interpreter with meadowrun-core
-    on the image; ``use_private_ip`` connects to private addresses (from inside the VPC).
+    ``MEADOWRUN_AWS_MAX_MEMORY_GB``). By default a fresh instance gets meadowrun-core (this
+    client's exact version and dependencies) from S3 at boot; ``agent_python`` names an
+    interpreter with meadowrun-core already on the image instead. ``ssh_cidr`` is who may
+    SSH in (default: this client's own address, as AWS's checkip service sees it);
+    ``use_private_ip`` connects to private addresses (from inside the VPC).
     """
 
     region_name: str | None = None
@@ -49,9 +52,22 @@ class AllocEC2Instance(Host):
     idle_timeout: float | None = None
     max_cpu: float | None = None
     max_memory_gb: float | None = None
-    agent_python: str = "/opt/meadowrun/venv/bin/python"
+    agent_python: str | None = None
+    ssh_cidr: str | None = None
     use_private_ip: bool = False
     launch_timeout: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.ssh_cidr is not None:
+            import ipaddress
+
+            try:
+                ipaddress.ip_network(self.ssh_cidr, strict=False)
+            except ValueError:
+                raise BadInputError(
+                    f"AllocEC2Instance(ssh_cidr={self.ssh_cidr!r}) is not a CIDR; give one "
+                    "such as '203.0.113.7/32' or '10.0.0.0/16'"
+                ) from None
 
 
 @dataclass(frozen=True)

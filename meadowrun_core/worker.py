@@ -25,8 +25,8 @@ from meadowrun_core.config import meadowrun_home
 from meadowrun_core.deployment.code_mirror import materialize
 from meadowrun_core.local.object_store import FileObjectStore
 from meadowrun_core.protocol import read_frame_sync, send_frame_sync
-from meadowrun_core.seams.object_store import ObjectStore
-from meadowrun_core.serialization import Signer, dumps_fast, load_or_create_key
+from meadowrun_core.seams.object_store import ObjectStore, get_verified
+from meadowrun_core.serialization import Signer, dumps_fast
 
 
 def _import_function(qualified_name: str) -> Any:
@@ -93,7 +93,7 @@ class Worker:
             return self._functions[name]
         key = header["function_key"]
         if key not in self._functions:
-            self._functions[key] = self._signer.loads(self._store.get(key))
+            self._functions[key] = pickle.loads(get_verified(self._store, self._signer, key))
         return self._functions[key]
 
     def call(self, header: dict[str, Any], blob: bytes) -> tuple[dict[str, Any], bytes]:
@@ -187,9 +187,14 @@ def _die_with_parent() -> None:
 def main() -> None:
     _die_with_parent()
     sock = socket.socket(fileno=int(os.environ.pop("MEADOWRUN_WORKER_FD")))
-    home = meadowrun_home()
-    signer = Signer(load_or_create_key(home / "cluster.key"))
-    Worker(sock, signer, _object_store(home)).serve()
+    # the agent's home as it is, and its key: a home deleted under the agent is not recreated
+    env_home = os.environ.get("MEADOWRUN_HOME")
+    home = Path(env_home) if env_home else meadowrun_home()
+    try:
+        key = (home / "cluster.key").read_bytes()
+    except FileNotFoundError:
+        sys.exit(f"the cluster key {home / 'cluster.key'} is gone; this worker cannot start")
+    Worker(sock, Signer(key), _object_store(home)).serve()
 
 
 def _object_store(home: Path) -> ObjectStore:

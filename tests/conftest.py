@@ -14,6 +14,17 @@ from meadowrun_core.config import meadowrun_home
 from meadowrun_core.local import admin
 from tests.moto_server import SerialMotoServer, reset_moto
 
+# The EC2 twin's fixtures (``aws``, ``twin_network``), for every module that runs on it.
+pytest_plugins = ["tests.aws_twin"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "chaos: hostile-user probes of the local cloud (tests/test_chaos*.py); they run in the "
+        "default run and in CI, `-m chaos` runs only them",
+    )
+
 
 @pytest.fixture
 def local_cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:

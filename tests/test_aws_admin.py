@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from meadowrun_core.cli import app
 from meadowrun_core.local.allocation_table import SqliteAllocationTable
 from meadowrun_core.resources import Resources
 from meadowrun_core.seams.instance_provider import InstanceType
+from tests.moto_server import CheckIpServer
 
 REGION = "us-east-1"
 FIXTURE = Path(__file__).parent / "fixtures" / "aws"
@@ -42,8 +44,15 @@ ONE = Resources(logical_cpu=1, memory_gb=1)
 SMALL = InstanceType("m5.large", 2, 8, 0.0359)
 
 
+@pytest.fixture(scope="module")
+def checkip() -> Iterator[str]:
+    server = CheckIpServer()
+    yield server.url
+    server.close()
+
+
 @pytest.fixture
-def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+def aws(moto_endpoint: str, checkip: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
     """A fresh moto account; every meadowrun client points at it."""
     request = urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST")
     urllib.request.urlopen(request, timeout=30).close()
@@ -52,6 +61,7 @@ def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     monkeypatch.setenv("MEADOWRUN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MEADOWRUN_CHECKIP_URL", checkip)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     return moto_endpoint
 
@@ -158,9 +168,14 @@ def _check_installed(aws: str) -> dict[str, Any]:
         Filters=[{"Name": "group-name", "Values": [names.SECURITY_GROUP]}]
     )["SecurityGroups"]
     assert group["VpcId"] == vpc["VpcId"] and _has_tag(group["Tags"])
-    assert [(p["IpProtocol"], p["FromPort"], p["ToPort"]) for p in group["IpPermissions"]] == [
-        ("tcp", 22, 22)
+    # SSH from this client's own address only; members reach each other on every port
+    permissions = sorted(group["IpPermissions"], key=lambda p: p["IpProtocol"])
+    assert [(p["IpProtocol"], p.get("FromPort"), p.get("ToPort")) for p in permissions] == [
+        ("-1", None, None),
+        ("tcp", 22, 22),
     ]
+    assert [r["CidrIp"] for r in permissions[1]["IpRanges"]] == ["127.0.0.1/32"]
+    assert [g["GroupId"] for g in permissions[0]["UserIdGroupPairs"]] == [group["GroupId"]]
 
     iam = _client(aws, "iam")
     for role in (names.INSTANCE_ROLE, names.MANAGER_ROLE):

@@ -29,15 +29,12 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError
 from botocore.stub import ANY, Stubber
 from moto.server import ThreadedMotoServer
 
 from meadowrun_core.aws.instance_selection import (
     Choice,
     choose_instance_types,
-    launch_cheapest,
-    launch_with_fallback,
     workers_per_instance,
 )
 from meadowrun_core.aws.instance_types import (
@@ -248,115 +245,18 @@ def test_arch_and_cpu_flags_filter(offers: list[Ec2Offer]) -> None:
 def test_impossible_resources_name_the_largest_type_before_any_launch(
     offers: list[Ec2Offer],
 ) -> None:
-    launched: list[Choice] = []
-
-    def launch(choice: Choice) -> str:
-        launched.append(choice)
-        return "i-never"
-
+    # choosing raises before anything could launch; launching walks the ranked choices in
+    # production code (client/allocation.py), tested in tests/test_aws_data_plane.py
     with pytest.raises(ResourcesNotAvailableError) as info:
-        launch_cheapest(offers, Resources(logical_cpu=1000, memory_gb=4), 1, launch, REGION)
+        choose_instance_types(offers, Resources(logical_cpu=1000, memory_gb=4), 1, REGION)
     assert "in us-east-1 fits Resources(1000 CPU / 4 GB)" in str(info.value)
     assert "the largest is p3dn.24xlarge (96 vCPU / 768 GB, 8 x V100)" in str(info.value)
     with pytest.raises(ResourcesNotAvailableError, match=r"the most GPUs: p3dn\.24xlarge"):
-        launch_cheapest(offers, Resources(1, 4, gpus=16), 1, launch, REGION)
+        choose_instance_types(offers, Resources(1, 4, gpus=16), 1, REGION)
     with pytest.raises(ResourcesNotAvailableError, match="with 32 GB"):
-        launch_cheapest(offers, Resources(1, 4, gpus=1, gpu_memory=40), 1, launch, REGION)
+        choose_instance_types(offers, Resources(1, 4, gpus=1, gpu_memory=40), 1, REGION)
     with pytest.raises(ResourcesNotAvailableError, match="no custom resources"):
-        launch_cheapest(offers, Resources(1, 4, custom={"licenses": 1}), 1, launch, REGION)
-    assert launched == []
-
-
-# --- launching with fallback -------------------------------------------------------------
-def _capacity_error(code: str, name: str) -> ClientError:
-    return ClientError(
-        {
-            "Error": {"Code": code, "Message": f"We currently do not have sufficient {name}"},
-            "ResponseMetadata": {"HTTPStatusCode": 500},
-        },
-        "RunInstances",
-    )
-
-
-def _launcher(ec2: Any, refuse: dict[str, str], calls: list[Choice]) -> Any:
-    """Launches on moto, except what ``refuse`` names ("type" or "type market" -> error
-    code): for those it raises the ClientError EC2 would."""
-
-    def launch(choice: Choice) -> str:
-        calls.append(choice)
-        for key in (choice.offer.name, f"{choice.offer.name} {choice.market}"):
-            if key in refuse:
-                raise _capacity_error(refuse[key], choice.offer.name)
-        market = (
-            {"InstanceMarketOptions": {"MarketType": "spot"}} if choice.market == "spot" else {}
-        )
-        response = ec2.run_instances(
-            ImageId="ami-12345678",
-            InstanceType=choice.offer.name,
-            MinCount=1,
-            MaxCount=1,
-            **market,
-        )
-        return str(response["Instances"][0]["InstanceId"])
-
-    return launch
-
-
-def test_fallback_to_the_next_cheapest_on_capacity_errors(
-    offers: list[Ec2Offer], ec2: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    choices = choose_instance_types(offers, Resources(2, 8), 1, REGION)
-    assert [(c.offer.name, c.market) for c in choices[:3]] == [
-        ("t3.large", "spot"),
-        ("r5.large", "spot"),
-        ("m5.large", "spot"),
-    ]
-    calls: list[Choice] = []
-    launch = _launcher(
-        ec2, {"t3.large": "InsufficientInstanceCapacity", "r5.large": "VcpuLimitExceeded"}, calls
-    )
-    with caplog.at_level(logging.WARNING):
-        chosen, instance_id = launch_with_fallback(choices, launch)
-    assert [c.offer.name for c in calls] == ["t3.large", "r5.large", "m5.large"]
-    assert (chosen.offer.name, chosen.market) == ("m5.large", "spot")
-    instance = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
-    assert (instance["InstanceType"], instance.get("InstanceLifecycle")) == ("m5.large", "spot")
-    assert "InsufficientInstanceCapacity" in caplog.text
-
-
-def test_spot_quota_skips_the_other_spot_choices(offers: list[Ec2Offer], ec2: Any) -> None:
-    choices = choose_instance_types(offers, Resources(2, 8), 1, REGION)
-    calls: list[Choice] = []
-    launch = _launcher(ec2, {"t3.large spot": "MaxSpotInstanceCountExceeded"}, calls)
-    chosen, _ = launch_with_fallback(choices, launch)
-    # r5.large, m5.large, c5.xlarge spot are cheaper than t3.large on-demand: all skipped
-    assert [(c.offer.name, c.market) for c in calls] == [
-        ("t3.large", "spot"),
-        ("t3.large", "on-demand"),
-    ]
-    assert (chosen.offer.name, chosen.market) == ("t3.large", "on-demand")
-
-
-def test_other_errors_are_not_retried_and_exhaustion_is_clear(
-    offers: list[Ec2Offer], ec2: Any
-) -> None:
-    choices = choose_instance_types(offers, Resources(4, 16, gpus=1), 1, REGION)
-    calls: list[Choice] = []
-    with pytest.raises(ClientError, match="UnauthorizedOperation"):
-        launch_with_fallback(
-            choices, _launcher(ec2, {c.offer.name: "UnauthorizedOperation" for c in choices}, calls)
-        )
-    assert len(calls) == 1
-
-    calls.clear()
-    refuse = {c.offer.name: "InsufficientInstanceCapacity" for c in choices}
-    with pytest.raises(ResourcesNotAvailableError) as info:
-        launch_with_fallback(choices, _launcher(ec2, refuse, calls))
-    assert len(calls) == len(choices)
-    message = str(info.value)
-    assert f"EC2 refused all {len(choices)} instance type choice(s) tried" in message
-    assert "g4dn.xlarge spot ($0.1578/h, 1 worker(s)): InsufficientInstanceCapacity" in message
-    assert "g5.xlarge on-demand" in message
+        choose_instance_types(offers, Resources(1, 4, custom={"licenses": 1}), 1, REGION)
 
 
 # --- live sources (no internet: moto, botocore's Stubber, a loopback HTTP server) --------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from pathlib import Path
 
@@ -83,11 +84,18 @@ def test_wrong_types_are_explained(local_cloud: Path, monkeypatch: pytest.Monkey
 
 
 def test_function_not_importable_on_worker(local_cloud: Path) -> None:
-    with pytest.raises(mr.TaskException, match="no_such_module_xyz") as info:
+    # the caller's own code and interpreter: checked before anything launches (issue 14)
+    with pytest.raises(mr.BadInputError, match="no module 'no_such_module_xyz'"):
         mr.run_function("no_such_module_xyz.func")
+    with pytest.raises(mr.BadInputError, match="has no attribute 'nope'"):
+        mr.run_function("workloads.nope")
+    # an interpreter the client cannot see into: the worker says so
+    preinstalled = mr.Deployment.preinstalled_interpreter(sys.executable)
+    with pytest.raises(mr.TaskException, match="no_such_module_xyz") as info:
+        mr.run_function("no_such_module_xyz.func", deployment=preinstalled)
     assert "could not load the function" in str(info.value)
     with pytest.raises(mr.TaskException, match="has no attribute 'nope'"):
-        mr.run_function("workloads.nope")
+        mr.run_function("json.nope", deployment=preinstalled)
 
 
 def test_command_that_does_not_exist(local_cloud: Path) -> None:

@@ -202,3 +202,67 @@ def test_object_store_content_addressed(store: Any) -> None:
     assert not store.exists(key)
     with pytest.raises(KeyError):
         store.get(key)
+
+
+# --- reuse honours every resource (issue 12, item 3) -----------------------------------------
+GPU_SPOT = InstanceType(
+    "g.spot", 8, 32, 0.3, interruption_probability=0.1, is_spot=True, gpus=1, gpu_memory_gb=16,
+    flags=("nvidia", "avx512", "x86_64"), arch="x86_64", custom=(("licenses", 2.0),),
+)
+CPU_SPOT = InstanceType("c.spot", 8, 32, 0.1, interruption_probability=0.1, is_spot=True,
+                        arch="x86_64")
+CPU_ON_DEMAND = InstanceType("c.od", 8, 32, 0.2, arch="x86_64")
+ARM = InstanceType("a.od", 8, 32, 0.1, flags=("arm64",), arch="arm64")
+
+
+def _launch_type(table: Any, instance_id: str, instance_type: InstanceType) -> None:
+    assert table.allocate_on_new_instance(instance_id, instance_type, [], ONE, "c1", "d", 64, 256)
+    table.register_instance(instance_id, "127.0.0.1:1", 1)
+
+
+def _where(table: Any, resources: Resources) -> str | None:
+    job = f"j-{uuid.uuid4().hex[:8]}"
+    return table.allocate_on_existing([job], resources, "c1", "d").get(job)
+
+
+def test_reuse_honours_gpus_flags_market_arch_and_custom(table: Any) -> None:
+    table.renew_lease("c1", 1, 60)
+    _launch_type(table, "i-cpu-spot", CPU_SPOT)
+    # nothing but a CPU spot instance: a GPU, flag, on-demand, arm or custom job never lands
+    assert _where(table, Resources(1, 1, gpus=1)) is None
+    assert _where(table, Resources(1, 1, gpu_memory=8)) is None
+    assert _where(table, Resources(1, 1, flags=("avx512",))) is None
+    assert _where(table, Resources(1, 1, max_eviction_rate=0)) is None
+    assert _where(table, Resources(1, 1, max_eviction_rate=5)) is None  # bucket 10% > 5%
+    assert _where(table, Resources(1, 1, flags=("arm64",))) is None
+    assert _where(table, Resources(1, 1, custom={"licenses": 1})) is None
+    assert _where(table, Resources(1, 1)) == "i-cpu-spot"
+    _launch_type(table, "i-od", CPU_ON_DEMAND)
+    _launch_type(table, "i-arm", ARM)
+    _launch_type(table, "i-gpu", GPU_SPOT)
+    assert _where(table, Resources(1, 1, max_eviction_rate=0)) == "i-od"
+    assert _where(table, Resources(1, 1, flags=("graviton",))) == "i-arm"
+    assert _where(table, Resources(1, 1, gpus=1, gpu_memory=16, flags=("cuda",))) == "i-gpu"
+    assert _where(table, Resources(1, 1, gpus=1)) is None  # its one GPU is taken
+    assert _where(table, Resources(1, 1, gpu_memory=32)) is None  # 16 GB per GPU
+    assert _where(table, Resources(1, 1, custom={"licenses": 2})) == "i-gpu"
+    assert _where(table, Resources(1, 1, custom={"licenses": 1})) is None  # both taken
+    record = table.get_instance("i-gpu")
+    assert (record.gpus_total, record.gpus_free, record.is_spot, record.arch) == (
+        1, 0, True, "x86_64"
+    )
+    assert record.custom_free == {"licenses": 0} and "avx512" in record.flags
+    gpu_jobs = [a for a in table.list_allocations("i-gpu")]
+    for allocation in gpu_jobs:  # ending the jobs gives every resource back
+        assert table.deallocate(allocation.job_id, "done")
+    record = table.get_instance("i-gpu")
+    assert (record.gpus_free, dict(record.custom_free)) == (1, {"licenses": 2})
+    assert _where(table, Resources(1, 1, gpus=1, custom={"licenses": 2})) == "i-gpu"
+
+
+def test_place_on_existing_answers_with_records(table: Any) -> None:
+    _launch_type(table, "i-od", CPU_ON_DEMAND)
+    placed = table.place_on_existing(["a", "b"], Resources(2, 4), "c1", "d")
+    assert set(placed) == {"a", "b"}
+    assert all(r.instance_id == "i-od" and r.address == "127.0.0.1:1" for r in placed.values())
+    assert table.get_instance("i-od").cpu_free == 4

@@ -7,9 +7,11 @@ from typing import Protocol
 
 from meadowrun_core.local.allocation_table import SqliteAllocationTable
 from meadowrun_core.local.object_store import FileObjectStore
+from meadowrun_core.local.secrets import LocalSecretStore
 from meadowrun_core.local.task_queue import SqliteTaskQueue
 from meadowrun_core.seams.allocation_table import AllocationTable
 from meadowrun_core.seams.object_store import ObjectStore
+from meadowrun_core.seams.secret_store import SecretStore
 from meadowrun_core.seams.task_queue import TaskQueue
 from meadowrun_core.serialization import Signer, load_or_create_key
 
@@ -26,6 +28,11 @@ class AgentCloud(Protocol):
 
     @property
     def signer(self) -> Signer: ...
+
+    @property
+    def secrets(self) -> SecretStore:
+        """Where the secrets that deployments name are read on the instance."""
+        ...
 
     def worker_environment(self) -> dict[str, str]:
         """Variables that tell worker processes how to reach the object store."""
@@ -49,6 +56,7 @@ class LocalAgentCloud:
         self.table = SqliteAllocationTable(home / "state.db")
         self.queues = SqliteTaskQueue(home / "queues.db")
         self.store = FileObjectStore(home / "objects")
+        self.secrets = LocalSecretStore(home)
 
     def worker_environment(self) -> dict[str, str]:
         return {}

@@ -11,15 +11,19 @@ its attempt count unchanged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import pickle
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from meadowrun_core.seams.object_store import ObjectStore
+from meadowrun_core.seams.spill import size_groups, spill, unspill
 from meadowrun_core.seams.task_queue import TaskQueue
-from meadowrun_core.serialization import Signer
+from meadowrun_core.serialization import Signer, UnauthenticatedDataError
 
 log = logging.getLogger(__name__)
 
@@ -28,24 +32,64 @@ TaskTuple = tuple[int, int, bytes]
 # A result in a message: (task_id, attempt, ok, payload, failure_kind)
 ResultTuple = tuple[int, int, bool, bytes, str]
 
-RESULT_FLUSH_SECONDS = 0.003
 RESULT_FLUSH_COUNT = 500
+MAX_TASKS_PER_MESSAGE = 100
+# A message that only wakes a long-polling receiver (the map ended); it carries no tasks.
+WAKE = b"MRWAKE"
+_TUPLE_OVERHEAD = 24  # pickle framing per task or result, for sizing messages
 
 
-def encode_tasks(signer: Signer, tasks: list[TaskTuple]) -> bytes:
-    return signer.sign(pickle.dumps(tasks, protocol=pickle.HIGHEST_PROTOCOL))
+def encode_messages(
+    signer: Signer,
+    store: ObjectStore | None,
+    items: Sequence[TaskTuple] | Sequence[ResultTuple],
+    max_count: int,
+    max_message_bytes: int,
+) -> list[bytes]:
+    """Signed message bodies holding ``items`` in order, each within the queue's limit; a
+    body still larger than that (one huge argument or result) goes through the store."""
+    every: list[TaskTuple | ResultTuple] = list(items)
+    groups = size_groups(
+        every,
+        max_count,
+        max_message_bytes - 1024,
+        _item_size,
+    )
+    return [
+        spill(
+            store,
+            signer.sign(pickle.dumps(group, protocol=pickle.HIGHEST_PROTOCOL)),
+            max_message_bytes,
+        )
+        for group in groups
+    ]
 
 
-def decode_tasks(signer: Signer, body: bytes) -> list[TaskTuple]:
-    return list(pickle.loads(signer.verify(body)))
+def _item_size(item: TaskTuple | ResultTuple) -> int:
+    """A task's argument or a result's payload, plus framing."""
+    payload = item[2] if len(item) == 3 else item[3]
+    return len(payload) + _TUPLE_OVERHEAD if isinstance(payload, bytes) else _TUPLE_OVERHEAD
 
 
-def encode_results(signer: Signer, results: list[ResultTuple]) -> bytes:
-    return signer.sign(pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL))
-
-
-def decode_results(signer: Signer, body: bytes) -> list[ResultTuple]:
-    return list(pickle.loads(signer.verify(body)))
+def decode_message(signer: Signer, store: ObjectStore | None, body: bytes) -> list[Any]:
+    """The tasks or results of one message body (fetched from the store if it was spilled);
+    nothing is unpickled before its signature verifies. A message that is unsigned, tampered
+    with or malformed is logged and dropped ([]), never unpickled, and never stops the map;
+    every cloud's queue goes through here."""
+    try:
+        items = pickle.loads(signer.verify(unspill(store, body)))
+    except UnauthenticatedDataError as exc:
+        reason = str(exc)
+    except Exception as exc:  # a spilled object missing or damaged, a bad reference
+        reason = f"{type(exc).__name__}: {exc}"
+    else:
+        if isinstance(items, list) and all(
+            isinstance(t, tuple) and len(t) in (3, 5) and isinstance(t[0], int) for t in items
+        ):
+            return items
+        reason = "a signed message of the wrong shape"
+    log.warning("dropped a queue message of %d bytes: %s", len(body), reason)
+    return []
 
 
 @dataclass
@@ -70,14 +114,19 @@ class MapFeeder:
     result_queue: str
     max_attempts: int
     visibility_timeout: float
+    store: ObjectStore | None = None
     pending: deque[Task] = field(default_factory=deque)
     held: dict[str, _Held] = field(default_factory=dict)
     slots: int = 0
     interrupted: bool = False
     _buffer: list[ResultTuple] = field(default_factory=list)
     _done_receipts: list[str] = field(default_factory=list)
-    _receive_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _receiving: asyncio.Task[None] | None = None
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    _has_output: asyncio.Event = field(default_factory=asyncio.Event)
+    _closed: bool = False
     _flusher: asyncio.Task[None] | None = None
+    _last_flush: float = 0.0
     _last_extend: float = field(default_factory=time.monotonic)
 
     def start(self) -> None:
@@ -99,24 +148,70 @@ class MapFeeder:
         self.pending.extendleft(reversed(tasks))
 
     async def next_task(self, stopping: asyncio.Event) -> Task | None:
-        """The next task for a slot, or None once the slot should stop."""
+        """The next task for a slot, or None once the slot should stop. One long-polling
+        receive runs at a time for all slots; a slot told to stop returns at once, without
+        waiting for that receive."""
         while not self.pending:
             if stopping.is_set() or self.interrupted:
                 return None
-            async with self._receive_lock:
-                if self.pending:
-                    break
-                if stopping.is_set() or self.interrupted:
-                    return None  # told to stop while another slot was receiving
-                messages = await asyncio.to_thread(
-                    self.queues.receive, self.request_queue, 1, self.visibility_timeout, 0.25
-                )
-                for message in messages:
-                    self._accept(message.receipt, message.body, message.receive_count)
+            arrived = self._arrived
+            if self._receiving is None:
+                self._receiving = asyncio.create_task(self._receive())
+            stop_wait = asyncio.ensure_future(stopping.wait())
+            arrive_wait = asyncio.ensure_future(arrived.wait())
+            try:
+                await asyncio.wait([stop_wait, arrive_wait], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop_wait.cancel()
+                arrive_wait.cancel()
         return self.pending.popleft()
 
+    async def _receive(self) -> None:
+        """One long poll of the request queue; wakes every waiting slot when it ends."""
+        started = time.monotonic()
+        wait = self.queues.max_wait_seconds
+        try:
+            messages = await asyncio.to_thread(
+                self.queues.receive,
+                self.request_queue,
+                max(1, min(10, self.slots)),
+                self.visibility_timeout,
+                wait,
+            )
+        except Exception as exc:  # e.g. the queue was deleted as the map ended
+            log.debug("receive from %s failed: %s", self.request_queue, exc)
+            messages = []
+            if not self._closed:
+                await asyncio.sleep(1.0)
+        try:
+            if self._closed or self.interrupted:
+                # nobody here takes them any more: hand them straight back
+                if messages:
+                    await asyncio.to_thread(
+                        self.queues.change_visibility,
+                        self.request_queue,
+                        [m.receipt for m in messages],
+                        0,
+                    )
+                return
+            wakes = [m.receipt for m in messages if m.body == WAKE]
+            for message in messages:
+                if message.body != WAKE:
+                    self._accept(message.receipt, message.body, message.receive_count)
+            if wakes:
+                self._done_receipts.extend(wakes)
+            elif not messages and time.monotonic() - started < min(1.0, wait / 2):
+                await asyncio.sleep(0.05)  # a queue that answers at once: do not spin
+        finally:
+            self._receiving = None
+            arrived, self._arrived = self._arrived, asyncio.Event()
+            arrived.set()
+
     def _accept(self, receipt: str, body: bytes, receive_count: int) -> None:
-        tasks = decode_tasks(self.signer, body)
+        tasks: list[TaskTuple] = decode_message(self.signer, self.store, body)
+        if not tasks:  # dropped (see decode_message): delete it, never deliver it again
+            self._done_receipts.append(receipt)
+            return
         held = _Held(receipt, {t[0]: t for t in tasks})
         self.held[receipt] = held
         if receive_count > self.max_attempts + 1:
@@ -134,35 +229,55 @@ class MapFeeder:
 
     def complete(self, task: Task, ok: bool, payload: bytes, failure_kind: str = "") -> None:
         self._buffer.append((task.task_id, task.attempt, ok, payload, failure_kind))
+        self._has_output.set()
         held = task.held
         if held.unfinished.pop(task.task_id, None) is not None and not held.unfinished:
             self.held.pop(held.receipt, None)
             self._done_receipts.append(held.receipt)
 
     async def _flush_loop(self) -> None:
+        """Send results as soon as they exist, but at most once per the queue's
+        ``batch_seconds`` (results arriving meanwhile share the next message); extend the
+        visibility of held messages every third of the timeout."""
         while True:
-            await asyncio.sleep(RESULT_FLUSH_SECONDS)
-            await self.flush()
-            if time.monotonic() - self._last_extend > self.visibility_timeout / 3:
-                self._last_extend = time.monotonic()
-                receipts = list(self.held)
-                await asyncio.to_thread(
-                    self.queues.change_visibility,
-                    self.request_queue,
-                    receipts,
-                    self.visibility_timeout,
-                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._has_output.wait(), self.visibility_timeout / 3)
+            wait = self._last_flush + self.queues.batch_seconds - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._has_output.clear()
+            try:
+                await self.flush()
+                if time.monotonic() - self._last_extend > self.visibility_timeout / 3:
+                    self._last_extend = time.monotonic()
+                    if self.held:
+                        await asyncio.to_thread(
+                            self.queues.change_visibility,
+                            self.request_queue,
+                            list(self.held),
+                            self.visibility_timeout,
+                        )
+            except Exception:
+                log.exception("sending results of %s failed; retrying", self.request_queue)
+                await asyncio.sleep(1.0)
 
     async def flush(self) -> None:
         """Send buffered results, then delete the request messages they complete."""
         if self._buffer:
-            batches = [
-                self._buffer[i : i + RESULT_FLUSH_COUNT]
-                for i in range(0, len(self._buffer), RESULT_FLUSH_COUNT)
-            ]
-            self._buffer = []
-            bodies = [encode_results(self.signer, batch) for batch in batches]
-            await asyncio.to_thread(self.queues.send_batch, self.result_queue, bodies)
+            results, self._buffer = self._buffer, []
+            self._last_flush = time.monotonic()
+            try:
+                bodies = encode_messages(
+                    self.signer,
+                    self.store,
+                    results,
+                    RESULT_FLUSH_COUNT,
+                    self.queues.max_message_bytes,
+                )
+                await asyncio.to_thread(self.queues.send_batch, self.result_queue, bodies)
+            except BaseException:
+                self._buffer[:0] = results  # not sent: keep them for the next flush
+                raise
         if self._done_receipts:
             receipts, self._done_receipts = self._done_receipts, []
             await asyncio.to_thread(self.queues.delete, self.request_queue, receipts)
@@ -174,20 +289,22 @@ class MapFeeder:
         held, self.held = list(self.held.values()), {}
         resend = [t for h in held for t in h.unfinished.values()]
         if resend:
-            await asyncio.to_thread(
-                self.queues.send_batch,
-                self.request_queue,
-                [
-                    encode_tasks(self.signer, resend[i : i + 100])
-                    for i in range(0, len(resend), 100)
-                ],
+            bodies = encode_messages(
+                self.signer,
+                self.store,
+                resend,
+                MAX_TASKS_PER_MESSAGE,
+                self.queues.max_message_bytes,
             )
+            await asyncio.to_thread(self.queues.send_batch, self.request_queue, bodies)
         await self.flush()
         receipts = [h.receipt for h in held]
-        await asyncio.to_thread(self.queues.delete, self.request_queue, receipts)
+        if receipts:
+            await asyncio.to_thread(self.queues.delete, self.request_queue, receipts)
         log.info("returned %d unfinished tasks of %s to the queue", len(resend), self.request_queue)
 
     async def close(self) -> None:
+        self._closed = True
         if self._flusher is not None:
             self._flusher.cancel()
             self._flusher = None

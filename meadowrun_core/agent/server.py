@@ -26,6 +26,7 @@ from typing import Any
 import psutil
 
 from meadowrun_core.agent.cloud import AgentCloud, LocalAgentCloud
+from meadowrun_core.agent.gate import ConnectionGate
 from meadowrun_core.agent.map_feeder import MapFeeder, Task
 from meadowrun_core.agent.worker_pool import (
     WorkerDiedError,
@@ -35,11 +36,14 @@ from meadowrun_core.agent.worker_pool import (
 )
 from meadowrun_core.config import Settings, meadowrun_home
 from meadowrun_core.deployment.code_mirror import materialize
-from meadowrun_core.deployment.instance import failure_payload, preparer_for
+from meadowrun_core.deployment.instance import InstancePreparer, failure_payload, preparer_for
 from meadowrun_core.deployment.process import DeploymentError
 from meadowrun_core.deployment.spec import PreparedDeployment
 from meadowrun_core.local.allocation_table import LAUNCH_GRACE_SECONDS
-from meadowrun_core.protocol import encode_frame, read_frame
+from meadowrun_core.local.sqlite_db import StateGoneError
+from meadowrun_core.protocol import FrameTooLargeError, encode_frame, read_frame
+from meadowrun_core.seams.object_store import DamagedObjectError, get_verified
+from meadowrun_core.seams.spill import FRAME_INLINE_BYTES
 from meadowrun_core.serialization import Signer, UnauthenticatedDataError
 
 log = logging.getLogger("meadowrun_core.agent")
@@ -137,6 +141,7 @@ class Agent:
         self.idle_timeout = idle_timeout
         self.cloud = cloud or LocalAgentCloud(home)
         self.signer = self.cloud.signer
+        self.gate = ConnectionGate(self.signer)
         self.table = self.cloud.table
         self.queues = self.cloud.queues
         self.store = self.cloud.store
@@ -182,6 +187,10 @@ class Agent:
         while not self.shutdown.is_set():
             try:
                 await self.reconcile_once()
+            except StateGoneError as exc:  # the home was deleted: nothing left to serve
+                log.warning("%s; shutting down", exc)
+                self.shutdown.set()
+                self.table = _GoneTable()
             except Exception:
                 log.exception("reconcile failed")
             await asyncio.sleep(self.settings.reconcile_interval_seconds)
@@ -231,19 +240,19 @@ class Agent:
                 self.table.deallocate(alloc.job_id, "never started")
 
     def reap_pid_files(self) -> None:
-        """Free the allocation of any worker whose PID file names a dead process."""
+        """Free the allocation of a job this agent does not run whose PID file names a dead
+        process (a job it runs is freed by ``run_job`` when its worker exits)."""
         for pid_file in self.pid_dir.glob("*.pid"):
             job_id = pid_file.stem
             try:
                 pid = int(pid_file.read_text())
             except (OSError, ValueError):
                 continue
-            if psutil.pid_exists(pid) and job_id in self.jobs:
+            if job_id in self.jobs or pid_is_alive(pid, pid_file):
                 continue
-            if job_id not in self.jobs:
-                if self.table.deallocate(job_id, "worker died"):
-                    log.info("reconciler freed allocation of dead worker %s (pid %d)", job_id, pid)
-                pid_file.unlink(missing_ok=True)
+            if self.table.deallocate(job_id, "worker died"):
+                log.info("reconciler freed allocation of dead worker %s (pid %d)", job_id, pid)
+            pid_file.unlink(missing_ok=True)
 
     def enforce_memory(self) -> None:
         for job in list(self.jobs.values()):
@@ -288,6 +297,8 @@ class Agent:
     async def handle_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        if not await self.gate.admit(reader, writer):
+            return
         conn = ClientConnection(writer, self.signer)
         try:
             while True:
@@ -317,8 +328,8 @@ class Agent:
                         job.stopping.set()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
-        except UnauthenticatedDataError:
-            log.warning("closing a connection that failed authentication")
+        except (UnauthenticatedDataError, FrameTooLargeError) as exc:
+            log.warning("closing a connection that sent a bad frame: %s", exc)
         finally:
             writer.close()
 
@@ -377,12 +388,14 @@ class Agent:
         for subscriber in job.subscribers:
             subscriber.send(final, payload)
 
+    def _preparer(self) -> InstancePreparer:
+        """Prepares deployments on this instance, with secrets from its cloud's store."""
+        return preparer_for(self.home, self.dir, self.store, self.signer, self.cloud.secrets.get)
+
     async def _prepare_worker(self, job: RunningJob, deployment: dict[str, Any]) -> WorkerProcess:
         prepared = PreparedDeployment.from_json(deployment)
         try:
-            ready = await preparer_for(self.home, self.dir, self.store, self.signer).prepare(
-                prepared
-            )
+            ready = await self._preparer().prepare(prepared)
         except DeploymentError as exc:
             raise _CodeLoadError(failure_payload(exc)) from None
         worker = await self.pool.acquire(ready.python, prepared.key(), ready.environment)
@@ -414,7 +427,7 @@ class Agent:
         on PATH, the mirrored code on PYTHONPATH, and the mirror of the caller's working
         directory (else the git checkout, else a scratch directory) as cwd."""
         prepared = PreparedDeployment.from_json(header["deployment"])
-        ready = await preparer_for(self.home, self.dir, self.store, self.signer).prepare(prepared)
+        ready = await self._preparer().prepare(prepared)
         env = {**os.environ, **ready.environment, **header.get("environment", {})}
         env["PYTHONUNBUFFERED"] = "1"
         env["PATH"] = os.pathsep.join([os.path.dirname(ready.python), env.get("PATH", "")])
@@ -459,11 +472,22 @@ class Agent:
             type="call", call_id=job.job_id, pid_file=str(self.pid_dir / f"{job.job_id}.pid")
         )
         try:
+            if header.get("arguments_key"):  # too large for a frame: in the object store
+                blob = await asyncio.to_thread(
+                    get_verified, self.store, self.signer, header["arguments_key"]
+                )
+        except (KeyError, DamagedObjectError) as exc:
+            self.pool.release(worker)
+            return {"status": "failed", "stage": "load"}, failure_payload(exc)
+        try:
             reply, payload = await worker.request(self.signer, call, blob)
         except WorkerDiedError as exc:
             return self._worker_gone(job, worker, exc), b""
         self.pool.release(worker)
         if reply["ok"]:
+            if len(payload) > FRAME_INLINE_BYTES:  # too large for a frame: by reference
+                key = await asyncio.to_thread(self.store.put, self.signer.sign(payload))
+                return {"status": "succeeded", "result_key": key}, b""
             return {"status": "succeeded"}, payload
         return {"status": "failed", "stage": reply.get("stage", "run")}, payload
 
@@ -519,6 +543,7 @@ class Agent:
                 spec["result_queue"],
                 spec["max_attempts"],
                 self.settings.visibility_timeout_seconds,
+                store=self.store,
             )
             self.feeders[spec["request_queue"]] = feeder
             feeder.start()
@@ -572,6 +597,25 @@ class Agent:
                     self.queues.delete_queue(spec["result_queue"])
 
 
+def pid_is_alive(pid: int, pid_file: Path) -> bool:
+    """Whether the process a PID file names still runs: not a zombie, and not a newer process
+    that reused the PID (started after the file was written)."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return proc.create_time() <= pid_file.stat().st_mtime + 1.0
+    except (psutil.Error, OSError):
+        return False
+
+
+class _GoneTable:
+    """Stands in for the table of a deleted home while the agent shuts down."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
 class _BatchPace:
     """How many tasks to hand a worker at once: about 5 ms of work, so tiny tasks share a
     frame while long ones go one by one and stay balanced across workers."""
@@ -613,6 +657,7 @@ def main() -> None:
     parser.add_argument("--cloud", choices=("local", "aws"), default="local")
     parser.add_argument("--region", default=None, help="the AWS region (--cloud aws)")
     args = parser.parse_args()
+    os.umask(0o077)  # everything the agent and its workers write is private to this user
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from meadowrun_core.aws.account import open_data_plane
 from meadowrun_core.aws.clients import aws_client, resolve_region
+from meadowrun_core.aws.secret_store import SecretsManagerStore
 from meadowrun_core.serialization import Signer
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class AwsAgentCloud:
         self.store = plane.store
         self.bucket = plane.bucket
         self.signer = Signer(plane.key)
+        self.secrets = SecretsManagerStore(plane.region)
         # workers on this instance read the key from here, private to this user
         key_path = home / "cluster.key"
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -86,11 +88,21 @@ class AwsAgentCloud:
         self.metadata = InstanceMetadata()
 
     def worker_environment(self) -> dict[str, str]:
-        return {
+        """What jobs see of their cloud; ``MEADOWRUN_INSTANCE_ADDRESS`` is the instance's
+        private address, where servers a job runs (a Dask scheduler) are reached in the VPC."""
+        environment = {
             "MEADOWRUN_CLOUD": "aws",
             "MEADOWRUN_AWS_REGION": self.region,
             "MEADOWRUN_OBJECT_STORE": f"s3://{self.bucket}/objects/",
         }
+        try:
+            address = self.metadata.get("local-ipv4")
+        except (OSError, urllib.error.URLError):
+            log.warning("instance metadata not reachable: jobs get no MEADOWRUN_INSTANCE_ADDRESS")
+            address = None
+        if address:
+            environment["MEADOWRUN_INSTANCE_ADDRESS"] = address
+        return environment
 
     def interruption_notice(self) -> float | None:
         try:

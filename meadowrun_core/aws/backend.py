@@ -15,6 +15,7 @@ from meadowrun_core.aws.clients import resolve_region
 from meadowrun_core.aws.dynamodb_allocation_table import DynamoDbAllocationTable
 from meadowrun_core.aws.ec2_provider import Ec2Provider
 from meadowrun_core.aws.s3_object_store import S3ObjectStore
+from meadowrun_core.aws.secret_store import SecretsManagerStore
 from meadowrun_core.aws.sqs_task_queue import SqsTaskQueue
 from meadowrun_core.config import Settings, _float_env, meadowrun_home
 from meadowrun_core.exceptions import BadInputError
@@ -44,6 +45,7 @@ class AwsBackend:
     signer: Signer
     max_cpu: float
     max_memory_gb: float
+    secrets: SecretsManagerStore
     instances_are_this_machine: bool = False
 
     @classmethod
@@ -71,10 +73,11 @@ class AwsBackend:
             table=plane.table,
             queues=plane.queues,
             store=plane.store,
-            provider=Ec2Provider(host, region, settings, home / "cache"),
+            provider=Ec2Provider(host, region, settings, home / "cache", plane.bucket),
             signer=Signer(plane.key),
             max_cpu=max_cpu,
             max_memory_gb=max_mem,
+            secrets=SecretsManagerStore(region),
         )
 
     @property
@@ -94,6 +97,12 @@ class AwsBackend:
         remote_port = int(instance.address.rsplit(":", 1)[1])
         local_port = await self.provider.forward(instance.instance_id, remote_port)
         return await asyncio.open_connection("127.0.0.1", local_port)
+
+    async def reach(self, instance: InstanceRecord, host: str, port: int) -> tuple[str, int]:
+        return "127.0.0.1", await self.provider.forward(instance.instance_id, port, host)
+
+    async def expose(self, port: int) -> None:
+        await self.provider.expose(port)
 
     def close(self) -> None:
         self.provider.close()

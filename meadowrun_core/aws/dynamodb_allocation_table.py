@@ -9,73 +9,39 @@ one transaction that also charges the cloud-wide launch limit.
 
 from __future__ import annotations
 
-import json
 import time
-from decimal import Decimal
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from meadowrun_core.aws import names
+from meadowrun_core.aws.dynamodb_items import (
+    allocation_records,
+    failed_condition,
+    from_dynamo,
+    instance_record,
+    to_dynamo_item,
+    to_dynamo_value,
+)
+from meadowrun_core.aws.dynamodb_job_keys import KeyedJobsAndLeases
 from meadowrun_core.local.allocation_table import (
     INSTANCE_DEAD_AFTER_SECONDS,
 )
 from meadowrun_core.resources import Resources
-from meadowrun_core.seams.allocation_table import AllocationRecord, InstanceRecord
+from meadowrun_core.seams.allocation_table import (
+    AllocationRecord,
+    InstanceRecord,
+    gpus_needed,
+    instance_suits,
+    normalize_flags,
+    room_fits,
+)
 from meadowrun_core.seams.instance_provider import InstanceType
 
 _LIMITS = "limits"
 # A sparse index on ``kind``: instance and history items carry it, so listing them is a Query
 # over those items instead of a Scan of the whole table (leases, job keys, history).
 _BY_KIND = "by_kind"
-_CONDITION_FAILED = ("ConditionalCheckFailedException", "TransactionCanceledException")
-
-
-def _num(value: float) -> Decimal:
-    return Decimal(repr(float(value)))
-
-
-def _failed_condition(exc: ClientError) -> bool:
-    return exc.response["Error"]["Code"] in _CONDITION_FAILED
-
-
-def _instance(item: dict[str, Any]) -> InstanceRecord:
-    jobs = item.get("running_jobs", {})
-    return InstanceRecord(
-        instance_id=item["pk"].removeprefix("instance#"),
-        instance_type=item["instance_type"],
-        cpu_total=float(item["cpu_total"]),
-        memory_total=float(item["memory_total"]),
-        cpu_free=float(item["cpu_free"]),
-        memory_free=float(item["memory_free"]),
-        address=item.get("address"),
-        agent_pid=int(item["agent_pid"]) if item.get("agent_pid") is not None else None,
-        price_per_hour=float(item["price_per_hour"]),
-        prevent_further_allocation=bool(item.get("prevent_further_allocation", False)),
-        interruption_at=(
-            float(item["interruption_at"]) if item.get("interruption_at") is not None else None
-        ),
-        created=float(item["created"]),
-        last_heartbeat=float(item["last_heartbeat"]),
-        running_jobs=len(jobs),
-    )
-
-
-def _allocations(item: dict[str, Any]) -> list[AllocationRecord]:
-    instance_id = item["pk"].removeprefix("instance#")
-    return [
-        AllocationRecord(
-            job_id=job_id,
-            instance_id=instance_id,
-            client_id=job["client_id"],
-            cpu=float(job["cpu"]),
-            memory_gb=float(job["memory_gb"]),
-            worker_pid=int(job["worker_pid"]) if job.get("worker_pid") is not None else None,
-            created=float(job["created"]),
-            description=job.get("description", ""),
-        )
-        for job_id, job in item.get("running_jobs", {}).items()
-    ]
 
 
 # An EC2 instance may take minutes to boot, install meadowrun and register (the local
@@ -83,7 +49,23 @@ def _allocations(item: dict[str, Any]) -> list[AllocationRecord]:
 EC2_LAUNCH_GRACE_SECONDS = 600.0
 
 
-class DynamoDbAllocationTable:
+def _job(client_id: str, resources: Resources, now: float, description: str) -> dict[str, Any]:
+    """A job's entry in its instance's ``running_jobs`` map: what to give back when it ends."""
+    job: dict[str, Any] = {
+        "client_id": client_id,
+        "cpu": resources.logical_cpu,
+        "memory_gb": resources.memory_gb,
+        "created": now,
+        "description": description,
+    }
+    if gpus_needed(resources):
+        job["gpus"] = gpus_needed(resources)
+    if resources.custom:
+        job["custom"] = dict(resources.custom)
+    return job
+
+
+class DynamoDbAllocationTable(KeyedJobsAndLeases):
     def __init__(
         self,
         dynamodb: Any,
@@ -135,7 +117,7 @@ class DynamoDbAllocationTable:
             ExpressionAttributeValues={":p": {"S": prefix}},
             ConsistentRead=True,
         ):
-            items.extend(_from_dynamo(item) for item in page["Items"])
+            items.extend(from_dynamo(item) for item in page["Items"])
         return items
 
     def _kind(self, kind: str) -> list[dict[str, Any]]:
@@ -151,7 +133,7 @@ class DynamoDbAllocationTable:
             ExpressionAttributeNames={"#k": "kind"},
             ExpressionAttributeValues={":k": {"S": kind}},
         ):
-            items.extend(_from_dynamo(item) for item in page["Items"])
+            items.extend(from_dynamo(item) for item in page["Items"])
         return items
 
     def _instance_holding(self, job_id: str) -> dict[str, Any] | None:
@@ -172,29 +154,48 @@ class DynamoDbAllocationTable:
             TableName=self._table, Key={"pk": {"S": pk}}, ConsistentRead=True
         )
         item = response.get("Item")
-        return None if item is None else _from_dynamo(item)
+        return None if item is None else from_dynamo(item)
 
     # --- allocation -----------------------------------------------------------------------
     def allocate_on_existing(
         self, job_ids: list[str], resources: Resources, client_id: str, description: str
     ) -> dict[str, str]:
-        placed: dict[str, str] = {}
+        placed = self.place_on_existing(job_ids, resources, client_id, description)
+        return {job_id: record.instance_id for job_id, record in placed.items()}
+
+    def place_on_existing(
+        self, job_ids: list[str], resources: Resources, client_id: str, description: str
+    ) -> dict[str, InstanceRecord]:
+        """One Query for the instances, then one conditional update per job placed (which
+        re-checks the room atomically and answers with the instance's new state)."""
+        placed: dict[str, InstanceRecord] = {}
         now = time.time()
         for record in self.list_instances():
             if (
                 record.address is None
                 or record.prevent_further_allocation
                 or record.last_heartbeat < now - INSTANCE_DEAD_AFTER_SECONDS
+                or not instance_suits(record, resources)
             ):
                 continue
+            current: InstanceRecord | None = record
             for job_id in job_ids:
                 if job_id in placed:
                     continue
-                if not self._try_allocate(
-                    record.instance_id, job_id, resources, client_id, description, now
+                if current is None or not room_fits(
+                    resources,
+                    current.cpu_free,
+                    current.memory_free,
+                    current.gpus_free,
+                    current.custom_free,
                 ):
+                    break  # full as far as the index knows: the next instance
+                current = self._try_allocate(
+                    record.instance_id, job_id, resources, client_id, description, now
+                )
+                if current is None:
                     break  # full (or changed under us): the next instance
-                placed[job_id] = record.instance_id
+                placed[job_id] = current
             if len(placed) == len(job_ids):
                 break
         return placed
@@ -207,41 +208,52 @@ class DynamoDbAllocationTable:
         client_id: str,
         description: str,
         now: float,
-    ) -> bool:
-        job = _to_dynamo_value(
-            {
-                "client_id": client_id,
-                "cpu": resources.logical_cpu,
-                "memory_gb": resources.memory_gb,
-                "created": now,
-                "description": description,
-            }
-        )
+    ) -> InstanceRecord | None:
+        gpus = gpus_needed(resources)
+        custom = dict(resources.custom or {})
+        job = to_dynamo_value(_job(client_id, resources, now, description))
+        sets = [
+            "cpu_free = cpu_free - :c",
+            "memory_free = memory_free - :m",
+            "running_jobs.#j = :job",
+        ]
+        conditions = [
+            "cpu_free >= :c",
+            "memory_free >= :m",
+            "prevent_further_allocation = :f",
+            "attribute_not_exists(running_jobs.#j)",
+        ]
+        names: dict[str, str] = {"#j": job_id}
+        values: dict[str, Any] = {
+            ":c": {"N": str(resources.logical_cpu)},
+            ":m": {"N": str(resources.memory_gb)},
+            ":f": {"BOOL": False},
+            ":job": job,
+        }
+        if gpus:
+            sets.append("gpus_free = gpus_free - :g")
+            conditions.append("gpus_free >= :g")
+            values[":g"] = {"N": str(gpus)}
+        for i, (key, amount) in enumerate(sorted(custom.items())):
+            names[f"#c{i}"] = key
+            values[f":c{i}"] = {"N": str(amount)}
+            sets.append(f"custom_free.#c{i} = custom_free.#c{i} - :c{i}")
+            conditions.append(f"custom_free.#c{i} >= :c{i}")
         try:
-            self._db.update_item(
+            response = self._db.update_item(
                 TableName=self._table,
                 Key={"pk": {"S": f"instance#{instance_id}"}},
-                UpdateExpression=(
-                    "SET cpu_free = cpu_free - :c, memory_free = memory_free - :m, "
-                    "running_jobs.#j = :job"
-                ),
-                ConditionExpression=(
-                    "cpu_free >= :c AND memory_free >= :m AND prevent_further_allocation = :f "
-                    "AND attribute_not_exists(running_jobs.#j)"
-                ),
-                ExpressionAttributeNames={"#j": job_id},
-                ExpressionAttributeValues={
-                    ":c": {"N": str(resources.logical_cpu)},
-                    ":m": {"N": str(resources.memory_gb)},
-                    ":f": {"BOOL": False},
-                    ":job": job,
-                },
+                UpdateExpression="SET " + ", ".join(sets),
+                ConditionExpression=" AND ".join(conditions),
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
             )
         except ClientError as exc:
-            if _failed_condition(exc):
-                return False
+            if failed_condition(exc):
+                return None
             raise
-        return True
+        return instance_record(from_dynamo(response["Attributes"]))
 
     def allocate_on_new_instance(
         self,
@@ -268,15 +280,19 @@ class DynamoDbAllocationTable:
             "prevent_further_allocation": False,
             "created": now,
             "last_heartbeat": now,
+            "gpus_total": instance_type.gpus,
+            "gpus_free": instance_type.gpus - n * gpus_needed(resources),
+            "gpu_memory_gb": instance_type.gpu_memory_gb,
+            "flags": list(normalize_flags(instance_type.flags)),
+            "arch": instance_type.arch,
+            "is_spot": instance_type.is_spot,
+            "interruption_probability": instance_type.interruption_probability,
+            "custom_total": dict(instance_type.custom),
+            "custom_free": {
+                k: v - n * (resources.custom or {}).get(k, 0.0) for k, v in instance_type.custom
+            },
             "running_jobs": {
-                job_id: {
-                    "client_id": client_id,
-                    "cpu": resources.logical_cpu,
-                    "memory_gb": resources.memory_gb,
-                    "created": now,
-                    "description": description,
-                }
-                for job_id in job_ids
+                job_id: _job(client_id, resources, now, description) for job_id in job_ids
             },
         }
         self._ensure_limits()
@@ -301,14 +317,14 @@ class DynamoDbAllocationTable:
                     {
                         "Put": {
                             "TableName": self._table,
-                            "Item": _to_dynamo_item(item),
+                            "Item": to_dynamo_item(item),
                             "ConditionExpression": "attribute_not_exists(pk)",
                         }
                     },
                 ]
             )
         except ClientError as exc:
-            if _failed_condition(exc):
+            if failed_condition(exc):
                 return False
             raise
         return True
@@ -321,7 +337,7 @@ class DynamoDbAllocationTable:
                 ConditionExpression="attribute_not_exists(pk)",
             )
         except ClientError as exc:
-            if not _failed_condition(exc):
+            if not failed_condition(exc):
                 raise
 
     def deallocate(self, job_id: str, outcome: str) -> bool:
@@ -333,21 +349,30 @@ class DynamoDbAllocationTable:
     def _deallocate(
         self, item: dict[str, Any], job_id: str, job: dict[str, Any], outcome: str
     ) -> bool:
+        sets = ["cpu_free = cpu_free + :c", "memory_free = memory_free + :m"]
+        names: dict[str, str] = {"#j": job_id}
+        values: dict[str, Any] = {
+            ":c": {"N": str(job["cpu"])},
+            ":m": {"N": str(job["memory_gb"])},
+        }
+        if float(job.get("gpus", 0)):
+            sets.append("gpus_free = gpus_free + :g")
+            values[":g"] = {"N": str(job["gpus"])}
+        for i, (key, amount) in enumerate(sorted(job.get("custom", {}).items())):
+            names[f"#c{i}"] = key
+            values[f":c{i}"] = {"N": str(amount)}
+            sets.append(f"custom_free.#c{i} = custom_free.#c{i} + :c{i}")
         try:
             self._db.update_item(
                 TableName=self._table,
                 Key={"pk": {"S": item["pk"]}},
-                UpdateExpression="SET cpu_free = cpu_free + :c, memory_free = memory_free + :m "
-                "REMOVE running_jobs.#j",
+                UpdateExpression="SET " + ", ".join(sets) + " REMOVE running_jobs.#j",
                 ConditionExpression="attribute_exists(running_jobs.#j)",
-                ExpressionAttributeNames={"#j": job_id},
-                ExpressionAttributeValues={
-                    ":c": {"N": str(job["cpu"])},
-                    ":m": {"N": str(job["memory_gb"])},
-                },
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
             )
         except ClientError as exc:
-            if _failed_condition(exc):
+            if failed_condition(exc):
                 return False  # someone else freed it first
             raise
         self._put(
@@ -399,7 +424,7 @@ class DynamoDbAllocationTable:
         try:
             self._db.update_item(**kwargs)
         except ClientError as exc:
-            if _failed_condition(exc):
+            if failed_condition(exc):
                 return False
             raise
         return True
@@ -425,7 +450,7 @@ class DynamoDbAllocationTable:
         try:
             self._delete_instance_item(item, condition="size(running_jobs) = :zero")
         except ClientError as exc:
-            if _failed_condition(exc):
+            if failed_condition(exc):
                 return False
             raise
         return True
@@ -491,166 +516,22 @@ class DynamoDbAllocationTable:
 
     def get_instance(self, instance_id: str) -> InstanceRecord | None:
         item = self._get(f"instance#{instance_id}")
-        return None if item is None else _instance(item)
+        return None if item is None else instance_record(item)
 
     def list_instances(self) -> list[InstanceRecord]:
-        return sorted((_instance(i) for i in self._kind("instance")), key=lambda r: r.created)
+        return sorted((instance_record(i) for i in self._kind("instance")), key=lambda r: r.created)
 
     def list_allocations(self, instance_id: str | None = None) -> list[AllocationRecord]:
         if instance_id is not None:
             item = self._get(f"instance#{instance_id}")
-            records = _allocations(item) if item else []
+            records = allocation_records(item) if item else []
         else:
-            records = [a for item in self._kind("instance") for a in _allocations(item)]
+            records = [a for item in self._kind("instance") for a in allocation_records(item)]
         return sorted(records, key=lambda a: a.created)
 
     def job_history(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = [{**i, "job_id": i["pk"].removeprefix("history#")} for i in self._kind("history")]
         return sorted(rows, key=lambda r: r["ended"], reverse=True)[:limit]
 
-    # --- keyed jobs -----------------------------------------------------------------------
-    def claim_job_key(self, job_key: str, job_id: str, submitter: str = "") -> str | None:
-        try:
-            self._db.put_item(
-                TableName=self._table,
-                Item=_to_dynamo_item(
-                    {
-                        "pk": f"jobkey#{job_key}",
-                        "job_id": job_id,
-                        "status": "submitted",
-                        "created": time.time(),
-                        "submitter": submitter,
-                    }
-                ),
-                ConditionExpression="attribute_not_exists(pk)",
-            )
-        except ClientError as exc:
-            if not _failed_condition(exc):
-                raise
-            existing = self._get(f"jobkey#{job_key}")
-            return str(existing["job_id"]) if existing else job_id
-        return None
-
-    def set_job_key_instance(self, job_key: str, job_id: str, instance_id: str) -> None:
-        self._update_instance(
-            f"jobkey#{job_key}",
-            "SET job_id = :j, instance_id = :i, #s = :s",
-            {":j": {"S": job_id}, ":i": {"S": instance_id}, ":s": {"S": "placed"}},
-            {"#s": "status"},
-        )
-
-    def mark_job_key_started(self, job_key: str) -> None:
-        try:
-            self._db.update_item(
-                TableName=self._table,
-                Key={"pk": {"S": f"jobkey#{job_key}"}},
-                UpdateExpression="SET #s = :running",
-                ConditionExpression="attribute_exists(pk) AND #s <> :ended",
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues={":running": {"S": "running"}, ":ended": {"S": "ended"}},
-            )
-        except ClientError as exc:
-            if not _failed_condition(exc):
-                raise
-
-    def record_job_final(self, job_key: str, final: str, payload_key: str | None) -> None:
-        values: dict[str, Any] = {
-            ":s": {"S": "ended"},
-            ":f": {"S": final},
-            ":e": {"N": str(time.time())},
-            ":p": {"S": payload_key} if payload_key else {"NULL": True},
-        }
-        self._update_instance(
-            f"jobkey#{job_key}",
-            "SET #s = :s, #f = :f, #e = :e, #p = :p",
-            values,
-            {"#s": "status", "#f": "final", "#e": "ended", "#p": "payload_key"},
-        )
-
-    def get_job_key(self, job_key: str) -> dict[str, object] | None:
-        item = self._get(f"jobkey#{job_key}")
-        if item is None:
-            return None
-        return {
-            "job_key": job_key,
-            "job_id": item.get("job_id"),
-            "instance_id": item.get("instance_id"),
-            "status": item.get("status"),
-            "final": item.get("final"),
-            "payload_key": item.get("payload_key"),
-            "submitter": item.get("submitter", ""),
-        }
-
-    def forget_job_key(self, job_key: str) -> bool:
-        response = self._db.delete_item(
-            TableName=self._table, Key={"pk": {"S": f"jobkey#{job_key}"}}, ReturnValues="ALL_OLD"
-        )
-        return "Attributes" in response
-
-    # --- client leases --------------------------------------------------------------------
-    def renew_lease(self, client_id: str, pid: int, lease_seconds: float) -> None:
-        self._put(
-            {"pk": f"client#{client_id}", "pid": pid, "lease_expires": time.time() + lease_seconds}
-        )
-
-    def lease_expiry(self, client_id: str) -> float | None:
-        item = self._get(f"client#{client_id}")
-        return None if item is None else float(item["lease_expires"])
-
-    def release_lease(self, client_id: str) -> None:
-        self._db.delete_item(TableName=self._table, Key={"pk": {"S": f"client#{client_id}"}})
-
-    def allocations_with_expired_lease(self, instance_id: str) -> list[AllocationRecord]:
-        now = time.time()
-        expired = []
-        for allocation in self.list_allocations(instance_id):
-            client = self._get(f"client#{allocation.client_id}")
-            if client is None or float(client["lease_expires"]) < now:
-                expired.append(allocation)
-        return expired
-
     def _put(self, item: dict[str, Any]) -> None:
-        self._db.put_item(TableName=self._table, Item=_to_dynamo_item(item))
-
-
-# --- DynamoDB's typed JSON ------------------------------------------------------------------
-def _to_dynamo_value(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {"NULL": True}
-    if isinstance(value, bool):
-        return {"BOOL": value}
-    if isinstance(value, int | float | Decimal):
-        return {"N": str(_num(value) if not isinstance(value, Decimal) else value)}
-    if isinstance(value, str):
-        return {"S": value}
-    if isinstance(value, dict):
-        return {"M": {k: _to_dynamo_value(v) for k, v in value.items()}}
-    if isinstance(value, list | tuple):
-        return {"L": [_to_dynamo_value(v) for v in value]}
-    raise TypeError(f"cannot store {type(value).__name__} in DynamoDB: {json.dumps(str(value))}")
-
-
-def _to_dynamo_item(item: dict[str, Any]) -> dict[str, Any]:
-    return {k: _to_dynamo_value(v) for k, v in item.items()}
-
-
-def _from_dynamo_value(value: dict[str, Any]) -> Any:
-    ((kind, raw),) = value.items()
-    if kind == "NULL":
-        return None
-    if kind == "BOOL":
-        return bool(raw)
-    if kind == "N":
-        number = float(raw)
-        return int(number) if number.is_integer() and "." not in raw else number
-    if kind == "S":
-        return raw
-    if kind == "M":
-        return {k: _from_dynamo_value(v) for k, v in raw.items()}
-    if kind == "L":
-        return [_from_dynamo_value(v) for v in raw]
-    raise TypeError(f"unexpected DynamoDB type {kind}")
-
-
-def _from_dynamo(item: dict[str, Any]) -> dict[str, Any]:
-    return {k: _from_dynamo_value(v) for k, v in item.items()}
+        self._db.put_item(TableName=self._table, Item=to_dynamo_item(item))

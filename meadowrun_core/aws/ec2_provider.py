@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import importlib.metadata
 import json
 import logging
 import os
 import shlex
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,25 @@ import asyncssh
 from botocore.exceptions import ClientError
 
 from meadowrun_core.aws import names, ssh
+from meadowrun_core.aws.agent_upload import bundle_url, upload_agent_bundle
 from meadowrun_core.aws.clients import aws_client, error_code
-from meadowrun_core.aws.instance_selection import FALLBACK_ERROR_CODES, choose_instance_types
+from meadowrun_core.aws.instance_selection import (
+    FALLBACK_ERROR_CODES,
+    MARKET_WIDE_ERROR_CODES,
+    choose_instance_types,
+)
 from meadowrun_core.aws.instance_types import Ec2Offer, load_offers
 from meadowrun_core.aws.pricing import DiskCache, default_price_source
+from meadowrun_core.aws.security_group import client_cidr, ensure_security_group
 from meadowrun_core.aws.user_data import InstanceBoot, render_user_data
-from meadowrun_core.backend import CapacityError
+from meadowrun_core.backend import CapacityError, LaunchError
+from meadowrun_core.bootstrap.bundle import agent_bundle, agent_requirements
+from meadowrun_core.bootstrap.instance_script import (
+    AGENT_PYTHON,
+    boot_commands,
+    boot_files,
+    wait_for_boot,
+)
 from meadowrun_core.config import Settings
 from meadowrun_core.hosts import AllocEC2Instance
 from meadowrun_core.resources import Resources
@@ -42,8 +56,9 @@ log = logging.getLogger(__name__)
 ADDRESS_MAP_ENV = "MEADOWRUN_EC2_ADDRESS_MAP"
 # How long a new instance profile may take to become usable by RunInstances.
 PROFILE_PROPAGATION_SECONDS = 60.0
-# How many (type, market) choices to try before giving up on capacity errors.
-MAX_FALLBACK_CHOICES = 5
+# How many (type, market) choices to try before giving up on capacity errors: all of them
+# (None), so on-demand is reached after every spot choice was refused.
+MAX_FALLBACK_CHOICES: int | None = None
 _AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{arch}"
 # Tunables the agent takes from the client that launches it, so both agree on leases.
 _AGENT_SETTINGS = {
@@ -55,9 +70,15 @@ _AGENT_SETTINGS = {
 
 class Ec2Provider:
     def __init__(
-        self, host: AllocEC2Instance, region: str, settings: Settings, cache_dir: Path
+        self,
+        host: AllocEC2Instance,
+        region: str,
+        settings: Settings,
+        cache_dir: Path,
+        bucket: str | None = None,
     ) -> None:
         self.host = host
+        self.bucket = bucket
         self.region = region
         self.settings = settings
         self.idle_timeout = (
@@ -65,12 +86,17 @@ class Ec2Provider:
         )
         self._cache_dir = cache_dir
         self._ec2 = aws_client("ec2", region)
+        self._s3 = aws_client("s3", region)
         self._offers: list[Ec2Offer] | None = None
         self._ec2_ids: dict[str, str] = {}
         self._host_keys: dict[str, str] = {}
         self._connections: dict[str, asyncssh.SSHClientConnection] = {}
-        self._forwards: dict[tuple[str, int], asyncssh.SSHListener] = {}
+        self._forwards: dict[tuple[str, str, int], asyncssh.SSHListener] = {}
         self._connecting: dict[str, asyncio.Lock] = {}
+        self._setup_lock = threading.Lock()
+        self._setup: dict[str, Any] = {}
+        self._exposed: set[int] = set()  # client ports every instance reaches on its loopback
+        self._reverse: dict[tuple[str, int], asyncssh.SSHListener] = {}
 
     # --- choosing ----------------------------------------------------------------------
     def offers(self) -> list[Ec2Offer]:
@@ -91,14 +117,19 @@ class Ec2Provider:
             offer = choice.offer
             if offer.logical_cpu > room_cpu + 1e-9 or offer.memory_gb > room_memory_gb + 1e-9:
                 continue
-            bucket = offer.interruption_bucket if choice.market == "spot" else 0
+            spot = choice.market == "spot"
+            bucket = offer.interruption_bucket
             instance_type = InstanceType(
                 name=offer.name,
                 logical_cpu=offer.logical_cpu,
                 memory_gb=offer.memory_gb,
                 price_per_hour=choice.price_per_hour,
-                interruption_probability=(bucket or 0) / 100,
-                is_spot=choice.market == "spot",
+                interruption_probability=(100 if bucket is None else bucket) / 100 if spot else 0,
+                is_spot=spot,
+                gpus=offer.gpus,
+                gpu_memory_gb=offer.gpu_memory_per_gpu,
+                flags=tuple(sorted(offer.flags)),
+                arch="arm64" if offer.arch == "arm64" else "x86_64",
             )
             result.append((instance_type, choice.workers_per_instance))
             if len(result) == MAX_FALLBACK_CHOICES:
@@ -125,10 +156,18 @@ class Ec2Provider:
         )
         try:
             connection = await self.ssh_connection(instance_id)
-            await connection.run(self._agent_command(instance_id), check=True, timeout=60)
+            result = await connection.run(
+                self._agent_command(instance_id), timeout=self.host.launch_timeout + 30
+            )
         except BaseException:
             self.terminate(instance_id)
             raise
+        if result.exit_status != 0:
+            self.terminate(instance_id)
+            raise LaunchError(
+                f"EC2 instance {ec2_id} ({instance_id}) could not start meadowrun's agent:\n"
+                f"{str(result.stderr or '').strip()}"
+            )
 
     async def _run_instances(self, params: dict[str, Any]) -> dict[str, Any]:
         """RunInstances; capacity errors become ``CapacityError``, and a just-created instance
@@ -144,7 +183,9 @@ class Ec2Provider:
                 code = error_code(exc)
                 message = str(exc.response.get("Error", {}).get("Message", ""))
                 if code in FALLBACK_ERROR_CODES:
-                    raise CapacityError(f"{code}: {message}") from exc
+                    raise CapacityError(
+                        f"{code}: {message}", market_wide=code in MARKET_WIDE_ERROR_CODES
+                    ) from exc
                 propagating = code == "InvalidParameterValue" and "iamInstanceProfile" in message
                 if not propagating or time.monotonic() > deadline:
                     raise
@@ -158,12 +199,14 @@ class Ec2Provider:
         host_public: str,
         key: asyncssh.SSHKey,
     ) -> dict[str, Any]:
+        files, commands = self._bootstrap(instance_type.name)
         boot = InstanceBoot(
             host_private_key=host_private,
             host_public_key=host_public,
             authorized_key=ssh.public_line(key),
             ssh_user=ssh.SSH_USER,
-            install_commands=_install_commands(),
+            install_commands=commands,
+            write_files=files,
         )
         tags = [
             *names.TAGS,
@@ -196,27 +239,52 @@ class Ec2Provider:
             }
         return params
 
-    def _latest_ami(self, instance_type: str) -> str:
+    def _arch(self, instance_type: str) -> str:
         arch = next((o.arch for o in self.offers() if o.name == instance_type), "x86_64")
-        return _latest_ami(self.region, "arm64" if arch == "arm64" else "x86_64")
+        return "arm64" if arch == "arm64" else "x86_64"
 
-    @functools.cache  # noqa: B019 - one provider per backend, kept for the process
+    def _latest_ami(self, instance_type: str) -> str:
+        return _latest_ami(self.region, self._arch(instance_type))
+
+    def _bootstrap(self, instance_type: str) -> tuple[tuple[dict[str, str], ...], tuple[str, ...]]:
+        """cloud-init's ``write_files`` and ``runcmd`` that install the agent on a stock image
+        (none when ``agent_python`` says the image has it)."""
+        if self.host.agent_python is not None:
+            return (), ()
+        if self.bucket is None:
+            raise RuntimeError("Ec2Provider needs the account's bucket to bootstrap instances")
+        roots, arch = agent_requirements("aws"), self._arch(instance_type)
+        bundle = self._once(f"bundle {roots} {arch}", lambda: agent_bundle(roots, arch))
+        bucket = self.bucket
+        day = int(time.time() // 86400)  # looked at again daily: the bucket's objects expire
+        self._once(
+            f"uploaded {bundle.key} {day}", lambda: upload_agent_bundle(self._s3, bucket, bundle)
+        )
+        url = bundle_url(self._s3, bucket, bundle)
+        return tuple(boot_files(url, bundle.sha256)), tuple(boot_commands(bundle.python))
+
+    def _once(self, name: str, make: Callable[[], Any]) -> Any:
+        """``make()`` once per provider, even when several launches ask at the same time
+        (they run in threads): the account's key, group, role and the agent's bundle."""
+        with self._setup_lock:
+            if name not in self._setup:
+                self._setup[name] = make()
+            return self._setup[name]
+
     def _client_key(self) -> asyncssh.SSHKey:
         """The account's SSH client key, read from Secrets Manager once per provider."""
-        return ssh.client_key(self.region)
+        key: asyncssh.SSHKey = self._once("client key", lambda: ssh.client_key(self.region))
+        return key
 
-    @functools.cache  # noqa: B019
     def _security_group(self) -> str:
-        from meadowrun_core.aws.install import ensure_security_group
+        cidr = client_cidr(self.host.ssh_cidr)
+        group = self._once("group", lambda: ensure_security_group(self.region, cidr)[0])
+        return str(group)
 
-        group_id, _ = ensure_security_group(self.region)
-        return group_id
-
-    @functools.cache  # noqa: B019
     def _instance_profile(self) -> str:
         from meadowrun_core.aws.install import ensure_instance_profile
 
-        return ensure_instance_profile(self.region)
+        return str(self._once("profile", lambda: ensure_instance_profile(self.region)))
 
     def _agent_command(self, instance_id: str) -> str:
         """Start the agent detached (setsid, nohup), state under ~/.meadowrun."""
@@ -227,7 +295,7 @@ class Ec2Provider:
         agent = " ".join(
             shlex.quote(part)
             for part in [
-                self.host.agent_python,
+                self.host.agent_python or AGENT_PYTHON,
                 "-m",
                 "meadowrun_core.agent.server",
                 "--cloud",
@@ -241,9 +309,12 @@ class Ec2Provider:
             ]
         )
         log_file = f'"$MEADOWRUN_HOME"/agent-{shlex.quote(instance_id)}.log'
+        wait = "" if self.host.agent_python else wait_for_boot(self.host.launch_timeout) + "; "
         return (
-            'export MEADOWRUN_HOME="$HOME/.meadowrun"; '
-            'mkdir -p -m 700 "$MEADOWRUN_HOME" && cd "$MEADOWRUN_HOME" && '
+            wait + 'export MEADOWRUN_HOME="$HOME/.meadowrun"; '
+            'mkdir -p -m 700 "$MEADOWRUN_HOME" && cd "$MEADOWRUN_HOME" || exit 1; '
+            # a simple command in the background: its child holds none of the session's
+            # streams, so the SSH command ends at once (a backgrounded list would not)
             f"{settings} setsid nohup {agent} > {log_file} 2>&1 < /dev/null &"
         )
 
@@ -265,15 +336,43 @@ class Ec2Provider:
                 self.host.launch_timeout,
             )
             self._connections[instance_id] = connection
+            for port in sorted(self._exposed):
+                await self._expose_on(instance_id, connection, port)
             return connection
 
-    async def forward(self, instance_id: str, remote_port: int) -> int:
-        """A local port forwarded over SSH to the instance's loopback ``remote_port``."""
+    async def expose(self, port: int) -> None:
+        """Every instance (connected now or later) reaches this machine's 127.0.0.1:``port``
+        at its own 127.0.0.1:``port``, through a reverse forward on the SSH connection."""
+        self._exposed.add(port)
+        for instance_id, connection in list(self._connections.items()):
+            if not connection.is_closed():
+                await self._expose_on(instance_id, connection, port)
+
+    async def _expose_on(
+        self, instance_id: str, connection: asyncssh.SSHClientConnection, port: int
+    ) -> None:
+        listener = self._reverse.get((instance_id, port))
+        if listener is not None and connection is self._connections.get(instance_id):
+            return
+        try:
+            self._reverse[(instance_id, port)] = await connection.forward_remote_port(
+                "127.0.0.1", port, "127.0.0.1", port
+            )
+        except asyncssh.Error as exc:
+            log.warning(
+                "instance %s cannot reach this machine's port %d: %s", instance_id, port, exc
+            )
+
+    async def forward(
+        self, instance_id: str, remote_port: int, remote_host: str = "127.0.0.1"
+    ) -> int:
+        """A local port forwarded over SSH to ``remote_host:remote_port`` as the instance sees
+        it (its loopback by default)."""
         connection = await self.ssh_connection(instance_id)
-        key = (instance_id, remote_port)
+        key = (instance_id, remote_host, remote_port)
         listener = self._forwards.get(key)
         if listener is None or connection is not self._connections.get(instance_id):
-            listener = await connection.forward_local_port("127.0.0.1", 0, "127.0.0.1", remote_port)
+            listener = await connection.forward_local_port("127.0.0.1", 0, remote_host, remote_port)
             self._forwards[key] = listener
         return int(listener.get_port())
 
@@ -361,13 +460,3 @@ def _latest_ami(region: str, arch: str) -> str:
     parameter = _AMI_PARAMETER.format(arch=arch)
     value = aws_client("ssm", region).get_parameter(Name=parameter)["Parameter"]["Value"]
     return str(value)
-
-
-def _install_commands() -> tuple[str, ...]:
-    """What cloud-init runs on a fresh Amazon Linux image: meadowrun-core in its own venv."""
-    venv = str(Path(names.INSTANCE_PYTHON).parent.parent)
-    version = importlib.metadata.version("meadowrun-core")
-    return (
-        f"python3 -m venv {venv}",
-        f"{venv}/bin/pip install 'meadowrun-core[aws]=={version}'",
-    )

@@ -44,8 +44,12 @@ from meadowrun_core.aws.manager import (
     tagged_instances,
     terminate,
 )
+from meadowrun_core.aws.security_group import (
+    client_cidr,
+    ensure_security_group,
+    find_security_group,
+)
 from meadowrun_core.aws.ssh import new_client_key_text
-from meadowrun_core.exceptions import MeadowrunError
 
 log = logging.getLogger(__name__)
 
@@ -104,70 +108,9 @@ def _install_bucket(region: str, expiry_days: int) -> str:
     return f"{'created' if created else 'found'} S3 bucket {bucket}"
 
 
-# --- EC2 security group --------------------------------------------------------------------
-def default_vpc(ec2: Any) -> str:
-    vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
-    if not vpcs:
-        raise MeadowrunError(
-            "this region has no default VPC; meadowrun launches instances there "
-            "(create one with `aws ec2 create-default-vpc`)"
-        )
-    return str(vpcs[0]["VpcId"])
-
-
-def find_security_group(ec2: Any) -> str | None:
-    groups = ec2.describe_security_groups(
-        Filters=[{"Name": "group-name", "Values": [names.SECURITY_GROUP]}, *names.TAG_FILTER]
-    )["SecurityGroups"]
-    return str(groups[0]["GroupId"]) if groups else None
-
-
-def _create_security_group(ec2: Any) -> str:
-    try:
-        response = ec2.create_security_group(
-            GroupName=names.SECURITY_GROUP,
-            Description="meadowrun instances: SSH from clients",
-            VpcId=default_vpc(ec2),
-            TagSpecifications=[{"ResourceType": "security-group", "Tags": names.TAGS}],
-        )
-    except ClientError as exc:
-        if error_code(exc) != "InvalidGroup.Duplicate":
-            raise
-        raise MeadowrunError(
-            f"the default VPC has a security group named {names.SECURITY_GROUP} without the "
-            f"tag {names.TAG_KEY}={names.TAG_VALUE}; meadowrun did not create it and will not "
-            "use it: delete or rename it, then install again"
-        ) from exc
-    return str(response["GroupId"])
-
-
-def ensure_security_group(region: str) -> tuple[str, bool]:
-    """meadowrun's security group in the default VPC (SSH in), and whether it was created."""
-    ec2 = aws_client("ec2", region)
-    group_id = find_security_group(ec2)
-    existed = group_id is not None
-    if group_id is None:
-        group_id = _create_security_group(ec2)
-    try:
-        ec2.authorize_security_group_ingress(
-            GroupId=group_id,
-            IpPermissions=[
-                {
-                    "IpProtocol": "tcp",
-                    "FromPort": 22,
-                    "ToPort": 22,
-                    "IpRanges": [{"CidrIp": "0.0.0.0/0", "Description": "meadowrun SSH"}],
-                }
-            ],
-        )
-    except ClientError as exc:
-        if error_code(exc) != "InvalidPermission.Duplicate":
-            raise
-    return group_id, not existed
-
-
+# --- EC2 security group (aws/security_group.py) ---------------------------------------
 def _install_security_group(region: str) -> str:
-    group_id, created = ensure_security_group(region)
+    group_id, created = ensure_security_group(region, client_cidr(None))
     return f"{'created' if created else 'found'} security group {names.SECURITY_GROUP} ({group_id})"
 
 

@@ -9,9 +9,10 @@ cheapest per worker first; ties go to the instance holding more workers, then th
 interruption bucket. A spot choice's type also appears later as on-demand, so fallback can
 get to it.
 
-``launch_with_fallback`` walks that list and moves on when EC2 answers with a capacity or
-quota error; any other error is raised at once. Requests nothing can satisfy fail in
-``choose_instance_types``, before anything is launched.
+``client.allocation`` walks that whole list (``Ec2Provider.choices``) and moves on when EC2
+answers with a capacity or quota error (``FALLBACK_ERROR_CODES``; a spot quota error skips
+the remaining spot choices); any other error is raised at once. Requests nothing can
+satisfy fail in ``choose_instance_types``, before anything is launched.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
-
-from botocore.exceptions import ClientError
 
 from meadowrun_core.aws.instance_types import Ec2Offer, describe_offer
 from meadowrun_core.exceptions import BadInputError, ResourcesNotAvailableError
@@ -47,7 +46,7 @@ FALLBACK_ERROR_CODES = frozenset(
     }
 )
 # Errors that hold for every type of the market: skip the rest of that market.
-_MARKET_WIDE_ERROR_CODES = {"MaxSpotInstanceCountExceeded": "spot"}
+MARKET_WIDE_ERROR_CODES = frozenset({"MaxSpotInstanceCountExceeded"})
 
 _FLAG_ALIASES = {
     "aarch64": "arm64",
@@ -231,47 +230,3 @@ def _why_nothing_fits(
             )
         )
     return "; ".join(parts)
-
-
-def launch_with_fallback(
-    choices: Sequence[Choice], launch: Callable[[Choice], T], max_attempts: int | None = None
-) -> tuple[Choice, T]:
-    """``launch`` the first choice that EC2 accepts; returns it and what ``launch`` returned.
-
-    Capacity and quota errors (``FALLBACK_ERROR_CODES``) move on to the next choice;
-    ``MaxSpotInstanceCountExceeded`` skips the remaining spot choices. Other errors are
-    raised at once. When every attempt fails, ``ResourcesNotAvailableError`` lists them."""
-    tried: list[str] = []
-    skipped_markets: set[str] = set()
-    for choice in choices:
-        if choice.market in skipped_markets:
-            continue
-        if max_attempts is not None and len(tried) >= max_attempts:
-            break
-        try:
-            return choice, launch(choice)
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            code = str(error.get("Code", ""))
-            if code not in FALLBACK_ERROR_CODES:
-                raise
-            tried.append(f"{choice.describe()}: {code}: {error.get('Message', '')}".rstrip(": "))
-            log.warning("could not launch %s (%s); trying the next choice", choice.describe(), code)
-            if code in _MARKET_WIDE_ERROR_CODES:
-                skipped_markets.add(_MARKET_WIDE_ERROR_CODES[code])
-    if not tried:
-        raise ResourcesNotAvailableError("no instance type to launch: the list of choices is empty")
-    raise ResourcesNotAvailableError(
-        f"EC2 refused all {len(tried)} instance type choice(s) tried:\n  " + "\n  ".join(tried)
-    )
-
-
-def launch_cheapest(
-    offers: Iterable[Ec2Offer],
-    resources: Resources,
-    workers: int,
-    launch: Callable[[Choice], T],
-    region: str = "",
-) -> tuple[Choice, T]:
-    """Choose, then launch with fallback: an impossible request fails before any launch."""
-    return launch_with_fallback(choose_instance_types(offers, resources, workers, region), launch)

@@ -7,6 +7,8 @@ the table, the bucket, secrets, the security group, roles, the manager), so that
 
 from __future__ import annotations
 
+from meadowrun_core.bootstrap.instance_script import AGENT_PYTHON, BOOT_DIR
+
 TAG_KEY = "meadowrun"
 TAG_VALUE = "meadowrun-core"
 TAGS = [{"Key": TAG_KEY, "Value": TAG_VALUE}]
@@ -23,14 +25,15 @@ INSTANCE_PROFILE = "meadowrun-instance"
 MANAGER_ROLE = "meadowrun-manager"
 MANAGER_FUNCTION = "meadowrun-manager"
 MANAGER_RULE = "meadowrun-manager-schedule"
-# Where the on-instance agent and its environment live on a meadowrun EC2 instance.
-INSTANCE_PYTHON = "/opt/meadowrun/venv/bin/python"
-INSTANCE_HOME = "/var/meadowrun"
+# Where the bootstrapped agent's environment and boot state live on an instance.
+INSTANCE_PYTHON = AGENT_PYTHON
+INSTANCE_HOME = BOOT_DIR
 
 
 def bucket_name(account_id: str, region: str) -> str:
     """One bucket per account and region (bucket names are global)."""
     return f"meadowrun-{account_id}-{region}"
+
 
 # meadowrun's own id of an instance (the allocation table's key, chosen before launch so
 # that room is reserved before anything is spent) is a tag on the EC2 instance; its SSH host

@@ -9,24 +9,33 @@ from botocore.exceptions import ClientError
 from meadowrun_core.seams.object_store import content_key
 
 _PUT_WITHOUT_CHECK_BYTES = 256 * 1024
+# The bucket's lifecycle rule (aws/account.py) expires objects this long after their last PUT.
+DEFAULT_EXPIRY_SECONDS = 7 * 86400.0
 
 
 class S3ObjectStore:
-    def __init__(self, s3: Any, bucket: str, prefix: str = "objects/") -> None:
+    def __init__(
+        self,
+        s3: Any,
+        bucket: str,
+        prefix: str = "objects/",
+        expiry_seconds: float | None = DEFAULT_EXPIRY_SECONDS,
+    ) -> None:
         self._s3 = s3
         self._bucket = bucket
         self._prefix = prefix
+        self.expiry_seconds = expiry_seconds
 
     def _key(self, key: str) -> str:
         if not key.isalnum():
             raise ValueError(f"invalid object key {key!r}")
         return self._prefix + key
 
-    def put(self, data: bytes) -> str:
+    def put(self, data: bytes, overwrite: bool = False) -> str:
         key = content_key(data)
-        # content-addressed, so a PUT of a blob already there changes nothing: for small blobs
-        # one PUT is cheaper than HEAD then PUT; large ones are checked first
-        if len(data) <= _PUT_WITHOUT_CHECK_BYTES or not self.exists(key):
+        # content-addressed, so a PUT of a blob already there changes nothing but its expiry:
+        # for small blobs one PUT is cheaper than HEAD then PUT; large ones are checked first
+        if overwrite or len(data) <= _PUT_WITHOUT_CHECK_BYTES or not self.exists(key):
             self._s3.put_object(Bucket=self._bucket, Key=self._key(key), Body=data)
         return key
 

@@ -3,8 +3,9 @@
 The client generates a fresh SSH host key for every instance and hands it to cloud-init
 (``ssh_keys``), so it knows the host key before the instance boots and checks it on every
 connection instead of trusting the first key it sees. The client's own public key goes in
-``ssh_authorized_keys``. Test hosts (tests/ec2_hosts.py) read the same document back with
-``parse_user_data`` to play the instance.
+``ssh_authorized_keys``. ``write_files`` and the ``runcmd`` after its first two lines
+(``install_commands``) bootstrap the agent (``meadowrun_core.bootstrap``). The loopback test
+hosts (tests/ec2_hosts.py) read the same document back with ``parse_user_data``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class InstanceBoot:
     authorized_key: str  # the client's public key, "ssh-ed25519 AAAA..."
     ssh_user: str
     install_commands: tuple[str, ...] = ()
+    write_files: tuple[dict[str, str], ...] = ()
 
 
 def render_user_data(boot: InstanceBoot) -> str:
@@ -44,6 +46,7 @@ def render_user_data(boot: InstanceBoot) -> str:
                 "shell": "/bin/bash",
             },
         ],
+        **({"write_files": list(boot.write_files)} if boot.write_files else {}),
         "runcmd": [
             f"mkdir -p {names.INSTANCE_HOME}",
             f"chown {boot.ssh_user} {names.INSTANCE_HOME}",

@@ -14,7 +14,7 @@ from meadowrun_core.backend import Backend, CapacityError
 from meadowrun_core.exceptions import MeadowrunError, ResourcesNotAvailableError
 from meadowrun_core.local.allocation_table import LAUNCH_GRACE_SECONDS
 from meadowrun_core.resources import Resources
-from meadowrun_core.seams.allocation_table import InstanceRecord
+from meadowrun_core.seams.allocation_table import InstanceRecord, instance_suits, room_fits
 from meadowrun_core.seams.instance_provider import InstanceType
 
 log = logging.getLogger(__name__)
@@ -86,8 +86,11 @@ async def allocate(
             wanted = [
                 f"{job_prefix}-{uuid.uuid4().hex[:12]}" for _ in range(count - len(placements))
             ]
-            placed = backend.table.allocate_on_existing(wanted, resources, client_id, description)
-            placements.extend(await _records(backend, placed))
+            # every table call runs off the event loop's thread (DynamoDB is a network call)
+            placed = await asyncio.to_thread(
+                backend.table.place_on_existing, wanted, resources, client_id, description
+            )
+            placements.extend(Placement(job_id, record) for job_id, record in placed.items())
             remaining = [j for j in wanted if j not in placed]
             while remaining:
                 launched = await _launch_for(backend, resources, remaining, client_id, description)
@@ -105,20 +108,10 @@ async def allocate(
             delay = min(delay * 1.5, 0.25)
     except BaseException:
         for placement in placements:
-            backend.table.deallocate(placement.job_id, "allocation abandoned")
+            await asyncio.to_thread(
+                backend.table.deallocate, placement.job_id, "allocation abandoned"
+            )
         raise
-
-
-async def _records(backend: Backend, placed: dict[str, str]) -> list[Placement]:
-    records: dict[str, InstanceRecord | None] = {}
-    result = []
-    for job_id, instance_id in placed.items():
-        if instance_id not in records:
-            records[instance_id] = backend.table.get_instance(instance_id)
-        record = records[instance_id]
-        if record is not None:
-            result.append(Placement(job_id, record))
-    return result
 
 
 async def _launch_for(
@@ -128,9 +121,9 @@ async def _launch_for(
     client_id: str,
     description: str,
 ) -> list[Placement]:
-    for instance_id in backend.table.remove_dead_instances():
+    for instance_id in await asyncio.to_thread(backend.table.remove_dead_instances):
         log.warning("instance %s stopped heartbeating; removed it and its allocations", instance_id)
-    instances = backend.table.list_instances()
+    instances = await asyncio.to_thread(backend.table.list_instances)
     used_cpu = sum(i.cpu_total for i in instances)
     used_mem = sum(i.memory_total for i in instances)
     choices = backend.provider.choices(
@@ -140,21 +133,42 @@ async def _launch_for(
         backend.max_memory_gb - used_mem,
     )
     if not choices:
-        made_room = _make_room(backend, resources, len(job_ids), instances)
+        made_room = await asyncio.to_thread(_make_room, backend, resources, len(job_ids), instances)
         choices = [made_room] if made_room is not None else []
-    refused: list[str] = []
+    return await _launch_ladder(backend, choices, resources, job_ids, client_id, description)
+
+
+async def _launch_ladder(
+    backend: Backend,
+    choices: list[tuple[InstanceType, int]],
+    resources: Resources,
+    job_ids: list[str],
+    client_id: str,
+    description: str,
+) -> list[Placement]:
+    """Walk every ranked choice: a capacity or quota error moves on to the next, one that
+    holds for a whole market (a spot quota) skips that market's remaining choices. When all
+    are refused, the error lists every attempt."""
+    attempts: list[str] = []
+    skipped_markets: set[str] = set()
     for instance_type, placed in choices:
+        market = "spot" if instance_type.is_spot else "on-demand"
+        if market in skipped_markets:
+            attempts.append(f"{instance_type.name} {market}: skipped ({market} quota exhausted)")
+            continue
         launched = await _launch_one(
             backend, instance_type, job_ids[:placed], resources, client_id, description
         )
-        if isinstance(launched, str):
-            refused.append(launched)
+        if isinstance(launched, CapacityError):
+            attempts.append(f"{instance_type.name} {market}: {launched}")
+            if launched.market_wide:
+                skipped_markets.add(market)
             continue
         return launched
-    if refused and len(refused) == len(choices):
+    if attempts and len(attempts) == len(choices):
         raise ResourcesNotAvailableError(
-            f"{backend.description} refused every instance type that fits:\n  "
-            + "\n  ".join(refused)
+            f"{backend.description} refused all {len(attempts)} instance type choice(s) "
+            "that fit:\n  " + "\n  ".join(attempts)
         )
     return []
 
@@ -166,11 +180,12 @@ async def _launch_one(
     resources: Resources,
     client_id: str,
     description: str,
-) -> list[Placement] | str:
+) -> list[Placement] | CapacityError:
     """Launch one instance for ``jobs``: its placements; [] if another client took the room
     first; or, when the cloud has no capacity for the type, why (the caller tries the next)."""
     instance_id = f"i-{uuid.uuid4().hex[:10]}"
-    if not backend.table.allocate_on_new_instance(
+    if not await asyncio.to_thread(
+        backend.table.allocate_on_new_instance,
         instance_id,
         instance_type,
         jobs,
@@ -186,12 +201,12 @@ async def _launch_one(
         await backend.provider.launch(instance_id, instance_type)
         record = await _wait_registered(backend, instance_id)
     except CapacityError as exc:
-        backend.table.remove_instance(instance_id, f"no capacity: {exc}")
+        await asyncio.to_thread(backend.table.remove_instance, instance_id, f"no capacity: {exc}")
         log.warning("no capacity for %s (%s); trying the next choice", instance_type.name, exc)
-        return f"{instance_type.name}: {exc}"
+        return exc
     except BaseException:
         for job_id in jobs:  # cancelled while the instance boots: give its room back
-            backend.table.deallocate(job_id, "allocation abandoned")
+            await asyncio.to_thread(backend.table.deallocate, job_id, "allocation abandoned")
         raise
     return [Placement(j, record) for j in jobs]
 
@@ -206,7 +221,8 @@ def _make_room(
     used_mem = sum(i.memory_total for i in instances)
     idle = [i for i in instances if i.running_jobs == 0 and i.address is not None]
     if any(
-        i.cpu_free >= resources.logical_cpu and i.memory_free >= resources.memory_gb
+        instance_suits(i, resources)
+        and room_fits(resources, i.cpu_free, i.memory_free, i.gpus_free, i.custom_free)
         for i in instances
         if i.address is not None and not i.prevent_further_allocation
     ):
@@ -238,15 +254,24 @@ def _make_room(
 async def _wait_registered(backend: Backend, instance_id: str) -> InstanceRecord:
     deadline = time.monotonic() + LAUNCH_TIMEOUT_SECONDS
     delay = 0.005
+    # clouds that launch a process here (the local cloud) can tell at once that it died
+    exited = getattr(backend.provider, "exited_before_registering", None)
+    why = f"did not start within {LAUNCH_TIMEOUT_SECONDS:.0f} s"
+    # a remote instance takes seconds to boot: poll its table item less often (each read
+    # is a request), off the event loop's thread
+    cap = 0.1 if backend.instances_are_this_machine else 0.5
     while time.monotonic() < deadline:
-        record = backend.table.get_instance(instance_id)
+        record = await asyncio.to_thread(backend.table.get_instance, instance_id)
         if record is not None and record.address is not None:
+            getattr(backend.provider, "registered", lambda _: None)(instance_id)
             return record
+        code = exited(instance_id) if exited is not None else None
+        if code is not None:
+            why = f"exited (code {code}) before it registered"
+            break
         await asyncio.sleep(delay)
-        delay = min(delay * 1.5, 0.1)
+        delay = min(delay * 1.5, cap)
     backend.table.remove_instance(instance_id, "failed to start")
     hint = backend.provider.failure_hint(instance_id)
     backend.provider.terminate(instance_id)
-    raise MeadowrunError(
-        f"instance {instance_id} did not start within {LAUNCH_TIMEOUT_SECONDS:.0f} s; {hint}"
-    )
+    raise MeadowrunError(f"instance {instance_id} {why}; {hint}")

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from typing import Any
 
-from meadowrun_core.protocol import encode_frame, read_frame
+from meadowrun_core.protocol import encode_frame, hello_frame, read_frame
 from meadowrun_core.serialization import Signer
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ class AgentConnection:
         self._jobs: dict[str, list[asyncio.Queue[Event]]] = {}
         self._followers: dict[str, asyncio.Queue[Event]] = {}
         self.closed = False
+        writer.write(hello_frame(signer))  # the agent reads nothing else before it
         self._task = asyncio.create_task(self._read_loop())
 
     def register(self, job_id: str, follower: str = "") -> asyncio.Queue[Event]:

@@ -9,6 +9,7 @@ import logging
 import os
 import pickle
 import queue
+import re
 import shlex
 import threading
 import time
@@ -29,6 +30,8 @@ from meadowrun_core.client.payload import (
     check_resources,
     pickle_arguments,
     prepare_deployment,
+    put_blob,
+    repair,
     upload_function,
 )
 from meadowrun_core.client.results import raise_for_final
@@ -37,6 +40,8 @@ from meadowrun_core.deployment.spec import Deployment, PreparedDeployment
 from meadowrun_core.exceptions import BadInputError, CommandResult, MeadowrunError
 from meadowrun_core.hosts import Host
 from meadowrun_core.resources import Resources
+from meadowrun_core.seams.object_store import DamagedObjectError, get_verified
+from meadowrun_core.seams.spill import FRAME_INLINE_BYTES
 
 job_log = logging.getLogger("meadowrun_core.job")
 T = TypeVar("T")
@@ -180,6 +185,17 @@ class JobHandle(Generic[T]):
         placement = self._control.placement
         return placement.instance.address if placement else None
 
+    def reach(self, host: str, port: int) -> tuple[str, int]:
+        """An address on this machine for a server the job listens on at ``host:port`` (as
+        its instance sees it): the same address on the local cloud, a port forwarded through
+        the client's SSH connection on a cloud, so only SSH need be open to the client. The
+        job must have started (``wait_started``)."""
+        placement, backend = self._control.placement, self._control.backend
+        if placement is None or backend is None:
+            raise RuntimeError(f"{self.description} has not been placed on an instance yet")
+        future = ClientRuntime.get().submit(backend.reach(placement.instance, host, port))
+        return future.result()
+
     def wait_started(self, timeout: float | None = None) -> bool:
         """Block until the job was sent to its instance (True), or the timeout passed."""
         return self._control.started.wait(timeout)
@@ -261,26 +277,76 @@ async def _run_job(
     description: str,
     header: dict[str, Any],
     blob: bytes = b"",
+    redeploy: Callable[[], dict[str, Any]] | None = None,
 ) -> Any:
-    try:
-        (placement,) = await allocate(backend, resources, 1, submission.client_id, description)
-    except BaseException as exc:
+    """Allocate, run and decode one job. A job that could not load because a blob in the
+    store was damaged is run once more after this client replaced the blob."""
+    if len(blob) > FRAME_INLINE_BYTES:  # too large for a frame: by reference
+        key = await asyncio.to_thread(put_blob, backend, backend.signer.sign(blob))
+        header, blob = {**header, "arguments_key": key}, b""
+    repaired: set[str] = set()
+    while True:
+        try:
+            (placement,) = await allocate(backend, resources, 1, submission.client_id, description)
+        except BaseException as exc:
+            if submission.job_key is not None:
+                await asyncio.to_thread(
+                    backend.table.record_job_final,
+                    submission.job_key,
+                    json.dumps(
+                        {"status": "error", "job_id": "-", "message": f"not started: {exc!r}"}
+                    ),
+                    None,
+                )
+            raise
         if submission.job_key is not None:
-            backend.table.record_job_final(
+            header = {**header, "job_key": submission.job_key}
+            await asyncio.to_thread(
+                backend.table.set_job_key_instance,
                 submission.job_key,
-                json.dumps({"status": "error", "job_id": "-", "message": f"not started: {exc!r}"}),
-                None,
+                placement.job_id,
+                placement.instance.instance_id,
             )
-        raise
-    if submission.job_key is not None:
-        header = {**header, "job_key": submission.job_key}
-        backend.table.set_job_key_instance(
-            submission.job_key, placement.job_id, placement.instance.instance_id
+        final, payload = await run_on_instance(
+            runtime, backend, placement, header, blob, control=submission.control
         )
-    final, payload = await run_on_instance(
-        runtime, backend, placement, header, blob, control=submission.control
-    )
-    return decode_final(final, payload)
+        damaged = damaged_object(final, payload)
+        if damaged is None or submission.job_key is not None or damaged in repaired:
+            break
+        # a blob this client uploaded was damaged in the store: replace it and run again
+        repaired.add(damaged)
+        if not await asyncio.to_thread(repair, backend, damaged):
+            break
+        if redeploy is not None:  # the code was uploaded again: its manifest may differ
+            header = {**header, "deployment": await asyncio.to_thread(redeploy)}
+    return decode_final(final, await final_payload(backend, final, payload))
+
+
+def damaged_object(final: dict[str, Any], payload: bytes) -> str | None:
+    """The key of the stored blob whose damage made a job fail to load, if that is why
+    (from the pickled exception, or the text of a map slot's failure)."""
+    if final.get("status") != "failed" or final.get("stage") != "load":
+        return None
+    try:
+        original = pickle.loads(payload)[0] if payload else None
+    except Exception:
+        original = None
+    if isinstance(original, DamagedObjectError):
+        return original.key
+    found = _DAMAGED.search(str(final.get("message", "")))
+    return found.group(1) if found else None
+
+
+_DAMAGED = re.compile(r"DamagedObjectError: object ([0-9a-f]{64})")
+
+
+async def final_payload(backend: Backend, final: dict[str, Any], payload: bytes) -> bytes:
+    """A job's result, fetched from the store when it was too large for a frame."""
+    if final.get("result_key"):
+        return await asyncio.to_thread(
+            get_verified, backend.store, backend.signer, str(final["result_key"])
+        )
+    return payload
 
 
 async def function_job(
@@ -292,9 +358,12 @@ async def function_job(
     resources: Resources,
     deployment: PreparedDeployment,
     description: str,
+    redeploy: Callable[[], dict[str, Any]] | None = None,
 ) -> Any:
     header = {"kind": "function", "deployment": deployment.to_json(), **function_ref}
-    return await _run_job(runtime, backend, submission, resources, description, header, arguments)
+    return await _run_job(
+        runtime, backend, submission, resources, description, header, arguments, redeploy
+    )
 
 
 async def command_job(
@@ -401,6 +470,7 @@ def prepare_function_job(
             checked_resources,
             prepared,
             description,
+            lambda: prepare_deployment(backend, checked_deployment).to_json(),
         ),
     )
 
@@ -472,15 +542,14 @@ async def follow_keyed_job(
             if final.get("output_key"):
                 logger = OutputLogger(str(final["job_id"]))
                 for stream, data in pickle.loads(
-                    backend.signer.verify(backend.store.get(final["output_key"]))
+                    get_verified(backend.store, backend.signer, str(final["output_key"]))
                 ):
                     (on_output or logger.write)(stream, data)
                 logger.flush()
             payload_key = row["payload_key"]
-            payload = (
-                backend.signer.verify(backend.store.get(str(payload_key))) if payload_key else b""
-            )
-            return decode_final(final, payload)
+            store, signer = backend.store, backend.signer
+            payload = get_verified(store, signer, str(payload_key)) if payload_key else b""
+            return decode_final(final, await final_payload(backend, final, payload))
         instance = (
             backend.table.get_instance(str(row["instance_id"])) if row["instance_id"] else None
         )

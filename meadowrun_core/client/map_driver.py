@@ -20,15 +20,23 @@ from typing import Any
 
 from tqdm import tqdm
 
-from meadowrun_core.agent.map_feeder import TaskTuple, decode_results, encode_tasks
+from meadowrun_core.agent.map_feeder import (
+    MAX_TASKS_PER_MESSAGE,
+    WAKE,
+    TaskTuple,
+    decode_message,
+    encode_messages,
+)
 from meadowrun_core.backend import Backend
 from meadowrun_core.client.allocation import allocate, check_satisfiable
-from meadowrun_core.client.jobs import run_on_instance
+from meadowrun_core.client.jobs import damaged_object, run_on_instance
 from meadowrun_core.client.payload import (
     check_deployment,
     check_resources,
     pickle_task_argument,
     prepare_deployment,
+    put_blob,
+    repair,
     upload_function,
 )
 from meadowrun_core.client.results import failure_exception
@@ -40,8 +48,12 @@ from meadowrun_core.resources import Resources
 
 log = logging.getLogger(__name__)
 
-MAX_TASKS_PER_MESSAGE = 100
 TOP_UP_INTERVAL_SECONDS = 0.5
+# Received results are never redelivered while the map runs (the queue is deleted at its end),
+# so they are not deleted one request at a time; only a map with this many undeleted results
+# deletes them (SQS limits in-flight messages per queue to about 120,000).
+RESULT_VISIBILITY_SECONDS = 12 * 3600
+MAX_UNDELETED_RESULTS = 50_000
 
 
 def tasks_per_message(num_tasks: int, workers: int) -> int:
@@ -81,15 +93,27 @@ class MapJob:
         self.slots: dict[str, asyncio.Task[tuple[dict[str, Any], bytes]]] = {}
         self.placements: dict[str, Any] = {}
         self._last_top_up = 0.0
+        self._receiving: asyncio.Task[list[Any]] | None = None
+        self._undeleted: list[str] = []
+        self._repaired: dict[str, int] = {}
+        self._healed_tasks: set[int] = set()
+        self.redeploy: Callable[[], PreparedDeployment] | None = None
 
     # --- setup and teardown ------------------------------------------------------------
-    def enqueue(self, tasks: list[TaskTuple]) -> None:
+    async def enqueue(self, tasks: list[TaskTuple]) -> None:
+        """Tasks in as few messages as balance allows, each within the queue's size limit;
+        a large argument travels through the object store (seams.spill)."""
         size = tasks_per_message(len(self.arguments), self.target_workers)
-        bodies = [
-            encode_tasks(self.backend.signer, tasks[i : i + size])
-            for i in range(0, len(tasks), size)
-        ]
-        self.backend.queues.send_batch(self.request_queue, bodies)
+        queues = self.backend.queues
+        bodies = await asyncio.to_thread(
+            encode_messages,
+            self.backend.signer,
+            self.backend.store,
+            tasks,
+            size,
+            queues.max_message_bytes,
+        )
+        await asyncio.to_thread(queues.send_batch, self.request_queue, bodies)
 
     async def start_slots(self, minimum: int) -> None:
         wanted = min(self.target_workers, len(self.arguments) - len(self.reported)) - len(
@@ -141,10 +165,11 @@ class MapJob:
     # --- the loop -----------------------------------------------------------------------
     async def result_batches(self) -> AsyncGenerator[list[TaskResult], None]:
         """Results as they arrive, a list per receive (crossing threads per batch, not per
-        task, keeps the sync API as fast as the async one)."""
+        task, keeps the sync API as fast as the async one). One long-polling receive is in
+        flight at a time; slot changes are handled while it waits."""
         queues = self.backend.queues
-        queues.create_queue(self.request_queue)
-        queues.create_queue(self.result_queue)
+        await asyncio.to_thread(queues.create_queue, self.request_queue)
+        await asyncio.to_thread(queues.create_queue, self.result_queue)
         finished = False
         progress = tqdm(
             total=len(self.arguments),
@@ -155,29 +180,47 @@ class MapJob:
         try:
             tasks = [(i, 1, arg) for i, arg in enumerate(self.arguments)]
             self.attempts = dict.fromkeys(range(len(self.arguments)), 1)
-            self.enqueue(tasks)
+            await self.enqueue(tasks)
             await self.start_slots(minimum=1)
             while len(self.reported) < len(self.arguments):
-                messages = await asyncio.to_thread(queues.receive, self.result_queue, 10, 30, 0.05)
-                batch = [
-                    result
-                    for message in messages
-                    for result in self.handle(decode_results(self.backend.signer, message.body))
-                ]
-                if batch:
-                    progress.update(len(batch))
-                    yield batch
-                if messages:
-                    await asyncio.to_thread(
-                        queues.delete, self.result_queue, [m.receipt for m in messages]
-                    )
+                if self._receiving is None:
+                    self._receiving = asyncio.create_task(self._receive())
+                await asyncio.wait(
+                    [self._receiving, *self.slots.values()],
+                    timeout=TOP_UP_INTERVAL_SECONDS,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if self._receiving.done():
+                    decoded, self._receiving = self._receiving.result(), None
+                    batch = []
+                    for results in decoded:
+                        batch.extend(await self.handle(results))
+                    if batch:
+                        progress.update(len(batch))
+                        yield batch
                 await self.check_slots()
             finished = True
         finally:
             progress.close()
             await asyncio.shield(self.cleanup(kill=not finished))
 
-    def handle(self, results: list[tuple[int, int, bool, bytes, str]]) -> list[TaskResult]:
+    async def _receive(self) -> list[Any]:
+        """One long poll of the result queue, decoded (off the event loop's thread)."""
+        queues, signer, store = self.backend.queues, self.backend.signer, self.backend.store
+
+        def receive() -> list[Any]:
+            messages = queues.receive(
+                self.result_queue, 10, RESULT_VISIBILITY_SECONDS, queues.max_wait_seconds
+            )
+            self._undeleted.extend(m.receipt for m in messages)
+            if len(self._undeleted) >= MAX_UNDELETED_RESULTS:
+                receipts, self._undeleted = self._undeleted, []
+                queues.delete(self.result_queue, receipts)
+            return [decode_message(signer, store, m.body) for m in messages if m.body != WAKE]
+
+        return await asyncio.to_thread(receive)
+
+    async def handle(self, results: list[tuple[int, int, bool, bytes, str]]) -> list[TaskResult]:
         out: list[TaskResult] = []
         retry: list[TaskTuple] = []
         for task_id, attempt, ok, payload, kind in results:
@@ -189,6 +232,11 @@ class MapJob:
                 continue
             if attempt < self.attempts[task_id]:
                 continue  # a stale failure of an attempt already retried
+            if kind == "load" and await self._repaired_blob(task_id, payload):
+                # its function was damaged in the store and is replaced: not the task's fault
+                self.attempts[task_id] = attempt + 1
+                retry.append((task_id, attempt + 1, self.arguments[task_id]))
+                continue
             if attempt < self.max_attempts and kind != "lost":
                 log.info("task %d failed on attempt %d (%s); retrying", task_id, attempt, kind)
                 self.attempts[task_id] = attempt + 1
@@ -205,8 +253,20 @@ class MapJob:
                 exception.remote_traceback = ""
             out.append(TaskResult(task_id, False, None, exception, attempt))
         if retry:
-            self.enqueue(retry)
+            await self.enqueue(retry)
         return out
+
+    async def _repaired_blob(self, task_id: int, payload: bytes) -> bool:
+        """Whether a task failed to load because a blob was damaged, now replaced (each task
+        is given this second chance once)."""
+        damaged = damaged_object({"status": "failed", "stage": "load"}, payload)
+        if damaged is None or task_id in self._healed_tasks:
+            return False
+        self._healed_tasks.add(task_id)
+        if damaged not in self._repaired:
+            self._repaired[damaged] = 1
+            return await asyncio.to_thread(repair, self.backend, damaged)
+        return True
 
     async def check_slots(self) -> None:
         for job_id, slot in list(self.slots.items()):
@@ -214,6 +274,17 @@ class MapJob:
                 continue
             del self.slots[job_id]
             final, payload = slot.result()
+            damaged = damaged_object(final, payload)
+            if damaged is not None and self._repaired.get(damaged, 0) <= self.target_workers:
+                # a blob this client uploaded was damaged in the store: replace it (once; the
+                # other slots started before that fail too); the slots started next load it
+                self._repaired[damaged] = self._repaired.get(damaged, 0) + 1
+                if self._repaired[damaged] > 1:
+                    continue
+                if await asyncio.to_thread(repair, self.backend, damaged):
+                    if self.redeploy is not None:
+                        self.deployment = await asyncio.to_thread(self.redeploy)
+                    continue
             if final["status"] == "failed" and final.get("stage") == "load":
                 raise (
                     failure_exception(payload, "load", f"map worker {job_id}")
@@ -239,11 +310,22 @@ class MapJob:
             await self.start_slots(minimum=0 if self.slots else 1)
 
     async def cleanup(self, kill: bool) -> None:
+        queues = self.backend.queues
+        receiving, self._receiving = self._receiving, None
         try:
+            if receiving is not None and not receiving.done():
+                # wake our own long poll, so no thread waits on a queue about to go away
+                receiving.add_done_callback(_ignore_outcome)
+                await asyncio.to_thread(queues.send_batch, self.result_queue, [WAKE])
             await self.stop_slots(kill)
         finally:
-            self.backend.queues.delete_queue(self.request_queue)
-            self.backend.queues.delete_queue(self.result_queue)
+            await asyncio.to_thread(queues.delete_queue, self.request_queue)
+            await asyncio.to_thread(queues.delete_queue, self.result_queue)
+
+
+def _ignore_outcome(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: an abandoned receive's failure is of no interest
 
 
 def prepare_map_job(
@@ -277,8 +359,8 @@ def prepare_map_job(
     if "function_key" not in function_ref:
         # map workers load functions by key: store the import path as a tiny signed pickle
         function_ref = {
-            "function_key": backend.store.put(
-                backend.signer.dumps(_ImportedFunction(function_ref["function_name"]))
+            "function_key": put_blob(
+                backend, backend.signer.dumps(_ImportedFunction(function_ref["function_name"]))
             )
         }
     prepared = prepare_deployment(backend, checked_deployment)
@@ -286,7 +368,7 @@ def prepare_map_job(
         fit = math.floor(backend.max_cpu / max(resources.logical_cpu, 1e-9))
         num_concurrent_tasks = max(1, min(len(arguments), fit))
     description = f"run_map {getattr(function, '__qualname__', function)}"
-    return runtime, MapJob(
+    job = MapJob(
         runtime,
         backend,
         function_ref["function_key"],
@@ -297,6 +379,8 @@ def prepare_map_job(
         max_num_task_attempts,
         description,
     )
+    job.redeploy = lambda: prepare_deployment(backend, checked_deployment)
+    return runtime, job
 
 
 class _ImportedFunction:

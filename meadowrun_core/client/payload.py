@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import pickle
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -16,12 +18,19 @@ from meadowrun_core.deployment.code_mirror import CodeMirror
 from meadowrun_core.deployment.spec import Deployment, PreparedDeployment
 from meadowrun_core.exceptions import BadInputError
 from meadowrun_core.resources import Resources
+from meadowrun_core.seams.object_store import content_key
 from meadowrun_core.serialization import dumps_fast
 
 log = logging.getLogger(__name__)
 
 _mirrors: dict[str, CodeMirror] = {}
 _mirrors_lock = threading.Lock()
+# Blobs this client put (functions, large arguments), kept so that a copy found damaged in
+# the store can be replaced; bounded, oldest dropped first. Per cloud: key -> (blob, written).
+_HELD_BYTES = 64 * 2**20
+_held: dict[str, OrderedDict[str, tuple[bytes, float]]] = {}
+_held_lock = threading.Lock()
+clock: Callable[[], float] = time.time  # tests move it to simulate a long-lived client
 
 FunctionRef = dict[str, str]
 
@@ -63,7 +72,48 @@ def upload_function(backend: Backend, function: Callable[..., Any] | str) -> Fun
             f"the function {getattr(function, '__qualname__', function)!r} cannot be pickled: "
             f"{exc}. Define it at module level or pass it as 'package.module.function'."
         ) from exc
-    return {"function_key": backend.store.put(blob)}
+    return {"function_key": put_blob(backend, blob)}
+
+
+def put_blob(backend: Backend, blob: bytes) -> str:
+    """Put a signed blob, unless this client wrote it recently enough that the store still
+    has it (half its expiry); keep a copy to repair it with."""
+    key = content_key(blob)
+    expiry = backend.store.expiry_seconds
+    with _held_lock:
+        held = _held.setdefault(backend.key, OrderedDict())
+        known = held.get(key)
+        if known is not None and (expiry is None or clock() - known[1] < expiry / 2):
+            held.move_to_end(key)
+            return key
+    backend.store.put(blob)
+    with _held_lock:
+        held[key] = (blob, clock())
+        held.move_to_end(key)
+        total = sum(len(b) for b, _ in held.values())
+        while total > _HELD_BYTES and len(held) > 1:
+            _, (dropped, _) = held.popitem(last=False)
+            total -= len(dropped)
+    return key
+
+
+def repair(backend: Backend, key: str) -> bool:
+    """Replace the damaged object ``key`` from this client's own copy: a blob it holds, or
+    (for code) everything its mirror wrote. False when this client never had it."""
+    with _held_lock:
+        held = _held.get(backend.key)
+        known = held.get(key) if held is not None else None
+    if known is not None:
+        log.warning("object %s was damaged in the store; replacing it", key)
+        backend.store.put(known[0], overwrite=True)
+        return True
+    with _mirrors_lock:
+        mirror = _mirrors.get(backend.key)
+    if mirror is not None and mirror.knows(key):
+        log.warning("code object %s was damaged in the store; uploading the code again", key)
+        mirror.invalidate(overwrite=True)
+        return True
+    return False
 
 
 def pickle_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
@@ -101,7 +151,9 @@ def prepare_deployment(backend: Backend, deployment: Deployment) -> PreparedDepl
     with _mirrors_lock:
         mirror = _mirrors.get(backend.key)
         if mirror is None:  # one per cloud and process: it remembers what it uploaded
-            mirror = _mirrors[backend.key] = CodeMirror(backend.store, backend.signer)
+            mirror = _mirrors[backend.key] = CodeMirror(
+                backend.store, backend.signer, clock=lambda: clock()
+            )
     before = mirror.bytes_uploaded
     prepared = prepare(
         deployment,
@@ -110,6 +162,7 @@ def prepare_deployment(backend: Backend, deployment: Deployment) -> PreparedDepl
         signer=backend.signer,
         mirror=mirror,
         local_instance=backend.instances_are_this_machine,
+        secrets=backend.secrets.get,
     )
     if mirror.bytes_uploaded != before:
         log.debug("uploaded %d bytes of code", mirror.bytes_uploaded - before)

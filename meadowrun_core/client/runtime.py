@@ -116,7 +116,11 @@ class ClientRuntime:
             self._lease_thread.start()
 
     def _renew_leases(self) -> None:
-        """Keep our jobs alive; if this process dies, agents stop them after the lease."""
+        """Keep our jobs alive; if this process dies, agents stop them after the lease.
+
+        A failure is logged once (a warning, no traceback) until renewing works again; a
+        backend whose state directory is gone is warned about once and no longer renewed."""
+        failing: set[int] = set()
         while True:
             backends = list(self._backends.values())
             interval = min((b.settings.lease_seconds for b in backends), default=10.0) / 3
@@ -129,8 +133,32 @@ class ClientRuntime:
                     backend.table.renew_lease(
                         self.client_id, self.pid, backend.settings.lease_seconds
                     )
-                except Exception:
-                    log.exception("could not renew the client lease")
+                except Exception as exc:
+                    self._lease_failed(backend, exc, id(backend) in failing)
+                    failing.add(id(backend))
+                else:
+                    if id(backend) in failing:
+                        failing.discard(id(backend))
+                        log.info("renewing the client lease on %s works again", backend.description)
+
+    def _lease_failed(self, backend: Backend, exc: Exception, again: bool) -> None:
+        if not backend.home.exists():
+            log.warning(
+                "the state directory %s is gone; stopped renewing this client's lease there "
+                "(its jobs stop when the lease lapses). Start a new job to use a fresh one.",
+                backend.home,
+            )
+            with self._backends_lock:
+                self._backends = {k: b for k, b in self._backends.items() if b is not backend}
+        elif not again:
+            log.warning(
+                "could not renew the client lease on %s (%s: %s); retrying every period",
+                backend.description,
+                type(exc).__name__,
+                exc,
+            )
+        else:
+            log.debug("could not renew the client lease", exc_info=True)
 
     def forget_backends(self) -> None:
         """Release our leases and forget every backend (tests switch MEADOWRUN_HOME)."""

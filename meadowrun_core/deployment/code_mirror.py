@@ -5,8 +5,15 @@ sub-directories' keys; a manifest lists one tree per ``sys.path`` entry with whe
 A re-run with unchanged code uploads nothing, and a change to one file uploads that file, its
 directory's node and the nodes above it (a few kB), never the whole tree.
 
+New blobs of one upload go out together: a few as single objects, more (a cold tree) as
+packs of up to 8 MiB listed in the manifest, so mirroring a fresh tree takes a handful of
+requests, not one per file, and never a HEAD: the mirror trusts only what it wrote itself,
+and only for half the store's expiry (then it writes everything again, which also restarts
+the objects' expiry).
+
 On the instance each node becomes a directory once (``<cache>/nodes/<key>``) whose
-sub-directories are symlinks to their own nodes, so a changed file rewrites one directory.
+sub-directories are symlinks to their own nodes, so a changed file rewrites one directory;
+packs are fetched once per instance (``<cache>/packs/<key>``).
 """
 
 from __future__ import annotations
@@ -18,20 +25,33 @@ import json
 import os
 import shutil
 import site
+import struct
 import sys
 import sysconfig
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from meadowrun_core.config import meadowrun_home
 from meadowrun_core.deployment.watch import DirectoryWatcher
-from meadowrun_core.seams.object_store import ObjectStore, content_key
-from meadowrun_core.serialization import Signer
+from meadowrun_core.seams.object_store import (
+    DamagedObjectError,
+    ObjectStore,
+    content_key,
+    get_verified,
+)
+from meadowrun_core.serialization import Signer, UnauthenticatedDataError
 
 _SKIP_DIRS = {"__pycache__", "node_modules", "site-packages", "dist-packages", "build", "dist"}
 _CODE_SUFFIXES = (".py", ".pyi", ".so", ".pyd", ".pth")
 _MAX_FILE_BYTES = 50 * 2**20
+# More new blobs than this in one upload go out in packs of at most _PACK_BYTES each.
+_SINGLE_PUTS = 8
+_PACK_BYTES = 8 * 2**20
+_PACK_MAGIC = b"MRPACK1"
+_U32 = struct.Struct("!I")
 
 
 @dataclass(frozen=True)
@@ -154,34 +174,112 @@ class _CachedFile:
 
 
 class CodeMirror:
-    """Uploads code trees to an object store, remembering which file versions it sent."""
+    """Uploads code trees to an object store, remembering which blobs it wrote (and when)."""
 
-    def __init__(self, store: ObjectStore, signer: Signer) -> None:
+    def __init__(
+        self, store: ObjectStore, signer: Signer, clock: Callable[[], float] = time.time
+    ) -> None:
         self._store = store
         self._signer = signer
-        self._files: dict[str, _CachedFile] = {}
-        self._nodes: dict[str, tuple[object, str]] = {}
-        self._dirs: dict[str, _CachedDir] = {}
-        self._dirty: set[str] = set()
+        self._clock = clock
         self._watcher = DirectoryWatcher.create()
         self._lock = threading.Lock()
         self._state_dir = str(meadowrun_home())
         self.bytes_uploaded = 0
+        self.requests = 0  # object store writes, for benchmarks
+        self._overwrite_next = False
+        self._forget()
 
-    def upload(self, roots: list[CodeRoot], globs: tuple[str, ...] = ()) -> str:
-        """Upload what changed under ``roots``; return the manifest's key."""
+    def _forget(self) -> None:
+        """Trust nothing written before: the next upload writes every blob again."""
+        self._files: dict[str, _CachedFile] = {}
+        self._nodes: dict[str, tuple[object, str]] = {}
+        self._dirs: dict[str, _CachedDir] = {}
+        self._dirty: set[str] = set()
+        self._written: set[str] = set()  # keys this mirror wrote (alone or in a pack)
+        self._packs: list[str] = []  # packs written since the epoch, newest first
+        self._pending: dict[str, bytes] = {}
+        self._epoch = self._clock()
+
+    def _refresh_age(self) -> float | None:
+        """How long what this mirror wrote is trusted: half the store's expiry, so anything a
+        manifest names has at least that long left."""
+        expiry = self._store.expiry_seconds
+        return None if expiry is None else expiry / 2
+
+    def knows(self, key: str) -> bool:
         with self._lock:
+            return key in self._written or key in self._packs
+
+    def invalidate(self, overwrite: bool = False) -> None:
+        """Forget what was uploaded (a stored blob was found damaged, or may have expired);
+        with ``overwrite`` the next upload also replaces blobs that exist in the store."""
+        with self._lock:
+            self._forget()
+            self._overwrite_next = overwrite
+
+    def upload(
+        self, roots: list[CodeRoot], globs: tuple[str, ...] = (), overwrite: bool = False
+    ) -> str:
+        """Upload what changed under ``roots``; return the manifest's key. ``overwrite``
+        writes every blob again, replacing damaged copies."""
+        with self._lock:
+            overwrite = overwrite or self._overwrite_next
+            self._overwrite_next = False
+            age = self._refresh_age()
+            if overwrite or (age is not None and self._clock() - self._epoch > age):
+                self._forget()
             if self._watcher is not None:
                 dirty = self._watcher.changed()
                 if dirty is None:
                     self._dirs.clear()  # events were lost: look at everything again
                 self._dirty = dirty or set()
-            entries = []
-            for root in roots:
-                tree = self._root_tree(root, globs)
-                entries.append({"tree": tree, "position": root.position, "original": root.original})
-            manifest = json.dumps({"version": 2, "roots": entries}, sort_keys=True).encode()
-            return self._put(self._signer.sign(manifest))
+            try:
+                entries = []
+                for root in roots:
+                    tree = self._root_tree(root, globs)
+                    entries.append(
+                        {"tree": tree, "position": root.position, "original": root.original}
+                    )
+                self._write_pending(overwrite)
+                manifest = {"version": 3, "roots": entries, "packs": self._packs}
+                body = json.dumps(manifest, sort_keys=True).encode()
+                key = self._put(self._signer.sign(body))
+                self._write_pending(overwrite)
+                return key
+            except BaseException:
+                self._forget()  # some blobs may not have been written: trust nothing
+                raise
+
+    def _write_pending(self, overwrite: bool) -> None:
+        """Write the blobs collected since the last call: alone when few, else in packs."""
+        pending, self._pending = self._pending, {}
+        if not pending:
+            return
+        if len(pending) <= _SINGLE_PUTS:
+            for blob in pending.values():
+                self._store.put(blob, overwrite=overwrite)
+                self._count(len(blob))
+        else:
+            packs: list[list[tuple[str, bytes]]] = [[]]
+            size = 0
+            for item in pending.items():
+                if packs[-1] and size + len(item[1]) > _PACK_BYTES:
+                    packs.append([])
+                    size = 0
+                packs[-1].append(item)
+                size += len(item[1])
+            for pack in packs:
+                blob = self._signer.sign(_pack(pack))
+                # always written (no HEAD): one PUT costs less than asking, and restarts expiry
+                key = self._store.put(blob, overwrite=True)
+                self._count(len(blob))
+                self._packs.insert(0, key)
+        self._written.update(pending)
+
+    def _count(self, size: int) -> None:
+        self.bytes_uploaded += size
+        self.requests += 1
 
     def _root_tree(self, root: CodeRoot, globs: tuple[str, ...]) -> str:
         path = str(root.path)
@@ -274,10 +372,10 @@ class CodeMirror:
         return key
 
     def _put(self, blob: bytes) -> str:
+        """The blob's key; it is written with the upload's other new blobs."""
         key = content_key(blob)
-        if not self._store.exists(key):
-            self._store.put(blob)
-            self.bytes_uploaded += len(blob)
+        if key not in self._written:
+            self._pending[key] = blob
         return key
 
     def _file_key(self, path: str, stat: os.stat_result | None = None) -> str | None:
@@ -307,17 +405,76 @@ class MaterializedRoot:
     original: str
 
 
+def _pack(blobs: list[tuple[str, bytes]]) -> bytes:
+    """Several signed blobs in one object: an index of (key, length), then the blobs."""
+    index = json.dumps([[key, len(blob)] for key, blob in blobs]).encode()
+    return b"".join([_PACK_MAGIC, _U32.pack(len(index)), index, *(blob for _, blob in blobs)])
+
+
+def _unpack(payload: bytes) -> dict[str, bytes]:
+    if not payload.startswith(_PACK_MAGIC):
+        raise ValueError("not a code pack")
+    start = len(_PACK_MAGIC)
+    (length,) = _U32.unpack_from(payload, start)
+    offset = start + 4 + length
+    blobs = {}
+    for key, size in json.loads(payload[start + 4 : offset]):
+        blobs[str(key)] = payload[offset : offset + size]
+        offset += size
+    return blobs
+
+
+class _Blobs:
+    """Verified blobs of one manifest: from its packs (fetched once per instance into
+    ``<cache>/packs``), else one by one from the store."""
+
+    def __init__(self, store: ObjectStore, signer: Signer, packs: list[str], cache: Path) -> None:
+        self._store = store
+        self._signer = signer
+        self._packs = packs
+        self._cache = cache
+        self._blobs: dict[str, tuple[str, bytes]] | None = None
+
+    def _load(self) -> dict[str, tuple[str, bytes]]:
+        if self._blobs is None:
+            self._blobs = {}
+            for pack in self._packs:
+                path = self._cache / pack
+                try:
+                    payload = self._signer.verify(path.read_bytes())
+                except (OSError, UnauthenticatedDataError):
+                    payload = get_verified(self._store, self._signer, pack)
+                    self._cache.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_name(f".{pack}.{os.getpid()}.{threading.get_ident()}")
+                    tmp.write_bytes(self._signer.sign(payload))
+                    os.replace(tmp, path)
+                for key, blob in _unpack(payload).items():
+                    self._blobs.setdefault(key, (pack, blob))
+        return self._blobs
+
+    def get(self, key: str) -> bytes:
+        found = self._load().get(key) if self._packs else None
+        if found is None:
+            return get_verified(self._store, self._signer, key)
+        pack, blob = found
+        try:
+            return self._signer.verify(blob)
+        except UnauthenticatedDataError as exc:
+            raise DamagedObjectError(pack, f"blob {key} in it: {exc}") from None
+
+
 def materialize(
     store: ObjectStore, signer: Signer, manifest_key: str, cache_dir: Path
 ) -> list[MaterializedRoot]:
     """Write the code of a manifest under ``cache_dir`` (only directories not written before);
     return one directory per mirrored ``sys.path`` entry, in order."""
-    manifest = json.loads(signer.verify(store.get(manifest_key)))
+    manifest = json.loads(get_verified(store, signer, manifest_key))
     nodes = cache_dir / "nodes"
     nodes.mkdir(parents=True, exist_ok=True)
+    blobs = _Blobs(store, signer, list(manifest.get("packs", [])), cache_dir / "packs")
     return [
         MaterializedRoot(
-            str(_node_dir(store, signer, root["tree"], nodes)), root["position"], root["original"]
+            str(_node_dir(blobs, root["tree"], nodes)), root["position"], root["original"]
         )
         for root in manifest["roots"]
     ]
@@ -329,17 +486,17 @@ def _safe(name: str) -> str:
     return name
 
 
-def _node_dir(store: ObjectStore, signer: Signer, key: str, nodes: Path) -> Path:
+def _node_dir(blobs: _Blobs, key: str, nodes: Path) -> Path:
     target = nodes / key
     if target.is_dir():
         return target
-    node = json.loads(signer.verify(store.get(key)))
-    subdirs = [(name, _node_dir(store, signer, sub, nodes)) for name, sub in node["d"]]
+    node = json.loads(blobs.get(key))
+    subdirs = [(name, _node_dir(blobs, sub, nodes)) for name, sub in node["d"]]
     tmp = nodes / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     for name, file_key in node["f"]:
-        (tmp / _safe(name)).write_bytes(signer.verify(store.get(file_key)))
+        (tmp / _safe(name)).write_bytes(blobs.get(file_key))
     for name, sub_dir in subdirs:
         os.symlink(os.path.join("..", sub_dir.name), tmp / _safe(name))
     try:

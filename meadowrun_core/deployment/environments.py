@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from meadowrun_core.deployment.locks import file_lock
-from meadowrun_core.deployment.process import DeploymentError, find_uv, run_tool, uv_env
+from meadowrun_core.deployment.process import (
+    DeploymentError,
+    extract_tar,
+    find_uv,
+    run_tool,
+    uv_env,
+)
 from meadowrun_core.seams.object_store import ObjectStore
 from meadowrun_core.serialization import Signer, UnauthenticatedDataError
 
@@ -194,7 +200,7 @@ def _unpack(
     tmp = target.with_name(f".{target.name}.{os.getpid()}.unpack")
     shutil.rmtree(tmp, ignore_errors=True)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        tar.extractall(tmp, filter="tar")
+        extract_tar(tar, tmp, "tar")
     if not _base_python_exists(tmp):
         shutil.rmtree(tmp, ignore_errors=True)
         return False

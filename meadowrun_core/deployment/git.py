@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from meadowrun_core.deployment.locks import file_lock
-from meadowrun_core.deployment.process import DeploymentError, run_tool
+from meadowrun_core.deployment.process import DeploymentError, extract_tar, run_tool
 
 SecretReader = Callable[[str], str]
 
@@ -150,7 +150,7 @@ def ensure_checkout(
         tmp = repo_dir / f".{commit}.{os.getpid()}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-            tar.extractall(tmp, filter="data")
+            extract_tar(tar, tmp, "data")
         (tmp / _READY).touch()
         shutil.rmtree(target, ignore_errors=True)
         os.rename(tmp, target)

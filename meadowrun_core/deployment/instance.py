@@ -19,8 +19,8 @@ from meadowrun_core.deployment.git import ensure_checkout, git_environment, sour
 from meadowrun_core.deployment.process import DeploymentError
 from meadowrun_core.deployment.runtime import worker_runtime_env
 from meadowrun_core.deployment.spec import PreparedDeployment
-from meadowrun_core.local.secrets import LocalSecretStore
 from meadowrun_core.seams.object_store import ObjectStore
+from meadowrun_core.seams.secret_store import SecretReader
 from meadowrun_core.serialization import Signer
 
 
@@ -40,6 +40,7 @@ class InstancePreparer:
     instance_dir: Path
     store: ObjectStore
     signer: Signer
+    secrets: SecretReader  # the instance's cloud's secret store
     _ready: dict[str, InstanceDeployment] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
@@ -70,7 +71,7 @@ class InstancePreparer:
         return ready
 
     def _prepare(self, prepared: PreparedDeployment) -> InstanceDeployment:
-        secrets = LocalSecretStore(self.home).get
+        secrets = self.secrets
         env = dict(prepared.environment)
         python = prepared.python
         pythonpath: list[str] = []
@@ -133,12 +134,12 @@ _preparers: dict[str, InstancePreparer] = {}
 
 
 def preparer_for(
-    home: Path, instance_dir: Path, store: ObjectStore, signer: Signer
+    home: Path, instance_dir: Path, store: ObjectStore, signer: Signer, secrets: SecretReader
 ) -> InstancePreparer:
     """One preparer per instance (the agent process), created on first use."""
     key = str(instance_dir)
     if key not in _preparers:
-        _preparers[key] = InstancePreparer(home, instance_dir, store, signer)
+        _preparers[key] = InstancePreparer(home, instance_dir, store, signer, secrets)
     return _preparers[key]
 
 

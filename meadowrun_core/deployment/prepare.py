@@ -26,6 +26,7 @@ from meadowrun_core.deployment.spec import (
 from meadowrun_core.exceptions import BadInputError
 from meadowrun_core.local.secrets import LocalSecretStore
 from meadowrun_core.seams.object_store import ObjectStore
+from meadowrun_core.seams.secret_store import SecretReader
 from meadowrun_core.serialization import Signer
 
 
@@ -37,13 +38,15 @@ def prepare(
     signer: Signer,
     mirror: CodeMirror | None,
     local_instance: bool = True,
+    secrets: SecretReader | None = None,
 ) -> PreparedDeployment:
+    """``secrets`` reads the cloud's secret store (default: the local cloud's)."""
     cache = home / "client-cache"
     resolver = Resolver(store, signer, cache, local_instance)
     base_dir = Path(os.getcwd())
     git = None
     if deployment.git is not None:
-        git, checkout = _prepare_git(deployment, home, cache)
+        git, checkout = _prepare_git(deployment, cache, secrets or LocalSecretStore(home).get)
         if checkout is not None:
             base_dir = checkout
     spec = resolver.resolve(deployment.interpreter, base_dir)
@@ -65,7 +68,7 @@ def prepare(
 
 
 def _prepare_git(
-    deployment: Deployment, home: Path, cache: Path
+    deployment: Deployment, cache: Path, secrets: SecretReader
 ) -> tuple[dict[str, object], Path | None]:
     """Resolve the commit here (a missing branch or commit fails before launch); fetch it here
     too when the interpreter's spec files must be read from the repository."""
@@ -75,7 +78,6 @@ def _prepare_git(
     reads_files = not isinstance(
         interpreter, LocalCurrentInterpreter | PreinstalledInterpreter | ContainerInterpreter
     )
-    secrets = LocalSecretStore(home).get
     try:
         with git_environment(spec.get("ssh_key_secret"), secrets, cache / "known_hosts") as (
             env,

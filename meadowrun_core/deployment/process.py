@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 from meadowrun_core.exceptions import MeadowrunError
 
@@ -95,3 +97,26 @@ def uv_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     if extra:
         env.update(extra)
     return env
+
+
+def extract_tar(tar: tarfile.TarFile, target: Path, policy: Literal["data", "tar"]) -> None:
+    """``tar.extractall`` with Python's extraction ``policy`` ("data" or "tar"); where this
+    Python predates extraction filters (3.11.3 and older, as some images ship), the same
+    refusals by hand: no absolute paths, nothing outside ``target``, for "data" no links that
+    leave it and no device files."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(target, filter=policy)
+        return
+    root = os.path.realpath(target)
+    for member in tar.getmembers():
+        path = os.path.realpath(os.path.join(root, member.name))
+        if member.name.startswith("/") or os.path.commonpath([root, path]) != root:
+            raise tarfile.TarError(f"{member.name!r} would be written outside {target}")
+        if member.isdev():
+            raise tarfile.TarError(f"{member.name!r} is a device file")
+        if policy == "data" and (member.issym() or member.islnk()):
+            base = os.path.dirname(path) if member.issym() else root
+            link = os.path.realpath(os.path.join(base, member.linkname))
+            if member.linkname.startswith("/") or os.path.commonpath([root, link]) != root:
+                raise tarfile.TarError(f"{member.name!r} links outside {target}")
+    tar.extractall(target)  # every member was checked above

@@ -6,14 +6,23 @@ conditional writes: two clients can never both take the last free CPU of an inst
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from meadowrun_core.local.sqlite_db import SqliteDb
 from meadowrun_core.resources import Resources
-from meadowrun_core.seams.allocation_table import AllocationRecord, InstanceRecord
+from meadowrun_core.seams.allocation_table import (
+    AllocationRecord,
+    InstanceRecord,
+    gpus_needed,
+    instance_suits,
+    normalize_flags,
+    room_fits,
+)
 from meadowrun_core.seams.instance_provider import InstanceType
 
 _SCHEMA = """
@@ -81,6 +90,24 @@ INSTANCE_DEAD_AFTER_SECONDS = 10.0
 LAUNCH_GRACE_SECONDS = 60.0
 
 
+# Resource columns beyond CPU and memory (added to tables made by earlier versions).
+_INSTANCE_RESOURCE_COLUMNS = {
+    "gpus_total": "REAL NOT NULL DEFAULT 0",
+    "gpus_free": "REAL NOT NULL DEFAULT 0",
+    "gpu_memory_gb": "REAL NOT NULL DEFAULT 0",
+    "flags": "TEXT NOT NULL DEFAULT '[]'",
+    "arch": "TEXT NOT NULL DEFAULT ''",
+    "is_spot": "INTEGER NOT NULL DEFAULT 0",
+    "interruption_probability": "REAL NOT NULL DEFAULT 0",
+    "custom_total": "TEXT NOT NULL DEFAULT '{}'",
+    "custom_free": "TEXT NOT NULL DEFAULT '{}'",
+}
+_ALLOCATION_RESOURCE_COLUMNS = {
+    "gpus": "REAL NOT NULL DEFAULT 0",
+    "custom": "TEXT NOT NULL DEFAULT '{}'",
+}
+
+
 def _instance(row: sqlite3.Row, running_jobs: int) -> InstanceRecord:
     return InstanceRecord(
         instance_id=row["instance_id"],
@@ -97,6 +124,15 @@ def _instance(row: sqlite3.Row, running_jobs: int) -> InstanceRecord:
         created=row["created"],
         last_heartbeat=row["last_heartbeat"],
         running_jobs=running_jobs,
+        gpus_total=row["gpus_total"],
+        gpus_free=row["gpus_free"],
+        gpu_memory_gb=row["gpu_memory_gb"],
+        flags=tuple(json.loads(row["flags"])),
+        arch=row["arch"],
+        is_spot=bool(row["is_spot"]),
+        interruption_probability=row["interruption_probability"],
+        custom_total=json.loads(row["custom_total"]),
+        custom_free=json.loads(row["custom_free"]),
     )
 
 
@@ -110,6 +146,43 @@ def _allocation(row: sqlite3.Row) -> AllocationRecord:
         worker_pid=row["worker_pid"],
         created=row["created"],
         description=row["description"],
+        gpus=row["gpus"],
+        custom=json.loads(row["custom"]),
+    )
+
+
+@dataclass
+class _Room:
+    """An instance's free room while one transaction places jobs on it."""
+
+    cpu: float
+    memory: float
+    gpus: float
+    custom: dict[str, float]
+
+    def take(self, resources: Resources) -> None:
+        self.cpu -= resources.logical_cpu
+        self.memory -= resources.memory_gb
+        self.gpus -= gpus_needed(resources)
+        for key, amount in (resources.custom or {}).items():
+            self.custom[key] = self.custom.get(key, 0.0) - amount
+
+
+def _add_custom(
+    conn: sqlite3.Connection, instance_id: str, amounts: dict[str, float], sign: int
+) -> None:
+    """Take (sign -1) or give back (+1) custom resources, inside the caller's transaction."""
+    row = conn.execute(
+        "SELECT custom_free FROM instances WHERE instance_id = ?", (instance_id,)
+    ).fetchone()
+    if row is None:
+        return
+    free = json.loads(row["custom_free"])
+    for key, amount in amounts.items():
+        free[key] = free.get(key, 0.0) + sign * amount
+    conn.execute(
+        "UPDATE instances SET custom_free = ? WHERE instance_id = ?",
+        (json.dumps(free), instance_id),
     )
 
 
@@ -122,39 +195,71 @@ class SqliteAllocationTable:
         if "submitter" not in columns:  # a state directory made by an earlier version
             with self._db.transaction() as conn:
                 conn.execute("ALTER TABLE job_keys ADD COLUMN submitter TEXT NOT NULL DEFAULT ''")
+        for table, wanted in (
+            ("instances", _INSTANCE_RESOURCE_COLUMNS),
+            ("allocations", _ALLOCATION_RESOURCE_COLUMNS),
+        ):
+            have = {r["name"] for r in self._db.connection().execute(f"PRAGMA table_info({table})")}
+            missing = [(name, kind) for name, kind in wanted.items() if name not in have]
+            if missing:
+                with self._db.transaction() as conn:
+                    for name, kind in missing:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     # --- allocation -------------------------------------------------------------------
     def allocate_on_existing(
         self, job_ids: list[str], resources: Resources, client_id: str, description: str
     ) -> dict[str, str]:
+        placed = self.place_on_existing(job_ids, resources, client_id, description)
+        return {job_id: record.instance_id for job_id, record in placed.items()}
+
+    def place_on_existing(
+        self, job_ids: list[str], resources: Resources, client_id: str, description: str
+    ) -> dict[str, InstanceRecord]:
         placed: dict[str, str] = {}
         now = time.time()
         with self._db.transaction() as conn:
             rows = conn.execute(
-                "SELECT instance_id, cpu_free, memory_free FROM instances "
+                "SELECT *, 0 AS n FROM instances "
                 "WHERE address IS NOT NULL AND prevent_further_allocation = 0 "
-                "AND last_heartbeat > ? AND cpu_free >= ? AND memory_free >= ?",
-                (now - INSTANCE_DEAD_AFTER_SECONDS, resources.logical_cpu, resources.memory_gb),
+                "AND last_heartbeat > ? AND cpu_free >= ? AND memory_free >= ? AND gpus_free >= ?",
+                (
+                    now - INSTANCE_DEAD_AFTER_SECONDS,
+                    resources.logical_cpu,
+                    resources.memory_gb,
+                    gpus_needed(resources),
+                ),
             ).fetchall()
-            free = {r["instance_id"]: [r["cpu_free"], r["memory_free"]] for r in rows}
+            free = {
+                record.instance_id: _Room(
+                    record.cpu_free,
+                    record.memory_free,
+                    record.gpus_free,
+                    dict(record.custom_free),
+                )
+                for record in (_instance(r, 0) for r in rows)
+                if instance_suits(record, resources)
+            }
             for job_id in job_ids:
                 fitting = [
-                    (iid, cpu, mem)
-                    for iid, (cpu, mem) in free.items()
-                    if cpu >= resources.logical_cpu and mem >= resources.memory_gb
+                    (iid, room)
+                    for iid, room in free.items()
+                    if room_fits(resources, room.cpu, room.memory, room.gpus, room.custom)
                 ]
                 if not fitting:
                     break
                 # best fit: the instance left with the least spare room, as Meadowrun does
-                iid = min(
+                iid, room = min(
                     fitting,
-                    key=lambda f: (f[1] - resources.logical_cpu) * 2 + (f[2] - resources.memory_gb),
-                )[0]
-                free[iid][0] -= resources.logical_cpu
-                free[iid][1] -= resources.memory_gb
+                    key=lambda f: (
+                        (f[1].cpu - resources.logical_cpu) * 2 + (f[1].memory - resources.memory_gb)
+                    ),
+                )
+                room.take(resources)
                 self._insert_allocation(conn, job_id, iid, client_id, resources, description, now)
                 placed[job_id] = iid
-        return placed
+        records = {iid: self.get_instance(iid) for iid in set(placed.values())}
+        return {j: r for j, iid in placed.items() if (r := records[iid]) is not None}
 
     def allocate_on_new_instance(
         self,
@@ -177,10 +282,13 @@ class SqliteAllocationTable:
                 or used_mem + instance_type.memory_gb > max_memory_gb + 1e-9
             ):
                 return False
+            custom = json.dumps(dict(instance_type.custom))
             conn.execute(
                 "INSERT INTO instances (instance_id, instance_type, cpu_total, memory_total, "
-                "cpu_free, memory_free, price_per_hour, created, last_heartbeat) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "cpu_free, memory_free, price_per_hour, created, last_heartbeat, gpus_total, "
+                "gpus_free, gpu_memory_gb, flags, arch, is_spot, interruption_probability, "
+                "custom_total, custom_free) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     instance_id,
                     instance_type.name,
@@ -191,6 +299,15 @@ class SqliteAllocationTable:
                     instance_type.price_per_hour,
                     now,
                     now,
+                    instance_type.gpus,
+                    instance_type.gpus,
+                    instance_type.gpu_memory_gb,
+                    json.dumps(list(normalize_flags(instance_type.flags))),
+                    instance_type.arch,
+                    int(instance_type.is_spot),
+                    instance_type.interruption_probability,
+                    custom,
+                    custom,
                 ),
             )
             for job_id in job_ids:
@@ -209,14 +326,18 @@ class SqliteAllocationTable:
         description: str,
         now: float,
     ) -> None:
+        gpus = gpus_needed(resources)
+        custom = dict(resources.custom or {})
         conn.execute(
-            "UPDATE instances SET cpu_free = cpu_free - ?, memory_free = memory_free - ? "
-            "WHERE instance_id = ?",
-            (resources.logical_cpu, resources.memory_gb, instance_id),
+            "UPDATE instances SET cpu_free = cpu_free - ?, memory_free = memory_free - ?, "
+            "gpus_free = gpus_free - ? WHERE instance_id = ?",
+            (resources.logical_cpu, resources.memory_gb, gpus, instance_id),
         )
+        if custom:
+            _add_custom(conn, instance_id, custom, -1)
         conn.execute(
             "INSERT INTO allocations (job_id, instance_id, client_id, cpu, memory_gb, created, "
-            "description) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "description, gpus, custom) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 job_id,
                 instance_id,
@@ -225,6 +346,8 @@ class SqliteAllocationTable:
                 resources.memory_gb,
                 now,
                 description,
+                gpus,
+                json.dumps(custom),
             ),
         )
 
@@ -243,10 +366,13 @@ class SqliteAllocationTable:
             return False
         conn.execute("DELETE FROM allocations WHERE job_id = ?", (job_id,))
         conn.execute(
-            "UPDATE instances SET cpu_free = cpu_free + ?, memory_free = memory_free + ? "
-            "WHERE instance_id = ?",
-            (row["cpu"], row["memory_gb"], row["instance_id"]),
+            "UPDATE instances SET cpu_free = cpu_free + ?, memory_free = memory_free + ?, "
+            "gpus_free = gpus_free + ? WHERE instance_id = ?",
+            (row["cpu"], row["memory_gb"], row["gpus"], row["instance_id"]),
         )
+        custom = json.loads(row["custom"])
+        if custom:
+            _add_custom(conn, row["instance_id"], custom, 1)
         conn.execute(
             "INSERT INTO job_history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -433,6 +559,26 @@ class SqliteAllocationTable:
     def forget_job_key(self, job_key: str) -> bool:
         with self._db.transaction() as conn:
             return conn.execute("DELETE FROM job_keys WHERE job_key = ?", (job_key,)).rowcount > 0
+
+    def object_references(self) -> tuple[set[str], float | None]:
+        """What garbage collection keeps: the object keys of kept keyed-job outcomes, and when
+        the oldest live job began (an allocation, or a keyed job not ended yet)."""
+        conn = self._db.connection()
+        keys: set[str] = set()
+        for row in conn.execute("SELECT final, payload_key FROM job_keys WHERE status = 'ended'"):
+            if row["payload_key"]:
+                keys.add(row["payload_key"])
+            try:
+                output_key = json.loads(row["final"] or "{}").get("output_key")
+            except ValueError:
+                output_key = None
+            if isinstance(output_key, str):
+                keys.add(output_key)
+        oldest = conn.execute(
+            "SELECT MIN(t) FROM (SELECT MIN(created) AS t FROM allocations UNION ALL "
+            "SELECT MIN(created) FROM job_keys WHERE status != 'ended')"
+        ).fetchone()[0]
+        return keys, None if oldest is None else float(oldest)
 
     # --- client leases --------------------------------------------------------------------
     def renew_lease(self, client_id: str, pid: int, lease_seconds: float) -> None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from meadowrun_core.config import Settings, meadowrun_home
 from meadowrun_core.hosts import AllocLocalInstance
 from meadowrun_core.local.allocation_table import SqliteAllocationTable
+from meadowrun_core.local.collect import collect_if_due
 from meadowrun_core.local.instance_provider import LocalInstanceProvider
 from meadowrun_core.local.object_store import FileObjectStore
+from meadowrun_core.local.secrets import LocalSecretStore
 from meadowrun_core.local.task_queue import SqliteTaskQueue
 from meadowrun_core.seams.allocation_table import InstanceRecord
 from meadowrun_core.serialization import Signer, load_or_create_key
@@ -27,6 +30,7 @@ class LocalBackend:
     signer: Signer
     max_cpu: float
     max_memory_gb: float
+    secrets: LocalSecretStore
     instances_are_this_machine: bool = True
 
     @classmethod
@@ -36,25 +40,37 @@ class LocalBackend:
         max_cpu = host.max_cpu if host.max_cpu is not None else settings.max_cpu
         max_mem = host.max_memory_gb if host.max_memory_gb is not None else settings.max_memory_gb
         idle = host.idle_timeout if host.idle_timeout is not None else settings.idle_timeout_seconds
+        table = SqliteAllocationTable(home / "state.db")
+        threading.Thread(
+            target=collect_if_due, args=(home, table), name="meadowrun-collect", daemon=True
+        ).start()
         return cls(
             home=home,
             settings=settings,
-            table=SqliteAllocationTable(home / "state.db"),
+            table=table,
             queues=SqliteTaskQueue(home / "queues.db"),
             store=FileObjectStore(home / "objects"),
             provider=LocalInstanceProvider(home, max_cpu, max_mem, idle),
             signer=Signer(load_or_create_key(home / "cluster.key")),
             max_cpu=max_cpu,
             max_memory_gb=max_mem,
+            secrets=LocalSecretStore(home),
         )
 
     @property
     def key(self) -> str:
-        return f"local:{self.home}"
+        # the key's fingerprint too: a home deleted and recreated (a new key) shares no caches
+        return f"local:{self.home}:{self.signer.mac(b'backend key').hex()[:12]}"
 
     @property
     def description(self) -> str:
         return f"the local cloud ({self.max_cpu:g} CPU / {self.max_memory_gb:g} GB)"
+
+    async def reach(self, instance: InstanceRecord, host: str, port: int) -> tuple[str, int]:
+        return host, port
+
+    async def expose(self, port: int) -> None:
+        """Instances are processes of this machine: they reach its loopback already."""
 
     async def open_agent_stream(
         self, instance: InstanceRecord

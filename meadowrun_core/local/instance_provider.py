@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+from meadowrun_core.config import private_dir
 from meadowrun_core.exceptions import ResourcesNotAvailableError
 from meadowrun_core.resources import Resources
 from meadowrun_core.seams.instance_provider import InstanceType
@@ -94,6 +95,7 @@ class LocalInstanceProvider:
         self._max_cpu = max_cpu
         self._max_memory_gb = max_memory_gb
         self._idle_timeout = idle_timeout
+        self._launched: dict[str, subprocess.Popen[bytes]] = {}
 
     def offers(self) -> list[InstanceType]:
         return local_instance_types(self._max_cpu, self._max_memory_gb)
@@ -130,7 +132,7 @@ class LocalInstanceProvider:
 
     async def launch(self, instance_id: str, instance_type: InstanceType) -> None:
         log_path = self.log_path(instance_id)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(log_path.parent)
         env = {**os.environ, "MEADOWRUN_HOME": str(self._home)}
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
@@ -154,8 +156,23 @@ class LocalInstanceProvider:
             )
         finally:
             os.close(fd)
+        # found by `meadowrun clean` even if the table loses it (see admin.home_agents)
+        pid_fd = os.open(
+            log_path.parent / "agent.pid", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600
+        )
+        with os.fdopen(pid_fd, "w") as f:
+            f.write(str(proc.pid))
+        self._launched[instance_id] = proc
         # reap it when it exits so that it does not linger as a zombie of this client
         threading.Thread(target=proc.wait, daemon=True, name=f"reap-{instance_id}").start()
+
+    def exited_before_registering(self, instance_id: str) -> int | None:
+        """The exit code of an agent this process launched that has already exited."""
+        proc = self._launched.get(instance_id)
+        return None if proc is None else proc.poll()
+
+    def registered(self, instance_id: str) -> None:
+        self._launched.pop(instance_id, None)
 
     def terminate(self, instance_id: str, agent_pid: int | None = None) -> None:
         if agent_pid:

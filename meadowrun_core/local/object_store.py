@@ -10,6 +10,9 @@ from meadowrun_core.seams.object_store import content_key
 
 
 class FileObjectStore:
+    # objects untouched this long are collected (local/collect.py OBJECT_MAX_AGE_SECONDS)
+    expiry_seconds: float | None = 7 * 24 * 3600.0
+
     def __init__(self, root: Path) -> None:
         self._root = root
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -19,10 +22,10 @@ class FileObjectStore:
             raise ValueError(f"invalid object key {key!r}")
         return self._root / key[:2] / key[2:]
 
-    def put(self, data: bytes) -> str:
+    def put(self, data: bytes, overwrite: bool = False) -> str:
         key = content_key(data)
         path = self._path(key)
-        if path.exists():
+        if not overwrite and _touch(path):
             return key
         path.parent.mkdir(mode=0o700, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}.tmp")
@@ -39,8 +42,18 @@ class FileObjectStore:
             raise KeyError(f"object {key} is not in the store") from None
 
     def exists(self, key: str) -> bool:
-        return self._path(key).exists()
+        """Whether the object is stored; one found is marked used (garbage collection keeps
+        objects touched recently, see local/collect.py)."""
+        return _touch(self._path(key))
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
+
+
+def _touch(path: Path) -> bool:
+    try:
+        os.utime(path)
+        return True
+    except FileNotFoundError:
+        return False

@@ -6,7 +6,8 @@ Azure Table ETags) so that racing clients never over-allocate an instance.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from meadowrun_core.resources import Resources
@@ -29,6 +30,15 @@ class InstanceRecord:
     created: float
     last_heartbeat: float
     running_jobs: int
+    gpus_total: float = 0.0
+    gpus_free: float = 0.0
+    gpu_memory_gb: float = 0.0  # per GPU
+    flags: tuple[str, ...] = ()
+    arch: str = ""
+    is_spot: bool = False
+    interruption_probability: float = 0.0
+    custom_total: Mapping[str, float] = field(default_factory=dict)
+    custom_free: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -41,13 +51,83 @@ class AllocationRecord:
     worker_pid: int | None
     created: float
     description: str
+    gpus: float = 0.0
+    custom: Mapping[str, float] = field(default_factory=dict)
+
+
+# What a job needs beyond CPU and memory, shared by every table so that reuse means the same
+# on SQLite and DynamoDB.
+_FLAG_ALIASES = {
+    "aarch64": "arm64",
+    "arm": "arm64",
+    "graviton": "arm64",
+    "x86": "x86_64",
+    "amd64": "x86_64",
+    "amd_cpu": "amd",
+    "intel_cpu": "intel",
+    "cuda": "nvidia",
+    "avx-512": "avx512",
+}
+_ARCHES = {"arm64", "x86_64"}
+
+
+def normalize_flags(flags: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    names = {_FLAG_ALIASES.get(f.strip().lower(), f.strip().lower()) for f in flags}
+    return tuple(sorted(names))
+
+
+def gpus_needed(resources: Resources) -> float:
+    """GPUs one job takes: ``gpus``, or one GPU when only ``gpu_memory`` is asked for."""
+    return resources.gpus or (1.0 if resources.gpu_memory else 0.0)
+
+
+def instance_suits(record: InstanceRecord, resources: Resources) -> bool:
+    """Whether the instance's fixed properties suit the job: architecture (x86_64 unless
+    asked; "" is the client's own machine), flags, market (``max_eviction_rate=0`` never
+    on spot; spot only within the rate) and memory per GPU."""
+    wanted = normalize_flags(resources.flags)
+    arch = next((f for f in wanted if f in _ARCHES), "x86_64")
+    if record.arch and record.arch != arch:
+        return False
+    if not {f for f in wanted if f not in _ARCHES} <= set(normalize_flags(record.flags)):
+        return False
+    if record.is_spot and (
+        resources.max_eviction_rate <= 0
+        or record.interruption_probability * 100 > resources.max_eviction_rate + 1e-9
+    ):
+        return False
+    gpus = gpus_needed(resources)
+    return not (resources.gpu_memory and record.gpu_memory_gb * gpus < resources.gpu_memory)
+
+
+def room_fits(
+    resources: Resources,
+    cpu_free: float,
+    memory_free: float,
+    gpus_free: float,
+    custom_free: Mapping[str, float],
+) -> bool:
+    """Whether the free room holds one more job of ``resources``."""
+    return (
+        cpu_free >= resources.logical_cpu - 1e-9
+        and memory_free >= resources.memory_gb - 1e-9
+        and gpus_free >= gpus_needed(resources) - 1e-9
+        and all(custom_free.get(k, 0.0) >= v - 1e-9 for k, v in (resources.custom or {}).items())
+    )
 
 
 class AllocationTable(Protocol):
     def allocate_on_existing(
         self, job_ids: list[str], resources: Resources, client_id: str, description: str
     ) -> dict[str, str]:
-        """Place as many jobs as fit on registered instances (best fit); job id -> instance id."""
+        """Place as many jobs as fit on registered instances (best fit) where every resource
+        fits (``instance_suits``, ``room_fits``); job id -> instance id."""
+        ...
+
+    def place_on_existing(
+        self, job_ids: list[str], resources: Resources, client_id: str, description: str
+    ) -> dict[str, InstanceRecord]:
+        """``allocate_on_existing``, answering with the instances' records (no re-read)."""
         ...
 
     def allocate_on_new_instance(

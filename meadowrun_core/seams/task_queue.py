@@ -1,4 +1,9 @@
-"""At-least-once message queues with visibility timeouts (SQS / Azure Storage Queue model)."""
+"""At-least-once message queues with visibility timeouts (SQS / Azure Storage Queue model).
+
+Each cloud's queue says how large one message may be (``max_message_bytes``) and how long a
+writer should gather small writes into one message (``batch_seconds``): the client and agent
+read these instead of assuming one cloud's limits, and send anything larger through the
+object store (``seams.spill``)."""
 
 from __future__ import annotations
 
@@ -14,6 +19,21 @@ class QueueMessage:
 
 
 class TaskQueue(Protocol):
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest body ``send_batch`` accepts; larger payloads go through the store."""
+        ...
+
+    @property
+    def batch_seconds(self) -> float:
+        """How long to gather results before sending: each request costs on a cloud."""
+        ...
+
+    @property
+    def max_wait_seconds(self) -> float:
+        """The longest server-side wait of one ``receive`` (long polling)."""
+        ...
+
     def create_queue(self, name: str) -> None: ...
 
     def delete_queue(self, name: str) -> None: ...

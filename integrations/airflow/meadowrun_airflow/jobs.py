@@ -16,6 +16,7 @@ and a lease of its own (``job_key=``/``detach=``); any process can then follow i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib.machinery
 import logging
@@ -70,6 +71,26 @@ def host_for_home(meadowrun_home: str | None) -> mr.Host | None:
     return mr.AllocLocalInstance(home=meadowrun_home) if meadowrun_home else None
 
 
+_HOST_KINDS: dict[str, type[mr.Host]] = {
+    kind.__name__: kind for kind in (mr.AllocLocalInstance, mr.AllocEC2Instance, mr.AllocAzureVM)
+}
+
+
+def host_to_json(host: mr.Host | None) -> dict[str, Any] | None:
+    """A host as JSON that a trigger carries (``None``: the local cloud)."""
+    if host is None or isinstance(host, mr.AllocLocalInstance):
+        return None  # the local cloud is found by its home, which travels on its own
+    fields = {f.name: getattr(host, f.name) for f in dataclasses.fields(host)}
+    return {"kind": type(host).__name__, "fields": fields}
+
+
+def host_from_json(data: dict[str, Any] | None) -> mr.Host | None:
+    if data is None:
+        return None
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in data["fields"].items()}
+    return _HOST_KINDS[data["kind"]](**fields)
+
+
 def pickle_by_value_if_unimportable(function: Any) -> None:
     """Ship the callable's module by value when workers could not import it by name.
 
@@ -109,11 +130,16 @@ class JobSpec:
         return f"function {getattr(self.function, '__qualname__', self.function)!r}"
 
 
-def _submit(spec: JobSpec, key: str, detach: bool,
-            timeout_seconds: float | None = None) -> mr.JobHandle[Any]:
+def _submit(
+    spec: JobSpec, key: str, detach: bool, timeout_seconds: float | None = None
+) -> mr.JobHandle[Any]:
     common: dict[str, Any] = {
-        "host": spec.host, "resources": spec.resources, "deployment": spec.deployment,
-        "wait_for_result": False, "job_key": key, "detach": detach,
+        "host": spec.host,
+        "resources": spec.resources,
+        "deployment": spec.deployment,
+        "wait_for_result": False,
+        "job_key": key,
+        "detach": detach,
     }
     if detach:
         common["detached_timeout"] = timeout_seconds
@@ -128,6 +154,7 @@ def _submit(spec: JobSpec, key: str, detach: bool,
 
 
 # --- output ------------------------------------------------------------------------------------
+
 
 class OutputLines:
     """Splits a job's raw output chunks (``on_output(stream, data)``) into lines for
@@ -187,6 +214,7 @@ def job_output_not_logged() -> Iterator[None]:
 
 # --- attached jobs -----------------------------------------------------------------------------
 
+
 class StartedJob:
     """A job of this process's client: wait for it, or cancel it and wait until it is gone.
 
@@ -203,7 +231,8 @@ class StartedJob:
         lines = OutputLines()
         with contextlib.suppress(mr.MeadowrunError, TimeoutError):
             mr.attach_job(self.key, host=self.spec.host, on_output=lines.feed).result(
-                timeout=CANCEL_WAIT_SECONDS)
+                timeout=CANCEL_WAIT_SECONDS
+            )
         lines.flush()
         return lines.last_stdout_line
 
@@ -249,8 +278,9 @@ def submit_detached(key: str, spec: JobSpec, timeout_seconds: float | None) -> m
     return _submit(spec, key, detach=True, timeout_seconds=timeout_seconds)
 
 
-def wait_until_started(key: str, handle: mr.JobHandle[Any], host: mr.Host | None,
-                       timeout: float = START_WAIT_SECONDS) -> str:
+def wait_until_started(
+    key: str, handle: mr.JobHandle[Any], host: mr.Host | None, timeout: float = START_WAIT_SECONDS
+) -> str:
     """Wait until an instance has the job (or it already ended); return its status.
 
     This process sends the job to its instance, so it must not exit (defer) before that. On
@@ -267,8 +297,12 @@ def wait_until_started(key: str, handle: mr.JobHandle[Any], host: mr.Host | None
     return status
 
 
-def outcome_event(key: str, get_value: Callable[[], Any], lines: OutputLines | None = None,
-                  host: mr.Host | None = None) -> dict[str, Any]:
+def outcome_event(
+    key: str,
+    get_value: Callable[[], Any],
+    lines: OutputLines | None = None,
+    host: mr.Host | None = None,
+) -> dict[str, Any]:
     """The JSON event that tells a deferred task how its job ended (the value itself stays in
     meadowrun's store until ``execute_complete`` reads it). ``get_value`` may feed ``lines``
     (a command's XCom is its last stdout line)."""
@@ -282,8 +316,9 @@ def outcome_event(key: str, get_value: Callable[[], Any], lines: OutputLines | N
     except mr.MeadowrunError as exc:
         # a detached job past its detached_timeout (the task's execution_timeout)
         timed_out = mr.job_status(key, host=host) == "lease_expired"
-        event.update(status="timed_out" if timed_out else "error",
-                     message=f"{type(exc).__name__}: {exc}")
+        event.update(
+            status="timed_out" if timed_out else "error", message=f"{type(exc).__name__}: {exc}"
+        )
     else:
         if isinstance(value, mr.CommandResult):
             event.update(status="exited", return_code=value.return_code, last_line=None)

@@ -24,6 +24,7 @@ from meadowrun_airflow.jobs import (
     OutputLines,
     StartedJob,
     discard_output,
+    host_to_json,
     job_key,
     job_output_not_logged,
     local_home,
@@ -298,7 +299,9 @@ class MeadowrunOperator(BaseOperator):
                 return self.execute_complete(context, self._finished_outcome(key, host))
         context["ti"].xcom_push(key="meadowrun_job_key", value=key)
         self.defer(
-            trigger=MeadowrunJobTrigger(job_key=key, meadowrun_home=local_home(host)),
+            trigger=MeadowrunJobTrigger(
+                job_key=key, meadowrun_home=local_home(host), host=host_to_json(host)
+            ),
             method_name="execute_complete",
             # The job itself stops at execution_timeout (its detached lease); a safety net.
             timeout=self.execution_timeout + timedelta(seconds=60)

@@ -14,31 +14,38 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 import meadowrun_core as mr
-from meadowrun_airflow.jobs import OutputLines, host_for_home, outcome_event
+from meadowrun_airflow.jobs import OutputLines, host_for_home, host_from_json, outcome_event
 
 
 class MeadowrunJobTrigger(BaseTrigger):
     """Fires ``{"job_key": ..., "status": ...}`` when the job named ``job_key`` ends.
 
-    ``meadowrun_home`` (the local cloud the job runs in) travels with the trigger because the
-    triggerer may run with another environment than the worker that submitted the job, and may
-    follow jobs of several local clouds.
+    The job's cloud travels with the trigger, because the triggerer may run with another
+    environment than the worker that submitted the job, and may follow jobs of several clouds:
+    ``host`` (a cloud host as JSON, e.g. an ``AllocEC2Instance`` with its region) or, for the
+    local cloud, ``meadowrun_home``.
     """
 
-    def __init__(self, job_key: str, meadowrun_home: str | None = None) -> None:
+    def __init__(
+        self,
+        job_key: str,
+        meadowrun_home: str | None = None,
+        host: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.job_key = job_key
         self.meadowrun_home = meadowrun_home
+        self.host = host
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
-            {"job_key": self.job_key, "meadowrun_home": self.meadowrun_home},
+            {"job_key": self.job_key, "meadowrun_home": self.meadowrun_home, "host": self.host},
         )
 
     @property
     def _host(self) -> mr.Host | None:
-        return host_for_home(self.meadowrun_home)
+        return host_from_json(self.host) or host_for_home(self.meadowrun_home)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         # meadowrun calls on_output from its client thread, outside this trigger's context, and
@@ -57,12 +64,12 @@ class MeadowrunJobTrigger(BaseTrigger):
 
         lines = OutputLines(log_line)
         waiter = asyncio.ensure_future(
-            mr.wait_job_async(self.job_key, host=self._host, on_output=on_output))
+            mr.wait_job_async(self.job_key, host=self._host, on_output=on_output)
+        )
         try:
             while True:
                 getter = asyncio.ensure_future(chunks.get())
-                done, _ = await asyncio.wait({waiter, getter},
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait({waiter, getter}, return_when=asyncio.FIRST_COMPLETED)
                 if getter not in done:
                     getter.cancel()
                     break
@@ -76,7 +83,8 @@ class MeadowrunJobTrigger(BaseTrigger):
                 lines.feed(*chunks.get_nowait())
             lines.flush()
             event = await asyncio.to_thread(
-                outcome_event, self.job_key, waiter.result, lines, self._host)
+                outcome_event, self.job_key, waiter.result, lines, self._host
+            )
         finally:
             if not waiter.done():
                 waiter.cancel()  # stops following only; the job keeps running

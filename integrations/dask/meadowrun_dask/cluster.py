@@ -30,6 +30,7 @@ from distributed.comm.core import CommClosedError
 from distributed.core import Status, rpc
 from distributed.deploy.spec import ProcessInterface, SpecCluster
 from distributed.security import Security
+from distributed.utils import format_dashboard_link
 
 import meadowrun_core as mr
 from meadowrun_core.client.results import JobCancelledError
@@ -99,8 +100,9 @@ async def _job_outcome(handle: mr.JobHandle[Any]) -> BaseException | None:
     return None
 
 
-async def _stop_job(handle: mr.JobHandle[Any] | None, watch: asyncio.Task[Any] | None,
-                    grace: float) -> None:
+async def _stop_job(
+    handle: mr.JobHandle[Any] | None, watch: asyncio.Task[Any] | None, grace: float
+) -> None:
     """Give a closing server ``grace`` seconds to exit by itself (its job then ends normally
     and frees its allocation), then cancel the job, which kills the process; either way return
     once the allocation is freed."""
@@ -198,17 +200,43 @@ class MeadowScheduler(ProcessInterface):
         self.handle = await launcher.submit(
             remote.run_scheduler,
             launcher.scheduler_resources,
-            (launcher.listen_host, self.port, self.dashboard_port, launcher.security,
-             self.options, launcher.config),
+            (
+                launcher.listen_host,
+                self.port,
+                self.dashboard_port,
+                launcher.security,
+                self.options,
+                launcher.config,
+            ),
         )
         self._watch = asyncio.ensure_future(self._follow())
         try:
             self.address = await self._reported_address()
+            if launcher.listen_host is None:  # on a cloud instance, at its own address
+                self.external_address = await self._reach(self.address)
         except BaseException:
             await self.close()
             raise
         logger.debug("scheduler %s up after %.2f s", self.address, time.monotonic() - began)
         await super().start()
+
+    async def _reach(self, address: str) -> str:
+        """The scheduler as this client reaches it: through the SSH connection meadowrun
+        already holds to its instance (only SSH need be open to the client); TLS runs inside
+        the tunnel as before. Workers use ``address`` inside the network."""
+        assert self.handle is not None
+        protocol, _, rest = address.rpartition("://")
+        host, _, port = rest.rpartition(":")
+        local_host, local_port = await asyncio.to_thread(self.handle.reach, host, int(port))
+        return f"{protocol}://{local_host}:{local_port}"
+
+    def dashboard_address(self, port: int) -> tuple[str, int]:
+        """Where this client reaches the scheduler's dashboard at ``port``."""
+        assert self.handle is not None and self.address is not None
+        host = self.address.rpartition("://")[2].rpartition(":")[0]
+        if self.external_address is None:
+            return host, port
+        return self.handle.reach(host, port)
 
     async def _reported_address(self) -> str:
         """The address the scheduler job reports once it listens; the job's error if it ends
@@ -223,7 +251,8 @@ class MeadowScheduler(ProcessInterface):
             except TimeoutError:
                 if time.monotonic() > deadline:
                     raise TimeoutError(
-                        f"the scheduler did not start within {timeout:g} s") from None
+                        f"the scheduler did not start within {timeout:g} s"
+                    ) from None
                 continue
             return str(report["address"])
         failure = self._watch.result()
@@ -233,8 +262,10 @@ class MeadowScheduler(ProcessInterface):
             and failure.original.errno == errno.EADDRINUSE  # type: ignore[union-attr]
         ):
             raise _PortInUseError(text)
-        raise RuntimeError(f"the scheduler job ended before it listened: "
-                           f"{failure or 'it returned (idle_timeout too short?)'}")
+        raise RuntimeError(
+            f"the scheduler job ended before it listened: "
+            f"{failure or 'it returned (idle_timeout too short?)'}"
+        )
 
     async def _follow(self) -> BaseException | None:
         assert self.handle is not None
@@ -265,8 +296,14 @@ class MeadowWorker(ProcessInterface):
     the cluster starts a replacement.
     """
 
-    def __init__(self, scheduler: str, name: Any, launcher: _Launcher,
-                 worker_class: str, options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        scheduler: str,
+        name: Any,
+        launcher: _Launcher,
+        worker_class: str,
+        options: dict[str, Any],
+    ) -> None:
         super().__init__()
         self.scheduler = scheduler
         self.name = name
@@ -282,8 +319,15 @@ class MeadowWorker(ProcessInterface):
         self.handle = await launcher.submit(
             remote.run_worker,
             launcher.worker_resources,
-            (self.scheduler, self.name, launcher.listen_host, launcher.security,
-             self.worker_class, self.options, launcher.config),
+            (
+                self.scheduler,
+                self.name,
+                launcher.listen_host,
+                launcher.security,
+                self.worker_class,
+                self.options,
+                launcher.config,
+            ),
         )
         self.started_at = time.monotonic()
         self._watch = asyncio.ensure_future(self._follow())
@@ -316,7 +360,9 @@ class MeadowWorker(ProcessInterface):
                 assert cluster.scheduler_comm is not None
                 await asyncio.wait_for(
                     cluster.scheduler_comm.retire_workers(
-                        workers=[address], close_workers=True, remove=True,
+                        workers=[address],
+                        close_workers=True,
+                        remove=True,
                         stimulus_id=f"meadowrun-scale-down-{time.time()}",
                     ),
                     self.launcher.retire_timeout,
@@ -409,8 +455,10 @@ class MeadowCluster(SpecCluster):
         count = cfg["n-workers"] if n_workers is None else n_workers
         super().__init__(
             workers={self._take_name(): worker_spec for _ in range(count)},
-            scheduler={"cls": MeadowScheduler, "options": {"launcher": launcher,
-                                                           "options": sched_options}},
+            scheduler={
+                "cls": MeadowScheduler,
+                "options": {"launcher": launcher, "options": sched_options},
+            },
             worker=worker_spec,
             asynchronous=asynchronous,
             loop=loop,
@@ -455,9 +503,7 @@ class MeadowCluster(SpecCluster):
                     for name, spec in self.worker_spec.items()
                 }
             servers = [scheduler, *workers.values()]
-            results = await asyncio.gather(
-                *(_await(s) for s in servers), return_exceptions=True
-            )
+            results = await asyncio.gather(*(_await(s) for s in servers), return_exceptions=True)
             errors = [r for r in results if isinstance(r, BaseException)]
             if not errors:
                 self.scheduler = scheduler
@@ -474,6 +520,19 @@ class MeadowCluster(SpecCluster):
         self.status = Status.failed
         await self._close()
         raise RuntimeError(f"Cluster failed to start: {last}") from last
+
+    @property
+    def dashboard_link(self) -> str:
+        """The dashboard, reachable from here (tunnelled like the scheduler on a cloud)."""
+        try:
+            port = int(self.scheduler_info["services"]["dashboard"])
+        except (KeyError, TypeError, ValueError):
+            return ""
+        scheduler = self.scheduler
+        if not isinstance(scheduler, MeadowScheduler) or scheduler.handle is None:
+            return str(super().dashboard_link)
+        host, local_port = scheduler.dashboard_address(port)
+        return str(format_dashboard_link(host, local_port))
 
     def _worker_address(self, name: Any) -> str | None:
         for address, info in self.scheduler_info["workers"].items():
@@ -499,14 +558,16 @@ class MeadowCluster(SpecCluster):
             self._failed_starts = 0
         why = "it returned" if outcome is None else str(outcome).splitlines()[0]
         if self._failed_starts > self._max_failed_starts:
-            message = (f"worker {name!r} exited ({why}); {self._failed_starts} workers in a "
-                       "row exited early, so it is not replaced. Full reason: " + str(outcome))
+            message = (
+                f"worker {name!r} exited ({why}); {self._failed_starts} workers in a "
+                "row exited early, so it is not replaced. Full reason: " + str(outcome)
+            )
             logger.error("%s", message)
             self._log(message)
             return
         new_name = self._take_name()
         self.worker_spec[new_name] = spec
-        delay = 0.0 if self._failed_starts <= 1 else min(30.0, 0.5 * 2 ** self._failed_starts)
+        delay = 0.0 if self._failed_starts <= 1 else min(30.0, 0.5 * 2**self._failed_starts)
         message = f"worker {name!r} exited ({why}); starting {new_name!r} in its place"
         logger.warning("%s", message)
         self._log(message)

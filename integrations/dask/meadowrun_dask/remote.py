@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -102,11 +103,15 @@ def run_scheduler(
     ``host=None`` and ``port=0`` only the instance knows it.
     """
     with _remote_context(config):
+        host = host or _instance_address()
         asyncio.run(_serve_scheduler(host, port, dashboard_port, security, options))
 
 
 async def _serve_scheduler(
-    host: str | None, port: int, dashboard_port: int, security: Security,
+    host: str | None,
+    port: int,
+    dashboard_port: int,
+    security: Security,
     options: dict[str, Any],
 ) -> None:
     protocol = "tls" if security.require_encryption else "tcp"
@@ -134,6 +139,7 @@ def run_worker(
 ) -> None:
     """Run a Dask worker (or nanny) until it closes; retire it on a spot interruption notice."""
     with _remote_context(config):
+        host = host or _instance_address()
         asyncio.run(_serve_worker(scheduler_address, name, host, security, worker_class, options))
 
 
@@ -151,8 +157,9 @@ async def _serve_worker(
     # than in the Worker's own connect loop, whose back-off grows to seconds.
     patience = parse_timedelta(options.get("death_timeout") or 120)
     if not await wait_until_listening(scheduler_address, security, patience):
-        raise TimeoutError(f"the scheduler at {scheduler_address} did not listen within "
-                           f"{patience:g} s")
+        raise TimeoutError(
+            f"the scheduler at {scheduler_address} did not listen within {patience:g} s"
+        )
     async with cls(scheduler_address, name=name, host=host, security=security, **options) as server:
         watcher = asyncio.create_task(_retire_on_interruption(server, poll))
         try:
@@ -178,7 +185,9 @@ async def _retire_on_interruption(server: Any, interval: float) -> None:
     left = deadline - time.time()
     logger.warning(
         "spot interruption notice: instance %s goes in %.1f s; retiring worker %s",
-        meadowrun_core.current_instance_id(), left, getattr(server, "name", "?"),
+        meadowrun_core.current_instance_id(),
+        left,
+        getattr(server, "name", "?"),
     )
     try:
         # keep a second in hand to close before the instance is killed
@@ -195,7 +204,16 @@ async def _retire(server: Any) -> None:
         return
     # a Nanny: the scheduler drains its worker, then the nanny follows
     await server.scheduler.retire_workers(
-        workers=[worker_address], close_workers=True, remove=True,
+        workers=[worker_address],
+        close_workers=True,
+        remove=True,
         stimulus_id=f"spot-interruption-{time.time()}",
     )
     await server.close(reason="spot-interruption")
+
+
+def _instance_address() -> str | None:
+    """The instance's own address in its network, as its cloud tells jobs
+    (``MEADOWRUN_INSTANCE_ADDRESS``); Dask's own guess needs a default route, which an
+    instance in a private subnet may lack."""
+    return os.environ.get("MEADOWRUN_INSTANCE_ADDRESS") or None

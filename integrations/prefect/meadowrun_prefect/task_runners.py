@@ -290,6 +290,7 @@ class MeadowrunTaskRunner(TaskRunner[PrefectMeadowrunFuture[Any]]):
         self._semaphore: asyncio.Semaphore | None = None
         self._context_cache: tuple[tuple[Any, ...], dict[str, Any]] | None = None
         self._prefect_env: dict[str, str] | None = None
+        self._exposed: set[tuple[int, str]] = set()
 
     # -- Prefect's TaskRunner interface -------------------------------------------------
 
@@ -438,11 +439,29 @@ class MeadowrunTaskRunner(TaskRunner[PrefectMeadowrunFuture[Any]]):
         )
         deployment = scoped.deployment or self.deployment or mr.Deployment.mirror_local()
         env = {**self._prefect_environment(), **deployment.environment_variables}
+        host = scoped.host or self.host
+        self._expose_api(env.get("PREFECT_API_URL"), host)
         return MeadowrunOptions(
             resources=resources,
             deployment=dataclasses.replace(deployment, environment_variables=env),
-            host=scoped.host or self.host,
+            host=host,
         )
+
+    def _expose_api(self, api_url: str | None, host: mr.Host | None) -> None:
+        """A Prefect API on this machine's loopback (the flow's ephemeral or local server) is
+        made reachable at the same URL on cloud instances, through meadowrun's SSH
+        connections, so remote task runs report their states to it (a no-op locally)."""
+        from urllib.parse import urlsplit
+
+        if not api_url:
+            return
+        url = urlsplit(api_url)
+        if url.hostname not in ("127.0.0.1", "localhost") or url.port is None:
+            return
+        key = (url.port, repr(host))
+        if key not in self._exposed:
+            mr.expose_port(url.port, host=host)
+            self._exposed.add(key)
 
     def _prefect_environment(self) -> dict[str, str]:
         """The flow's Prefect settings as environment variables, PREFECT_API_URL included

@@ -1,0 +1,152 @@
+"""meadowrun's security group: SSH from the clients' own addresses, and instances to each other.
+
+Least exposure: port 22 is open only to the address of a client that launched (as AWS's
+checkip service sees it, i.e. its public address) or to a CIDR the user gives
+(``AllocEC2Instance(ssh_cidr=...)``); a client from a new address adds its own rule on its
+first launch. Everything else a client needs on an instance (the agent, a Dask scheduler and
+its dashboard) goes through that SSH connection. Instances in the group reach each other on
+every port (Dask workers to their scheduler), as a group that names itself allows. A rule
+open to the whole internet, which earlier versions made, is removed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import urllib.request
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from meadowrun_core.aws import names
+from meadowrun_core.aws.clients import aws_client, error_code
+from meadowrun_core.exceptions import BadInputError, MeadowrunError
+
+log = logging.getLogger(__name__)
+
+CHECKIP_URL = "https://checkip.amazonaws.com"
+CHECKIP_ENV = "MEADOWRUN_CHECKIP_URL"  # another "what is my address" service (a twin's)
+_OPEN_TO_ALL = "0.0.0.0/0"
+
+
+def client_cidr(ssh_cidr: str | None) -> str:
+    """The CIDR allowed to SSH in: ``ssh_cidr`` if given, else this client's own address."""
+    if ssh_cidr is not None:
+        try:
+            return str(ipaddress.ip_network(ssh_cidr, strict=False))
+        except ValueError:
+            raise BadInputError(
+                f"AllocEC2Instance(ssh_cidr={ssh_cidr!r}) is not a CIDR; give one such as "
+                "'203.0.113.7/32' or '10.0.0.0/16'"
+            ) from None
+    url = os.environ.get(CHECKIP_ENV) or CHECKIP_URL
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read(100).decode().strip()
+        return f"{ipaddress.ip_address(text)}/32"
+    except (OSError, ValueError) as exc:
+        raise MeadowrunError(
+            f"could not learn this client's public address from {url} ({exc}); give the "
+            "addresses that may SSH to instances with AllocEC2Instance(ssh_cidr=...)"
+        ) from exc
+
+
+def default_vpc(ec2: Any) -> str:
+    vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+    if not vpcs:
+        raise MeadowrunError(
+            "this region has no default VPC; meadowrun launches instances there "
+            "(create one with `aws ec2 create-default-vpc`)"
+        )
+    return str(vpcs[0]["VpcId"])
+
+
+def find_security_group(ec2: Any) -> str | None:
+    groups = ec2.describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": [names.SECURITY_GROUP]}, *names.TAG_FILTER]
+    )["SecurityGroups"]
+    return str(groups[0]["GroupId"]) if groups else None
+
+
+def _create_security_group(ec2: Any) -> str:
+    try:
+        response = ec2.create_security_group(
+            GroupName=names.SECURITY_GROUP,
+            Description="meadowrun instances: SSH from clients",
+            VpcId=default_vpc(ec2),
+            TagSpecifications=[{"ResourceType": "security-group", "Tags": names.TAGS}],
+        )
+    except ClientError as exc:
+        if error_code(exc) != "InvalidGroup.Duplicate":
+            raise
+        racing = find_security_group(ec2)  # another client (or launch) created it just now
+        if racing is not None:
+            return racing
+        raise MeadowrunError(
+            f"the default VPC has a security group named {names.SECURITY_GROUP} without the "
+            f"tag {names.TAG_KEY}={names.TAG_VALUE}; meadowrun did not create it and will not "
+            "use it: delete or rename it, then install again"
+        ) from exc
+    return str(response["GroupId"])
+
+
+def ensure_security_group(region: str, ssh_cidr: str) -> tuple[str, bool]:
+    """meadowrun's group in the default VPC admitting SSH from ``ssh_cidr`` and traffic among
+    its members; its id and whether it was created."""
+    ec2 = aws_client("ec2", region)
+    group_id = find_security_group(ec2)
+    existed = group_id is not None
+    if group_id is None:
+        group_id = _create_security_group(ec2)
+    _authorize(
+        ec2,
+        group_id,
+        {
+            "IpProtocol": "tcp",
+            "FromPort": 22,
+            "ToPort": 22,
+            "IpRanges": [{"CidrIp": ssh_cidr, "Description": "meadowrun SSH from a client"}],
+        },
+    )
+    _authorize(
+        ec2,
+        group_id,
+        {
+            "IpProtocol": "-1",
+            "UserIdGroupPairs": [
+                {"GroupId": group_id, "Description": "meadowrun instances to each other"}
+            ],
+        },
+    )
+    if ssh_cidr != _OPEN_TO_ALL:
+        _revoke_open_ssh(ec2, group_id)
+    return group_id, not existed
+
+
+def _authorize(ec2: Any, group_id: str, permission: dict[str, Any]) -> None:
+    try:
+        ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=[permission])
+    except ClientError as exc:
+        if error_code(exc) != "InvalidPermission.Duplicate":
+            raise
+
+
+def _revoke_open_ssh(ec2: Any, group_id: str) -> None:
+    (group,) = ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"]
+    for permission in group.get("IpPermissions", []):
+        if permission.get("FromPort") == 22 and any(
+            r.get("CidrIp") == _OPEN_TO_ALL for r in permission.get("IpRanges", [])
+        ):
+            log.warning("removing the rule that admitted SSH from anywhere to %s", group_id)
+            ec2.revoke_security_group_ingress(
+                GroupId=group_id,
+                IpPermissions=[
+                    {
+                        "IpProtocol": "tcp",
+                        "FromPort": 22,
+                        "ToPort": 22,
+                        "IpRanges": [{"CidrIp": _OPEN_TO_ALL}],
+                    }
+                ],
+            )

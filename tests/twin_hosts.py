@@ -1,0 +1,410 @@
+"""Twin hosts: machines of their own for the cloud twins, built from network namespaces.
+
+A ``TwinNetwork`` is a private subnet (a Linux bridge in the root namespace, its first address
+the "gateway" where the tests' emulators listen). A ``TwinHost`` plays one cloud instance on
+it, taking none of the shortcuts a real account never offers:
+
+* its own network namespace and address, reached over a veth pair on the bridge, with no
+  default route: it reaches the subnet (the emulated cloud endpoints on the gateway and the
+  other hosts) and nothing else, as an instance in a private subnet would;
+* a firewall (iptables inside the namespace): ingress dropped unless a rule admits it, rules
+  given by the caller (a cloud twin turns security-group rules into them);
+* its own mount namespace: an empty ``/home``, ``/root``, ``/opt``, ``/tmp``, ``/var``,
+  ``/run`` and ``/etc/ssh`` (its "disk", ``disk_dir``), the project's checkout and virtual
+  environment hidden, so nothing of ours is installed: only the image's ``python3``;
+* a real OpenSSH ``sshd`` with the host key and users from its cloud-config user data;
+* cloud-init's work done as cloud-init does it: ``ssh_keys``, ``users`` (with
+  ``ssh_authorized_keys``), ``write_files``, then ``runcmd`` as root, as one shell script with
+  a timeout, its output in ``/var/log/cloud-init-output.log``;
+* the instance metadata address 169.254.169.254:80 redirected (DNAT) to the metadata server
+  the cloud twin runs on the gateway, which tells hosts apart by their source address.
+
+Powering off kills every process in the namespace and deletes it. Needs root, ``ip``,
+``iptables``, ``unshare`` and ``/usr/sbin/sshd``: without them the twin fails (never skips).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ipaddress
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_log = logging.getLogger(__name__)
+
+SSHD = "/usr/sbin/sshd"
+METADATA_IP = "169.254.169.254"
+RUNCMD_TIMEOUT_SECONDS = 900
+_FIRST_UID = 2000
+# The image's folders each host gets a private, initially empty copy of.
+_PRIVATE_DIRS = ("home", "root", "opt", "tmp", "var", "run", "etc/ssh")
+_ACCOUNT_FILES = ("passwd", "group", "shadow")
+
+
+def require_twin_tools() -> None:
+    """Fail (never skip) when this machine cannot build twin hosts."""
+    missing = [
+        tool
+        for tool in ("ip", "iptables-restore", "unshare", "nsenter")
+        if shutil.which(tool) is None
+    ]
+    if not os.access(SSHD, os.X_OK):
+        missing.append(SSHD)
+    problems = []
+    if missing:
+        problems.append(f"missing {', '.join(missing)} (scripts/test installs them)")
+    if os.geteuid() != 0:
+        problems.append("not root (network namespaces need root)")
+    if problems:
+        raise RuntimeError("the cloud twins cannot run here: " + "; ".join(problems))
+
+
+def run(*argv: str, check: bool = True, input: bytes | None = None) -> str:
+    result = subprocess.run(argv, capture_output=True, input=input, check=False)
+    if check and result.returncode != 0:
+        raise RuntimeError(
+            f"{shlex.join(argv)} failed ({result.returncode}): {result.stderr.decode().strip()}"
+        )
+    return result.stdout.decode()
+
+
+@dataclass(frozen=True)
+class IngressRule:
+    """Admit ``protocol`` ("tcp", "udp" or "all") from ``cidr`` to the port range."""
+
+    protocol: str
+    cidr: str
+    from_port: int = 0
+    to_port: int = 65535
+
+
+class TwinNetwork:
+    """A bridge with a private /24; ``gateway`` is the root namespace's address on it."""
+
+    def __init__(self, tag: str, subnet: str = "192.168.213.0/24") -> None:
+        require_twin_tools()
+        self.tag = tag  # short: it goes into interface and namespace names
+        self.subnet = ipaddress.IPv4Network(subnet)
+        hosts = list(self.subnet.hosts())
+        self.gateway = str(hosts[0])
+        self._free = [str(ip) for ip in hosts[9:]]
+        self.bridge = f"mrbr{tag}"
+        self._hosts: dict[str, TwinHost] = {}
+        self._counter = 0
+        remove_stale(tag)
+        run("ip", "link", "add", self.bridge, "type", "bridge")
+        run("ip", "addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.bridge)
+        run("ip", "link", "set", self.bridge, "up")
+
+    def new_host(self, name: str, disk_dir: Path) -> TwinHost:
+        self._counter += 1
+        host = TwinHost(self, f"mrt{self.tag}-{self._counter}", self._free.pop(0), disk_dir, name)
+        self._hosts[host.namespace] = host
+        return host
+
+    def bare_host(self, name: str, disk_dir: Path) -> TwinHost:
+        """A plain machine on the subnet (own address, no firewall, no boot): a stranger."""
+        host = self.new_host(name, disk_dir)
+        host._plug_in()
+        host.powered = True
+        return host
+
+    def release(self, host: TwinHost) -> None:
+        host.power_off()
+        if self._hosts.pop(host.namespace, None) is not None:
+            self._free.append(host.ip)
+
+    def close(self) -> None:
+        for host in list(self._hosts.values()):
+            self.release(host)
+        run("ip", "link", "del", self.bridge, check=False)
+
+
+def remove_stale(tag: str) -> None:
+    """Namespaces and a bridge a killed earlier run with this tag left behind."""
+    for line in run("ip", "netns", "list", check=False).splitlines():
+        name = line.split()[0] if line.split() else ""
+        if name.startswith(f"mrt{tag}-"):
+            _kill_namespace(name)
+    run("ip", "link", "del", f"mrbr{tag}", check=False)
+
+
+def _namespace_pids(namespace: str) -> list[int]:
+    out = run("ip", "netns", "pids", namespace, check=False)
+    return [int(pid) for pid in out.split()]
+
+
+def _kill_namespace(namespace: str) -> None:
+    for _ in range(10):
+        pids = _namespace_pids(namespace)
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    run("ip", "netns", "del", namespace, check=False)
+
+
+class TwinHost:
+    """One instance: see the module docstring. ``boot`` takes its cloud-config user data."""
+
+    def __init__(
+        self, network: TwinNetwork, namespace: str, ip: str, disk_dir: Path, name: str
+    ) -> None:
+        self.network = network
+        self.namespace = namespace
+        self.ip = ip
+        self.disk_dir = disk_dir
+        self.name = name
+        self._init: subprocess.Popen[bytes] | None = None
+        self._veth = f"v{namespace.removeprefix('mrt')}"[:15]
+        self.ingress: tuple[IngressRule, ...] = ()
+        self._metadata: tuple[str, int] | None = None
+        self.powered = False
+        self.booted_at = 0.0  # time.time() when its first process started
+
+    # --- disk ----------------------------------------------------------------------------------
+    def path(self, inside: str) -> Path:
+        """Where a path of the host's own filesystem lies on its disk (private dirs only)."""
+        relative = inside.lstrip("/")
+        for private in sorted(_PRIVATE_DIRS, key=len, reverse=True):
+            if relative == private or relative.startswith(private + "/"):
+                return self.disk_dir / relative
+        raise ValueError(f"{inside} is on the shared image, not on {self.name}'s disk")
+
+    def cloud_init_log(self) -> str:
+        log = self.path("/var/log/cloud-init-output.log")
+        return log.read_text(errors="replace") if log.exists() else ""
+
+    # --- life ----------------------------------------------------------------------------------
+    def boot(
+        self,
+        user_data: str,
+        metadata: tuple[str, int],
+        ingress: Sequence[IngressRule],
+        environment: dict[str, str],
+        hostname: str,
+    ) -> None:
+        """Plug in, apply the firewall, lay the disk as cloud-init would, start sshd and runcmd."""
+        document = yaml.safe_load(user_data)
+        if not isinstance(document, dict):
+            raise ValueError(f"{self.name}: user data is not a cloud-config document")
+        self._metadata = metadata
+        self._plug_in()
+        self.set_ingress(ingress)
+        self._lay_disk(document, environment)
+        self.booted_at = time.time()
+        self._start_init(hostname)
+        self.powered = True
+
+    def _plug_in(self) -> None:
+        ns, veth = self.namespace, self._veth
+        run("ip", "netns", "add", ns)
+        run("ip", "link", "add", f"{veth}h", "type", "veth", "peer", "name", f"{veth}i")
+        run("ip", "link", "set", f"{veth}i", "netns", ns)
+        run("ip", "link", "set", f"{veth}h", "master", self.network.bridge, "up")
+        prefix = self.network.subnet.prefixlen
+        for argv in (
+            ("ip", "link", "set", f"{veth}i", "name", "eth0"),
+            ("ip", "addr", "add", f"{self.ip}/{prefix}", "dev", "eth0"),
+            ("ip", "link", "set", "eth0", "up"),
+            ("ip", "link", "set", "lo", "up"),
+            ("ip", "route", "add", f"{METADATA_IP}/32", "dev", "eth0"),
+        ):
+            run("ip", "netns", "exec", ns, *argv)
+
+    def set_ingress(self, rules: Iterable[IngressRule]) -> None:
+        """Replace the firewall: default drop, loopback and replies allowed, then ``rules``."""
+        self.ingress = tuple(rules)
+        assert self._metadata is not None
+        meta_ip, meta_port = self._metadata
+        lines = [
+            "*filter",
+            ":INPUT DROP [0:0]",
+            ":FORWARD DROP [0:0]",
+            ":OUTPUT ACCEPT [0:0]",
+            "-A INPUT -i lo -j ACCEPT",
+            "-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+        ]
+        for rule in self.ingress:
+            if rule.protocol == "all":
+                lines.append(f"-A INPUT -s {rule.cidr} -j ACCEPT")
+            else:
+                lines.append(
+                    f"-A INPUT -p {rule.protocol} -s {rule.cidr} "
+                    f"--dport {rule.from_port}:{rule.to_port} -j ACCEPT"
+                )
+        lines += [
+            "COMMIT",
+            "*nat",
+            ":PREROUTING ACCEPT [0:0]",
+            ":INPUT ACCEPT [0:0]",
+            ":OUTPUT ACCEPT [0:0]",
+            ":POSTROUTING ACCEPT [0:0]",
+            f"-A OUTPUT -d {METADATA_IP}/32 -p tcp --dport 80 "
+            f"-j DNAT --to-destination {meta_ip}:{meta_port}",
+            "COMMIT",
+            "",
+        ]
+        run(
+            "ip", "netns", "exec", self.namespace, "iptables-restore",
+            input="\n".join(lines).encode(),
+        )  # fmt: skip
+
+    def _lay_disk(self, document: dict[str, Any], environment: dict[str, str]) -> None:
+        disk = self.disk_dir
+        disk.mkdir(parents=True, exist_ok=True)
+        for private in _PRIVATE_DIRS:
+            (disk / private).mkdir(parents=True, exist_ok=True)
+        for name in ("log", "lib/cloud", "tmp"):
+            (disk / "var" / name).mkdir(parents=True, exist_ok=True)
+        (disk / "var/tmp").chmod(0o1777)
+        (disk / "tmp").chmod(0o1777)
+        with contextlib.suppress(FileExistsError):
+            (disk / "var/run").symlink_to("/run")
+        (disk / "run/sshd").mkdir(mode=0o755, exist_ok=True)
+        (disk / "root").chmod(0o700)
+        # /etc/passwd, group, shadow: the image's, plus cloud-init's users.
+        accounts = {name: Path(f"/etc/{name}").read_text() for name in _ACCOUNT_FILES}
+        users = [u for u in document.get("users", []) if isinstance(u, dict)]
+        for offset, user in enumerate(users):
+            uid = _FIRST_UID + offset
+            name = str(user["name"])
+            home = Path(f"/home/{name}")
+            shell = str(user.get("shell", "/bin/sh"))
+            accounts["passwd"] += f"{name}:x:{uid}:{uid}::{home}:{shell}\n"
+            accounts["group"] += f"{name}:x:{uid}:\n"
+            accounts["shadow"] += f"{name}:*:19000:0:99999:7:::\n"
+            ssh_dir = self.path(f"{home}/.ssh")
+            ssh_dir.mkdir(parents=True, exist_ok=True)
+            keys = "".join(f"{key}\n" for key in user.get("ssh_authorized_keys", []))
+            (ssh_dir / "authorized_keys").write_text(keys)
+            (ssh_dir / "authorized_keys").chmod(0o600)
+            ssh_dir.chmod(0o700)
+            for path in (ssh_dir.parent, ssh_dir, ssh_dir / "authorized_keys"):
+                os.chown(path, uid, uid)
+            self.path(str(home)).chmod(0o750)
+        account_dir = disk / "accounts"
+        account_dir.mkdir(exist_ok=True)
+        for name, text in accounts.items():
+            (account_dir / name).write_text(text)
+        (account_dir / "shadow").chmod(0o640)
+        # ssh_keys: the host keys cloud-init writes to /etc/ssh.
+        etc_ssh = disk / "etc/ssh"
+        for key_type, text in (document.get("ssh_keys") or {}).items():
+            algorithm, _, half = str(key_type).rpartition("_")
+            path = etc_ssh / f"ssh_host_{algorithm}_key"
+            if half == "public":
+                path = path.with_suffix(".pub")
+            path.write_text(str(text).rstrip("\n") + "\n")
+            path.chmod(0o600 if half == "private" else 0o644)
+        host_keys = sorted(etc_ssh.glob("ssh_host_*_key"))
+        set_env = " ".join(f"{name}={value}" for name, value in sorted(environment.items()))
+        (etc_ssh / "sshd_config").write_text(
+            "Port 22\nListenAddress 0.0.0.0\n"
+            + "".join(f"HostKey /etc/ssh/{key.name}\n" for key in host_keys)
+            + "PidFile /run/sshd.pid\nUsePAM no\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin no\n"
+            "AuthorizedKeysFile .ssh/authorized_keys\nAllowTcpForwarding yes\n"
+            "StrictModes yes\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\n"
+            + (f"SetEnv {set_env}\n" if set_env else "")
+        )
+        # write_files, then runcmd: one script, as cloud-init's scripts-user stage runs it.
+        script = ["#!/bin/sh"]
+        for item in document.get("write_files", []) or []:
+            path = shlex.quote(str(item["path"]))
+            content = str(item.get("content", "")).encode()
+            script += [
+                f"mkdir -p $(dirname {path})",
+                f"echo {base64.b64encode(content).decode()} | base64 -d > {path}",
+                f"chmod {item.get('permissions', '0644')} {path}",
+            ]
+        for command in document.get("runcmd", []) or []:
+            script.append(command if isinstance(command, str) else shlex.join(map(str, command)))
+        runcmd = disk / "var/lib/cloud/runcmd"
+        runcmd.write_text("\n".join(script) + "\n")
+        runcmd.chmod(0o700)
+        (disk / "run/twin-init").write_text(
+            "#!/bin/sh\n"
+            f"{SSHD} -D -e -f /etc/ssh/sshd_config >> /var/log/sshd.log 2>&1 &\n"
+            f"env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root "
+            f"timeout {RUNCMD_TIMEOUT_SECONDS} /bin/sh -e /var/lib/cloud/runcmd "
+            "> /var/log/cloud-init-output.log 2>&1\n"
+            'echo "runcmd exited with $?" >> /var/log/cloud-init-output.log\n'
+            "exec sleep infinity\n"
+        )
+
+    def _start_init(self, hostname: str) -> None:
+        """The host's first process: private mounts, then sshd and cloud-init's runcmd."""
+        disk = self.disk_dir
+        hidden: list[Path] = []
+        for path in sorted({_checkout_root(), Path(os.path.realpath(_venv_root()))}):
+            if not any(path.is_relative_to(outer) for outer in hidden):
+                hidden.append(path)
+        # The disk is bound at /mnt first: binding /tmp or /var may hide where it lies.
+        mounts = [f"mount --bind {shlex.quote(str(disk))} /mnt"]
+        mounts += [f"mount --bind /mnt/accounts/{name} /etc/{name}" for name in _ACCOUNT_FILES]
+        mounts += [f"mount -t tmpfs -o mode=0755 tmpfs {shlex.quote(str(p))}" for p in hidden]
+        for private in sorted(_PRIVATE_DIRS, key=lambda p: p.count("/")):
+            mounts.append(f"mount --bind /mnt/{private} /{private}")
+        mounts.append("umount -l /mnt")
+        setup = " && ".join(
+            [*mounts, f"hostname {shlex.quote(hostname)}", "exec /bin/sh /run/twin-init"]
+        )
+        self._init = subprocess.Popen(
+            [
+                "ip", "netns", "exec", self.namespace,
+                "unshare", "--mount", "--uts", "--propagation", "private",
+                "/bin/sh", "-c", setup,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=open(disk / "init.log", "ab"),  # noqa: SIM115 - the child owns it
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+        )  # fmt: skip
+
+    def pids(self) -> list[int]:
+        """Every process running on the host."""
+        return _namespace_pids(self.namespace) if self.powered else []
+
+    def run_inside(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """Run a command on the host (its network, and its mounts once booted), as root."""
+        if self._init is None:
+            command = ["ip", "netns", "exec", self.namespace, *argv]
+        else:
+            command = ["nsenter", "-t", str(self._init.pid), "-n", "-m", "-u", "--", *argv]
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+
+    def power_off(self) -> None:
+        if not self.powered:
+            return
+        self.powered = False
+        _kill_namespace(self.namespace)
+        if self._init is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._init.wait(timeout=5)
+        _log.info("twin host %s (%s) powered off", self.name, self.ip)
+
+
+def _checkout_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def _venv_root() -> str:
+    import sys
+
+    return sys.prefix
