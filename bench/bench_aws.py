@@ -239,7 +239,7 @@ class RequestCounter(logging.Handler):
     def snapshot(self) -> dict[str, int]:
         return {**self.counts, SERVED: self.served}
 
-    def since(self, before: dict[str, int], top: int = 4) -> str:
+    def since(self, before: dict[str, int], top: int = 40) -> str:
         delta = {op: n - before.get(op, 0) for op, n in self.counts.items()}
         delta = {op: n for op, n in delta.items() if n > 0}
         common = sorted(delta.items(), key=lambda item: -item[1])[:top]
@@ -386,7 +386,26 @@ def bench_client(host: mr.Host, deployment: mr.Deployment, config: dict[str, Any
     counted(before, "the timed run_map", config["tasks"])
     figures.notes.append(f"instances launched in all: {count_instances()}")
     if requests is not None:
+        # a new client on the account that is set up now (the everyday cold start): no
+        # instance, no local state, nothing mirrored or cached in this process
+        _as_a_new_client()
+        before = requests.snapshot()
+        call()
+        counted(before, "cold start, account set up")
         figures.notes.extend(request_targets(figures.values, config["tasks"]))
+
+
+def _as_a_new_client() -> None:
+    import tempfile
+
+    from meadowrun_core.aws.install import clean
+    from meadowrun_core.client import payload
+    from meadowrun_core.client.runtime import ClientRuntime
+
+    ClientRuntime.get().forget_backends()
+    clean(REGION)  # terminates every instance
+    payload._mirrors.clear()
+    os.environ["MEADOWRUN_HOME"] = tempfile.mkdtemp(prefix="meadowrun-new-client-")
 
 
 # Issue 12's targets, and what Meadowrun 0.2.16's design needs for the same work, computed
@@ -413,6 +432,8 @@ def request_targets(values: dict[str, float], tasks: int) -> list[str]:
         ("warm run_function", values.get("requests one warm run_function"), "warm", 1),
         ("cold start (131-file tree, empty account)", values.get("requests cold start"),
          "cold", 1),
+        ("cold start (131-file tree, a new client of a set-up account)",
+         values.get("requests cold start, account set up"), "cold", 1),
         ("run_map, per 1,000 tasks (client)", values.get("requests the timed run_map"),
          "map", 1000),
         ("run_map, per 1,000 tasks (client + agents + test hosts)",

@@ -33,7 +33,8 @@ def upload_agent_bundle(s3: Any, bucket: str, bundle: AgentBundle) -> None:
             "uploading meadowrun's agent (%.1f MB) to s3://%s/%s", size / 1e6, bucket, bundle.key
         )
         tags = "&".join(f"{t['Key']}={t['Value']}" for t in names.TAGS)
-        s3.upload_file(str(bundle.path), bucket, bundle.key, ExtraArgs={"Tagging": tags})
+        with open(bundle.path, "rb") as body:  # one PUT (S3 takes up to 5 GB in one)
+            s3.put_object(Bucket=bucket, Key=bundle.key, Body=body, Tagging=tags)
 
 
 def bundle_url(s3: Any, bucket: str, bundle: AgentBundle, seconds: int = URL_SECONDS) -> str:

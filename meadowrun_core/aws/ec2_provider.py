@@ -60,6 +60,8 @@ PROFILE_PROPAGATION_SECONDS = 60.0
 # (None), so on-demand is reached after every spot choice was refused.
 MAX_FALLBACK_CHOICES: int | None = None
 _AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{arch}"
+# How long (0.1 s polls) the launch waits for a started agent to register.
+AGENT_START_POLLS = 600
 # Tunables the agent takes from the client that launches it, so both agree on leases.
 _AGENT_SETTINGS = {
     "MEADOWRUN_LEASE_SECONDS": "lease_seconds",
@@ -315,7 +317,13 @@ class Ec2Provider:
             'mkdir -p -m 700 "$MEADOWRUN_HOME" && cd "$MEADOWRUN_HOME" || exit 1; '
             # a simple command in the background: its child holds none of the session's
             # streams, so the SSH command ends at once (a backgrounded list would not)
-            f"{settings} setsid nohup {agent} > {log_file} 2>&1 < /dev/null &"
+            f"{settings} setsid nohup {agent} > {log_file} 2>&1 < /dev/null & "
+            # return once the agent has registered (it logs that it listens), so the client
+            # finds its table item at the first read; an agent that died says why at once
+            f"agent=$!; i=0; until grep -qs ' listening on ' {log_file}; do "
+            f'if ! kill -0 "$agent" 2>/dev/null || [ "$i" -ge {AGENT_START_POLLS} ]; then '
+            f'echo "meadowrun\'s agent did not start; its log ({log_file}):" >&2; '
+            f"tail -n 30 {log_file} >&2; exit 5; fi; i=$((i+1)); sleep 0.1; done"
         )
 
     # --- reaching an instance ----------------------------------------------------------

@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import time
+import urllib.parse
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -243,9 +244,27 @@ def _ensure_role(iam: Any, name: str, service: str, policy: dict[str, Any]) -> t
 
 def ensure_instance_profile(region: str) -> str:
     """The instance profile whose role lets an agent use the table, bucket, queues and
-    secrets; created on first use, so that a fresh account works without install."""
-    _install_instance_role(region, account_id(region))
+    secrets; created on first use, so that a fresh account works without install, and its
+    policy brought up to this version's when it differs (two reads when all is in place)."""
+    account = account_id(region)
+    if not _instance_role_in_place(aws_client("iam", region), instance_policy(region, account)):
+        _install_instance_role(region, account)
     return names.INSTANCE_PROFILE
+
+
+def _instance_role_in_place(iam: Any, policy: dict[str, Any]) -> bool:
+    try:
+        profile = iam.get_instance_profile(InstanceProfileName=names.INSTANCE_PROFILE)
+        document = iam.get_role_policy(RoleName=names.INSTANCE_ROLE, PolicyName=names.INSTANCE_ROLE)
+    except ClientError as exc:
+        if error_code(exc) != "NoSuchEntity":
+            raise
+        return False
+    stored = document["PolicyDocument"]
+    if isinstance(stored, str):  # URL-encoded JSON on the wire; boto3 usually decodes it
+        stored = json.loads(urllib.parse.unquote(stored))
+    roles = profile["InstanceProfile"].get("Roles", [])
+    return stored == policy and any(r["RoleName"] == names.INSTANCE_ROLE for r in roles)
 
 
 def _install_instance_role(region: str, account: str) -> list[str]:

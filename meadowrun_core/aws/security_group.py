@@ -63,10 +63,15 @@ def default_vpc(ec2: Any) -> str:
 
 
 def find_security_group(ec2: Any) -> str | None:
+    group = _describe_group(ec2)
+    return str(group["GroupId"]) if group else None
+
+
+def _describe_group(ec2: Any) -> dict[str, Any] | None:
     groups = ec2.describe_security_groups(
         Filters=[{"Name": "group-name", "Values": [names.SECURITY_GROUP]}, *names.TAG_FILTER]
     )["SecurityGroups"]
-    return str(groups[0]["GroupId"]) if groups else None
+    return dict(groups[0]) if groups else None
 
 
 def _create_security_group(ec2: Any) -> str:
@@ -93,35 +98,56 @@ def _create_security_group(ec2: Any) -> str:
 
 def ensure_security_group(region: str, ssh_cidr: str) -> tuple[str, bool]:
     """meadowrun's group in the default VPC admitting SSH from ``ssh_cidr`` and traffic among
-    its members; its id and whether it was created."""
+    its members; its id and whether it was created. Reads the group once and changes only
+    what is missing (each call is a request)."""
     ec2 = aws_client("ec2", region)
-    group_id = find_security_group(ec2)
-    existed = group_id is not None
-    if group_id is None:
-        group_id = _create_security_group(ec2)
-    _authorize(
-        ec2,
-        group_id,
-        {
-            "IpProtocol": "tcp",
-            "FromPort": 22,
-            "ToPort": 22,
-            "IpRanges": [{"CidrIp": ssh_cidr, "Description": "meadowrun SSH from a client"}],
-        },
-    )
-    _authorize(
-        ec2,
-        group_id,
-        {
-            "IpProtocol": "-1",
-            "UserIdGroupPairs": [
-                {"GroupId": group_id, "Description": "meadowrun instances to each other"}
-            ],
-        },
-    )
-    if ssh_cidr != _OPEN_TO_ALL:
+    group = _describe_group(ec2)
+    created = group is None
+    if group is None:
+        group = {"GroupId": _create_security_group(ec2), "IpPermissions": []}
+    group_id = str(group["GroupId"])
+    permissions = group.get("IpPermissions", [])
+    missing = []
+    if not any(
+        p.get("FromPort") == 22 and any(r.get("CidrIp") == ssh_cidr for r in p.get("IpRanges", []))
+        for p in permissions
+    ):
+        missing.append(
+            {
+                "IpProtocol": "tcp",
+                "FromPort": 22,
+                "ToPort": 22,
+                "IpRanges": [{"CidrIp": ssh_cidr, "Description": "meadowrun SSH from a client"}],
+            }
+        )
+    if not any(
+        p.get("IpProtocol") == "-1"
+        and any(g.get("GroupId") == group_id for g in p.get("UserIdGroupPairs", []))
+        for p in permissions
+    ):
+        missing.append(
+            {
+                "IpProtocol": "-1",
+                "UserIdGroupPairs": [
+                    {"GroupId": group_id, "Description": "meadowrun instances to each other"}
+                ],
+            }
+        )
+    if missing:
+        try:
+            ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=missing)
+        except ClientError as exc:  # another client added one of them meanwhile
+            if error_code(exc) != "InvalidPermission.Duplicate":
+                raise
+            for permission in missing:
+                _authorize(ec2, group_id, permission)
+    if ssh_cidr != _OPEN_TO_ALL and any(
+        p.get("FromPort") == 22
+        and any(r.get("CidrIp") == _OPEN_TO_ALL for r in p.get("IpRanges", []))
+        for p in permissions
+    ):
         _revoke_open_ssh(ec2, group_id)
-    return group_id, not existed
+    return group_id, created
 
 
 def _authorize(ec2: Any, group_id: str, permission: dict[str, Any]) -> None:
@@ -133,20 +159,15 @@ def _authorize(ec2: Any, group_id: str, permission: dict[str, Any]) -> None:
 
 
 def _revoke_open_ssh(ec2: Any, group_id: str) -> None:
-    (group,) = ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"]
-    for permission in group.get("IpPermissions", []):
-        if permission.get("FromPort") == 22 and any(
-            r.get("CidrIp") == _OPEN_TO_ALL for r in permission.get("IpRanges", [])
-        ):
-            log.warning("removing the rule that admitted SSH from anywhere to %s", group_id)
-            ec2.revoke_security_group_ingress(
-                GroupId=group_id,
-                IpPermissions=[
-                    {
-                        "IpProtocol": "tcp",
-                        "FromPort": 22,
-                        "ToPort": 22,
-                        "IpRanges": [{"CidrIp": _OPEN_TO_ALL}],
-                    }
-                ],
-            )
+    log.warning("removing the rule that admitted SSH from anywhere to %s", group_id)
+    ec2.revoke_security_group_ingress(
+        GroupId=group_id,
+        IpPermissions=[
+            {
+                "IpProtocol": "tcp",
+                "FromPort": 22,
+                "ToPort": 22,
+                "IpRanges": [{"CidrIp": _OPEN_TO_ALL}],
+            }
+        ],
+    )
