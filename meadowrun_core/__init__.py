@@ -40,7 +40,13 @@ from meadowrun_core.exceptions import (
     TaskResult,
     WorkerDiedError,
 )
-from meadowrun_core.hosts import AllocAzureVM, AllocEC2Instance, AllocLocalInstance, Host
+from meadowrun_core.hosts import (
+    AllocAzureVM,
+    AllocEC2Instance,
+    AllocLocalInstance,
+    Host,
+    resolve_host,
+)
 from meadowrun_core.instance_metadata import current_instance_id, interruption_notice
 from meadowrun_core.job_context import report
 from meadowrun_core.resources import Resources
@@ -80,6 +86,7 @@ __all__ = [
     "job_info",
     "job_status",
     "report",
+    "resolve_host",
     "run_command",
     "run_command_async",
     "run_function",

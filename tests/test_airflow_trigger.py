@@ -23,13 +23,17 @@ _CHECK = textwrap.dedent(
     module, _, name = path.rpartition(".")
     again = getattr(importlib.import_module(module), name)(**kwargs)
     local = MeadowrunJobTrigger("nightly", "/tmp/h", host_to_json(None))
-    print(json.dumps({"same": again._host == host, "local": repr(local._host)}))
+    import os
+    os.environ["MEADOWRUN_HOST"] = "ec2"  # a worker whose default host is EC2
+    default = MeadowrunJobTrigger("nightly", "/tmp/h", host_to_json(None))
+    print(json.dumps({"same": again._host == host, "local": repr(local._host),
+                      "default": repr(default._host)}))
     """
 )
 
 
 def test_trigger_finds_an_ec2_job_on_ec2(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MEADOWRUN_"))}
     env.update(AIRFLOW_HOME=str(tmp_path), AIRFLOW__CORE__LOAD_EXAMPLES="False")
     out = subprocess.run(
         [sys.executable, "-c", _CHECK], env=env, capture_output=True, text=True, check=False
@@ -38,3 +42,4 @@ def test_trigger_finds_an_ec2_job_on_ec2(tmp_path: Path) -> None:
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["same"] is True
     assert "AllocLocalInstance" in result["local"] and "/tmp/h" in result["local"]
+    assert result["default"].startswith("AllocEC2Instance(")

@@ -77,8 +77,10 @@ _HOST_KINDS: dict[str, type[mr.Host]] = {
 
 
 def host_to_json(host: mr.Host | None) -> dict[str, Any] | None:
-    """A host as JSON that a trigger carries (``None``: the local cloud)."""
-    if host is None or isinstance(host, mr.AllocLocalInstance):
+    """The job's host (``None``: ``MEADOWRUN_HOST`` as the submitting worker sees it) as JSON
+    that a trigger carries; ``None`` for the local cloud, which its home identifies."""
+    host = mr.resolve_host(host)
+    if isinstance(host, mr.AllocLocalInstance):
         return None  # the local cloud is found by its home, which travels on its own
     fields = {f.name: getattr(host, f.name) for f in dataclasses.fields(host)}
     return {"kind": type(host).__name__, "fields": fields}
