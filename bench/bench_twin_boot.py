@@ -83,7 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    tag = os.getpid() % 10000
+    tag = os.getpid()
     network = TwinNetwork(str(tag), subnet=f"192.168.{100 + tag % 150}.0/24")
     runs = []
     try:

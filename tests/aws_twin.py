@@ -72,7 +72,7 @@ class AwsTwinCloud:
 @pytest.fixture(scope="session")
 def twin_network() -> Iterator[TwinNetwork]:
     # a subnet of its own per test process, so that concurrent runs never share addresses
-    tag = os.getpid() % 10000
+    tag = os.getpid()  # the creator's pid: a later run removes what a killed one left
     network = TwinNetwork(tag=str(tag), subnet=f"192.168.{100 + tag % 150}.0/24")
     yield network
     network.close()

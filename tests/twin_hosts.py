@@ -133,12 +133,20 @@ class TwinNetwork:
 
 
 def remove_stale(tag: str) -> None:
-    """Namespaces and a bridge a killed earlier run with this tag left behind."""
+    """Namespaces and bridges that earlier runs left behind: this tag's, and those of any
+    run whose process is gone (tags are creator pids), so their addresses cannot clash."""
+
+    def stale(other: str) -> bool:
+        return other == tag or (other.isdigit() and not os.path.exists(f"/proc/{other}"))
+
     for line in run("ip", "netns", "list", check=False).splitlines():
         name = line.split()[0] if line.split() else ""
-        if name.startswith(f"mrt{tag}-"):
+        if name.startswith("mrt") and "-" in name and stale(name[3:].split("-")[0]):
             _kill_namespace(name)
-    run("ip", "link", "del", f"mrbr{tag}", check=False)
+    for line in run("ip", "-o", "link", "show", "type", "bridge", check=False).splitlines():
+        name = line.split(":")[1].strip() if ":" in line else ""
+        if name.startswith("mrbr") and stale(name[4:]):
+            run("ip", "link", "del", name, check=False)
 
 
 def _namespace_pids(namespace: str) -> list[int]:
