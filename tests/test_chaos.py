@@ -18,7 +18,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -29,25 +28,17 @@ import workloads
 
 import meadowrun_core as mr
 from meadowrun_core.agent.gate import HELLO_TIMEOUT_SECONDS, MAX_UNAUTHENTICATED
-from meadowrun_core.local.allocation_table import SqliteAllocationTable
 from meadowrun_core.local.task_queue import SqliteTaskQueue
 from meadowrun_core.protocol import HelloGuard, hello_frame
 from meadowrun_core.serialization import Signer, UnauthenticatedDataError, load_or_create_key
+from tests.waiting import local_table, wait_until
 
 pytestmark = pytest.mark.chaos
 TESTS_DIR = Path(__file__).parent
 
 
-def _table(home: Path) -> SqliteAllocationTable:
-    return SqliteAllocationTable(home / "state.db")
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+_table = local_table
+_wait_until = wait_until
 
 
 def _agent(home: Path) -> tuple[str, int, psutil.Process]:

@@ -10,7 +10,6 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -21,24 +20,16 @@ import meadowrun_core as mr
 from meadowrun_core.client.runtime import ClientRuntime
 from meadowrun_core.config import meadowrun_home
 from meadowrun_core.local import admin
-from meadowrun_core.local.allocation_table import SqliteAllocationTable
 from meadowrun_core.local.collect import collect, collect_if_due
+from tests.waiting import local_table, wait_until
 
 pytestmark = pytest.mark.chaos
 TESTS_DIR = Path(__file__).parent
 MEADOWRUN = [sys.executable, "-m", "meadowrun_core.cli"]
 
 
-def _table(home: Path) -> SqliteAllocationTable:
-    return SqliteAllocationTable(home / "state.db")
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+_table = local_table
+_wait_until = wait_until
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -20,23 +19,15 @@ import workloads
 
 import meadowrun_core as mr
 from meadowrun_core.local import admin
-from meadowrun_core.local.allocation_table import SqliteAllocationTable
 from meadowrun_core.local.object_store import FileObjectStore
 from meadowrun_core.serialization import Signer, UnauthenticatedDataError
+from tests.waiting import local_table, wait_until
 
 TESTS_DIR = Path(__file__).parent
 
 
-def _table(home: Path) -> SqliteAllocationTable:
-    return SqliteAllocationTable(home / "state.db")
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+_table = local_table
+_wait_until = wait_until
 
 
 def _alive(pid: int | None) -> bool:
