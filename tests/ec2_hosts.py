@@ -29,7 +29,6 @@ import ipaddress
 import json
 import logging
 import os
-import secrets
 import signal
 import subprocess
 import tempfile
@@ -47,6 +46,7 @@ import psutil
 from botocore.config import Config
 
 from meadowrun_core.aws.user_data import InstanceBoot, parse_user_data
+from tests.imds_tokens import TOKEN_PATH, ImdsTokens
 
 _log = logging.getLogger(__name__)
 
@@ -56,7 +56,6 @@ _FIRST_ADDRESS = ipaddress.IPv4Address("127.0.0.10")
 _UP_STATES = frozenset({"pending", "running"})
 _REBOOTABLE_STATES = frozenset({"stopping", "stopped"})  # a later start boots it again
 _LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
-_MAX_TOKEN_TTL = 21600
 _READ_SIZE = 65536
 
 
@@ -71,7 +70,7 @@ class _Host:
     ssh_server: asyncssh.SSHAcceptor | None = None
     imds_server: asyncio.Server | None = None
     connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
-    tokens: dict[str, float] = field(default_factory=dict)  # token -> expiry (monotonic)
+    tokens: ImdsTokens = field(default_factory=ImdsTokens)
     interrupt_at: datetime.datetime | None = None
 
     @property
@@ -441,27 +440,13 @@ class Ec2TestHosts:
     def _imds_answer(
         self, host: _Host, method: str, path: str, headers: Mapping[str, str]
     ) -> tuple[int, str]:
-        now = time.monotonic()
-        if path == "/latest/api/token":
-            if method != "PUT":
-                return 405, ""
-            try:
-                ttl = int(headers["x-aws-ec2-metadata-token-ttl-seconds"])
-            except (KeyError, ValueError):
-                return 400, ""
-            if not 1 <= ttl <= _MAX_TOKEN_TTL:
-                return 400, ""
-            token = secrets.token_urlsafe(32)
-            with self._lock:
-                host.tokens[token] = now + ttl
-            return 200, token
-        if method != "GET":
-            return 405, ""
+        if path == TOKEN_PATH:
+            return host.tokens.issue(method, headers)
+        refused = host.tokens.refuse(method, headers)
+        if refused is not None:
+            return refused, ""
         with self._lock:
-            expiry = host.tokens.get(headers.get("x-aws-ec2-metadata-token", ""))
             interrupt_at = host.interrupt_at
-        if expiry is None or expiry < now:
-            return 401, ""
         item = path.removeprefix("/latest/meta-data/").rstrip("/")
         if path.rstrip("/") == "/latest/dynamic/instance-identity/document":
             document = {"instanceId": host.instance_id, "region": self._region}

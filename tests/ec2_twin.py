@@ -31,7 +31,6 @@ import os
 import secrets
 import tempfile
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -39,13 +38,13 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from tests.imds_tokens import TOKEN_PATH, ImdsTokens
 from tests.twin_hosts import IngressRule, TwinHost, TwinNetwork
 
 _log = logging.getLogger(__name__)
 
 _POLL_SECONDS = 0.2
 _UP_STATES = frozenset({"pending", "running"})
-_MAX_TOKEN_TTL = 21600
 
 
 class Ec2Twin:
@@ -80,7 +79,7 @@ class Ec2Twin:
         self._groups: dict[str, tuple[str, ...]] = {}  # ec2 id -> its security group ids
         self._roles: dict[str, str] = {}  # ec2 id -> instance profile name
         self._interrupt_at: dict[str, datetime.datetime] = {}
-        self._tokens: dict[str, float] = {}
+        self._tokens: dict[str, ImdsTokens] = {}  # per instance, as real tokens are
         self._seen: set[str] = set()
         self._closed = False
         self._failure: BaseException | None = None
@@ -288,29 +287,17 @@ class Ec2Twin:
             ec2_id = self._by_ip.get(caller)
         if ec2_id is None:
             return 403, ""
-        now = time.monotonic()
-        if path == "/latest/api/token":
-            if method != "PUT":
-                return 405, ""
-            try:
-                ttl = int(headers["x-aws-ec2-metadata-token-ttl-seconds"])
-            except (KeyError, ValueError):
-                return 400, ""
-            if not 1 <= ttl <= _MAX_TOKEN_TTL:
-                return 400, ""
-            token = secrets.token_urlsafe(32)
-            with self._lock:
-                self._tokens[token] = now + ttl
-            return 200, token
-        if method != "GET":
-            return 405, ""
         with self._lock:
-            expiry = self._tokens.get(headers.get("x-aws-ec2-metadata-token", ""))
+            tokens = self._tokens.setdefault(ec2_id, ImdsTokens())
+        if path == TOKEN_PATH:
+            return tokens.issue(method, headers)
+        refused = tokens.refuse(method, headers)
+        if refused is not None:
+            return refused, ""
+        with self._lock:
             interrupt_at = self._interrupt_at.get(ec2_id)
             role = self._roles.get(ec2_id, "")
             ip = next((ip for ip, i in self._by_ip.items() if i == ec2_id), "")
-        if expiry is None or expiry < now:
-            return 401, ""
         if path.rstrip("/") == "/latest/dynamic/instance-identity/document":
             return 200, json.dumps({"instanceId": ec2_id, "region": self.region, "privateIp": ip})
         item = path.removeprefix("/latest/meta-data/").rstrip("/")

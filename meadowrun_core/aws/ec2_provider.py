@@ -29,6 +29,7 @@ from botocore.exceptions import ClientError
 from meadowrun_core.aws import names, ssh
 from meadowrun_core.aws.agent_upload import bundle_url, upload_agent_bundle
 from meadowrun_core.aws.clients import aws_client, error_code
+from meadowrun_core.aws.fleet import rank_for_fleet
 from meadowrun_core.aws.instance_selection import (
     FALLBACK_ERROR_CODES,
     MARKET_WIDE_ERROR_CODES,
@@ -114,11 +115,16 @@ class Ec2Provider:
     def choices(
         self, resources: Resources, workers: int, room_cpu: float, room_memory_gb: float
     ) -> list[tuple[InstanceType, int]]:
+        """Every fitting choice within the room, ranked by the cheapest fleet for all the
+        workers (``aws.fleet``): the first starts an optimal fleet, the rest are fallbacks."""
         result = []
-        for choice in choose_instance_types(self.offers(), resources, workers, self.region):
+        fitting = [
+            c
+            for c in choose_instance_types(self.offers(), resources, workers, self.region)
+            if c.offer.logical_cpu <= room_cpu + 1e-9 and c.offer.memory_gb <= room_memory_gb + 1e-9
+        ]
+        for choice in rank_for_fleet(fitting, workers):
             offer = choice.offer
-            if offer.logical_cpu > room_cpu + 1e-9 or offer.memory_gb > room_memory_gb + 1e-9:
-                continue
             spot = choice.market == "spot"
             bucket = offer.interruption_bucket
             instance_type = InstanceType(
@@ -291,8 +297,12 @@ class Ec2Provider:
     def _agent_command(self, instance_id: str) -> str:
         """Start the agent detached (setsid, nohup), state under ~/.meadowrun."""
         settings = " ".join(
-            f"{name}={shlex.quote(str(getattr(self.settings, field)))}"
-            for name, field in _AGENT_SETTINGS.items()
+            [
+                f"{name}={shlex.quote(str(getattr(self.settings, field)))}"
+                for name, field in _AGENT_SETTINGS.items()
+            ]
+            # the role's credentials come from the metadata service: give a busy one time
+            + ["AWS_METADATA_SERVICE_TIMEOUT=5", "AWS_METADATA_SERVICE_NUM_ATTEMPTS=3"]
         )
         agent = " ".join(
             shlex.quote(part)
