@@ -1,6 +1,6 @@
 """Measure an agent's memory while two connections stream junk at its port (issue 14, item 1).
 
-    .venv/bin/python scripts/junk_flood.py [MB per connection, default 600]
+    .venv/bin/python bench/bench_junk_flood.py [MB per connection, default 600]
 
 Starts a local cloud in a temporary MEADOWRUN_HOME, runs one job (so an agent listens), then
 streams a 2 GiB length prefix followed by zeros over two connections at once, sampling the
