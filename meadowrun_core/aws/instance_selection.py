@@ -7,7 +7,9 @@ use: spot when ``max_eviction_rate > 0``, the type has a spot price and its Advi
 (upper end, percent) is at most ``max_eviction_rate``; on-demand always. Choices come back
 cheapest per worker first; ties go to the instance holding more workers, then the lower
 interruption bucket. A spot choice's type also appears later as on-demand, so fallback can
-get to it.
+get to it. A GPU request without a vendor flag means NVIDIA.
+
+``aws.fleet`` reorders these choices by the cheapest fleet for all the workers.
 
 ``client.allocation`` walks that whole list (``Ec2Provider.choices``) and moves on when EC2
 answers with a capacity or quota error (``FALLBACK_ERROR_CODES``; a spot quota error skips
@@ -61,6 +63,9 @@ _FLAG_ALIASES = {
 KNOWN_FLAGS = frozenset(
     {"x86_64", "arm64", "intel", "amd", "graviton", "nvidia", "amd_gpu", "avx", "avx2", "avx512"}
 )
+# A GPU request names its vendor with one of these; without one it means NVIDIA (CUDA):
+# AMD (g4ad) and Habana (dl1) accelerators do not run CUDA code.
+GPU_VENDOR_FLAGS = frozenset({"nvidia", "amd_gpu"})
 _EPSILON = 1e-9
 
 
@@ -158,6 +163,8 @@ def choose_instance_types(
     if workers < 1:
         raise BadInputError(f"workers must be at least 1, got {workers}")
     flags = normalize_flags(resources.flags)
+    if _gpus_per_worker(resources) and not flags & GPU_VENDOR_FLAGS:
+        flags |= {"nvidia"}
     offers = [o for o in offers if _available(o)]
     choices = []
     for offer in offers:
@@ -174,10 +181,11 @@ def choose_instance_types(
             choices.append(Choice(offer, "on-demand", offer.on_demand_price, placed))
     if not choices:
         raise ResourcesNotAvailableError(_why_nothing_fits(offers, resources, flags, region))
-    return sorted(choices, key=_rank)
+    return sorted(choices, key=rank_key)
 
 
-def _rank(choice: Choice) -> tuple[float, int, int, str, str]:
+def rank_key(choice: Choice) -> tuple[float, int, int, str, str]:
+    """Cheaper per placed worker first; then more workers per instance, a lower bucket."""
     bucket = choice.offer.interruption_bucket if choice.market == "spot" else 0
     return (
         round(choice.price_per_worker, 9),
