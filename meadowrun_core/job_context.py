@@ -7,7 +7,9 @@ same reporter.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 _reporter: Callable[[Any], None] | None = None
@@ -24,3 +26,39 @@ def report(value: Any) -> None:
     if _reporter is None:
         raise RuntimeError("meadowrun_core.report() works only inside a meadowrun job")
     _reporter(value)
+
+
+@dataclass(frozen=True)
+class ForwardedLog:
+    """A log record of the job, sent to the client as data (not as text on stderr), so it
+    is logged there at its own level under its own logger's name."""
+
+    name: str
+    levelno: int
+    message: str
+    created: float
+    exc_text: str | None = None
+
+
+class LogForwarder(logging.Handler):
+    """Sends each record to the client through the job's report channel. Installed on the
+    worker's root logger (and on library loggers that do not propagate); records logged
+    between jobs have no client and are dropped by the agent."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _reporter is None:
+            return
+        try:
+            exc_text = None
+            if record.exc_info:
+                exc_text = logging.Formatter().formatException(record.exc_info)
+            _reporter(
+                ForwardedLog(
+                    record.name, record.levelno, record.getMessage(), record.created, exc_text
+                )
+            )
+        except Exception:
+            self.handleError(record)
+
+
+forwarder = LogForwarder()

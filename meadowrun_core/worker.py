@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import os
 import pickle
 import socket
@@ -133,6 +134,12 @@ class Worker:
 
     def serve(self) -> None:
         job_context.set_reporter(self.report)
+        # log records travel to the client as records (their own level and logger), not as
+        # text on stderr; INFO and up, as a client's logging shows by default once configured
+        root = logging.getLogger()
+        root.addHandler(job_context.forwarder)
+        if root.level == logging.WARNING:
+            root.setLevel(logging.INFO)
         self.send({"type": "ready", "pid": os.getpid()})
         while True:
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,15 @@ class AwsTwinCloud:
 
     def twin_host(self, ec2_id: str) -> TwinHost:
         return self.twin.host(ec2_id)
+
+    def registered_at(self, host: TwinHost) -> float:
+        """When the host's agent registered (the time it logged that it listens)."""
+        for log in host.path("/home/meadowrun/.meadowrun").glob("agent-*.log"):
+            for line in log.read_text().splitlines():
+                if " listening on " in line:
+                    stamp = " ".join(line.split()[:2])
+                    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        raise AssertionError(f"the agent on {host.name} never registered")
 
     def registered_instances(self) -> list[str]:
         """Instances whose agent registered its address."""

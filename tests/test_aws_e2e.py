@@ -128,6 +128,23 @@ def test_run_map_goes_through_sqs(aws: AwsTwinCloud) -> None:
     assert not queues.get("QueueUrls")  # the job's queues are gone afterwards
 
 
+def test_instances_of_a_wide_map_boot_at_once(aws: AwsTwinCloud) -> None:
+    # each task needs an instance of its own (30 CPU): two are planned and launched together
+    results = mr.run_map(
+        work.square,
+        range(4),
+        host=aws.host(),
+        resources_per_task=mr.Resources(30, 60, max_eviction_rate=0),
+        num_concurrent_tasks=2,
+        deployment=DEPLOYMENT,
+    )
+    assert results == [0, 1, 4, 9]
+    hosts = [aws.twin_host(i["InstanceId"]) for i in aws.instances()]
+    assert len(hosts) == 2
+    # the second instance booted before the first one's agent registered: not one by one
+    assert max(h.booted_at for h in hosts) < min(aws.registered_at(h) for h in hosts)
+
+
 def test_killed_worker_task_is_redelivered(aws: AwsTwinCloud) -> None:
     results = mr.run_map(
         work.die_once,

@@ -202,7 +202,10 @@ def test_sigkill_of_a_worker_and_an_agent_mid_map_loses_and_duplicates_nothing(
     driver = threading.Thread(target=run)
     driver.start()
     table = _table(local_cloud)
-    _wait_until(lambda: len(os.listdir(records)) >= 4, 60, "the map to start")
+    _wait_until(
+        lambda: len(os.listdir(records)) >= 4 or not driver.is_alive(), 60, "the map to start"
+    )
+    assert driver.is_alive(), f"the map ended before it started: {errors}"
     worker_pid = next(a.worker_pid for a in table.list_allocations() if a.worker_pid)
     os.kill(worker_pid, signal.SIGKILL)
     _wait_until(lambda: len(os.listdir(records)) >= 12, 60, "the map to go on")

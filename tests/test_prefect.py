@@ -5,6 +5,7 @@ from the Prefect API."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from uuid import UUID
 
 import psutil
 import pytest
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import INPUTS
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -65,14 +66,17 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         for key, value in env.items():
             mp.setenv(key, value)
         # prefect may have been imported before these were set: set them in its context too
-        with temporary_settings(
-            updates={
-                PREFECT_HOME: root / "home",
-                PREFECT_RESULTS_LOCAL_STORAGE_PATH: root / "results",
-                PREFECT_SERVER_ANALYTICS_ENABLED: False,
-                PREFECT_LOGGING_TO_API_BATCH_INTERVAL: 0.3,
-            }
-        ), prefect_test_harness(server_startup_timeout=90):
+        with (
+            temporary_settings(
+                updates={
+                    PREFECT_HOME: root / "home",
+                    PREFECT_RESULTS_LOCAL_STORAGE_PATH: root / "results",
+                    PREFECT_SERVER_ANALYTICS_ENABLED: False,
+                    PREFECT_LOGGING_TO_API_BATCH_INTERVAL: 0.3,
+                }
+            ),
+            prefect_test_harness(server_startup_timeout=90),
+        ):
             yield str(PREFECT_API_URL.value())
 
 
@@ -129,9 +133,7 @@ def logs_text(task_run_id: UUID, contains: str, timeout: float = 15.0) -> str:
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
         while True:
-            logs = client.read_logs(
-                LogFilter(task_run_id=LogFilterTaskRunId(any_=[task_run_id]))
-            )
+            logs = client.read_logs(LogFilter(task_run_id=LogFilterTaskRunId(any_=[task_run_id])))
             text = "\n".join(log.message for log in logs)
             if contains in text or time.monotonic() > deadline:
                 return text
@@ -450,3 +452,29 @@ def test_cancelling_the_flow_cancels_its_jobs(
     assert flow_state is not None
     run = one(task_runs(flow_state, 1), "sleeper")
     assert run.state_type == StateType.CANCELLED
+
+
+@task
+def logs_a_line(x: int) -> int:
+    get_run_logger().info("working on %d", x)
+    return x
+
+
+def test_task_logs_reach_the_client_at_their_own_level(
+    cloud: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+
+    @flow(task_runner=runner())
+    def logged() -> int:
+        return logs_a_line.submit(7).result()
+
+    assert logged() == 7
+    remote = [r for r in caplog.records if r.name.startswith("meadowrun_core.job.prefect")]
+    working = [r for r in remote if "working on 7" in r.getMessage()]
+    assert [r.levelno for r in working] == [logging.INFO]
+    assert any("Finished in state Completed" in r.getMessage() for r in remote)
+    # no copy as stderr text re-logged at WARNING
+    assert not [
+        r for r in caplog.records if r.name == "meadowrun_core.job" and r.levelno >= logging.WARNING
+    ]

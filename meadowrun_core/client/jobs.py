@@ -11,6 +11,7 @@ import pickle
 import queue
 import re
 import shlex
+import sys
 import threading
 import time
 import uuid
@@ -39,6 +40,7 @@ from meadowrun_core.client.runtime import ClientRuntime
 from meadowrun_core.deployment.spec import Deployment, PreparedDeployment
 from meadowrun_core.exceptions import BadInputError, CommandResult, MeadowrunError
 from meadowrun_core.hosts import Host
+from meadowrun_core.job_context import ForwardedLog
 from meadowrun_core.resources import Resources
 from meadowrun_core.seams.object_store import DamagedObjectError, get_verified
 from meadowrun_core.seams.spill import FRAME_INLINE_BYTES
@@ -68,8 +70,39 @@ class OutputLogger:
         self._partial.clear()
 
     def _emit(self, stream: str, line: bytes) -> None:
+        text = line.decode(errors="replace")
+        if not job_log.hasHandlers():
+            # logging is not configured here: show the job's output anyway, as a local
+            # print would be (and as Ray does), rather than losing it below WARNING
+            print(f"[{self.job_id}] {text}", file=sys.stderr if stream == "stderr" else sys.stdout)
+            return
         level = logging.INFO if stream == "stdout" else logging.WARNING
-        job_log.log(level, "[%s] %s", self.job_id, line.decode(errors="replace"))
+        job_log.log(level, "[%s] %s", self.job_id, text)
+
+    def log_record(self, forwarded: ForwardedLog) -> None:
+        """A record the job logged, at its own level, on ``meadowrun_core.job.<its logger>``
+        (its original time kept): level filters and alerts work as for local records, and
+        the client's own handlers for that library (Prefect's API, Dask's) are not fed
+        records they already had from the instance."""
+        logger = logging.getLogger(f"{job_log.name}.{forwarded.name}")
+        if not logger.isEnabledFor(forwarded.levelno):
+            return
+        message = f"[{self.job_id}] {forwarded.message}"
+        if forwarded.exc_text:
+            message += "\n" + forwarded.exc_text
+        record = logger.makeRecord(
+            logger.name,
+            forwarded.levelno,
+            "(remote)",
+            0,
+            message,
+            (),
+            None,
+            extra={"job_id": self.job_id, "remote_logger": forwarded.name},
+        )
+        record.created = forwarded.created
+        record.msecs = (forwarded.created % 1) * 1000
+        logger.handle(record)
 
 
 async def run_on_instance(
@@ -117,8 +150,11 @@ async def run_on_instance(
             if event["type"] == "output":
                 (on_output or logger.write)(event["stream"], payload)
             elif event["type"] == "report":
-                if control is not None:
-                    control.reports.put(pickle.loads(payload))
+                value = pickle.loads(payload)
+                if isinstance(value, ForwardedLog):
+                    logger.log_record(value)
+                elif control is not None:
+                    control.reports.put(value)
             elif event["type"] == "final":
                 if not attach:
                     await capacity_signal(backend).notify()

@@ -191,20 +191,30 @@ class SqliteAllocationTable:
 
     def __init__(self, path: Path) -> None:
         self._db = SqliteDb(path, _SCHEMA)
-        columns = {r["name"] for r in self._db.connection().execute("PRAGMA table_info(job_keys)")}
-        if "submitter" not in columns:  # a state directory made by an earlier version
-            with self._db.transaction() as conn:
-                conn.execute("ALTER TABLE job_keys ADD COLUMN submitter TEXT NOT NULL DEFAULT ''")
-        for table, wanted in (
-            ("instances", _INSTANCE_RESOURCE_COLUMNS),
-            ("allocations", _ALLOCATION_RESOURCE_COLUMNS),
-        ):
-            have = {r["name"] for r in self._db.connection().execute(f"PRAGMA table_info({table})")}
-            missing = [(name, kind) for name, kind in wanted.items() if name not in have]
-            if missing:
-                with self._db.transaction() as conn:
-                    for name, kind in missing:
-                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Bring a state directory made by an earlier version up to this schema. Checked
+        and changed in one write transaction: processes opening a new home at the same time
+        would otherwise both add the same column (``duplicate column name``)."""
+        wanted = {
+            "job_keys": {"submitter": "TEXT NOT NULL DEFAULT ''"},
+            "instances": _INSTANCE_RESOURCE_COLUMNS,
+            "allocations": _ALLOCATION_RESOURCE_COLUMNS,
+        }
+
+        def missing(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+            found = []
+            for table, columns in wanted.items():
+                have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+                found += [(table, n, kind) for n, kind in columns.items() if n not in have]
+            return found
+
+        if not missing(self._db.connection()):
+            return  # the common case: no write lock taken
+        with self._db.transaction() as conn:
+            for table, name, kind in missing(conn):
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     # --- allocation -------------------------------------------------------------------
     def allocate_on_existing(

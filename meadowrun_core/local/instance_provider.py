@@ -63,7 +63,7 @@ def choose_instance_type(
     """The type with the lowest price per placed worker that fits in the remaining room;
     ties go to the type that places more workers (fewer instances to manage)."""
     best: tuple[float, int, InstanceType] | None = None
-    for offer in offers:
+    for offer in [*offers, *_exact_size(resources, workers, room_cpu, room_mem)]:
         if offer.logical_cpu > room_cpu + 1e-9 or offer.memory_gb > room_mem + 1e-9:
             continue
         per_cpu = (
@@ -83,6 +83,32 @@ def choose_instance_type(
         if best is None or key[:2] < best[:2]:
             best = key
     return None if best is None else (best[2], -best[1])
+
+
+def _exact_size(
+    resources: Resources, workers: int, room_cpu: float, room_mem: float
+) -> list[InstanceType]:
+    """An instance sized exactly to as many of the jobs as the room holds. Local instances are
+    processes on this machine, so nothing forces the grid's sizes on them; without this, small
+    jobs (a Dask scheduler beside its workers) would each take a whole grid size and leave
+    room that nothing can use. Priced like the grid, it wins whenever the grid would waste."""
+    counts = [workers]
+    if resources.logical_cpu:
+        counts.append(math.floor(room_cpu / resources.logical_cpu + 1e-9))
+    if resources.memory_gb:
+        counts.append(math.floor(room_mem / resources.memory_gb + 1e-9))
+    placed = min(counts)
+    if placed < 1:
+        return []
+    cpu, mem = resources.logical_cpu * placed, resources.memory_gb * placed
+    return [
+        InstanceType(
+            name=f"local-{cpu:g}cpu-{mem:g}gb",
+            logical_cpu=cpu,
+            memory_gb=mem,
+            price_per_hour=round(cpu * _PRICE_PER_CPU + mem * _PRICE_PER_GB, 5),
+        )
+    ]
 
 
 class LocalInstanceProvider:

@@ -13,19 +13,16 @@ killed client leaves nothing running for long.
 from __future__ import annotations
 
 import asyncio
-import copy
-import dataclasses
 import errno
 import logging
 import math
-import socket
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import dask.config
-from dask.utils import parse_timedelta
+from dask.utils import parse_bytes, parse_timedelta
 from distributed.comm.core import CommClosedError
 from distributed.core import Status, rpc
 from distributed.deploy.spec import ProcessInterface, SpecCluster
@@ -33,146 +30,22 @@ from distributed.security import Security
 from distributed.utils import format_dashboard_link
 
 import meadowrun_core as mr
-from meadowrun_core.client.results import JobCancelledError
-from meadowrun_core.hosts import AllocLocalInstance, Host, resolve_host
+from meadowrun_core.hosts import Host
 from meadowrun_dask import remote
+from meadowrun_dask.config import ensure_defaults
+from meadowrun_dask.launcher import (
+    Launcher,
+    _free_ports,
+    _GiB,
+    _job_outcome,
+    _PortInUseError,
+    _security,
+    _stop_job,
+    check_fits,
+    sizes,
+)
 
 logger = logging.getLogger(__name__)
-
-_GiB = 2**30
-
-
-class _PortInUseError(Exception):
-    """The scheduler's chosen port was taken between choosing it and binding it."""
-
-
-def _free_ports(count: int, host: str) -> list[int]:
-    """Ports free on ``host`` now; the scheduler binds them a moment later (a lost race is
-    retried with new ports)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((host, 0))
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _listen_host(host: Host | None) -> str | None:
-    """The address the servers listen on (None: Dask picks the machine's own address, and the
-    scheduler reports it back). ``auto``: 127.0.0.1 on the local cloud, where every instance is
-    this machine, else the instance's own address."""
-    setting = str(dask.config.get("meadowrun.listen-host", "auto"))
-    if setting == "auto":
-        return "127.0.0.1" if isinstance(resolve_host(host), AllocLocalInstance) else None
-    return None if setting == "any" else setting
-
-
-def _resources(value: mr.Resources | Mapping[str, Any] | None, key: str) -> mr.Resources:
-    if isinstance(value, mr.Resources):
-        return value
-    merged = {**dask.config.get(f"meadowrun.{key}"), **(value or {})}
-    return mr.Resources(**{k.replace("-", "_"): v for k, v in merged.items()})
-
-
-def _security(value: bool | Security | None) -> Security:
-    if value is None:
-        value = dask.config.get("meadowrun.security")
-    if isinstance(value, Security):
-        return value
-    # in memory only; it reaches the servers as a pickled job argument
-    return Security.temporary() if value else Security()
-
-
-async def _job_outcome(handle: mr.JobHandle[Any]) -> BaseException | None:
-    """Wait for a job to end: None if it returned, else why it did not."""
-    try:
-        await handle
-    except asyncio.CancelledError:
-        if handle.cancelled():
-            return JobCancelledError("the job was cancelled")
-        raise
-    except Exception as exc:
-        return exc
-    return None
-
-
-async def _stop_job(
-    handle: mr.JobHandle[Any] | None, watch: asyncio.Task[Any] | None, grace: float
-) -> None:
-    """Give a closing server ``grace`` seconds to exit by itself (its job then ends normally
-    and frees its allocation), then cancel the job, which kills the process; either way return
-    once the allocation is freed."""
-    if handle is None or watch is None:
-        return
-    if not watch.done():
-        await asyncio.wait({watch}, timeout=grace)
-    if not watch.done():
-        try:
-            await asyncio.to_thread(handle.cancel, wait=True)
-        except TimeoutError:
-            logger.warning("%s: its allocation was not freed in time after cancel()", handle)
-        await asyncio.wait({watch}, timeout=5)
-
-
-def _with_server_environment(deployment: mr.Deployment | None) -> mr.Deployment:
-    """The deployment with the environment Dask's Nanny gives its worker processes
-    (``distributed.nanny.pre-spawn-environ``: one BLAS thread per task thread, memory handed
-    back to the OS), so these workers behave like LocalCluster's; the caller's variables win."""
-    base = deployment or mr.Deployment.mirror_local()
-    defaults = {
-        **dask.config.get("distributed.nanny.pre-spawn-environ", {}),
-        **dask.config.get("distributed.nanny.environ", {}),
-    }
-    environment = {str(k): str(v) for k, v in defaults.items()}
-    environment.update(base.environment_variables)
-    return dataclasses.replace(base, environment_variables=environment)
-
-
-class _Launcher:
-    """What the scheduler and workers of one cluster share: where and how their jobs run."""
-
-    def __init__(
-        self,
-        cluster: MeadowCluster,
-        host: Host | None,
-        deployment: mr.Deployment | None,
-        security: Security,
-        worker_resources: mr.Resources,
-        scheduler_resources: mr.Resources,
-    ) -> None:
-        self.cluster = weakref.ref(cluster)
-        self.host = host
-        self.listen_host = _listen_host(host)
-        self.deployment = _with_server_environment(deployment)
-        self.security = security
-        self.worker_resources = worker_resources
-        self.scheduler_resources = scheduler_resources
-        self.config = copy.deepcopy(dask.config.config)
-        self.close_grace = parse_timedelta(dask.config.get("meadowrun.close-grace"))
-        self.retire_timeout = parse_timedelta(dask.config.get("meadowrun.retire-timeout"))
-
-    @property
-    def protocol(self) -> str:
-        return "tls" if self.security.require_encryption else "tcp"
-
-    async def submit(
-        self, function: Callable[..., None], resources: mr.Resources, args: tuple[Any, ...]
-    ) -> mr.JobHandle[None]:
-        # run_function uploads code and arguments before it returns: keep that off the loop
-        handle: mr.JobHandle[None] = await asyncio.to_thread(
-            mr.run_function,
-            function,
-            host=self.host,
-            resources=resources,
-            deployment=self.deployment,
-            args=args,
-            wait_for_result=False,
-        )
-        return handle
 
 
 class MeadowScheduler(ProcessInterface):
@@ -183,7 +56,7 @@ class MeadowScheduler(ProcessInterface):
     and the first workers can boot alongside the scheduler.
     """
 
-    def __init__(self, launcher: _Launcher, options: dict[str, Any]) -> None:
+    def __init__(self, launcher: Launcher, options: dict[str, Any]) -> None:
         super().__init__()
         self.launcher = launcher
         self.options = options
@@ -240,32 +113,32 @@ class MeadowScheduler(ProcessInterface):
 
     async def _reported_address(self) -> str:
         """The address the scheduler job reports once it listens; the job's error if it ends
-        first."""
+        first; why it waits if it does not start in time."""
         assert self.handle is not None and self._watch is not None
-        timeout = parse_timedelta(dask.config.get("meadowrun.scheduler-start-timeout"))
-        deadline = time.monotonic() + timeout
-        while not self._watch.done():
-            try:
-                # short waits in a thread: nothing blocks the loop or outlives a failed start
-                report = await asyncio.to_thread(self.handle.next_report, 0.1)
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"the scheduler did not start within {timeout:g} s"
-                    ) from None
-                continue
-            return str(report["address"])
-        failure = self._watch.result()
-        text = str(failure)
-        if "Address already in use" in text or (
-            isinstance(getattr(failure, "original", None), OSError)
-            and failure.original.errno == errno.EADDRINUSE  # type: ignore[union-attr]
-        ):
-            raise _PortInUseError(text)
-        raise RuntimeError(
-            f"the scheduler job ended before it listened: "
-            f"{failure or 'it returned (idle_timeout too short?)'}"
-        )
+        launcher = self.launcher
+        try:
+            report = await launcher.wait_ready(
+                "the scheduler",
+                self.handle,
+                self._watch,
+                launcher.scheduler_resources,
+                launcher.scheduler_start_timeout,
+            )
+        except RuntimeError as exc:
+            failure = exc.__cause__
+            text = str(failure)
+            if "Address already in use" in text or (
+                isinstance(getattr(failure, "original", None), OSError)
+                and failure.original.errno == errno.EADDRINUSE  # type: ignore[union-attr]
+            ):
+                raise _PortInUseError(text) from None
+            if failure is None:
+                raise RuntimeError(
+                    "the scheduler job ended before it listened: it returned "
+                    "(idle_timeout too short?)"
+                ) from None
+            raise
+        return str(report["address"])
 
     async def _follow(self) -> BaseException | None:
         assert self.handle is not None
@@ -291,27 +164,32 @@ class MeadowScheduler(ProcessInterface):
 class MeadowWorker(ProcessInterface):
     """A Dask worker running as a meadowrun job, named by its spec key.
 
-    ``start`` returns once the job is submitted; the worker registers with the scheduler when
-    its instance is up. When the job ends for any reason other than a scale-down or close,
-    the cluster starts a replacement.
+    ``start`` returns once the worker has registered with the scheduler, as a Nanny's does in
+    LocalCluster, and raises if its job fails first or it finds no room in time. When the job
+    ends for any reason other than a scale-down or close, the cluster starts a replacement.
+    ``nthreads`` and ``memory_limit`` sit at the top of the spec's options, where SpecCluster
+    looks for them (``scale(cores=...)``, ``scale(memory=...)``, ``adapt(minimum_cores=...)``).
     """
 
     def __init__(
         self,
         scheduler: str,
         name: Any,
-        launcher: _Launcher,
+        launcher: Launcher,
         worker_class: str,
         options: dict[str, Any],
+        nthreads: int,
+        memory_limit: int,
     ) -> None:
         super().__init__()
         self.scheduler = scheduler
         self.name = name
         self.launcher = launcher
         self.worker_class = worker_class
-        self.options = options
+        self.options = {"nthreads": nthreads, "memory_limit": memory_limit, **options}
         self.handle: mr.JobHandle[None] | None = None
         self.started_at: float | None = None
+        self.worker_address: str | None = None
         self._watch: asyncio.Task[BaseException | None] | None = None
 
     async def start(self) -> None:
@@ -329,8 +207,20 @@ class MeadowWorker(ProcessInterface):
                 launcher.config,
             ),
         )
-        self.started_at = time.monotonic()
         self._watch = asyncio.ensure_future(self._follow())
+        try:
+            report = await launcher.wait_ready(
+                f"worker {self.name!r}",
+                self.handle,
+                self._watch,
+                launcher.worker_resources,
+                launcher.worker_start_timeout,
+            )
+        except BaseException:
+            await _stop_job(self.handle, self._watch, 0)
+            raise
+        self.started_at = time.monotonic()  # a worker that never came up lived 0 s
+        self.worker_address = str(report["worker"])
         await super().start()
 
     async def _follow(self) -> BaseException | None:
@@ -352,7 +242,7 @@ class MeadowWorker(ProcessInterface):
         at once: on a scale-down the scheduler first moves its data to the other workers; when
         the whole cluster closes it just closes."""
         cluster = self.launcher.cluster()
-        address = None if cluster is None else cluster._worker_address(self.name)
+        address = self.worker_address
         if cluster is None or address is None:
             return  # not registered yet: nothing to move, the job is cancelled
         try:
@@ -416,16 +306,12 @@ class MeadowCluster(SpecCluster):
         name: str | None = None,
         shutdown_on_close: bool = True,
     ) -> None:
+        ensure_defaults()
         cfg = dask.config.get("meadowrun")
         security_obj = _security(security)
-        launcher = _Launcher(
-            self,
-            host,
-            deployment,
-            security_obj,
-            _resources(worker_resources, "worker-resources"),
-            _resources(scheduler_resources, "scheduler-resources"),
-        )
+        size = sizes(host, n_workers, worker_resources, scheduler_resources)
+        check_fits(size)
+        launcher = Launcher(self, host, deployment, security_obj, size.worker, size.scheduler)
         self._launcher = launcher
         self._next_name = 0
         self._failed_starts = 0
@@ -434,13 +320,12 @@ class MeadowCluster(SpecCluster):
 
         resources = launcher.worker_resources
         options: dict[str, Any] = {
-            "nthreads": max(1, math.floor(resources.logical_cpu)),
-            "memory_limit": int(resources.memory_gb * _GiB * cfg["worker-memory-fraction"]),
             "death_timeout": parse_timedelta(cfg["worker-death-timeout"]),
             **cfg["worker-options"],
             **(worker_options or {}),
         }
         sched_options: dict[str, Any] = {**cfg["scheduler-options"], **(scheduler_options or {})}
+        sched_options.setdefault("no_workers_warning", parse_timedelta(cfg["no-workers-warning"]))
         idle = idle_timeout if idle_timeout is not None else cfg["idle-timeout"]
         if idle is not None:
             sched_options["idle_timeout"] = parse_timedelta(idle)
@@ -449,12 +334,20 @@ class MeadowCluster(SpecCluster):
             "options": {
                 "launcher": launcher,
                 "worker_class": worker_class or cfg["worker-class"],
+                # where SpecCluster looks for them (scale(cores=...), scale(memory=...))
+                "nthreads": options.pop("nthreads", max(1, math.floor(resources.logical_cpu))),
+                "memory_limit": parse_bytes(
+                    options.pop(
+                        "memory_limit",
+                        int(resources.memory_gb * _GiB * cfg["worker-memory-fraction"]),
+                    )
+                ),
                 "options": options,
             },
         }
-        count = cfg["n-workers"] if n_workers is None else n_workers
+        self._i = 0
         super().__init__(
-            workers={self._take_name(): worker_spec for _ in range(count)},
+            workers={self._take_name(): worker_spec for _ in range(size.n_workers)},
             scheduler={
                 "cls": MeadowScheduler,
                 "options": {"launcher": launcher, "options": sched_options},
@@ -468,12 +361,15 @@ class MeadowCluster(SpecCluster):
         )
 
     # --- names ------------------------------------------------------------------------------
-    def _take_name(self) -> int:
-        """Names are never reused, so a replacement cannot collide with a worker the
-        scheduler has not yet noticed is gone."""
-        name = self._next_name
-        self._next_name += 1
-        return name
+    def _take_name(self) -> Any:
+        """The next worker's name, from ``_new_worker_name`` as in SpecCluster. Numbers are
+        never reused, so a replacement cannot collide with a worker the scheduler has not yet
+        noticed is gone."""
+        while True:
+            name = self._new_worker_name(self._next_name)
+            self._next_name += 1
+            if name not in getattr(self, "worker_spec", {}):
+                return name
 
     def new_worker_spec(self) -> dict[Any, Any]:
         return {self._take_name(): self.new_spec}
@@ -503,8 +399,17 @@ class MeadowCluster(SpecCluster):
                     for name, spec in self.worker_spec.items()
                 }
             servers = [scheduler, *workers.values()]
-            results = await asyncio.gather(*(_await(s) for s in servers), return_exceptions=True)
-            errors = [r for r in results if isinstance(r, BaseException)]
+            tasks = [asyncio.ensure_future(_await(s)) for s in servers]
+            # the first failure stops the others (workers would wait for a dead scheduler)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in tasks:
+                task.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            errors = [
+                r
+                for r in results
+                if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)
+            ]
             if not errors:
                 self.scheduler = scheduler
                 for worker in workers.values():
@@ -544,6 +449,14 @@ class MeadowCluster(SpecCluster):
     def _worker_exited(self, worker: MeadowWorker, outcome: BaseException | None) -> None:
         """Replace a worker whose job ended while the cluster still wants it (it died, its
         instance was reclaimed, or it lost the scheduler), under a new name."""
+        if outcome is None and not getattr(worker, "_exit_settled", False):
+            # it closed cleanly: maybe retired by an adaptive scale-down, whose removal from
+            # the spec follows the retirement; decide once that had time to land
+            worker._exit_settled = True  # type: ignore[attr-defined]
+            asyncio.get_running_loop().call_later(
+                self._launcher.close_grace, self._worker_exited, worker, outcome
+            )
+            return
         name = worker.name
         if self.status != Status.running or name not in self.worker_spec:
             return  # scaled down or closing: the end was asked for

@@ -4,8 +4,10 @@ override them in their own Dask YAML or with ``DASK_MEADOWRUN__...`` environment
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
+from typing import Any
 
 import dask.config
 import yaml
@@ -14,6 +16,7 @@ logger = logging.getLogger(__name__)
 
 CONFIG_PATH = Path(__file__).with_name("meadowrun.yaml")
 
+defaults: dict[str, Any] | None = None
 try:
     with CONFIG_PATH.open() as f:
         defaults = yaml.safe_load(f)
@@ -23,3 +26,11 @@ except FileNotFoundError:
     logger.debug("no %s; relying on the config sent by the client", CONFIG_PATH)
 else:
     dask.config.update_defaults(defaults)
+
+
+def ensure_defaults() -> None:
+    """Put the defaults back under any setting that lost them: code that resets Dask's config
+    to a copy taken before this module was imported (as Dask's test utilities do) drops the
+    ``meadowrun`` key, and the user's own settings must still win."""
+    if defaults is not None:
+        dask.config.update(dask.config.config, copy.deepcopy(defaults), priority="old")

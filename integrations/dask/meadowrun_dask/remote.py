@@ -27,29 +27,36 @@ from distributed.security import Security
 from distributed.utils import import_term
 
 import meadowrun_core
+from meadowrun_core.job_context import LogForwarder
 
 logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
 def _remote_context(config: dict[str, Any]) -> Iterator[None]:
-    """The client's Dask config for this job, and quieter stderr logging.
+    """The client's Dask config for this job, and its servers' log records sent to the client
+    as records (their own level and logger) from ``remote-log-level`` up.
 
-    Remote stderr is streamed to the client as warnings, so the INFO chatter of a healthy
-    server would drown the client's log; the servers' own log buffers (get_logs) keep all of
-    it because only the stream handlers' level changes.
+    Their stderr copies are silenced, so a record is not also streamed as text (which the
+    client could only log as a stderr line); the servers' own log buffers (get_logs) keep
+    everything because only the handlers change.
     """
     log_level = config.get("meadowrun", {}).get("remote-log-level") or "warning"
-    level = logging.getLevelName(str(log_level).upper())
+    forwarder = LogForwarder(level=logging.getLevelName(str(log_level).upper()))
+    loggers = [logging.getLogger(name) for name in ("distributed", "meadowrun_dask")]
     handlers = [
         h
-        for name in ("distributed", "meadowrun_dask")
-        for h in logging.getLogger(name).handlers
+        for logger_ in loggers
+        for h in logger_.handlers
         if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
     ]
     saved = [h.level for h in handlers]
+    saved_propagate = [logger_.propagate for logger_ in loggers]
     for handler in handlers:
-        handler.setLevel(level)
+        handler.setLevel(logging.CRITICAL + 1)
+    for logger_ in loggers:
+        logger_.addHandler(forwarder)
+        logger_.propagate = False
     logging.getLogger("distributed").setLevel(logging.INFO)
     try:
         with dask.config.set(config):
@@ -57,6 +64,9 @@ def _remote_context(config: dict[str, Any]) -> Iterator[None]:
     finally:
         for handler, old in zip(handlers, saved, strict=True):
             handler.setLevel(old)
+        for logger_, propagate in zip(loggers, saved_propagate, strict=True):
+            logger_.removeHandler(forwarder)
+            logger_.propagate = propagate
 
 
 async def is_listening(address: str, security: Security, timeout: float = 10) -> bool:
@@ -115,6 +125,8 @@ async def _serve_scheduler(
     options: dict[str, Any],
 ) -> None:
     protocol = "tls" if security.require_encryption else "tcp"
+    options = dict(options)
+    no_workers_warning = float(options.pop("no_workers_warning", 5))
     async with Scheduler(
         host=host,
         port=port,
@@ -125,7 +137,32 @@ async def _serve_scheduler(
     ) as scheduler:
         logger.info("scheduler listening at %s", scheduler.address)
         meadowrun_core.report({"address": scheduler.address})
-        await scheduler.finished()
+        watcher = asyncio.create_task(_warn_without_workers(scheduler, no_workers_warning))
+        try:
+            await scheduler.finished()
+        finally:
+            watcher.cancel()
+
+
+async def _warn_without_workers(scheduler: Any, after: float) -> None:
+    """Say so when tasks wait and the cluster has no worker to run them (as dask-cloudprovider
+    does), once per such spell: otherwise work just hangs."""
+    since: float | None = None
+    warned = False
+    while True:
+        await asyncio.sleep(min(1.0, after / 2))
+        waiting = len(scheduler.unrunnable) + len(scheduler.queued)
+        if scheduler.workers or not waiting:
+            since, warned = None, False
+            continue
+        since = since or time.monotonic()
+        if not warned and time.monotonic() - since >= after:
+            logger.warning(
+                "%d task(s) are waiting and the cluster has no workers: start some with "
+                "cluster.scale(n) or cluster.adapt(minimum=1, ...), or MeadowCluster(n_workers=n)",
+                waiting,
+            )
+            warned = True
 
 
 def run_worker(
@@ -161,6 +198,8 @@ async def _serve_worker(
             f"the scheduler at {scheduler_address} did not listen within {patience:g} s"
         )
     async with cls(scheduler_address, name=name, host=host, security=security, **options) as server:
+        # registered with the scheduler by now: the cluster's start() returns on this
+        meadowrun_core.report({"worker": getattr(server, "worker_address", None) or server.address})
         watcher = asyncio.create_task(_retire_on_interruption(server, poll))
         try:
             await server.finished()

@@ -25,8 +25,41 @@ def with_retries_left(task: Task[Any, Any], retries_used: int) -> Task[Any, Any]
     delays = task.retry_delay_seconds
     options: dict[str, Any] = {"retries": max(task.retries - retries_used, 0)}
     if isinstance(delays, Sequence) and not isinstance(delays, str) and len(delays) > 1:
-        options["retry_delay_seconds"] = list(delays[min(retries_used, len(delays) - 1):])
+        options["retry_delay_seconds"] = list(delays[min(retries_used, len(delays) - 1) :])
     return task.with_options(**options)
+
+
+@contextlib.contextmanager
+def _records_to_client() -> Any:
+    """The task's log records reach the client as records at their own level (meadowrun's
+    forwarder), not also as console text on stderr that the client could only re-log as a
+    stderr line. Prefect's logging setup may have replaced the root's handlers, forwarder
+    included, so it is put back for the run."""
+    from prefect.logging.configuration import ensure_logging_setup
+
+    from meadowrun_core.job_context import forwarder
+
+    ensure_logging_setup()  # now, not inside the engine, where it would undo what follows
+    root = logging.getLogger()
+    console = [
+        h
+        for h in root.handlers
+        if isinstance(h, logging.StreamHandler)
+        and not isinstance(h, logging.FileHandler)
+    ]
+    saved = [h.level for h in console]
+    added = forwarder not in root.handlers
+    if added:
+        root.addHandler(forwarder)
+    for handler in console:
+        handler.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for handler, level in zip(console, saved, strict=True):
+            handler.setLevel(level)
+        if added:
+            root.removeHandler(forwarder)
 
 
 _sync_client_context: Any = None
@@ -67,6 +100,8 @@ def run_task_on_instance(
     set_api_log_sink(logs.append)
     if not task.isasync:
         _keep_sync_client()
+    records = _records_to_client()
+    records.__enter__()
     try:
         kwargs: dict[str, Any] = dict(
             task=with_retries_left(task, retries_used),
@@ -81,6 +116,7 @@ def run_task_on_instance(
         else:
             state = cast("State[Any]", run_task_sync(**kwargs))
     finally:
+        records.__exit__(None, None, None)
         set_api_log_sink(None)
         # the worker process is reused: make sure this run's state events have left it
         if should_emit_events():
