@@ -124,7 +124,8 @@ class DagRunner:
             if line is None:
                 raise AssertionError("the Airflow runner died:\n" + "".join(log[-80:]))
             if line.startswith(end):
-                summary = json.loads(line[len(end) :])
+                # a log line another thread wrote may follow on the same line: ignore it
+                summary, _ = json.JSONDecoder().raw_decode(line[len(end) :])
                 assert "error" not in summary, summary["error"] + "".join(log[-80:])
                 return summary, "".join(log)
             log.append(line)

@@ -195,7 +195,7 @@ def test_spot_interruption_notice_loses_no_task(aws: AwsTwinCloud) -> None:
         while time.monotonic() < deadline:
             running = aws.instances("running")
             if running and aws.registered_instances():  # its agent is up and has tasks
-                aws.twin.interrupt(running[0]["InstanceId"], 2.0)
+                aws.twin.interrupt(running[0]["InstanceId"], 8.0)
                 return
             time.sleep(0.1)
 
@@ -203,14 +203,14 @@ def test_spot_interruption_notice_loses_no_task(aws: AwsTwinCloud) -> None:
     thread.start()
     results = mr.run_map(
         work.slow_square,
-        range(20),
+        range(40),
         host=aws.host(),
         resources_per_task=mr.Resources(1, 1, max_eviction_rate=100),
         num_concurrent_tasks=2,
         deployment=DEPLOYMENT,
     )
     thread.join()
-    assert results == [x * x for x in range(20)]
+    assert results == [x * x for x in range(40)]
     assert len(aws.instances()) >= 2  # the interrupted instance was replaced
 
 

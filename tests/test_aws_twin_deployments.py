@@ -4,6 +4,7 @@ lease on EC2."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 import yaml
+from botocore.exceptions import ClientError
 
 import meadowrun_core as mr
 from meadowrun_core.bootstrap.instance_script import AGENT_PYTHON
@@ -137,28 +139,29 @@ def test_sigkilled_client_leaves_no_worker_past_its_lease(aws: AwsTwinCloud) -> 
         text=True,
     )
     try:
+        from meadowrun_core.aws.dynamodb_allocation_table import DynamoDbAllocationTable
+
+        table = DynamoDbAllocationTable(aws.client("dynamodb"))
         deadline = time.monotonic() + 180
-        worker = None
-        while worker is None:
+        worker_pid = None
+        while worker_pid is None:  # the job's own worker (not an idle pre-started one)
             assert time.monotonic() < deadline, "the job never started on EC2"
             assert client.poll() is None, client.stdout.read() if client.stdout else ""
-            for instance in aws.instances("running"):
-                host = aws.twin.hosts().get(instance["InstanceId"])
-                if host is None:
-                    continue
-                found = host.run_inside("pgrep", "-f", "meadowrun_core.worker")
-                if found.returncode == 0:
-                    worker = (host, found.stdout.split())
+            with contextlib.suppress(ClientError):  # the client has not made the table yet
+                worker_pid = next(
+                    (a.worker_pid for a in table.list_allocations() if a.worker_pid), None
+                )
             time.sleep(0.3)
         client.send_signal(signal.SIGKILL)
         client.wait()
         killed = time.monotonic()
-        host, pids = worker
+        (instance,) = aws.instances("running")
+        host = aws.twin_host(instance["InstanceId"])
         lease = float(os.environ["MEADOWRUN_LEASE_SECONDS"])
         # the lease lapses within its length; the agent's reconciler (0.5 s) then reads the
         # table on moto, which answers slowly on a loaded machine: a margin for that
         deadline = killed + lease + 10
-        while any(Path(f"/proc/{pid}").exists() for pid in pids):
+        while Path(f"/proc/{worker_pid}").exists():  # the twin shares the pid namespace
             assert time.monotonic() < deadline, "the worker outlived its client's lease"
             time.sleep(0.2)
         print(f"worker stopped {time.monotonic() - killed:.1f} s after its client was killed")

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from meadowrun_core.backend import Backend, CapacityError
 from meadowrun_core.exceptions import MeadowrunError, ResourcesNotAvailableError
@@ -18,6 +21,7 @@ from meadowrun_core.seams.allocation_table import InstanceRecord, instance_suits
 from meadowrun_core.seams.instance_provider import InstanceType
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LAUNCH_TIMEOUT_SECONDS = LAUNCH_GRACE_SECONDS
 
@@ -87,8 +91,11 @@ async def allocate(
                 f"{job_prefix}-{uuid.uuid4().hex[:12]}" for _ in range(count - len(placements))
             ]
             # every table call runs off the event loop's thread (DynamoDB is a network call)
-            placed = await asyncio.to_thread(
-                backend.table.place_on_existing, wanted, resources, client_id, description
+            placed = await _undone_if_cancelled(
+                functools.partial(
+                    backend.table.place_on_existing, wanted, resources, client_id, description
+                ),
+                lambda done: _free(backend, list(done)),
             )
             placements.extend(Placement(job_id, record) for job_id, record in placed.items())
             remaining = [j for j in wanted if j not in placed]
@@ -215,16 +222,18 @@ async def _launch_one(
     """Launch one instance for ``jobs``: its placements; [] if another client took the room
     first; or, when the cloud has no capacity for the type, why (the caller tries the next)."""
     instance_id = f"i-{uuid.uuid4().hex[:10]}"
-    if not await asyncio.to_thread(
-        backend.table.allocate_on_new_instance,
-        instance_id,
-        instance_type,
-        jobs,
-        resources,
-        client_id,
-        description,
-        backend.max_cpu,
-        backend.max_memory_gb,
+    if not await _undone_if_cancelled(
+        lambda: backend.table.allocate_on_new_instance(
+            instance_id,
+            instance_type,
+            jobs,
+            resources,
+            client_id,
+            description,
+            backend.max_cpu,
+            backend.max_memory_gb,
+        ),
+        lambda reserved: _free(backend, jobs) if reserved else None,
     ):
         return []  # another client took the room first; retry from the top
     log.info("launching %s (%s) for %d job(s)", instance_id, instance_type.name, len(jobs))
@@ -240,6 +249,24 @@ async def _launch_one(
             await asyncio.to_thread(backend.table.deallocate, job_id, "allocation abandoned")
         raise
     return [Placement(j, record) for j in jobs]
+
+
+async def _undone_if_cancelled(do: Callable[[], T], undo: Callable[[T], None]) -> T:
+    """``do()`` in a thread (table calls are network calls); if the caller is cancelled
+    meanwhile, the thread still finishes, so what it reserved is given back (``undo``)
+    before the cancellation goes on: a cancel never leaks an allocation."""
+    work = asyncio.ensure_future(asyncio.to_thread(do))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        done = await work
+        await asyncio.to_thread(undo, done)
+        raise
+
+
+def _free(backend: Backend, job_ids: list[str]) -> None:
+    for job_id in job_ids:
+        backend.table.deallocate(job_id, "allocation abandoned")
 
 
 def _make_room(

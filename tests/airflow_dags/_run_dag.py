@@ -115,7 +115,9 @@ def serve() -> None:
             summary = {"error": traceback.format_exc()}
         finally:
             _use_env({})
-        print(f"=== END {request_id} RESULT_JSON {json.dumps(summary, default=str)}", flush=True)
+        # one write, newline included: other threads' log lines must not land inside it
+        sys.stdout.write(f"=== END {request_id} RESULT_JSON {json.dumps(summary, default=str)}\n")
+        sys.stdout.flush()
 
 
 def main() -> None:
