@@ -32,18 +32,19 @@ def _sizes(limit: float) -> list[float]:
     return sizes
 
 
+def _local_type(cpu: float, mem: float) -> InstanceType:
+    """A local instance size, priced by the local cloud's model (per CPU and per GB)."""
+    return InstanceType(
+        name=f"local-{cpu:g}cpu-{mem:g}gb",
+        logical_cpu=cpu,
+        memory_gb=mem,
+        price_per_hour=round(cpu * _PRICE_PER_CPU + mem * _PRICE_PER_GB, 5),
+    )
+
+
 def local_instance_types(max_cpu: float, max_memory_gb: float) -> list[InstanceType]:
     """A grid of sizes up to the local cloud's limit; the largest is the whole limit."""
-    return [
-        InstanceType(
-            name=f"local-{cpu:g}cpu-{mem:g}gb",
-            logical_cpu=cpu,
-            memory_gb=mem,
-            price_per_hour=round(cpu * _PRICE_PER_CPU + mem * _PRICE_PER_GB, 5),
-        )
-        for cpu in _sizes(max_cpu)
-        for mem in _sizes(max_memory_gb)
-    ]
+    return [_local_type(cpu, mem) for cpu in _sizes(max_cpu) for mem in _sizes(max_memory_gb)]
 
 
 def fits(instance_type: InstanceType, resources: Resources) -> bool:
@@ -101,14 +102,7 @@ def _exact_size(
     if placed < 1:
         return []
     cpu, mem = resources.logical_cpu * placed, resources.memory_gb * placed
-    return [
-        InstanceType(
-            name=f"local-{cpu:g}cpu-{mem:g}gb",
-            logical_cpu=cpu,
-            memory_gb=mem,
-            price_per_hour=round(cpu * _PRICE_PER_CPU + mem * _PRICE_PER_GB, 5),
-        )
-    ]
+    return [_local_type(cpu, mem)]
 
 
 class LocalInstanceProvider:
