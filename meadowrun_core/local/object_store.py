@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 from pathlib import Path
 
 from meadowrun_core.seams.object_store import content_key
@@ -28,7 +29,9 @@ class FileObjectStore:
         if not overwrite and _touch(path):
             return key
         path.parent.mkdir(mode=0o700, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}.tmp")
+        # a name of its own per write: two threads putting the same bytes object at once
+        # (one function for several jobs) must not share, and lose, a temporary file
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
