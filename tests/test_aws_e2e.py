@@ -187,6 +187,9 @@ def test_idle_instance_terminates_itself(aws: AwsTwinCloud) -> None:
     while twin_host.powered and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not twin_host.pids(), "the terminated instance's host still runs processes"
+    # its root volume went with it (as EC2 deletes it), its logs stay readable
+    assert not twin_host.path("/opt/meadowrun").exists()
+    assert "runcmd exited with 0" in twin_host.cloud_init_log()
 
 
 def test_spot_interruption_notice_loses_no_task(aws: AwsTwinCloud) -> None:

@@ -34,6 +34,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -182,6 +183,7 @@ class TwinHost:
         self.ingress: tuple[IngressRule, ...] = ()
         self._metadata: tuple[str, int] | None = None
         self.powered = False
+        self._power_lock = threading.Lock()
         self.booted_at = 0.0  # time.time() when its first process started
 
     # --- disk ----------------------------------------------------------------------------------
@@ -398,14 +400,42 @@ class TwinHost:
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
 
     def power_off(self) -> None:
-        if not self.powered:
-            return
-        self.powered = False
-        _kill_namespace(self.namespace)
-        if self._init is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._init.wait(timeout=5)
+        """Kill every process and drop the disk; ``powered`` turns False once both are done."""
+        with self._power_lock:
+            if not self.powered:
+                return
+            _kill_namespace(self.namespace)
+            if self._init is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._init.wait(timeout=5)
+            self._delete_disk()
+            self.powered = False
         _log.info("twin host %s (%s) powered off", self.name, self.ip)
+
+    def _delete_disk(self) -> None:
+        """Drop the disk as EC2 drops a root volume at termination, keeping only the logs.
+
+        ``/var`` (cloud-init's and the bootstrap's logs, a few KB) stays for a failing test to
+        print, as a real account keeps the console output a while; the rest (the agent's venv,
+        job environments: ~450 MB a host) would pile up over a test run until the disk is full.
+        """
+        if not self.disk_dir.exists():
+            return
+        for entry in self.disk_dir.iterdir():
+            if entry.name in _KEPT_AFTER_POWER_OFF:
+                continue
+            _remove(entry)
+        _remove(self.disk_dir / "var" / "tmp")
+
+
+_KEPT_AFTER_POWER_OFF = frozenset({"init.log", "var"})
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _checkout_root() -> Path:

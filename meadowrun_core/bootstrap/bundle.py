@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ INTEGRATION_REQUIREMENTS: dict[str, tuple[str, frozenset[str]]] = {
     "distributed": ("dask", frozenset({"distributed", "array"})),
     "prefect": ("prefect", frozenset()),
 }
+KEPT_BUNDLES = 6  # per client machine: a few Python versions x architectures x integrations
 Root = tuple[str, frozenset[str]]  # a distribution and the extras wanted of it
 _MACHINE_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
 
@@ -88,6 +90,7 @@ def agent_bundle(roots: Iterable[Root], arch: str, cache_dir: Path | None = None
     path = cache / f"{fingerprint}.tar.gz"
     digest_file = path.with_suffix(".sha256")
     if path.exists() and digest_file.exists():
+        path.touch()  # recently used: kept by the pruning below
         return AgentBundle(path, digest_file.read_text().strip(), python, arch)
     log.info(
         "packing meadowrun's agent for %s Python %s (%d distributions, once)",
@@ -110,7 +113,23 @@ def agent_bundle(roots: Iterable[Root], arch: str, cache_dir: Path | None = None
         Path(temp).unlink(missing_ok=True)
         raise
     digest_file.write_text(digest + "\n")
+    _prune(cache, keep=KEPT_BUNDLES)
     return AgentBundle(path, digest, python, arch)
+
+
+def _prune(cache: Path, keep: int) -> None:
+    """Remove all but the ``keep`` most recently used bundles (~55 MB each).
+
+    Every change to the client's code or libraries makes a new bundle; without this a
+    developer's cache grows by one per edit.
+    """
+    bundles = sorted(cache.glob("*.tar.gz"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in bundles[keep:]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".sha256").unlink(missing_ok=True)
+    for leftover in cache.glob("*.tmp"):
+        if time.time() - leftover.stat().st_mtime > 3600:  # a packing that was killed
+            leftover.unlink(missing_ok=True)
 
 
 def _default_cache_dir() -> Path:
