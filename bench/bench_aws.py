@@ -33,6 +33,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -96,18 +97,38 @@ class Metric:
 def metrics(config: dict[str, Any]) -> list[Metric]:
     cycles, calls, tasks = config["cycles"], config["warm_calls"], config["tasks"]
     return [
-        Metric("alloc_p50_ms", f"allocate + deallocate through the seam, p50 ({cycles} cycles)",
-               "ms", False, 2, "alloc"),
-        Metric("alloc_p95_ms", "allocate + deallocate through the seam, p95", "ms", False, 2,
-               "alloc"),
-        Metric("alloc_per_s", "allocate + deallocate cycles per second", "cycles/s", True, 0,
-               "alloc"),
+        Metric(
+            "alloc_p50_ms",
+            f"allocate + deallocate through the seam, p50 ({cycles} cycles)",
+            "ms",
+            False,
+            2,
+            "alloc",
+        ),
+        Metric(
+            "alloc_p95_ms", "allocate + deallocate through the seam, p95", "ms", False, 2, "alloc"
+        ),
+        Metric(
+            "alloc_per_s", "allocate + deallocate cycles per second", "cycles/s", True, 0, "alloc"
+        ),
         Metric("cold_start_s", "cold start, no instance to first result", "s", False, 2, "cold"),
-        Metric("warm_p50_ms", f"warm run_function round trip, p50 ({calls} calls)", "ms", False,
-               1, "warm"),
+        Metric(
+            "warm_p50_ms",
+            f"warm run_function round trip, p50 ({calls} calls)",
+            "ms",
+            False,
+            1,
+            "warm",
+        ),
         Metric("warm_p95_ms", "warm run_function round trip, p95", "ms", False, 1, "warm"),
-        Metric("map_tasks_per_s", f"run_map, {tasks:,} no-op tasks, {CONCURRENT_TASKS} at once",
-               "tasks/s", True, 0, "map"),
+        Metric(
+            "map_tasks_per_s",
+            f"run_map, {tasks:,} no-op tasks, {CONCURRENT_TASKS} at once",
+            "tasks/s",
+            True,
+            0,
+            "map",
+        ),
     ]
 
 
@@ -170,8 +191,9 @@ class Milestones(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         _, texts = self.LOGGERS.get(record.name, (0, {}))
         message = record.getMessage()
-        self.steps.extend((time.perf_counter(), step) for text, step in texts.items()
-                          if text in message)
+        self.steps.extend(
+            (time.perf_counter(), step) for text, step in texts.items() if text in message
+        )
 
     def __enter__(self) -> Milestones:
         for name, (level, _) in self.LOGGERS.items():
@@ -194,6 +216,8 @@ class Milestones(logging.Handler):
 
 
 SERVED = "(served)"
+LEASE = "lease:"
+LEASE_THREAD = "meadowrun-lease"  # meadowrun_core.client.runtime's lease thread
 
 
 class RequestCounter(logging.Handler):
@@ -231,29 +255,45 @@ class RequestCounter(logging.Handler):
 
     def _count(self, event_name: str = "", **_: Any) -> None:
         operation = event_name.removeprefix("before-call.")
+        if threading.current_thread().name == LEASE_THREAD:
+            # the client's lease: one PutItem every lease/3 seconds while it lives, whatever
+            # it does, so counted apart from the requests that an operation makes
+            operation = LEASE + operation
         self.counts[operation] = self.counts.get(operation, 0) + 1
 
     def total(self) -> int:
-        return sum(self.counts.values())
+        return sum(n for op, n in self.counts.items() if not op.startswith(LEASE))
 
     def snapshot(self) -> dict[str, int]:
         return {**self.counts, SERVED: self.served}
 
     def since(self, before: dict[str, int], top: int = 40) -> str:
         delta = {op: n - before.get(op, 0) for op, n in self.counts.items()}
-        delta = {op: n for op, n in delta.items() if n > 0}
+        leases = sum(n for op, n in delta.items() if op.startswith(LEASE))
+        delta = {op: n for op, n in delta.items() if n > 0 and not op.startswith(LEASE)}
         common = sorted(delta.items(), key=lambda item: -item[1])[:top]
-        return (f"{sum(delta.values())} (most: " + ", ".join(f"{op} {n}" for op, n in common)
-                + f"); moto answered {self.served - before[SERVED]} in all meanwhile "
-                "(client, agents, test hosts)")
+        return (
+            f"{sum(delta.values())} (most: "
+            + ", ".join(f"{op} {n}" for op, n in common)
+            + f"), and apart from them {leases} lease renewal(s) of the client's lease "
+            f"thread; moto answered {self.served - before[SERVED]} in all meanwhile "
+            "(client, agents, test hosts)"
+        )
 
     def sent_since(self, before: dict[str, int]) -> int:
-        return self.total() - sum(n for op, n in before.items() if op != SERVED)
+        return self.total() - sum(
+            n for op, n in before.items() if op != SERVED and not op.startswith(LEASE)
+        )
 
 
 # --- 1. the allocation path through the seam ---------------------------------------------------
-def bench_allocation(table: Any, cycles: int, figures: Figures, quiet_wait: float,
-                     requests: Callable[[], int] | None = None) -> None:
+def bench_allocation(
+    table: Any,
+    cycles: int,
+    figures: Figures,
+    quiet_wait: float,
+    requests: Callable[[], int] | None = None,
+) -> None:
     """``requests``: how many requests the table has sent so far, where it sends any."""
     from meadowrun_core.seams.instance_provider import InstanceType
 
@@ -262,8 +302,9 @@ def bench_allocation(table: Any, cycles: int, figures: Figures, quiet_wait: floa
     table.renew_lease(client_id, os.getpid(), 600)
     # one registered instance with room: 4 CPUs, one job of 1 CPU at a time
     small = InstanceType("bench.small", 4, 8, 0.1)
-    assert table.allocate_on_new_instance(instance_id, small, [], RESOURCES, client_id,
-                                          "bench", 64, 256)
+    assert table.allocate_on_new_instance(
+        instance_id, small, [], RESOURCES, client_id, "bench", 64, 256
+    )
     table.register_instance(instance_id, "127.0.0.1:1", os.getpid())
     for number in range(5):  # untimed: connections, caches
         job = f"warm-{number}"
@@ -320,31 +361,48 @@ def get_item_ms(table: Any, count: int = 50) -> float:
 
 
 # --- 2-4. the client API ------------------------------------------------------------------------
-def bench_client(host: mr.Host, deployment: mr.Deployment, config: dict[str, Any],
-                 figures: Figures, quiet_wait: float, count_instances: Callable[[], int],
-                 requests: RequestCounter | None = None) -> None:
+def bench_client(
+    host: mr.Host,
+    deployment: mr.Deployment,
+    config: dict[str, Any],
+    figures: Figures,
+    quiet_wait: float,
+    count_instances: Callable[[], int],
+    requests: RequestCounter | None = None,
+) -> None:
     def counted(before: dict[str, int] | None, what: str, per: int = 1) -> None:
         if requests is not None and before is not None:
             figures.values[f"requests {what}"] = requests.sent_since(before) / per
             figures.values[f"served {what}"] = (requests.served - before[SERVED]) / per
             if per == 1:
-                figures.notes.append(f"AWS requests by the client, {what}: "
-                                     f"{requests.since(before)}")
+                figures.notes.append(
+                    f"AWS requests by the client, {what}: {requests.since(before)}"
+                )
             else:
                 sent = requests.sent_since(before)
                 served = requests.served - before[SERVED]
-                figures.notes.append(f"AWS requests by the client, {what}: {sent / per:.2f} "
-                                     f"per task, moto answered {served / per:.2f} per task in "
-                                     f"all; {requests.since(before)}")
+                figures.notes.append(
+                    f"AWS requests by the client, {what}: {sent / per:.2f} "
+                    f"per task, moto answered {served / per:.2f} per task in "
+                    f"all; {requests.since(before)}"
+                )
 
     def call() -> None:
-        if mr.run_function(noop, host=host, resources=RESOURCES, deployment=deployment,
-                           args=(7,)) != 7:
+        if (
+            mr.run_function(noop, host=host, resources=RESOURCES, deployment=deployment, args=(7,))
+            != 7
+        ):
             raise RuntimeError("run_function returned a wrong answer")
 
     def run_map(tasks: int) -> None:
-        results = mr.run_map(noop, range(tasks), host=host, resources_per_task=RESOURCES,
-                             num_concurrent_tasks=CONCURRENT_TASKS, deployment=deployment)
+        results = mr.run_map(
+            noop,
+            range(tasks),
+            host=host,
+            resources_per_task=RESOURCES,
+            num_concurrent_tasks=CONCURRENT_TASKS,
+            deployment=deployment,
+        )
         if results != list(range(tasks)):
             raise RuntimeError("run_map returned wrong answers")
 
@@ -355,8 +413,10 @@ def bench_client(host: mr.Host, deployment: mr.Deployment, config: dict[str, Any
         figures.values["cold_start_s"] = time.perf_counter() - began
     progress(f"  cold start {figures.values['cold_start_s']:.2f} s")
     if steps := milestones.describe(began):
-        figures.notes.append(f"cold start, seconds from the call: {steps}, result "
-                             f"{figures.values['cold_start_s']:.2f}")
+        figures.notes.append(
+            f"cold start, seconds from the call: {steps}, result "
+            f"{figures.values['cold_start_s']:.2f}"
+        )
     figures.notes.append(f"code mirrored by the first call: {mirrored(host)}")
     counted(before, "cold start")
 
@@ -430,14 +490,25 @@ def request_targets(values: dict[str, float], tasks: int) -> list[str]:
     """Requests per operation next to the targets and Meadowrun 0.2.16's design."""
     rows = [
         ("warm run_function", values.get("requests one warm run_function"), "warm", 1),
-        ("cold start (131-file tree, empty account)", values.get("requests cold start"),
-         "cold", 1),
-        ("cold start (131-file tree, a new client of a set-up account)",
-         values.get("requests cold start, account set up"), "cold", 1),
-        ("run_map, per 1,000 tasks (client)", values.get("requests the timed run_map"),
-         "map", 1000),
-        ("run_map, per 1,000 tasks (client + agents + test hosts)",
-         values.get("served the timed run_map"), "map", 1000),
+        ("cold start (131-file tree, empty account)", values.get("requests cold start"), "cold", 1),
+        (
+            "cold start (131-file tree, a new client of a set-up account)",
+            values.get("requests cold start, account set up"),
+            "cold",
+            1,
+        ),
+        (
+            "run_map, per 1,000 tasks (client)",
+            values.get("requests the timed run_map"),
+            "map",
+            1000,
+        ),
+        (
+            "run_map, per 1,000 tasks (client + agents + test hosts)",
+            values.get("served the timed run_map"),
+            "map",
+            1000,
+        ),
     ]
     lines = ["requests per operation (target; Meadowrun 0.2.16's design):"]
     for what, value, key, scale in rows:
@@ -445,14 +516,17 @@ def request_targets(values: dict[str, float], tasks: int) -> list[str]:
             continue
         figure = value * scale
         verdict = "meets" if figure <= TARGETS[key] else "misses"
-        lines.append(f"  {what}: {figure:.1f} ({verdict} <= {TARGETS[key]:g}; "
-                     f"Meadowrun 0.2.16: {MEADOWRUN_0_2_16[key]})")
+        lines.append(
+            f"  {what}: {figure:.1f} ({verdict} <= {TARGETS[key]:g}; "
+            f"Meadowrun 0.2.16: {MEADOWRUN_0_2_16[key]})"
+        )
     return ["\n".join(lines)] if len(lines) > 1 else []
 
 
 # --- the two clouds -----------------------------------------------------------------------------
-def measure_local(scratch: Path, deployment: mr.Deployment, config: dict[str, Any],
-                  quiet_wait: float) -> Figures:
+def measure_local(
+    scratch: Path, deployment: mr.Deployment, config: dict[str, Any], quiet_wait: float
+) -> Figures:
     from meadowrun_core.client.runtime import ClientRuntime
     from meadowrun_core.local import admin
     from meadowrun_core.local.allocation_table import SqliteAllocationTable
@@ -462,8 +536,9 @@ def measure_local(scratch: Path, deployment: mr.Deployment, config: dict[str, An
     with environment({"MEADOWRUN_HOME": str(home), "MEADOWRUN_LOCAL_MAX_CPU": "2"}):
         try:
             progress("local: allocation path (SqliteAllocationTable)")
-            bench_allocation(SqliteAllocationTable(scratch / "seam.db"), config["cycles"],
-                             figures, quiet_wait)
+            bench_allocation(
+                SqliteAllocationTable(scratch / "seam.db"), config["cycles"], figures, quiet_wait
+            )
             progress(f"  p50 {figures.values['alloc_p50_ms']:.2f} ms")
             progress("local: run_function / run_map")
             host = mr.AllocLocalInstance()
@@ -482,8 +557,9 @@ def measure_local(scratch: Path, deployment: mr.Deployment, config: dict[str, An
     return figures
 
 
-def measure_aws(scratch: Path, deployment: mr.Deployment, config: dict[str, Any],
-                quiet_wait: float) -> Figures:
+def measure_aws(
+    scratch: Path, deployment: mr.Deployment, config: dict[str, Any], quiet_wait: float
+) -> Figures:
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -517,7 +593,8 @@ def measure_aws(scratch: Path, deployment: mr.Deployment, config: dict[str, Any]
             bench_allocation(seam, config["cycles"], figures, quiet_wait, lambda: counter[0])
             figures.notes.append(
                 f"one DynamoDB GetItem on moto, p50: {get_item_ms(seam):.2f} ms (round trip "
-                "through boto3 and moto's HTTP server; it sets the seam's cost)")
+                "through boto3 and moto's HTTP server; it sets the seam's cost)"
+            )
             progress(f"  p50 {figures.values['alloc_p50_ms']:.2f} ms")
 
             reset_moto(endpoint)  # the cold start finds an empty account, no instance
@@ -525,8 +602,9 @@ def measure_aws(scratch: Path, deployment: mr.Deployment, config: dict[str, Any]
             hosts.start()
             os.environ["MEADOWRUN_EC2_ADDRESS_MAP"] = str(hosts.address_map_path)
             progress("aws: run_function / run_map")
-            host = mr.AllocEC2Instance(region_name=REGION, agent_python=sys.executable,
-                                      ssh_cidr="127.0.0.0/8")
+            host = mr.AllocEC2Instance(
+                region_name=REGION, agent_python=sys.executable, ssh_cidr="127.0.0.0/8"
+            )
             ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=endpoint)
 
             def count() -> int:
@@ -573,15 +651,24 @@ def table_rows(results: dict[str, Figures], config: dict[str, Any]) -> list[list
         ratio = "-" if not local or aws is None else _fmt_ratio(aws / local)
         direction = "higher" if metric.higher_is_better else "lower"
         noise = " / ".join(_fmt(results[s].others.get(metric.noise_key), 2) for s in (LOCAL, AWS))
-        rows.append([metric.label, f"{metric.unit} ({direction} is better)",
-                     _fmt(local, metric.digits), _fmt(aws, metric.digits), ratio, noise])
+        rows.append(
+            [
+                metric.label,
+                f"{metric.unit} ({direction} is better)",
+                _fmt(local, metric.digits),
+                _fmt(aws, metric.digits),
+                ratio,
+                noise,
+            ]
+        )
     return rows
 
 
 def _footnotes(results: dict[str, Figures]) -> list[str]:
     lines = [f"{name}: {note}" for name, figures in results.items() for note in figures.notes]
-    lines += [f"{name} FAILED: {figures.error}" for name, figures in results.items()
-              if figures.error]
+    lines += [
+        f"{name} FAILED: {figures.error}" for name, figures in results.items() if figures.error
+    ]
     return lines
 
 
@@ -590,72 +677,79 @@ def render_text(results: dict[str, Figures], config: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    lines += ["", "aws/local = the AWS-on-moto figure divided by the local cloud's, both from "
-              "this run.", *_footnotes(results)]
+    lines += [
+        "",
+        "aws/local = the AWS-on-moto figure divided by the local cloud's, both from this run.",
+        *_footnotes(results),
+    ]
     return "\n".join(lines)
 
 
-def render_markdown(results: dict[str, Figures], config: dict[str, Any], command: str,
-                    machine: dict[str, str]) -> str:
+def render_markdown(
+    results: dict[str, Figures], config: dict[str, Any], command: str, machine: dict[str, str]
+) -> str:
     rows = table_rows(results, config)
     table = ["| " + " | ".join(HEADER) + " |", "|---|---|" + "---:|" * (len(HEADER) - 2)]
     table += ["| " + " | ".join(row) + " |" for row in rows]
     mode = "quick (smoke) run" if config["quick"] else "full run"
-    return "\n".join([
-        SECTION_HEADING,
-        "",
-        f"Measured by `bench/bench_aws.py` ({mode}): every figure on the local cloud, then on "
-        "`AllocEC2Instance` against AWS emulated in the same process, in one run:",
-        "",
-        "```",
-        command,
-        "```",
-        "",
-        *table,
-        "",
-        "`aws/local` is the AWS figure divided by the local cloud's, both measured in this run. "
-        "\"Others' CPU\" is the cores other processes on the machine used while that figure was "
-        "measured (noise, not a result).",
-        "",
-        "What the AWS figures include: the real AWS code path (boto3 over HTTP to DynamoDB, EC2, "
-        "S3 and SQS; SSH with a pinned host key to start the agent and forward its port), but "
-        "moto's server on loopback stands in for AWS, so network latency to real AWS endpoints "
-        "and the speed of real DynamoDB/SQS/S3 are not in them, and each EC2 instance is a "
-        "loopback SSH server started as soon as moto reports the launch (tests/ec2_hosts.py), "
-        "so real EC2 boot time (typically tens of seconds) is not in the cold start. The AWS "
-        "cold start does include setting up an empty account (bucket, secret, DynamoDB table, "
-        "security group, instance profile), mirroring the repository's code into S3 object by "
-        "object, the EC2 launch call, the SSH connection and the agent's start (the notes "
-        "below say when each step ended). moto and the test hosts run on the same machine as "
-        "the client and share its CPUs with it; every AWS request costs a round trip through "
-        "boto3 and moto's HTTP server (one GetItem's p50 is in the notes), so the AWS figures "
-        "scale with the number of requests each operation makes, also counted below. "
-        "`DynamoDbAllocationTable` lists instances through a sparse index on `kind` (a Query "
-        "that real DynamoDB answers from the instance items alone), but moto evaluates an "
-        "index query by walking every stored item, so on moto the cycle still slows as "
-        "history items accumulate (first and last cycles in the notes).",
-        "",
-        "How: (1) one instance launched and registered in the allocation table, then "
-        f"{config['cycles']} cycles of `allocate_on_existing` of one job of `Resources(1, 1)` "
-        "plus `deallocate`, on `SqliteAllocationTable` (temp file) and on "
-        "`DynamoDbAllocationTable` on moto (table made with `.create()`); (2) the first "
-        "`run_function` of a no-op with nothing running (local: fresh `MEADOWRUN_HOME`; AWS: "
-        "moto reset, no test host); (3) "
-        f"{WARM_UP_CALLS} untimed then {config['warm_calls']} timed `run_function` calls; "
-        f"(4) an untimed `run_map` of {WARM_UP_TASKS} tasks, then one of {config['tasks']:,} "
-        f"no-op tasks with `num_concurrent_tasks={CONCURRENT_TASKS}`. Both clouds: "
-        "`Resources(1, 1)`, `Deployment.mirror_local(interpreter=PreinstalledInterpreter("
-        "sys.executable))`; local cloud with `MEADOWRUN_LOCAL_MAX_CPU=2`; AWS with the "
-        "environment of tests/test_aws_e2e.py (`MEADOWRUN_LEASE_SECONDS=3`, "
-        "`MEADOWRUN_VISIBILITY_TIMEOUT=6`, price fixture tests/fixtures/aws).",
-        "",
-        *[f"- {line}" for line in _footnotes(results)],
-        "",
-        "Machine:",
-        "",
-        *[f"- {key}: {value}" for key, value in machine.items()],
-        "",
-    ])
+    return "\n".join(
+        [
+            SECTION_HEADING,
+            "",
+            f"Measured by `bench/bench_aws.py` ({mode}): every figure on the local cloud, then on "
+            "`AllocEC2Instance` against AWS emulated in the same process, in one run:",
+            "",
+            "```",
+            command,
+            "```",
+            "",
+            *table,
+            "",
+            "`aws/local` is the AWS figure divided by the local cloud's, both measured in this "
+            'run. "Others\' CPU" is the cores other processes on the machine used while that '
+            "figure was measured (noise, not a result).",
+            "",
+            "What the AWS figures include: the real AWS code path (boto3 over HTTP to DynamoDB, "
+            "EC2, S3 and SQS; SSH with a pinned host key to start the agent and forward its "
+            "port), but moto's server on loopback stands in for AWS, so network latency to real "
+            "AWS endpoints and the speed of real DynamoDB/SQS/S3 are not in them, and each EC2 "
+            "instance is a loopback SSH server started as soon as moto reports the launch "
+            "(tests/ec2_hosts.py), so real EC2 boot time (typically tens of seconds) is not in "
+            "the cold start. The AWS cold start does include setting up an empty account (bucket,"
+            " secret, DynamoDB table, security group, instance profile), mirroring the "
+            "repository's code into S3 object by object, the EC2 launch call, the SSH connection "
+            "and the agent's start (the notes below say when each step ended). moto and the test "
+            "hosts run on the same machine as the client and share its CPUs with it; every AWS "
+            "request costs a round trip through boto3 and moto's HTTP server (one GetItem's p50 "
+            "is in the notes), so the AWS figures scale with the number of requests each "
+            "operation makes, also counted below. `DynamoDbAllocationTable` lists instances "
+            "through a sparse index on `kind` (a Query that real DynamoDB answers from the "
+            "instance items alone), but moto evaluates an index query by walking every stored "
+            "item, so on moto the cycle still slows as history items accumulate (first and last "
+            "cycles in the notes).",
+            "",
+            "How: (1) one instance launched and registered in the allocation table, then "
+            f"{config['cycles']} cycles of `allocate_on_existing` of one job of `Resources(1, 1)` "
+            "plus `deallocate`, on `SqliteAllocationTable` (temp file) and on "
+            "`DynamoDbAllocationTable` on moto (table made with `.create()`); (2) the first "
+            "`run_function` of a no-op with nothing running (local: fresh `MEADOWRUN_HOME`; AWS: "
+            "moto reset, no test host); (3) "
+            f"{WARM_UP_CALLS} untimed then {config['warm_calls']} timed `run_function` calls; "
+            f"(4) an untimed `run_map` of {WARM_UP_TASKS} tasks, then one of {config['tasks']:,} "
+            f"no-op tasks with `num_concurrent_tasks={CONCURRENT_TASKS}`. Both clouds: "
+            "`Resources(1, 1)`, `Deployment.mirror_local(interpreter=PreinstalledInterpreter("
+            "sys.executable))`; local cloud with `MEADOWRUN_LOCAL_MAX_CPU=2`; AWS with the "
+            "environment of tests/test_aws_e2e.py (`MEADOWRUN_LEASE_SECONDS=3`, "
+            "`MEADOWRUN_VISIBILITY_TIMEOUT=6`, price fixture tests/fixtures/aws).",
+            "",
+            *[f"- {line}" for line in _footnotes(results)],
+            "",
+            "Machine:",
+            "",
+            *[f"- {key}: {value}" for key, value in machine.items()],
+            "",
+        ]
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -663,11 +757,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cycles", type=int, default=200, help="allocate+deallocate cycles")
     parser.add_argument("--warm-calls", type=int, default=30)
     parser.add_argument("--tasks", type=int, default=1000, help="no-op tasks in the timed map")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 50 cycles, 10 warm calls, 200 tasks")
-    parser.add_argument("--quiet-wait", type=float, default=0.0,
-                        help="before each measurement, wait up to this long for other "
-                        "processes to go quiet (a shared machine)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 50 cycles, 10 warm calls, 200 tasks"
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        help="before each measurement, wait up to this long for other "
+        "processes to go quiet (a shared machine)",
+    )
     parser.add_argument("--markdown", type=Path, help="write the section into this Markdown file")
     args = parser.parse_args(argv)
     if args.quick:
@@ -681,17 +780,21 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("meadowrun_core", "tests.ec2_hosts", "asyncssh", "botocore", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     logging.getLogger("meadowrun_core.job").setLevel(logging.CRITICAL)  # workers' stderr
-    config = {"cycles": args.cycles, "warm_calls": args.warm_calls, "tasks": args.tasks,
-              "quick": args.quick}
+    config = {
+        "cycles": args.cycles,
+        "warm_calls": args.warm_calls,
+        "tasks": args.tasks,
+        "quick": args.quick,
+    }
     from bench.report import machine_description, write_section
 
     machine = machine_description()  # before the run: "busy before the run"
     from importlib import metadata
 
-    machine["AWS emulation"] = ", ".join(f"{p} {metadata.version(p)}"
-                                         for p in ("moto", "boto3", "asyncssh"))
-    deployment = mr.Deployment.mirror_local(
-        interpreter=mr.PreinstalledInterpreter(sys.executable))
+    machine["AWS emulation"] = ", ".join(
+        f"{p} {metadata.version(p)}" for p in ("moto", "boto3", "asyncssh")
+    )
+    deployment = mr.Deployment.mirror_local(interpreter=mr.PreinstalledInterpreter(sys.executable))
     scratch = Path(tempfile.mkdtemp(prefix="bench-aws-"))
     started = time.monotonic()
     try:
@@ -703,7 +806,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     progress(f"done in {time.monotonic() - started:.0f} s")
     print(render_text(results, config))
-    command = ("python -m bench.bench_aws " + " ".join(sys.argv[1:] if argv is None else argv))
+    command = "python -m bench.bench_aws " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.markdown:
         section = render_markdown(results, config, command.strip(), machine)
         write_section(args.markdown, section, heading=SECTION_HEADING)

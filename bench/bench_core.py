@@ -192,8 +192,9 @@ def measure_least_noisy(
         progress(f"{system.name}: starting (attempt {attempt})")
         outcome = measure(system, config, args.quiet_wait)
         noise = outcome.figures.get("others_cores", float("inf"))
-        if kept is None or (outcome.error is None and
-                            noise < kept.figures.get("others_cores", float("inf"))):
+        if kept is None or (
+            outcome.error is None and noise < kept.figures.get("others_cores", float("inf"))
+        ):
             kept = outcome
         if outcome.error or args.max_noise is None or noise <= args.max_noise:
             break
@@ -215,15 +216,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--markdown", type=Path, help="write the table into this Markdown file")
     parser.add_argument("--json", type=Path, help="write all figures to this JSON file")
     parser.add_argument(
-        "--systems", default=",".join(SYSTEM_NAMES),
+        "--systems",
+        default=",".join(SYSTEM_NAMES),
         help=f"comma-separated subset of {','.join(SYSTEM_NAMES)} (default: all)",
     )
     parser.add_argument(
-        "--quiet-wait", type=float, default=0.0, metavar="SECONDS",
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
         help="before each system, wait up to this long for other processes to go quiet",
     )
     parser.add_argument(
-        "--max-noise", type=float, metavar="CORES",
+        "--max-noise",
+        type=float,
+        metavar="CORES",
         help="measure a system again if other processes used more cores than this meanwhile",
     )
     parser.add_argument(
@@ -247,7 +254,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def config_from(args: argparse.Namespace) -> Config:
     config = QUICK if args.quick else Config()
     overrides = {
-        "map_tasks": args.map_tasks, "warm_calls": args.warm_calls, "cpu_tasks": args.cpu_tasks,
+        "map_tasks": args.map_tasks,
+        "warm_calls": args.warm_calls,
+        "cpu_tasks": args.cpu_tasks,
         "repeat": args.repeat,
     }
     return replace(config, **{k: v for k, v in overrides.items() if v is not None})

@@ -78,21 +78,33 @@ def make_systems(workers: int, names: list[str]) -> list[System]:
 
     def local(security: bool) -> Callable[[], Any]:
         return lambda: LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True,
-            memory_limit=f"{MEMORY_GB * 0.9}GiB", dashboard_address=":0",
-            security=security or None, silence_logs=logging.ERROR,
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit=f"{MEMORY_GB * 0.9}GiB",
+            dashboard_address=":0",
+            security=security or None,
+            silence_logs=logging.ERROR,
         )
 
     available = {
         "meadowrun": System(
-            "meadowrun", f"MeadowCluster(n_workers={workers}), workers of 1 CPU / {MEMORY_GB} GB "
-            "on the local cloud, TLS (the default)", meadow),
+            "meadowrun",
+            f"MeadowCluster(n_workers={workers}), workers of 1 CPU / {MEMORY_GB} GB "
+            "on the local cloud, TLS (the default)",
+            meadow,
+        ),
         "local": System(
-            "local", f"LocalCluster(n_workers={workers}, threads_per_worker=1, processes=True), "
-            "TCP (its default)", local(False)),
+            "local",
+            f"LocalCluster(n_workers={workers}, threads_per_worker=1, processes=True), "
+            "TCP (its default)",
+            local(False),
+        ),
         "local-tls": System(
-            "local-tls", "the same LocalCluster with security=True (TLS, temporary certificates)",
-            local(True)),
+            "local-tls",
+            "the same LocalCluster with security=True (TLS, temporary certificates)",
+            local(True),
+        ),
     }
     return [available[n] for n in names]
 
@@ -123,12 +135,17 @@ def measure_cold_starts(system: System, workers: int, count: int, quiet_wait: fl
         if quiet_wait:
             wait_until_quiet(quiet_wait)
         with ready_cluster(system, workers, system.cold_ready_s):
-            log.warning("cold start %d: %s ready in %.2f s", number + 1, system.name,
-                        system.cold_ready_s[-1])
+            log.warning(
+                "cold start %d: %s ready in %.2f s",
+                number + 1,
+                system.name,
+                system.cold_ready_s[-1],
+            )
 
 
-def measure(systems: list[System], workers: int, rounds: int, size: int, chunk: int,
-            quiet_wait: float) -> None:
+def measure(
+    systems: list[System], workers: int, rounds: int, size: int, chunk: int, quiet_wait: float
+) -> None:
     from bench.load import CpuMeter, wait_until_quiet
 
     graph, expected = workload(size, chunk)
@@ -144,8 +161,12 @@ def measure(systems: list[System], workers: int, rounds: int, size: int, chunk: 
             try:
                 # one cluster at a time: two in one process share its event loop and GIL
                 with ready_cluster(system, workers, system.ready_s) as client:
-                    log.warning("round %d: %s ready in %.2f s", round_number + 1, system.name,
-                                system.ready_s[-1])
+                    log.warning(
+                        "round %d: %s ready in %.2f s",
+                        round_number + 1,
+                        system.name,
+                        system.ready_s[-1],
+                    )
                     client.compute(warm_up).result()
                     began = time.perf_counter()
                     got = client.compute(graph).result()
@@ -162,8 +183,9 @@ def measure(systems: list[System], workers: int, rounds: int, size: int, chunk: 
             log.warning("round %d: %s workload %.2f s", round_number + 1, system.name, seconds)
 
 
-def render_markdown(systems: list[System], config: dict[str, Any], machine: dict[str, str],
-                    command: str) -> str:
+def render_markdown(
+    systems: list[System], config: dict[str, Any], machine: dict[str, str], command: str
+) -> str:
     lines = [
         SECTION_HEADING,
         "",
@@ -173,7 +195,7 @@ def render_markdown(systems: list[System], config: dict[str, Any], machine: dict
         f"float64 array in {config['chunk']}x{config['chunk']} chunks "
         f"({(config['size'] // config['chunk']) ** 2} chunks, answer checked against NumPy), "
         f"median of {config['rounds']} rounds; in every round each system runs alone (start, "
-        "workload, close), the systems taking turns. \"ready\": cluster created, client "
+        'workload, close), the systems taking turns. "ready": cluster created, client '
         "connected, all workers registered. Cold: median of "
         f"{config['cold_starts']} MeadowCluster starts from nothing (instances launched); "
         "warm: the starts in the rounds, which find the idle instances of the start before.",
@@ -205,7 +227,8 @@ def render_markdown(systems: list[System], config: dict[str, Any], machine: dict
             verdict = ""
             if peer == "local":
                 verdict = " (target <= {:.1f}: {})".format(
-                    TARGET_WORKLOAD_RATIO, "met" if ratio <= TARGET_WORKLOAD_RATIO else "NOT met")
+                    TARGET_WORKLOAD_RATIO, "met" if ratio <= TARGET_WORKLOAD_RATIO else "NOT met"
+                )
             lines.append(f"- workload, meadowrun / {peer}: {ratio:.2f}x{verdict}")
         for label, times in (("cold", ours.cold_ready_s), ("warm", ours.ready_s)):
             if times:
@@ -213,7 +236,8 @@ def render_markdown(systems: list[System], config: dict[str, Any], machine: dict
                 every = ", ".join(f"{t:.2f}" for t in times)
                 lines.append(
                     f"- ready cluster, {label}: {median:.2f} s (each: {every}; target < "
-                    f"{TARGET_READY_S:g} s: {'met' if median < TARGET_READY_S else 'NOT met'})")
+                    f"{TARGET_READY_S:g} s: {'met' if median < TARGET_READY_S else 'NOT met'})"
+                )
     lines.append("")
     lines.append("Machine: " + "; ".join(f"{k}: {v}" for k, v in machine.items()))
     lines.append("")
@@ -228,11 +252,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=6000, help="the array is size x size")
     parser.add_argument("--chunk", type=int, default=750)
     parser.add_argument("--quick", action="store_true", help="1 round, a 2000x2000 array")
-    parser.add_argument("--systems", default="meadowrun,local,local-tls",
-                        help="comma-separated subset of meadowrun,local,local-tls")
-    parser.add_argument("--quiet-wait", type=float, default=0.0,
-                        help="before each cluster start, wait up to this long for other "
-                        "processes to go quiet (a shared machine)")
+    parser.add_argument(
+        "--systems",
+        default="meadowrun,local,local-tls",
+        help="comma-separated subset of meadowrun,local,local-tls",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        help="before each cluster start, wait up to this long for other "
+        "processes to go quiet (a shared machine)",
+    )
     parser.add_argument("--markdown", type=Path, help="write the table into this Markdown file")
     args = parser.parse_args(argv)
     if args.quick:
@@ -271,8 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         admin.clean()
         shutil.rmtree(scratch, ignore_errors=True)
-    config = {"workers": args.workers, "rounds": args.rounds, "size": args.size,
-              "chunk": args.chunk, "cold_starts": args.cold_starts}
+    config = {
+        "workers": args.workers,
+        "rounds": args.rounds,
+        "size": args.size,
+        "chunk": args.chunk,
+        "cold_starts": args.cold_starts,
+    }
     command = "python -m bench.bench_dask " + " ".join(argv or sys.argv[1:])
     section = render_markdown(systems, config, machine_description(), command.strip())
     print(section)

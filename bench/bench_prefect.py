@@ -134,8 +134,12 @@ def make_systems(workers: int, stack: ExitStack, names: list[str]) -> list[Syste
                 progress(f"{name}: prefect-dask is not installed; skipped")
                 continue
             if name == "dask":
-                kwargs = {"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                          "dashboard_address": None}
+                kwargs = {
+                    "n_workers": workers,
+                    "threads_per_worker": 1,
+                    "processes": True,
+                    "dashboard_address": None,
+                }
                 systems.append(
                     System(
                         "dask",
@@ -210,8 +214,9 @@ def measure(systems: list[System], tasks: int, rounds: int) -> list[Result]:
     return list(results.values())
 
 
-def render_markdown(results: list[Result], config: dict[str, Any], machine: dict[str, str],
-                    command: str) -> str:
+def render_markdown(
+    results: list[Result], config: dict[str, Any], machine: dict[str, str], command: str
+) -> str:
     by_name = {r.name: r for r in results}
     lines = [
         SECTION_HEADING,
@@ -220,8 +225,8 @@ def render_markdown(results: list[Result], config: dict[str, Any], machine: dict
         f"each a few microseconds of work) run by each task runner against one temporary "
         f"Prefect server, with the same concurrency ({config['workers']}) for all; median of "
         f"{config['rounds']} flow runs per runner, runners taking turns round after round. "
-        "\"first\" is each runner's first flow run (cluster or instance start, Prefect "
-        "imported in the workers). \"others' cores\": the cores other processes on this "
+        '"first" is each runner\'s first flow run (cluster or instance start, Prefect '
+        'imported in the workers). "others\' cores": the cores other processes on this '
         f"shared {os.cpu_count()}-core machine used meanwhile, on average over its runs.",
         "",
         f"Command: `{command}`",
@@ -268,7 +273,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="20 tasks, 1 round")
     parser.add_argument("--markdown", type=Path, help="write the table into this Markdown file")
     parser.add_argument(
-        "--systems", default="meadowrun,dask,dask-attached,threads",
+        "--systems",
+        default="meadowrun,dask,dask-attached,threads",
         help="comma-separated subset of meadowrun,dask,dask-attached,threads",
     )
     args = parser.parse_args(argv)

@@ -16,8 +16,9 @@ import psutil
 def _busy_cpu_seconds() -> float:
     """CPU seconds the whole machine has spent busy (steal included) since boot."""
     t = psutil.cpu_times()
-    return sum(getattr(t, name, 0.0) for name in
-               ("user", "nice", "system", "irq", "softirq", "steal"))
+    return sum(
+        getattr(t, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq", "steal")
+    )
 
 
 def _own_cpu_seconds() -> float:
@@ -46,8 +47,11 @@ class CpuMeter:
     _own: float = field(default=0.0, init=False)
 
     def start(self) -> None:
-        self._wall, self._busy, self._own = time.perf_counter(), _busy_cpu_seconds(), \
-            _own_cpu_seconds()
+        self._wall, self._busy, self._own = (
+            time.perf_counter(),
+            _busy_cpu_seconds(),
+            _own_cpu_seconds(),
+        )
 
     def stop(self) -> float:
         wall = time.perf_counter() - self._wall

@@ -54,15 +54,28 @@ METRICS = (
     Metric("noop_tasks_per_s", lambda c: f"{c['map_tasks']:,} no-op tasks", "tasks/s", True, 0),
     Metric(
         "cpu_wall_s",
-        lambda c: f"{c['cpu_tasks']} tasks x {c['cpu_seconds'] * 1000:g} ms CPU on "
-        f"{c['workers']} workers",
-        "s wall", False, 2,
+        lambda c: (
+            f"{c['cpu_tasks']} tasks x {c['cpu_seconds'] * 1000:g} ms CPU on {c['workers']} workers"
+        ),
+        "s wall",
+        False,
+        2,
     ),
     Metric("cold_start_s", lambda c: "cold start, nothing to first result", "s", False, 2),
-    Metric("others_cores", lambda c: "CPU used by other processes, whole section (approx.)",
-           "cores", None, 2),
-    Metric("others_cores_cpu_map", lambda c: "CPU used by other processes during the CPU map",
-           "cores", None, 2),
+    Metric(
+        "others_cores",
+        lambda c: "CPU used by other processes, whole section (approx.)",
+        "cores",
+        None,
+        2,
+    ),
+    Metric(
+        "others_cores_cpu_map",
+        lambda c: "CPU used by other processes during the CPU map",
+        "cores",
+        None,
+        2,
+    ),
 )
 
 
@@ -80,9 +93,9 @@ def _absolute(key: str, limit: float, strict: bool) -> Callable[[Figures], bool 
     return check
 
 
-def _relative(key: str, peer: str, factor: float, higher_is_better: bool) -> Callable[
-    [Figures], bool | None
-]:
+def _relative(
+    key: str, peer: str, factor: float, higher_is_better: bool
+) -> Callable[[Figures], bool | None]:
     def check(figures: Figures) -> bool | None:
         ours, theirs = _figure(figures, OURS, key), _figure(figures, peer, key)
         if ours is None or theirs is None:
@@ -127,16 +140,18 @@ HEADER = ["metric", "unit", OURS, *PEERS, *(f"mr/{p}" for p in PEERS), "target",
 def table_rows(report: Report) -> list[list[str]]:
     rows = []
     for metric in METRICS:
-        values = [_fmt(_figure(report.figures, s, metric.key), metric.digits)
-                  for s in (OURS, *PEERS)]
+        values = [
+            _fmt(_figure(report.figures, s, metric.key), metric.digits) for s in (OURS, *PEERS)
+        ]
         if metric.higher_is_better is None:
             ratios, unit = ["-"] * len(PEERS), f"{metric.unit} (machine noise)"
         else:
             ratios = [_ratio(report.figures, p, metric.key) for p in PEERS]
             direction = "higher" if metric.higher_is_better else "lower"
             unit = f"{metric.unit} ({direction} is better)"
-        rows.append([metric.label(report.config), unit, *values, *ratios, *_verdict(metric,
-                                                                                   report.figures)])
+        rows.append(
+            [metric.label(report.config), unit, *values, *ratios, *_verdict(metric, report.figures)]
+        )
     return rows
 
 
@@ -145,8 +160,11 @@ def render_text(report: Report) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    lines += ["", "mr/X = meadowrun's figure divided by X's figure, both from this run.",
-              *_footnotes(report)]
+    lines += [
+        "",
+        "mr/X = meadowrun's figure divided by X's figure, both from this run.",
+        *_footnotes(report),
+    ]
     return "\n".join(lines)
 
 
@@ -166,29 +184,31 @@ def render_markdown(report: Report) -> str:
     machine = [f"- {key}: {value}" for key, value in report.machine.items()]
     notes = [f"- {line}" for line in _footnotes(report)]
     mode = "quick (smoke) run" if report.config.get("quick") else "full run"
-    return "\n".join([
-        SECTION_HEADING,
-        "",
-        f"Measured by `bench/bench_core.py` ({mode}), every system in turn with the same "
-        f"{report.config['workers']} workers, in one run:",
-        "",
-        "```",
-        report.command,
-        "```",
-        "",
-        *table,
-        "",
-        "`mr/X` is meadowrun's figure divided by X's, both measured in this run.",
-        "",
-        "Machine:",
-        "",
-        *machine,
-        "",
-        "Set-up of each system:",
-        "",
-        *notes,
-        "",
-    ])
+    return "\n".join(
+        [
+            SECTION_HEADING,
+            "",
+            f"Measured by `bench/bench_core.py` ({mode}), every system in turn with the same "
+            f"{report.config['workers']} workers, in one run:",
+            "",
+            "```",
+            report.command,
+            "```",
+            "",
+            *table,
+            "",
+            "`mr/X` is meadowrun's figure divided by X's, both measured in this run.",
+            "",
+            "Machine:",
+            "",
+            *machine,
+            "",
+            "Set-up of each system:",
+            "",
+            *notes,
+            "",
+        ]
+    )
 
 
 def write_section(path: Path, section: str, heading: str = SECTION_HEADING) -> None:
@@ -231,8 +251,9 @@ def code_version() -> str:
 
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
-                                  timeout=10).stdout.strip()
+            return subprocess.run(
+                ["git", *args], capture_output=True, text=True, check=True, timeout=10
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
 

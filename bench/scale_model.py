@@ -36,8 +36,8 @@ LIMITS = {
     "s3_put_per_s_per_prefix": 3500,
     "dynamodb_item_writes_per_s": 1000,  # one partition's write units
 }
-MAX_TASKS_PER_MESSAGE = 100  # agent/map_feeder.py
-RESULTS_PER_MESSAGE = 500  # agent/map_feeder.RESULT_FLUSH_COUNT
+MAX_TASKS_PER_MESSAGE = 100  # meadowrun_core/map_messages.py
+RESULTS_PER_MESSAGE = 500  # meadowrun_core/map_messages.RESULT_FLUSH_COUNT
 BATCH_SECONDS = 0.25  # SqsTaskQueue.batch_seconds
 MAX_UNDELETED_RESULTS = 50_000  # client/map_driver.py
 

@@ -73,7 +73,9 @@ class Meadowrun:
 
     def map(self, function: Task, items: Sequence[Any]) -> list[Any]:
         result: list[Any] = self._mr.run_map(
-            function, items, resources_per_task=self._resources,
+            function,
+            items,
+            resources_per_task=self._resources,
             num_concurrent_tasks=self.workers,
         )
         return result
@@ -108,8 +110,11 @@ class DaskLocal:
         from distributed import Client, LocalCluster
 
         self._cluster = LocalCluster(  # type: ignore[no-untyped-call]
-            n_workers=self.workers, threads_per_worker=1, processes=True,
-            dashboard_address=None, silence_logs=logging.ERROR,
+            n_workers=self.workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
             local_directory=str(self.scratch),
         )
         self._client = Client(self._cluster)  # type: ignore[no-untyped-call]

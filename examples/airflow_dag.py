@@ -1,5 +1,5 @@
 """An Airflow DAG whose tasks run on meadowrun instances: ``@task.meadowrun`` with ``.expand``
-and a deferrable ``MeadowrunOperator`` command.
+and a deferrable ``MeadowrunOperator`` command (the task defers while its job runs).
 
 In a deployment, drop this file in your DAGs folder. To try it with nothing set up, run
 ``python examples/airflow_dag.py``: it uses a temporary AIRFLOW_HOME (sqlite) and the embedded
@@ -54,9 +54,11 @@ def meadowrun_example() -> None:
 
     summed = total(square.expand(x=numbers("{{ params.n }}")))
 
+    # A longer step: deferrable, so no worker slot is held while it runs; the triggerer
+    # follows the job and relays its output to this task's log.
     report = MeadowrunOperator(
         task_id="report",
-        command="echo 'sum of squares: {{ ti.xcom_pull(task_ids=\"total\") }}'",
+        command="sleep 2; echo 'sum of squares: {{ ti.xcom_pull(task_ids=\"total\") }}'",
         resources=SMALL,
         deferrable=True,
     )

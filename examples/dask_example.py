@@ -34,13 +34,18 @@ def main() -> None:
     scheduler = mr.Resources(logical_cpu=0.5, memory_gb=0.5, max_eviction_rate=0)
     start = time.perf_counter()
     with (
-        MeadowCluster(n_workers=2, worker_resources=small, scheduler_resources=scheduler)
-        as cluster,
+        MeadowCluster(
+            n_workers=2, worker_resources=small, scheduler_resources=scheduler
+        ) as cluster,
         Client(cluster) as client,
     ):
         client.wait_for_workers(2, timeout=120)
-        log.info("cluster of 2 workers ready in %.2f s at %s (dashboard %s)",
-                 time.perf_counter() - start, cluster.scheduler_address, cluster.dashboard_link)
+        log.info(
+            "cluster of 2 workers ready in %.2f s at %s (dashboard %s)",
+            time.perf_counter() - start,
+            cluster.scheduler_address,
+            cluster.dashboard_link,
+        )
 
         x = da.random.RandomState(0).random((4000, 4000), chunks=(500, 500))
         start = time.perf_counter()

@@ -18,7 +18,8 @@ from meadowrun_core.api import (
     run_map_async,
     wait_job_async,
 )
-from meadowrun_core.client.jobs import JobHandle, JobNotFoundError
+from meadowrun_core.client.job_handle import JobHandle
+from meadowrun_core.client.keyed_jobs import JobNotFoundError
 from meadowrun_core.client.results import JobCancelledError, OutOfMemoryError
 from meadowrun_core.deployment import (
     CondaEnvironmentFile,
@@ -40,6 +41,7 @@ from meadowrun_core.exceptions import (
     TaskResult,
     WorkerDiedError,
 )
+from meadowrun_core.host_info import capacity_shortage, launch_limit
 from meadowrun_core.hosts import (
     AllocAzureVM,
     AllocEC2Instance,
@@ -48,7 +50,8 @@ from meadowrun_core.hosts import (
     resolve_host,
 )
 from meadowrun_core.instance_metadata import current_instance_id, interruption_notice
-from meadowrun_core.job_context import report
+from meadowrun_core.job_context import JobLogForwarder, report
+from meadowrun_core.job_cost import JobCost
 from meadowrun_core.resources import Resources
 
 __all__ = [
@@ -62,7 +65,9 @@ __all__ = [
     "Deployment",
     "Host",
     "JobCancelledError",
+    "JobCost",
     "JobHandle",
+    "JobLogForwarder",
     "JobNotFoundError",
     "LocalCurrentInterpreter",
     "MeadowrunError",
@@ -79,12 +84,14 @@ __all__ = [
     "WorkerDiedError",
     "attach_job",
     "cancel_job",
+    "capacity_shortage",
     "current_instance_id",
     "expose_port",
     "forget_job",
     "interruption_notice",
     "job_info",
     "job_status",
+    "launch_limit",
     "report",
     "resolve_host",
     "run_command",

@@ -1,33 +1,61 @@
 """The public entry points, sync and async. Each validates and uploads everything before
-anything is allocated, then hands the work to the client runtime."""
+anything is allocated, then hands the work to the client runtime.
+
+Here: one function or command, and exposing a port of this machine to instances. Map jobs
+are in ``api_maps.py`` and keyed jobs (attach, status, cancel) in ``api_keyed_jobs.py``;
+their entry points are imported here too, so ``meadowrun_core.api`` names every one."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-from meadowrun_core.client.jobs import (
-    JobHandle,
-    JobNotFoundError,
-    follow_keyed_job,
-    keyed_job_state,
+from meadowrun_core.api_keyed_jobs import (
+    attach_job,
+    cancel_job,
+    forget_job,
+    job_info,
+    job_status,
+    wait_job_async,
+)
+from meadowrun_core.api_maps import (
+    run_map,
+    run_map_as_completed,
+    run_map_as_completed_async,
+    run_map_async,
+)
+from meadowrun_core.client.job_handle import JobHandle
+from meadowrun_core.client.job_prepare import (
+    PreparedJob,
     prepare_command_job,
     prepare_function_job,
 )
-from meadowrun_core.client.map_driver import prepare_map_job
 from meadowrun_core.client.names import check_function_name
 from meadowrun_core.client.runtime import ClientRuntime
 from meadowrun_core.deployment.spec import Deployment
-from meadowrun_core.exceptions import (
-    BadInputError,
-    CommandResult,
-    RunMapTasksFailedException,
-    TaskResult,
-)
+from meadowrun_core.exceptions import BadInputError, CommandResult
 from meadowrun_core.hosts import Host
 from meadowrun_core.resources import Resources
+
+__all__ = [
+    "attach_job",
+    "cancel_job",
+    "current_client_id",
+    "expose_port",
+    "forget_job",
+    "job_info",
+    "job_status",
+    "run_command",
+    "run_command_async",
+    "run_function",
+    "run_function_async",
+    "run_map",
+    "run_map_as_completed",
+    "run_map_as_completed_async",
+    "run_map_async",
+    "wait_job_async",
+]
 
 
 def run_function(
@@ -42,17 +70,55 @@ def run_function(
     job_key: str | None = None,
     detach: bool = False,
     detached_timeout: float | None = None,
+    cache: bool = False,
 ) -> Any:
     """Run ``function(*args, **kwargs)`` on an instance and return its result.
 
-    With ``wait_for_result=False`` return a ``JobHandle`` at once. ``job_key`` names the job so
-    any process can find it (``attach_job``, ``cancel_job``); submitting a key that exists
-    follows the existing job instead of starting another. ``detach=True`` lets the job outlive
-    this process (for at most ``detached_timeout`` seconds, default a day).
+    ``function``: a callable (pickled with cloudpickle) or a name ``"package.module.function"``
+    that the worker imports from the deployed code.
+    ``host`` (default None): where to run: ``AllocLocalInstance()`` (the local cloud),
+    ``AllocEC2Instance(...)``; None means ``MEADOWRUN_HOST``, else the local cloud.
+    ``deployment`` (default None): the interpreter and code the job runs with
+    (``Deployment.mirror_local()``, ``git_repo(...)``, ...); None mirrors the caller's code and
+    environment.
+    ``resources`` (default None: ``Resources()``, 1 CPU and 2 GB): what the job needs.
+    ``args`` (default ()) and ``kwargs`` (default None): the arguments to call it with.
+    ``wait_for_result`` (default True): False returns a ``JobHandle`` at once (``.result()``,
+    ``.done()``, ``.cancel()``).
+    ``job_key`` (default None): a name for the job that any process can find it by
+    (``attach_job``, ``job_status``, ``cancel_job``, ``meadowrun logs KEY``); submitting a key
+    that exists follows that job instead of starting another.
+    ``detach`` (default False): True lets the job outlive this process (needs ``job_key``).
+    ``detached_timeout`` (default None: 24 hours): seconds a detached job may run.
+    ``cache`` (default False): True returns the stored result of an earlier successful call
+    with the same function code, arguments and deployment without running (or launching)
+    anything, and stores this call's result otherwise; failures are never stored. Not with
+    ``job_key``. Results are kept in the cloud's object store for 7 days
+    (``meadowrun cache clear`` empties it).
+
+    Its stdout and stderr stream back while it runs (logged on ``meadowrun_core.job``). An
+    exception it raises is raised here as ``TaskException`` with the remote traceback.
+
+    Example::
+
+        import meadowrun_core as mr
+        mr.run_function(sum, args=([1, 2, 3],))                       # -> 6
+        mr.run_function(train, resources=mr.Resources(logical_cpu=4, memory_gb=16))
+        handle = mr.run_function(train, wait_for_result=False)
+        handle.result()
     """
     check_function_name(function, host, deployment)
     prepared = prepare_function_job(
-        function, host, resources, deployment, args, kwargs, job_key, detach, detached_timeout
+        function,
+        host,
+        resources,
+        deployment,
+        args,
+        kwargs,
+        job_key,
+        detach,
+        detached_timeout,
+        cache=cache,
     )
     if not wait_for_result:
         return prepared.handle()
@@ -71,14 +137,65 @@ async def run_function_async(
     job_key: str | None = None,
     detach: bool = False,
     detached_timeout: float | None = None,
+    cache: bool = False,
 ) -> Any:
-    check_function_name(function, host, deployment)
-    prepared = prepare_function_job(
-        function, host, resources, deployment, args, kwargs, job_key, detach, detached_timeout
+    """The async twin of ``run_function``: ``await`` it for the result.
+
+    Parameters as for ``run_function``: ``function``, ``host`` (default None), ``resources``
+    (default None), ``deployment`` (default None), ``args`` (default ()), ``kwargs`` (default
+    None), ``wait_for_result`` (default True: False returns a ``JobHandle``, itself awaitable),
+    ``job_key`` (default None), ``detach`` (default False), ``detached_timeout`` (default None),
+    ``cache`` (default False: True returns a stored result of the same call, see
+    ``run_function``).
+
+    Example::
+
+        result = await mr.run_function_async(sum, args=([1, 2, 3],))
+    """
+    # validating, pickling and uploading block: do them off the caller's event loop
+    prepared = await asyncio.to_thread(
+        _prepare_function,
+        function,
+        host,
+        resources,
+        deployment,
+        args,
+        kwargs,
+        job_key,
+        detach,
+        detached_timeout,
+        cache,
     )
     if not wait_for_result:
         return prepared.handle()
     return await prepared.runtime.run_async(prepared.job)
+
+
+def _prepare_function(
+    function: Callable[..., Any] | str,
+    host: Host | None,
+    resources: Resources | None,
+    deployment: Deployment | None,
+    args: tuple[Any, ...] | list[Any],
+    kwargs: dict[str, Any] | None,
+    job_key: str | None,
+    detach: bool,
+    detached_timeout: float | None,
+    cache: bool = False,
+) -> PreparedJob:
+    check_function_name(function, host, deployment)
+    return prepare_function_job(
+        function,
+        host,
+        resources,
+        deployment,
+        args,
+        kwargs,
+        job_key,
+        detach,
+        detached_timeout,
+        cache=cache,
+    )
 
 
 def run_command(
@@ -93,9 +210,33 @@ def run_command(
     detach: bool = False,
     detached_timeout: float | None = None,
 ) -> CommandResult | JobHandle[CommandResult]:
-    """Run a command on an instance; its output is streamed to the ``meadowrun_core.job``
-    logger and its exit code returned in a ``CommandResult``. ``job_key``/``detach`` as for
-    ``run_function``."""
+    """Run a command on an instance and return its ``CommandResult`` (``.return_code``).
+
+    ``args``: the command, a list (``["python", "train.py"]``) or a string split as a shell
+    would (no shell runs it). It runs in the mirror of the caller's working directory.
+    ``host`` (default None): where to run: ``AllocLocalInstance()`` (the local cloud),
+    ``AllocEC2Instance(...)``; None means ``MEADOWRUN_HOST``, else the local cloud.
+    ``deployment`` (default None): the interpreter and code the job runs with
+    (``Deployment.mirror_local()``, ``git_repo(...)``, ...); None mirrors the caller's code and
+    environment.
+    ``resources`` (default None: ``Resources()``): what the command needs.
+    ``environment`` (default None): extra environment variables for the command.
+    ``wait_for_result`` (default True): False returns a ``JobHandle`` at once (``.result()``,
+    ``.done()``, ``.cancel()``).
+    ``job_key`` (default None): a name for the job that any process can find it by
+    (``attach_job``, ``job_status``, ``cancel_job``, ``meadowrun logs KEY``); submitting a key
+    that exists follows that job instead of starting another.
+    ``detach`` (default False): True lets the job outlive this process (needs ``job_key``).
+    ``detached_timeout`` (default None: 24 hours): seconds a detached job may run.
+
+    Its output streams back to the ``meadowrun_core.job`` logger while it runs; a non-zero exit
+    code is returned, not raised.
+
+    Example::
+
+        result = mr.run_command(["python", "train.py", "--epochs", "3"])
+        assert result.return_code == 0
+    """
     prepared = prepare_command_job(
         args, host, resources, deployment, environment, job_key, detach, detached_timeout
     )
@@ -117,146 +258,32 @@ async def run_command_async(
     detach: bool = False,
     detached_timeout: float | None = None,
 ) -> CommandResult | JobHandle[CommandResult]:
-    prepared = prepare_command_job(
-        args, host, resources, deployment, environment, job_key, detach, detached_timeout
+    """The async twin of ``run_command``: ``await`` it for the ``CommandResult``.
+
+    Parameters as for ``run_command``: ``args``, ``host`` (default None), ``resources`` (default
+    None), ``deployment`` (default None), ``environment`` (default None), ``wait_for_result``
+    (default True), ``job_key`` (default None), ``detach`` (default False), ``detached_timeout``
+    (default None).
+
+    Example::
+
+        result = await mr.run_command_async("python train.py")
+    """
+    prepared = await asyncio.to_thread(  # off the caller's event loop: it uploads code
+        prepare_command_job,
+        args,
+        host,
+        resources,
+        deployment,
+        environment,
+        job_key,
+        detach,
+        detached_timeout,
     )
     if not wait_for_result:
         return prepared.handle()
     result: CommandResult = await prepared.runtime.run_async(prepared.job)
     return result
-
-
-def run_map_as_completed(
-    function: Callable[..., Any] | str,
-    args: Iterable[Any],
-    *,
-    host: Host | None = None,
-    resources_per_task: Resources | None = None,
-    deployment: Deployment | None = None,
-    num_concurrent_tasks: int | None = None,
-    max_num_task_attempts: int = 1,
-) -> Iterator[TaskResult]:
-    """Yield a ``TaskResult`` per task as each finishes (each task exactly once)."""
-    check_function_name(function, host, deployment)
-    runtime, job = prepare_map_job(
-        function,
-        args,
-        host,
-        resources_per_task,
-        deployment,
-        num_concurrent_tasks,
-        max_num_task_attempts,
-    )
-    if job is None:
-        return
-    batches = job.result_batches()
-    try:
-        while True:
-            try:
-                yield from runtime.run(_next(batches))
-            except StopAsyncIteration:
-                return
-    finally:
-        runtime.run(batches.aclose())
-
-
-async def run_map_as_completed_async(
-    function: Callable[..., Any] | str,
-    args: Iterable[Any],
-    *,
-    host: Host | None = None,
-    resources_per_task: Resources | None = None,
-    deployment: Deployment | None = None,
-    num_concurrent_tasks: int | None = None,
-    max_num_task_attempts: int = 1,
-) -> AsyncIterator[TaskResult]:
-    check_function_name(function, host, deployment)
-    runtime, job = prepare_map_job(
-        function,
-        args,
-        host,
-        resources_per_task,
-        deployment,
-        num_concurrent_tasks,
-        max_num_task_attempts,
-    )
-    if job is None:
-        return
-    batches = job.result_batches()
-    try:
-        while True:
-            try:
-                for result in await runtime.run_async(_next(batches)):
-                    yield result
-            except StopAsyncIteration:
-                return
-    finally:
-        await runtime.run_async(batches.aclose())
-
-
-async def _next(batches: AsyncGenerator[list[TaskResult], None]) -> list[TaskResult]:
-    return await anext(batches)
-
-
-def _in_order(results: Iterable[TaskResult], count_hint: int | None = None) -> list[Any]:
-    collected = sorted(results, key=lambda r: r.task_id)
-    failed = [r for r in collected if not r.is_success]
-    if failed:
-        raise RunMapTasksFailedException(failed)
-    return [r.result for r in collected]
-
-
-def run_map(
-    function: Callable[..., Any] | str,
-    args: Iterable[Any],
-    *,
-    host: Host | None = None,
-    resources_per_task: Resources | None = None,
-    deployment: Deployment | None = None,
-    num_concurrent_tasks: int | None = None,
-    max_num_task_attempts: int = 1,
-) -> list[Any]:
-    """Run ``function`` on every element of ``args``; results in input order.
-
-    Raises ``RunMapTasksFailedException`` (with every failure's traceback) if any task failed
-    after all its attempts.
-    """
-    return _in_order(
-        run_map_as_completed(
-            function,
-            args,
-            host=host,
-            resources_per_task=resources_per_task,
-            deployment=deployment,
-            num_concurrent_tasks=num_concurrent_tasks,
-            max_num_task_attempts=max_num_task_attempts,
-        )
-    )
-
-
-async def run_map_async(
-    function: Callable[..., Any] | str,
-    args: Iterable[Any],
-    *,
-    host: Host | None = None,
-    resources_per_task: Resources | None = None,
-    deployment: Deployment | None = None,
-    num_concurrent_tasks: int | None = None,
-    max_num_task_attempts: int = 1,
-) -> list[Any]:
-    results = [
-        r
-        async for r in run_map_as_completed_async(
-            function,
-            args,
-            host=host,
-            resources_per_task=resources_per_task,
-            deployment=deployment,
-            num_concurrent_tasks=num_concurrent_tasks,
-            max_num_task_attempts=max_num_task_attempts,
-        )
-    ]
-    return _in_order(results)
 
 
 def current_client_id() -> str:
@@ -268,100 +295,15 @@ def expose_port(port: int, *, host: Host | None = None) -> None:
     their ``127.0.0.1:port`` leads to this machine's ``127.0.0.1:port`` (e.g. a Prefect API
     server that the flow process runs). On the local cloud the instances are this machine, so
     nothing is needed; on a cloud it is a reverse forward over the SSH connection to each
-    instance, so no port of this machine is opened to the network."""
+    instance, so no port of this machine is opened to the network.
+
+    ``port``: the port, 1 to 65535. ``host`` (default None: the default host).
+
+    Example::
+
+        mr.expose_port(4200, host=mr.AllocEC2Instance("us-east-1"))
+    """
     if not 0 < port < 65536:
         raise BadInputError(f"expose_port({port}): a port is a number from 1 to 65535")
     runtime = ClientRuntime.get()
     runtime.run(runtime.backend(host).expose(port))
-
-
-# --- keyed jobs: find, follow and cancel a job from any process ------------------------------
-OutputCallback = Callable[[str, bytes], None]
-
-
-def attach_job(
-    job_key: str, *, host: Host | None = None, on_output: OutputCallback | None = None
-) -> JobHandle[Any]:
-    """A handle on the job named ``job_key``. Its output, from the start, goes to
-    ``on_output(stream, data)`` or else is logged. ``result()`` raises ``JobNotFoundError``
-    if no such job exists. Cancelling the handle cancels the job."""
-    runtime = ClientRuntime.get()
-    backend = runtime.backend(host)
-    future = runtime.submit(follow_keyed_job(runtime, backend, job_key, on_output))
-    return _KeyedJobHandle(future, f"job {job_key}", job_key, host)
-
-
-class _KeyedJobHandle(JobHandle[Any]):
-    """A follower of a keyed job: cancelling it cancels the job everywhere."""
-
-    def __init__(self, future: Any, description: str, job_key: str, host: Host | None) -> None:
-        super().__init__(future, description, job_key)
-        self._host = host
-
-    def cancel(self, wait: bool = False, timeout: float = 10.0) -> bool:
-        cancel_job(self.job_key or "", host=self._host, timeout=timeout if wait else 0.0)
-        return super().cancel()
-
-
-async def wait_job_async(
-    job_key: str, *, host: Host | None = None, on_output: OutputCallback | None = None
-) -> Any:
-    """Wait for the job named ``job_key`` and return its value (or raise its error).
-
-    Cancelling this coroutine stops waiting but leaves the job running."""
-    runtime = ClientRuntime.get()
-    backend = runtime.backend(host)
-    return await runtime.run_async(follow_keyed_job(runtime, backend, job_key, on_output))
-
-
-def job_status(job_key: str, *, host: Host | None = None) -> str:
-    """``unknown``; ``pending`` (submitted, not yet running on an instance); ``running``; or
-    how it ended (``succeeded``, ``exited``, ``failed``, ``cancelled``, ``died``, ...).
-    Reads the table only; cheap."""
-    return str(job_info(job_key, host=host)["status"])
-
-
-def job_info(job_key: str, *, host: Host | None = None) -> dict[str, Any]:
-    """Status (as ``job_status``), ``job_id`` (the prefix of its output lines) and
-    ``instance_id`` of the job named ``job_key``."""
-    backend = ClientRuntime.get().backend(host)
-    try:
-        row = keyed_job_state(backend, job_key)
-    except JobNotFoundError:
-        return {"status": "unknown", "job_id": None, "instance_id": None}
-    if row["status"] == "ended":
-        status = str(json.loads(str(row["final"]))["status"])
-    else:
-        status = "running" if row["status"] == "running" else "pending"
-    job_id = row["job_id"] if row["job_id"] != "pending" else None
-    return {"status": status, "job_id": job_id, "instance_id": row["instance_id"]}
-
-
-def cancel_job(job_key: str, *, host: Host | None = None, timeout: float = 10.0) -> bool:
-    """Stop the job named ``job_key`` and free its allocation. True if it was running."""
-    runtime = ClientRuntime.get()
-    backend = runtime.backend(host)
-
-    async def cancel() -> bool:
-        row = backend.table.get_job_key(job_key)
-        if row is None or row["status"] == "ended" or not row["instance_id"]:
-            return False
-        instance = backend.table.get_instance(str(row["instance_id"]))
-        if instance is None or instance.address is None:
-            return False
-        conn = await runtime.connection(instance, backend)
-        conn.send({"type": "cancel", "job_id": row["job_id"], "reason": "cancel_job"})
-        deadline = asyncio.get_running_loop().time() + timeout
-        while asyncio.get_running_loop().time() < deadline:
-            current = backend.table.get_job_key(job_key)
-            if current is None or current["status"] == "ended":
-                return True
-            await asyncio.sleep(0.02)
-        return True
-
-    return runtime.run(cancel())
-
-
-def forget_job(job_key: str, *, host: Host | None = None) -> bool:
-    """Delete the stored record (and outcome) of a keyed job."""
-    return ClientRuntime.get().backend(host).table.forget_job_key(job_key)

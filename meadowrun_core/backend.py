@@ -12,13 +12,9 @@ from typing import Protocol
 
 from meadowrun_core.config import Settings
 from meadowrun_core.exceptions import MeadowrunError
-from meadowrun_core.resources import Resources
-from meadowrun_core.seams.allocation_table import AllocationTable, InstanceRecord
-from meadowrun_core.seams.instance_provider import InstanceType
-from meadowrun_core.seams.object_store import ObjectStore
-from meadowrun_core.seams.secret_store import SecretStore
-from meadowrun_core.seams.task_queue import TaskQueue
-from meadowrun_core.serialization import Signer
+from meadowrun_core.seams.allocation_table import InstanceRecord
+from meadowrun_core.seams.cloud import CloudSeams
+from meadowrun_core.seams.instance_provider import Provider
 
 
 class CapacityError(Exception):
@@ -36,32 +32,9 @@ class LaunchError(MeadowrunError):
     failed); it has been terminated, and the message says why."""
 
 
-class Provider(Protocol):
-    """Instance types, choosing among them, and starting and stopping instances."""
+class Backend(CloudSeams, Protocol):
+    """A cloud as the client sees it; its seams are ``CloudSeams``' members."""
 
-    def check_satisfiable(self, resources: Resources) -> None:
-        """Raise ``ResourcesNotAvailableError`` naming the largest type if nothing could fit."""
-        ...
-
-    def choices(
-        self, resources: Resources, workers: int, room_cpu: float, room_memory_gb: float
-    ) -> list[tuple[InstanceType, int]]:
-        """Types that fit within the room, best first, with how many workers each holds."""
-        ...
-
-    async def launch(self, instance_id: str, instance_type: InstanceType) -> None:
-        """Start the instance and its agent, which then registers in the allocation table.
-        Raises ``CapacityError`` when the cloud cannot start this type now."""
-        ...
-
-    def terminate(self, instance_id: str, agent_pid: int | None = None) -> None: ...
-
-    def failure_hint(self, instance_id: str) -> str:
-        """Where to look when an instance did not start (its log's tail, if reachable)."""
-        ...
-
-
-class Backend(Protocol):
     @property
     def key(self) -> str:
         """Identifies this cloud within the process (caches and signals are per key)."""
@@ -72,7 +45,6 @@ class Backend(Protocol):
         """Names the cloud in messages, e.g. 'the local cloud' or 'AWS us-east-1'."""
         ...
 
-    # read-only here, so each cloud may hold its own concrete seam classes
     @property
     def home(self) -> Path:
         """Local directory for this cloud's client-side caches."""
@@ -87,24 +59,7 @@ class Backend(Protocol):
     def settings(self) -> Settings: ...
 
     @property
-    def table(self) -> AllocationTable: ...
-
-    @property
-    def queues(self) -> TaskQueue: ...
-
-    @property
-    def store(self) -> ObjectStore: ...
-
-    @property
     def provider(self) -> Provider: ...
-
-    @property
-    def signer(self) -> Signer: ...
-
-    @property
-    def secrets(self) -> SecretStore:
-        """The cloud's named secrets (what deployments' ``*_secret`` names refer to)."""
-        ...
 
     @property
     def max_cpu(self) -> float: ...

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from meadowrun_core.job_cost import JobCost
+
 
 class MeadowrunError(Exception):
     """Base class for errors raised by meadowrun itself (not by the user's code)."""
@@ -12,6 +14,14 @@ class MeadowrunError(Exception):
 
 class BadInputError(MeadowrunError, ValueError):
     """The caller asked for something that cannot work; raised before anything is launched."""
+
+
+class StateDamagedError(MeadowrunError):
+    """A state database was damaged; it was moved aside and an empty one started."""
+
+
+class StateGoneError(MeadowrunError):
+    """The state directory was removed while a process used it (its agents stop)."""
 
 
 class ResourcesNotAvailableError(MeadowrunError):
@@ -25,8 +35,16 @@ class WorkerDiedError(MeadowrunError):
 class TaskException(MeadowrunError):
     """The user's code raised on the worker.
 
-    ``remote_traceback`` holds the worker's formatted traceback; ``original`` is the
-    exception object itself when it could be pickled back.
+    ``message``: what went wrong, one line. ``remote_traceback`` (default ""): the worker's
+    formatted traceback. ``original`` (default None): the exception object itself when it could
+    be pickled back.
+
+    Example::
+
+        try:
+            mr.run_function(f)
+        except mr.TaskException as exc:
+            print(exc.remote_traceback)
     """
 
     def __init__(
@@ -48,13 +66,31 @@ class TaskException(MeadowrunError):
 
 @dataclass
 class TaskResult:
-    """The outcome of one map task; ``result`` on success, ``exception`` otherwise."""
+    """The outcome of one map task (``run_map_as_completed`` yields them).
+
+    ``task_id``: the task's position in ``args``. ``is_success``: whether it succeeded.
+    ``result`` (default None): its value on success. ``exception`` (default None): a
+    ``TaskException`` otherwise. ``attempt`` (default 1): the attempt that produced it.
+    ``cached`` (default False): True when the result came from the result cache
+    (``cache=True``) and nothing ran for it. ``cost`` (default None: not measured, e.g. a
+    task lost with its instance): a ``JobCost`` for the task's own run time on its worker
+    slot, summed over the attempts received before it was reported, times the slot's CPU
+    share of its instance, at the instance's price; a slot's start-up and idle time is in
+    ``meadowrun jobs --history``, not here.
+
+    Example::
+
+        for r in mr.run_map_as_completed(f, items):
+            value = r.result_or_raise()
+    """
 
     task_id: int
     is_success: bool
     result: Any = None
     exception: TaskException | None = None
     attempt: int = 1
+    cached: bool = False
+    cost: JobCost | None = None
 
     def result_or_raise(self) -> Any:
         if not self.is_success:
@@ -64,7 +100,17 @@ class TaskResult:
 
 
 class RunMapTasksFailedException(MeadowrunError):
-    """Some map tasks failed after all their attempts; each failure keeps its traceback."""
+    """Some map tasks failed after all their attempts; each failure keeps its traceback.
+
+    ``failed_tasks``: the ``TaskResult`` of every failed task (``.exception.remote_traceback``).
+
+    Example::
+
+        try:
+            mr.run_map(f, items)
+        except mr.RunMapTasksFailedException as exc:
+            ids = [t.task_id for t in exc.failed_tasks]
+    """
 
     def __init__(self, failed_tasks: list[TaskResult]) -> None:
         self.failed_tasks = failed_tasks
@@ -79,7 +125,14 @@ class RunMapTasksFailedException(MeadowrunError):
 
 @dataclass(frozen=True)
 class CommandResult:
-    """How a ``run_command`` job ended."""
+    """How a ``run_command`` job ended.
+
+    ``return_code``: the command's exit code. ``job_id``: the job's id (``meadowrun logs``).
+
+    Example::
+
+        assert mr.run_command("true").return_code == 0
+    """
 
     return_code: int
     job_id: str

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 from meadowrun_core.exceptions import BadInputError
 
@@ -13,35 +16,109 @@ class Host:
     """Base class of hosts; a host names a cloud and how instances are allocated there."""
 
 
+def _checked_custom_resources(host: str, value: Any) -> dict[str, float] | None:
+    """``custom_resources`` as a private copy, or a ``BadInputError`` naming what is wrong:
+    names are non-empty strings, amounts positive numbers."""
+    if value is None:
+        return None
+    example = f"{host}(custom_resources={{'TEMPERATURE_SENSOR': 4}})"
+    if not isinstance(value, Mapping):
+        raise BadInputError(
+            f"{host}(custom_resources={value!r}) must be a dict of name -> amount that each "
+            f"instance offers, e.g. {example}"
+        )
+    checked: dict[str, float] = {}
+    for name, amount in value.items():
+        if not isinstance(name, str) or not name.strip():
+            raise BadInputError(
+                f"{host}(custom_resources=...) has the name {name!r}: names must be non-empty "
+                f"strings, e.g. {example}"
+            )
+        if (
+            not isinstance(amount, int | float)
+            or isinstance(amount, bool)
+            or not math.isfinite(amount)
+            or amount <= 0
+        ):
+            raise BadInputError(
+                f"{host}(custom_resources=...) offers {amount!r} of {name!r}: amounts must be "
+                f"positive numbers (how many one instance has), e.g. {example}"
+            )
+        checked[name] = amount
+    return checked
+
+
+def _hash_host(host: Host) -> int:
+    """Hosts key per-process caches; ``custom_resources`` (a dict) hashes as sorted pairs."""
+    values = []
+    for f in fields(host):
+        value = getattr(host, f.name)
+        values.append(tuple(sorted(value.items())) if isinstance(value, dict) else value)
+    return hash((type(host).__name__, *values))
+
+
 @dataclass(frozen=True)
 class AllocLocalInstance(Host):
-    """Instances are agent processes on this machine, state under ``MEADOWRUN_HOME``.
+    """The embedded local cloud, the default host: instances are agent processes on this
+    machine, state under ``MEADOWRUN_HOME``.
 
-    ``idle_timeout`` (seconds) is how long an instance with no job lives on; ``max_cpu`` and
-    ``max_memory_gb`` cap what the local cloud may launch in total (default: this machine);
-    ``home`` picks a local cloud other than ``MEADOWRUN_HOME``'s.
+    ``idle_timeout`` (default None: ``MEADOWRUN_IDLE_TIMEOUT``, 60 s): how long an instance
+    with no job lives on. ``max_cpu`` and ``max_memory_gb`` (default None:
+    ``MEADOWRUN_LOCAL_MAX_CPU`` / ``_MAX_MEMORY_GB``, else this machine's size): what the local
+    cloud may launch in total. ``home`` (default None: ``MEADOWRUN_HOME``, else
+    ``~/.meadowrun``): picks another local cloud. ``custom_resources`` (default None: none):
+    what each instance this host launches offers beyond CPU and memory, as name -> amount
+    (``{"TEMPERATURE_SENSOR": 4}``); jobs asking for them with ``Resources(custom=...)`` are
+    placed only where enough is free, counted like CPU and memory.
+
+    Example::
+
+        mr.run_function(f, host=mr.AllocLocalInstance(max_cpu=2, idle_timeout=5))
+        mr.run_function(
+            f,
+            host=mr.AllocLocalInstance(custom_resources={"TEMPERATURE_SENSOR": 4}),
+            resources=mr.Resources(custom={"TEMPERATURE_SENSOR": 1}),
+        )
     """
 
     idle_timeout: float | None = None
     max_cpu: float | None = None
     max_memory_gb: float | None = None
     home: str | None = None
+    custom_resources: Mapping[str, float] | None = None
+
+    __hash__ = _hash_host
+
+    def __post_init__(self) -> None:
+        custom = _checked_custom_resources("AllocLocalInstance", self.custom_resources)
+        object.__setattr__(self, "custom_resources", custom)
 
 
 @dataclass(frozen=True)
 class AllocEC2Instance(Host):
-    """Instances are EC2 instances (spot where ``Resources.max_eviction_rate`` allows) in the
-    caller's AWS account, state in DynamoDB, queues in SQS, objects in S3.
+    """EC2 instances in the caller's AWS account (spot where ``Resources.max_eviction_rate``
+    allows), state in DynamoDB, queues in SQS, objects in S3.
 
-    ``ami_id`` defaults to the region's latest Amazon Linux 2023 image (looked up in SSM);
-    ``security_group_ids`` to a meadowrun group allowing SSH; ``iam_role_instance_profile``
-    to the profile ``meadowrun install --cloud aws`` creates. ``max_cpu`` and ``max_memory_gb``
-    cap what may run at once (a spending guard; ``MEADOWRUN_AWS_MAX_CPU`` /
-    ``MEADOWRUN_AWS_MAX_MEMORY_GB``). By default a fresh instance gets meadowrun-core (this
-    client's exact version and dependencies) from S3 at boot; ``agent_python`` names an
-    interpreter with meadowrun-core already on the image instead. ``ssh_cidr`` is who may
-    SSH in (default: this client's own address, as AWS's checkip service sees it);
-    ``use_private_ip`` connects to private addresses (from inside the VPC).
+    ``region_name`` (default None: ``AWS_DEFAULT_REGION``, else us-east-1). ``ami_id`` (default
+    None: the region's latest Amazon Linux 2023 image, looked up in SSM). ``subnet_id`` (default
+    None: EC2 picks a default subnet). ``security_group_ids`` (default (): a meadowrun group
+    allowing SSH from ``ssh_cidr``). ``iam_role_instance_profile`` (default None: the profile
+    ``meadowrun install --cloud aws`` creates). ``idle_timeout`` (default None:
+    ``MEADOWRUN_IDLE_TIMEOUT``, 60 s): how long an idle instance lives on. ``max_cpu`` and
+    ``max_memory_gb`` (default None: ``MEADOWRUN_AWS_MAX_CPU`` / ``MEADOWRUN_AWS_MAX_MEMORY_GB``):
+    a spending guard on what may run at once. ``agent_python`` (default None: a fresh instance
+    gets this client's exact meadowrun-core and dependencies from S3 at boot): an interpreter on
+    the image that already has meadowrun-core. ``ssh_cidr`` (default None: this client's own
+    address, as AWS's checkip service sees it): who may SSH in. ``use_private_ip`` (default
+    False): connect to private addresses (from inside the VPC). ``launch_timeout`` (default
+    300.0): seconds an instance may take to boot before its launch fails.
+    ``custom_resources`` (default None: none): what every instance this host launches offers
+    beyond its type's hardware, as name -> amount (``{"licenses": 2}``), for jobs asking with
+    ``Resources(custom=...)``; counted like CPU and memory.
+
+    Example::
+
+        mr.run_function(f, host=mr.AllocEC2Instance("us-east-1", max_cpu=64))
     """
 
     region_name: str | None = None
@@ -56,8 +133,13 @@ class AllocEC2Instance(Host):
     ssh_cidr: str | None = None
     use_private_ip: bool = False
     launch_timeout: float = 300.0
+    custom_resources: Mapping[str, float] | None = None
+
+    __hash__ = _hash_host
 
     def __post_init__(self) -> None:
+        custom = _checked_custom_resources("AllocEC2Instance", self.custom_resources)
+        object.__setattr__(self, "custom_resources", custom)
         if self.ssh_cidr is not None:
             import ipaddress
 
@@ -72,11 +154,26 @@ class AllocEC2Instance(Host):
 
 @dataclass(frozen=True)
 class AllocAzureVM(Host):
+    """Azure VMs (not built yet: using it fails with a message).
+
+    ``location`` (default None): the Azure region.
+
+    Example::
+
+        mr.AllocAzureVM(location="eastus")
+    """
+
     location: str | None = None
 
 
 def resolve_host(host: Host | None) -> Host:
-    """``host=None`` means ``MEADOWRUN_HOST`` (local, ec2, azure), else the local cloud."""
+    """The host ``host`` stands for: itself, or for None ``MEADOWRUN_HOST`` (local, ec2,
+    azure), else the local cloud.
+
+    Example::
+
+        mr.resolve_host(None)   # AllocLocalInstance() unless MEADOWRUN_HOST says otherwise
+    """
     if host is not None:
         if not isinstance(host, Host):
             raise BadInputError(

@@ -1,18 +1,11 @@
-"""What a running job can learn about its instance (the local cloud's IMDS)."""
+"""What a running job can learn about its instance, on any cloud."""
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 
-from meadowrun_core.config import meadowrun_home
-from meadowrun_core.local.allocation_table import SqliteAllocationTable
-
-
-@functools.cache
-def _table() -> SqliteAllocationTable:
-    return SqliteAllocationTable(meadowrun_home() / "state.db")
+from meadowrun_core import clouds
 
 
 def current_instance_id() -> str | None:
@@ -32,7 +25,4 @@ def interruption_notice() -> float | None:
             return float(Path(notice_file).read_text())
         except (OSError, ValueError):
             pass
-    if os.environ.get("MEADOWRUN_CLOUD", "local") != "local":
-        return None
-    record = _table().get_instance(instance_id)
-    return None if record is None else record.interruption_at
+    return clouds.current().job_interruption_notice(instance_id)

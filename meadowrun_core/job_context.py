@@ -40,10 +40,19 @@ class ForwardedLog:
     exc_text: str | None = None
 
 
-class LogForwarder(logging.Handler):
-    """Sends each record to the client through the job's report channel. Installed on the
-    worker's root logger (and on library loggers that do not propagate); records logged
-    between jobs have no client and are dropped by the agent."""
+class JobLogForwarder(logging.Handler):
+    """A logging handler for code running inside a job: sends each record of ``level`` and
+    up (default ``logging.NOTSET``: all) to the job's client as a record, logged there at its
+    own level under its own logger's name rather than as a line of stderr. Outside a job it
+    does nothing.
+
+    The worker installs one on its root logger; add another to a logger that does not
+    propagate (a library's), or with a higher ``level`` to forward less.
+
+    Example::
+
+        logging.getLogger("distributed").addHandler(mr.JobLogForwarder(logging.WARNING))
+    """
 
     def emit(self, record: logging.LogRecord) -> None:
         if _reporter is None:
@@ -61,4 +70,4 @@ class LogForwarder(logging.Handler):
             self.handleError(record)
 
 
-forwarder = LogForwarder()
+forwarder = JobLogForwarder()

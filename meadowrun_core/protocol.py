@@ -19,8 +19,10 @@ import secrets
 import socket
 import struct
 import time
+from collections.abc import Mapping
 from typing import Any
 
+from meadowrun_core.frames import Hello
 from meadowrun_core.serialization import Signer, UnauthenticatedDataError
 
 _U32 = struct.Struct("!I")
@@ -39,7 +41,7 @@ class FrameTooLargeError(ValueError):
     """A frame's length prefix is over the limit of where it was read."""
 
 
-def encode_frame(signer: Signer, header: Header, blob: bytes = b"") -> bytes:
+def encode_frame(signer: Signer, header: Mapping[str, Any], blob: bytes = b"") -> bytes:
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     body = _U32.pack(len(header_bytes)) + header_bytes + blob
     length = len(body) + _MAC_LEN
@@ -80,9 +82,8 @@ async def read_frame(
 
 def hello_frame(signer: Signer) -> bytes:
     """The first frame of every connection to an agent."""
-    return encode_frame(
-        signer, {"type": "hello", "time": time.time(), "nonce": secrets.token_hex(16)}
-    )
+    hello: Hello = {"type": "hello", "time": time.time(), "nonce": secrets.token_hex(16)}
+    return encode_frame(signer, hello)
 
 
 class HelloGuard:
@@ -108,7 +109,9 @@ class HelloGuard:
         self._seen[nonce] = now
 
 
-def send_frame_sync(sock: socket.socket, signer: Signer, header: Header, blob: bytes = b"") -> None:
+def send_frame_sync(
+    sock: socket.socket, signer: Signer, header: Mapping[str, Any], blob: bytes = b""
+) -> None:
     sock.sendall(encode_frame(signer, header, blob))
 
 

@@ -10,10 +10,21 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Resources:
-    """CPU, memory, GPUs and flags a job needs on its instance.
+    """What a job (or each map task) needs on its instance; checked on construction, so an
+    impossible request fails before anything is launched.
 
-    ``max_eviction_rate`` is the highest spot interruption probability (percent) that is
-    acceptable; 0 means on-demand instances only.
+    ``logical_cpu`` (default 1): CPUs, fractions allowed. ``memory_gb`` (default 2): memory; a
+    job that uses more is stopped with ``OutOfMemoryError``. ``max_eviction_rate`` (default
+    80): the highest spot interruption probability (percent) acceptable; 0 means on-demand
+    instances only. ``gpus`` (default 0): GPUs. ``gpu_memory`` (default None: any): GB of memory
+    per GPU. ``flags`` (default ()): instance features such as ``"nvidia"``, ``"avx512"``,
+    ``"arm64"``. ``custom`` (default None): amounts of custom resources (e.g.
+    ``{"licenses": 1}``), placed only on instances that offer them.
+
+    Example::
+
+        mr.run_function(f, resources=mr.Resources(logical_cpu=4, memory_gb=16))
+        mr.Resources(gpus=1, flags=("nvidia",), max_eviction_rate=0)
     """
 
     logical_cpu: float = 1

@@ -17,36 +17,17 @@ import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cloudpickle
 
-from meadowrun_core import job_context
+from meadowrun_core import clouds, frames, job_context
 from meadowrun_core.config import meadowrun_home
 from meadowrun_core.deployment.code_mirror import materialize
-from meadowrun_core.local.object_store import FileObjectStore
+from meadowrun_core.function_names import import_function
 from meadowrun_core.protocol import read_frame_sync, send_frame_sync
 from meadowrun_core.seams.object_store import ObjectStore, get_verified
 from meadowrun_core.serialization import Signer, dumps_fast
-
-
-def _import_function(qualified_name: str) -> Any:
-    module_name, _, attr = qualified_name.rpartition(".")
-    if not module_name:
-        raise ValueError(f"function name {qualified_name!r} must be 'package.module.function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ImportError(
-            f"cannot import module {module_name!r} for {qualified_name!r} on the worker: {exc}. "
-            "Is the code part of the deployment (Deployment.mirror_local or git_repo)?"
-        ) from exc
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise AttributeError(
-            f"module {module_name!r} has no attribute {attr!r} (asked for {qualified_name!r})"
-        ) from None
 
 
 def _describe_failure(exc: BaseException) -> bytes:
@@ -67,13 +48,17 @@ class Worker:
         self._store = store
         self._functions: dict[str, Any] = {}
         self._code_loaded: str | None = None
+        self._mirrors: dict[str, str] = {}  # a caller's directory -> its mirror here
 
     def load_code(self, manifest_key: str | None, cache_dir: Path) -> None:
         if manifest_key is None or manifest_key == self._code_loaded:
             return
         cache_dir.mkdir(parents=True, exist_ok=True)
         front: list[str] = []
+        self._mirrors = {}
         for root in materialize(self._store, self._signer, manifest_key, cache_dir):
+            if root.original:
+                self._mirrors[root.original] = root.path
             # restore the caller's order: an entry this interpreter also has (an editable
             # install's path) is replaced in place, the others go where they stood
             if root.original and root.original in sys.path:
@@ -86,51 +71,70 @@ class Worker:
         importlib.invalidate_caches()
         self._code_loaded = manifest_key
 
-    def _function(self, header: dict[str, Any]) -> Any:
-        if "function_name" in header:
-            name = header["function_name"]
+    def _function(self, function: frames.FunctionRef) -> Any:
+        if "function_name" in function:
+            name = function["function_name"]
             if name not in self._functions:
-                self._functions[name] = _import_function(name)
+                self._functions[name] = import_function(name)
             return self._functions[name]
-        key = header["function_key"]
+        key = function["function_key"]
         if key not in self._functions:
             self._functions[key] = pickle.loads(get_verified(self._store, self._signer, key))
         return self._functions[key]
 
-    def call(self, header: dict[str, Any], blob: bytes) -> tuple[dict[str, Any], bytes]:
-        """Run one call; never raises, failures are reported as data."""
+    def call(
+        self,
+        function: frames.FunctionRef,
+        blob: bytes,
+        *,
+        single_argument: bool = False,
+        caller_cwd: str | None = None,
+        workdir: str | None = None,
+    ) -> tuple[frames.Result, bytes]:
+        """Run one call (a batch task's blob is its one argument, a call's its ``(args,
+        kwargs)``); never raises, failures are reported as data."""
         try:
-            function = self._function(header)
-            if header.get("single_argument"):
+            self._enter_workdir(caller_cwd, workdir)
+            function_object = self._function(function)
+            if single_argument:
                 args, kwargs = (pickle.loads(blob),), {}
             else:
                 args, kwargs = pickle.loads(blob)
         except BaseException as exc:
-            return {"ok": False, "stage": "load"}, _describe_failure(exc)
+            return {"type": "result", "ok": False, "stage": "load"}, _describe_failure(exc)
         try:
-            result = function(*args, **kwargs)
+            result = function_object(*args, **kwargs)
         except MemoryError as exc:
-            return {"ok": False, "stage": "memory"}, _describe_failure(exc)
+            return {"type": "result", "ok": False, "stage": "memory"}, _describe_failure(exc)
         except BaseException as exc:
-            return {"ok": False, "stage": "run"}, _describe_failure(exc)
+            return {"type": "result", "ok": False, "stage": "run"}, _describe_failure(exc)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
         try:
-            return {"ok": True}, dumps_fast(result)
+            return {"type": "result", "ok": True}, dumps_fast(result)
         except BaseException as exc:
             error = TypeError(
                 f"the result of type {type(result).__name__} cannot be pickled to send it back: "
                 f"{exc}. Return plain data (or write it to storage and return a path)."
             )
-            return {"ok": False, "stage": "result"}, _describe_failure(error)
+            return {"type": "result", "ok": False, "stage": "result"}, _describe_failure(error)
 
-    def send(self, header: dict[str, Any], blob: bytes = b"") -> None:
+    def _enter_workdir(self, caller_cwd: str | None, workdir: str | None) -> None:
+        """Work in the mirror of the caller's working directory, as a command does (so
+        relative paths mean what they mean to the caller), else in the agent's choice."""
+        target = self._mirrors.get(caller_cwd) if caller_cwd else None
+        target = target or workdir
+        if target and target != _current_directory():
+            os.chdir(target)  # (a task that changed directory itself is put back, too)
+
+    def send(self, header: frames.WorkerFrame, blob: bytes = b"") -> None:
         with self._send_lock:
             send_frame_sync(self._sock, self._signer, header, blob)
 
     def report(self, value: Any) -> None:
-        self.send({"type": "report"}, dumps_fast(value))
+        report: frames.WorkerReport = {"type": "report"}
+        self.send(report, dumps_fast(value))
 
     def serve(self) -> None:
         job_context.set_reporter(self.report)
@@ -140,7 +144,8 @@ class Worker:
         root.addHandler(job_context.forwarder)
         if root.level == logging.WARNING:
             root.setLevel(logging.INFO)
-        self.send({"type": "ready", "pid": os.getpid()})
+        ready: frames.Ready = {"type": "ready", "pid": os.getpid()}
+        self.send(ready)
         while True:
             try:
                 header, blob = read_frame_sync(self._sock, self._signer)
@@ -149,30 +154,46 @@ class Worker:
             if header["type"] == "exit":
                 return
             if header["type"] == "load_code":
-                try:
-                    self.load_code(header["manifest"], Path(header["cache_dir"]))
-                    reply: dict[str, Any] = {"type": "code_loaded", "ok": True}
-                    self.send(reply)
-                except BaseException as exc:
-                    self.send({"type": "code_loaded", "ok": False}, _describe_failure(exc))
-                continue
-            if header["type"] == "call_batch":
-                pid_file = header.get("pid_file")
-                if pid_file:
-                    _write_pid_file(Path(pid_file))
-                for argument in pickle.loads(blob):
-                    task = {"function_key": header["function_key"], "single_argument": True}
-                    result_header, result_blob = self.call(task, argument)
-                    result_header["type"] = "result"
-                    self.send(result_header, result_blob)
-                continue
-            if header["type"] == "call":
-                pid_file = header.get("pid_file")
-                if pid_file:
-                    _write_pid_file(Path(pid_file))
-                result_header, result_blob = self.call(header, blob)
-                result_header.update(type="result", call_id=header["call_id"])
-                self.send(result_header, result_blob)
+                self._load_code(cast(frames.LoadCode, header))
+            elif header["type"] == "call_batch":
+                self._call_batch(cast(frames.CallBatch, header), blob)
+            elif header["type"] == "call":
+                self._call(cast(frames.Call, header), blob)
+
+    def _load_code(self, header: frames.LoadCode) -> None:
+        try:
+            self.load_code(header["manifest"], Path(header["cache_dir"]))
+            loaded: frames.CodeLoaded = {"type": "code_loaded", "ok": True}
+            self.send(loaded)
+        except BaseException as exc:
+            failed: frames.CodeLoaded = {"type": "code_loaded", "ok": False}
+            self.send(failed, _describe_failure(exc))
+
+    def _call_batch(self, header: frames.CallBatch, blob: bytes) -> None:
+        pid_file = header.get("pid_file")
+        if pid_file:
+            _write_pid_file(Path(pid_file))
+        function: frames.FunctionRef = {"function_key": header["function_key"]}
+        for argument in pickle.loads(blob):
+            result, result_blob = self.call(function, argument, single_argument=True)
+            self.send(result, result_blob)
+
+    def _call(self, header: frames.Call, blob: bytes) -> None:
+        pid_file = header.get("pid_file")
+        if pid_file:
+            _write_pid_file(Path(pid_file))
+        result, result_blob = self.call(
+            header, blob, caller_cwd=header.get("caller_cwd"), workdir=header.get("workdir")
+        )
+        result["call_id"] = header["call_id"]
+        self.send(result, result_blob)
+
+
+def _current_directory() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:  # it was deleted
+        return None
 
 
 def _write_pid_file(path: Path) -> None:
@@ -201,21 +222,7 @@ def main() -> None:
         key = (home / "cluster.key").read_bytes()
     except FileNotFoundError:
         sys.exit(f"the cluster key {home / 'cluster.key'} is gone; this worker cannot start")
-    Worker(sock, Signer(key), _object_store(home)).serve()
-
-
-def _object_store(home: Path) -> ObjectStore:
-    """The instance's object store, as its agent described it in MEADOWRUN_OBJECT_STORE
-    (``s3://bucket/prefix`` on AWS); the local cloud's files otherwise."""
-    url = os.environ.get("MEADOWRUN_OBJECT_STORE", "")
-    if url.startswith("s3://"):
-        from meadowrun_core.aws.clients import aws_client
-        from meadowrun_core.aws.s3_object_store import S3ObjectStore
-
-        bucket, _, prefix = url.removeprefix("s3://").partition("/")
-        s3 = aws_client("s3", os.environ.get("MEADOWRUN_AWS_REGION"))
-        return S3ObjectStore(s3, bucket, prefix)
-    return FileObjectStore(home / "objects")
+    Worker(sock, Signer(key), clouds.current().worker_object_store(home)).serve()
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -179,6 +181,13 @@ def _log_time(log: str, text: str) -> float:
     raise AssertionError(f"{text!r} is not in the log")
 
 
+def _link_file(link: str) -> Path:
+    """The file a ``file://`` extra link points at."""
+    parsed = urllib.parse.urlparse(link)
+    assert parsed.scheme == "file", link
+    return Path(urllib.request.url2pathname(parsed.path))
+
+
 def test_callable_result_feeds_downstream_task(local_cloud: Path, airflow: DagRunner) -> None:
     summary, log = airflow.run("meadowrun_sync.py", "meadowrun_sync", conf={"a": 5, "b": 3})
     tasks = summary["tasks"]
@@ -188,6 +197,12 @@ def test_callable_result_feeds_downstream_task(local_cloud: Path, airflow: DagRu
     assert added["sum"] == 8 and re.fullmatch(r"\d{4}-\d\d-\d\d", added["ds"])
     assert tasks["consume"]["xcom:return_value"] == 80
     assert "adding 5 and 3 in pid" in log  # the remote print reached the task log
+    # no meadowrun_default connection: the default host (here MEADOWRUN_HOME's local cloud)
+    assert "No connection 'meadowrun_default': running on the default meadowrun host" in log
+    assert _allocations(local_cloud) == [] and any(
+        r["description"] == "run_function add"
+        for r in SqliteAllocationTable(local_cloud / "state.db").job_history()
+    )
 
 
 def test_command_streams_output_and_returns_last_line(
@@ -214,6 +229,13 @@ def test_remote_failure_fails_task_with_remote_traceback(
     assert 'in explode_remotely\n    raise ValueError(f"remote kaboom {value}")' in log
     assert "ValueError: remote kaboom 1234" in log
     assert "exited with code 3" in log
+    # the job-log link of a failed task: the job's output up to its failure
+    assert _link_file(tasks["raises"]["xcom:_link_MeadowrunJobLogLink"]).read_text() == (
+        "about to raise 1234\n"
+    )
+    assert _link_file(tasks["exits_3"]["xcom:_link_MeadowrunJobLogLink"]).read_text() == (
+        "about to fail\n"
+    )
     assert _allocations(local_cloud) == []
 
 
@@ -245,6 +267,10 @@ def test_deferrable_mode_end_to_end(local_cloud: Path, airflow: DagRunner, tmp_p
     assert "new_state=deferred" in log and "running trigger in line" in log
     assert tasks["square"]["state"] == "success", log[-3000:]
     assert tasks["square"]["xcom:return_value"] == 49
+    # the job-log link of a deferred task: the job's whole output, saved when it resumed
+    link = tasks["square"]["xcom:_link_MeadowrunJobLogLink"]
+    saved = _link_file(link).read_text()
+    assert saved == "".join(f"deferred step {i}\n" for i in range(3))
     assert tasks["square"]["xcom:meadowrun_job_key"].startswith("airflow-")
     assert tasks["consume"]["xcom:return_value"] == 50
     assert any(
@@ -375,4 +401,98 @@ def test_example_dag(local_cloud: Path, airflow: DagRunner) -> None:
     summary, log = airflow.run("meadowrun_example.py", "meadowrun_example")
     assert summary["state"] == "success", log[-3000:]
     assert summary["tasks"]["total"]["xcom:return_value"] == 30
-    assert "sum of squares: 30" in log
+    # the report task really deferred: the triggerer ran its trigger and relayed the output
+    assert "new_state=deferred" in log and "running trigger in line" in log
+    assert any(
+        "sum of squares: 30" in line and "MeadowrunJobTrigger" in line for line in log.splitlines()
+    )
+    assert summary["tasks"]["report"]["xcom:return_value"] == "sum of squares: 30"
+    assert summary["tasks"]["report"]["xcom:meadowrun_job_key"].startswith("airflow-")
+
+
+def test_provider_conventions(local_cloud: Path, airflow: DagRunner, tmp_path: Path) -> None:
+    """meadowrun_default when no connection is named (typed form fields in its extra),
+    templated host and resources, fire and forget, the job-log link, a missing named
+    connection; and the provider's form, extra link and documentation URL as Airflow reads
+    them."""
+    elsewhere = tmp_path / "not-this-cloud"
+    # as the connection form saves it: every typed field, the unused ones empty (one under
+    # the extra__meadowrun__ name of older forms)
+    default_connection = {
+        "conn_type": "meadowrun",
+        "extra": {
+            "host": "local",
+            "meadowrun_home": str(local_cloud),
+            "max_cpu": "3",
+            "extra__meadowrun__max_memory_gb": 8,
+            "idle_timeout": None,
+            "region_name": "",
+            "use_private_ip": None,
+            "location": None,
+        },
+    }
+    release = tmp_path / "release"
+    summary, log = airflow.run(
+        "meadowrun_conventions.py",
+        "meadowrun_conventions",
+        conf={"home": str(local_cloud), "cpu": 2, "memory_gb": 1.5, "release_file": str(release)},
+        providers=True,
+        env={
+            "MEADOWRUN_HOME": str(elsewhere),
+            "AIRFLOW_CONN_MEADOWRUN_DEFAULT": json.dumps(default_connection),
+        },
+    )
+    tasks = summary["tasks"]
+    history = {
+        r["job_id"]: r for r in SqliteAllocationTable(local_cloud / "state.db").job_history()
+    }
+    assert not (elsewhere / "state.db").exists(), "a job ran in MEADOWRUN_HOME's cloud"
+
+    # 1. no meadowrun_conn_id: meadowrun_default, its typed fields read
+    assert tasks["default_conn"]["state"] == "success", log[-3000:]
+    assert tasks["default_conn"]["xcom:return_value"] == "on the default connection"
+    assert "max_cpu=3.0, max_memory_gb=8.0" in log and "from connection 'meadowrun_default'" in log
+    assert tasks["default_conn"]["xcom:meadowrun_job"]["job_id"] in history
+    # a missing connection named explicitly fails the task
+    assert tasks["missing_conn"]["state"] == "failed"
+    assert "The conn_id `meadowrun_nowhere` isn't defined" in log
+
+    # 5. host and resources rendered from the run's params
+    templated = tasks["templated"]
+    assert templated["state"] == "success", log[-3000:]
+    assert templated["xcom:return_value"]["tag"] == "2-cpu"
+    row = history[templated["xcom:meadowrun_job"]["job_id"]]
+    assert (row["cpu"], row["memory_gb"]) == (2.0, 1.5)
+
+    # 4. the job-log link: a file URL of the job's own output
+    link = templated["xcom:_link_MeadowrunJobLogLink"]
+    assert link.startswith("file:///")
+    saved = _link_file(link).read_text()
+    assert saved == "templated job 2-cpu running\n"
+
+    # 3. fire and forget: the task ended while its job ran on; the key is its XCom
+    fired = tasks["fire_and_forget"]
+    assert fired["state"] == "success", log[-3000:]
+    key = fired["xcom:return_value"]
+    assert key.startswith("airflow-") and fired["xcom:meadowrun_job_key"] == key
+    assert fired["xcom:_link_MeadowrunJobLogLink"] == ""  # nobody followed it: no saved log
+    followed = tasks["follow"]["xcom:return_value"]
+    assert followed["status_before"] == "running"
+    assert followed["result"] == "released"
+    assert "fire-and-forget job started" in followed["output"]
+    assert "new_state=deferred" not in log  # deferrable=True is moot without waiting
+
+    # 2, 6. the provider as Airflow reads it: typed form fields, the link, the docs URL
+    providers = summary["providers"]
+    form = providers["meadowrun_form"]
+    assert form["extra__meadowrun__max_cpu"]["schema"]["type"] == ["number", "null"]
+    assert form["extra__meadowrun__host"]["schema"]["enum"] == ["azure", "ec2", "local"]
+    assert form["extra__meadowrun__meadowrun_home"]["schema"]["title"].startswith("MEADOWRUN_HOME")
+    assert {"region_name", "max_memory_gb", "use_private_ip"} <= {
+        name.removeprefix("extra__meadowrun__") for name in form
+    }
+    assert "extra" not in providers["meadowrun_behaviour"]["hidden_fields"]
+    assert "meadowrun_airflow.links.MeadowrunJobLogLink" in providers["extra_links"]
+    docs = providers["meadowrun_info"]["integrations"][0]["external-doc-url"]
+    assert docs == (TESTS.parent / "docs" / "airflow.md").resolve().as_uri()
+    assert _allocations(local_cloud) == []

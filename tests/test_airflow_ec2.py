@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from tests.aws_twin import AwsTwinCloud
-from tests.test_airflow import DagRunner, airflow, airflow_env  # noqa: F401
+from tests.test_airflow import DagRunner, _link_file, airflow, airflow_env  # noqa: F401
 
 
 def test_deferrable_job_on_ec2_is_followed_on_ec2(aws: AwsTwinCloud, airflow: DagRunner) -> None:  # noqa: F811
@@ -24,3 +24,6 @@ def test_deferrable_job_on_ec2_is_followed_on_ec2(aws: AwsTwinCloud, airflow: Da
     assert any("on-ec2" in line and "MeadowrunJobTrigger" in line for line in log.splitlines()), (
         "the trigger did not follow the job's output on EC2"
     )
+    # the "Meadowrun job log" link: the EC2 job's output, saved by the worker when it resumed
+    saved = _link_file(task["xcom:_link_MeadowrunJobLogLink"]).read_text()
+    assert saved == f"on-ec2\n{task['xcom:return_value']}\n"

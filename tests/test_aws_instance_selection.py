@@ -734,3 +734,32 @@ def test_gpu_request_without_vendor_flag_means_nvidia() -> None:
     assert {c.offer.name for c in cpu_only} == {"g4dn.xlarge", "g4ad.xlarge", "dl1.24xlarge"}
     with pytest.raises(ResourcesNotAvailableError, match=r"flags=\['nvidia'\]"):
         choose_instance_types(GPU_ROWS[1:], Resources(1, 4, gpus=1), 1, REGION)
+
+
+# --- custom resources (issue 16) -----------------------------------------------------------
+def test_ec2_provider_offers_its_hosts_custom_resources_on_every_type(
+    offers: list[Ec2Offer], tmp_path: Path
+) -> None:
+    """Types described by moto's EC2: every choice carries the host's custom resources (the
+    table records them at launch), and they bound the workers per instance."""
+    settings = Settings(10, 60, 15, 256, 2048, 1)
+    host = AllocEC2Instance(REGION, custom_resources={"licenses": 2})
+    provider = Ec2Provider(host, REGION, settings, tmp_path)
+    provider._offers = offers
+    licensed = Resources(logical_cpu=1, memory_gb=2, custom={"licenses": 1})
+    provider.check_satisfiable(licensed)
+    choices = provider.choices(licensed, 8, 1e9, 1e9)
+    assert choices and {t.custom for t, _ in choices} == {(("licenses", 2),)}
+    assert max(n for _, n in choices) == 2  # 8 workers fit the large types by CPU alone
+    plain = provider.choices(Resources(logical_cpu=1, memory_gb=2), 8, 1e9, 1e9)
+    assert {t.custom for t, _ in plain} == {(("licenses", 2),)}
+    assert max(n for _, n in plain) == 8
+    with pytest.raises(ResourcesNotAvailableError, match="'seats', which instances of"):
+        provider.check_satisfiable(Resources(1, 2, custom={"seats": 1}))
+    with pytest.raises(ResourcesNotAvailableError, match=r"asks for 3 of .* offers 2"):
+        provider.check_satisfiable(Resources(1, 2, custom={"licenses": 3}))
+    bare = Ec2Provider(AllocEC2Instance(REGION), REGION, settings, tmp_path)
+    bare._offers = offers
+    assert {t.custom for t, _ in bare.choices(Resources(1, 2), 1, 1e9, 1e9)} == {()}
+    with pytest.raises(ResourcesNotAvailableError, match="each offers no custom resources"):
+        bare.check_satisfiable(licensed)

@@ -230,3 +230,25 @@ def test_clean_and_age_collect_leftovers_but_keep_what_is_used(local_cloud: Path
 def test_home_is_created_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEADOWRUN_HOME", str(tmp_path / "a" / "new-home"))
     assert meadowrun_home().stat().st_mode & 0o777 == 0o700
+
+
+def test_a_state_file_deleted_under_an_open_table_comes_back_with_every_column(
+    tmp_path: Path,
+) -> None:
+    """The table reopens a deleted state.db; the new file has the GPU and custom-resource
+    columns too (once they were added only when a table was first opened, so the next
+    placement failed with 'no such column: gpus_free')."""
+    from meadowrun_core.local.allocation_table import SqliteAllocationTable
+    from meadowrun_core.seams.instance_provider import InstanceType
+
+    path = tmp_path / "state.db"
+    table = SqliteAllocationTable(path)
+    one = mr.Resources(logical_cpu=1, memory_gb=1)
+    small = InstanceType("small", 2, 4, 0.01)
+    assert table.allocate_on_new_instance("i-1", small, ["a"], one, "c1", "d", 4, 8)
+    path.unlink()
+    time.sleep(1.2)  # the table checks its file at most once a second
+    assert table.place_on_existing(["b"], one, "c1", "d") == {}  # a fresh, empty table
+    assert table.allocate_on_new_instance("i-2", small, ["c"], one, "c1", "d", 4, 8)
+    table.register_instance("i-2", "127.0.0.1:1", 1)
+    assert list(table.place_on_existing(["d"], one, "c1", "d")) == ["d"]

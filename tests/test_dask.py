@@ -159,8 +159,9 @@ def test_adapt_grows_under_load_and_shrinks_when_idle(local_cloud: Path) -> None
             MeadowCluster(asynchronous=True) as cluster,
             Client(cluster, asynchronous=True) as client,
         ):
-            cluster.adapt(minimum=1, maximum=3, interval="300ms", wait_count=3,
-                          target_duration="1s")
+            cluster.adapt(
+                minimum=1, maximum=3, interval="300ms", wait_count=3, target_duration="1s"
+            )
             await client.wait_for_workers(1, timeout=60)
             futures = client.map(_sleep_then, range(24))
             peak = 0
@@ -216,15 +217,19 @@ def test_spot_interruption_moves_the_workers_data(local_cloud: Path) -> None:
         before = client.gather(futures)
         holders = {w: keys for w, keys in client.has_what().items() if keys}
         victim = next(iter(holders))
-        instance_id = client.run(lambda: os.environ["MEADOWRUN_INSTANCE_ID"],
-                                 workers=[victim])[victim]
+        instance_id = client.run(lambda: os.environ["MEADOWRUN_INSTANCE_ID"], workers=[victim])[
+            victim
+        ]
         assert len({a.instance_id for a in _table().list_allocations()}) == 3
 
         notice_delay = 15
         admin.interrupt(instance_id, notice_delay)
         deadline = time.time() + notice_delay
-        _wait(lambda: victim not in client.scheduler_info()["workers"], notice_delay,
-              "the victim to retire")
+        _wait(
+            lambda: victim not in client.scheduler_info()["workers"],
+            notice_delay,
+            "the victim to retire",
+        )
         assert time.time() < deadline, "the worker left only when its instance was killed"
 
         # its keys now live elsewhere, with the same (random) values: moved, not recomputed

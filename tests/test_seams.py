@@ -91,6 +91,18 @@ def test_launch_limit_is_never_exceeded(table: Any) -> None:
     assert [r["job_id"] for r in table.job_history()] == ["b"]
 
 
+def test_a_finished_jobs_history_row_is_found_by_its_id(table: Any) -> None:
+    """``finished_job``: what ``JobHandle.cost()`` reads, once the allocation is freed."""
+    _launch(table, "i-1", ["a"])
+    assert table.finished_job("a") is None  # still running
+    assert table.deallocate("a", "done")
+    row = table.finished_job("a")
+    assert row is not None and row["job_id"] == "a" and row["outcome"] == "done"
+    assert (row["cpu"], row["instance_cpu"], row["instance_type"]) == (1, 2, SMALL.name)
+    assert row["price_per_hour"] == SMALL.price_per_hour and row["ended"] >= row["started"]
+    assert table.finished_job("nope") is None
+
+
 def test_idle_removal_is_conditional(table: Any) -> None:
     _launch(table, "i-1", ["a"])
     assert not table.remove_instance_if_idle("i-1")
@@ -204,13 +216,49 @@ def test_object_store_content_addressed(store: Any) -> None:
         store.get(key)
 
 
+def test_object_store_named_objects(store: Any) -> None:
+    """Objects under a chosen name: replaced by a later put, listed by folder with their size
+    and time of writing, deleted in bulk, and apart from the content-addressed ones."""
+    before = time.time() - 5
+    with pytest.raises(KeyError):
+        store.get_named("cache/ab/cd")
+    store.put_named("cache/ab/cd", b"one")
+    store.put_named("cache/ab/cd", b"two!")
+    store.put_named("cache/ef/gh", b"x")
+    store.put_named("other/ij", b"y")
+    assert store.get_named("cache/ab/cd") == b"two!"
+    listed = sorted(store.list_named("cache"), key=lambda o: o.name)
+    assert [(o.name, o.size) for o in listed] == [("cache/ab/cd", 4), ("cache/ef/gh", 1)]
+    assert all(before <= o.stored_at <= time.time() + 5 for o in listed)
+    assert {o.name for o in store.list_named("")} == {"cache/ab/cd", "cache/ef/gh", "other/ij"}
+    assert list(store.list_named("missing")) == []
+    key = store.put(b"content")  # content-addressed objects are not named ones
+    assert {o.name for o in store.list_named("")} == {"cache/ab/cd", "cache/ef/gh", "other/ij"}
+    store.delete_named(["cache/ab/cd", "cache/ef/gh", "cache/never/was"])
+    assert list(store.list_named("cache")) == []
+    assert store.get_named("other/ij") == b"y" and store.get(key) == b"content"
+    for bad in ("../up", "a//b", "/abs", "a/", "a b", ""):
+        with pytest.raises(ValueError, match="invalid object name"):
+            store.put_named(bad, b"z")
+
+
 # --- reuse honours every resource (issue 12, item 3) -----------------------------------------
 GPU_SPOT = InstanceType(
-    "g.spot", 8, 32, 0.3, interruption_probability=0.1, is_spot=True, gpus=1, gpu_memory_gb=16,
-    flags=("nvidia", "avx512", "x86_64"), arch="x86_64", custom=(("licenses", 2.0),),
+    "g.spot",
+    8,
+    32,
+    0.3,
+    interruption_probability=0.1,
+    is_spot=True,
+    gpus=1,
+    gpu_memory_gb=16,
+    flags=("nvidia", "avx512", "x86_64"),
+    arch="x86_64",
+    custom=(("licenses", 2.0),),
 )
-CPU_SPOT = InstanceType("c.spot", 8, 32, 0.1, interruption_probability=0.1, is_spot=True,
-                        arch="x86_64")
+CPU_SPOT = InstanceType(
+    "c.spot", 8, 32, 0.1, interruption_probability=0.1, is_spot=True, arch="x86_64"
+)
 CPU_ON_DEMAND = InstanceType("c.od", 8, 32, 0.2, arch="x86_64")
 ARM = InstanceType("a.od", 8, 32, 0.1, flags=("arm64",), arch="arm64")
 
@@ -249,7 +297,10 @@ def test_reuse_honours_gpus_flags_market_arch_and_custom(table: Any) -> None:
     assert _where(table, Resources(1, 1, custom={"licenses": 1})) is None  # both taken
     record = table.get_instance("i-gpu")
     assert (record.gpus_total, record.gpus_free, record.is_spot, record.arch) == (
-        1, 0, True, "x86_64"
+        1,
+        0,
+        True,
+        "x86_64",
     )
     assert record.custom_free == {"licenses": 0} and "avx512" in record.flags
     gpu_jobs = [a for a in table.list_allocations("i-gpu")]

@@ -8,10 +8,11 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast, overload
 
+from meadowrun_core import frames
 from meadowrun_core.protocol import encode_frame, read_frame
 from meadowrun_core.serialization import Signer
 
@@ -71,24 +72,42 @@ class WorkerProcess:
                 if self.sink is not None:
                     self.sink(stream, data)
 
+    @overload
     async def request(
-        self, signer: Signer, header: dict[str, Any], blob: bytes = b""
-    ) -> tuple[dict[str, Any], bytes]:
+        self, signer: Signer, header: frames.LoadCode, blob: bytes = b""
+    ) -> tuple[frames.CodeLoaded, bytes]: ...
+
+    @overload
+    async def request(
+        self, signer: Signer, header: frames.Call, blob: bytes = b""
+    ) -> tuple[frames.Result, bytes]: ...
+
+    async def request(
+        self, signer: Signer, header: frames.LoadCode | frames.Call, blob: bytes = b""
+    ) -> tuple[Mapping[str, Any], bytes]:
         """Send one frame and wait for the reply; WorkerDiedError if the process dies first."""
         await self.send(signer, header, blob)
-        reply = await self.receive(signer)
+        reply = await self._reply(signer)
         self.drain_output()
         return reply
 
-    async def send(self, signer: Signer, header: dict[str, Any], blob: bytes = b"") -> None:
+    async def send(
+        self, signer: Signer, header: frames.AgentToWorkerFrame, blob: bytes = b""
+    ) -> None:
         try:
             self.writer.write(encode_frame(signer, header, blob))
             await self.writer.drain()
         except ConnectionError as exc:
             raise WorkerDiedError(await _wait_exit(self.proc)) from exc
 
-    async def receive(self, signer: Signer) -> tuple[dict[str, Any], bytes]:
-        """The worker's next reply; reports sent by the job meanwhile go to ``report_sink``."""
+    async def receive(self, signer: Signer) -> tuple[frames.Result, bytes]:
+        """The worker's next result (of a batch's task); reports sent by the job meanwhile
+        go to ``report_sink``."""
+        header, blob = await self._reply(signer)
+        return cast(frames.Result, header), blob
+
+    async def _reply(self, signer: Signer) -> tuple[dict[str, Any], bytes]:
+        """The worker's next frame other than a report (``CodeLoaded`` or ``Result``)."""
         while True:
             try:
                 header, blob = await read_frame(self.reader, signer)
@@ -168,7 +187,7 @@ class WorkerPool:
             returncode = await _wait_exit(proc)
             worker.close_fds()
             raise WorkerDiedError(returncode) from exc
-        assert header["type"] == "ready"
+        assert header["type"] == "ready"  # frames.Ready
         return worker
 
     async def acquire(

@@ -33,10 +33,24 @@ def account_id(region: str | None) -> str:
     return str(identity["Account"])
 
 
-def fetch_or_create_secret(sm: Any, name: str, make: Callable[[], str]) -> tuple[str, bool]:
+def fetch_or_create_secret(
+    sm: Any, name: str, make: Callable[[], str], create_first: bool = False
+) -> tuple[str, bool]:
     """The secret's value and whether this call created it. ``make`` runs only when the
     secret is missing; if another process creates it first, theirs wins. A secret scheduled
-    for deletion is restored, keeping the value that clients and instances hold."""
+    for deletion is restored, keeping the value that clients and instances hold.
+    ``create_first``: the account was empty a moment ago, so try creating before reading
+    (one request instead of two; an existing secret falls back to reading it)."""
+    if create_first:
+        value = make()
+        try:
+            sm.create_secret(Name=name, SecretString=value, Tags=names.TAGS)
+        except ClientError as exc:
+            if error_code(exc) not in ("ResourceExistsException", "InvalidRequestException"):
+                raise  # exists, or is scheduled for deletion: read or restore it below
+        else:
+            log.info("created secret %s", name)
+            return value, True
     try:
         return str(sm.get_secret_value(SecretId=name)["SecretString"]), False
     except ClientError as exc:
@@ -59,9 +73,12 @@ def fetch_or_create_secret(sm: Any, name: str, make: Callable[[], str]) -> tuple
     return value, True
 
 
-def get_or_create_secret(region: str | None, name: str, make: Callable[[], str]) -> str:
+def get_or_create_secret(
+    region: str | None, name: str, make: Callable[[], str], create_first: bool = False
+) -> str:
     """The secret's value, created with ``make`` on first use (never overwritten)."""
-    value, _ = fetch_or_create_secret(aws_client("secretsmanager", region), name, make)
+    sm = aws_client("secretsmanager", region)
+    value, _ = fetch_or_create_secret(sm, name, make, create_first)
     return value
 
 
@@ -69,9 +86,11 @@ def new_cluster_key() -> str:
     return secrets.token_hex(32)
 
 
-def cluster_key(region: str) -> bytes:
+def cluster_key(region: str, create_first: bool = False) -> bytes:
     """The HMAC key that authenticates every frame and stored pickle of this account."""
-    return bytes.fromhex(get_or_create_secret(region, names.SECRET_CLUSTER_KEY, new_cluster_key))
+    return bytes.fromhex(
+        get_or_create_secret(region, names.SECRET_CLUSTER_KEY, new_cluster_key, create_first)
+    )
 
 
 def bucket_exists(s3: Any, bucket: str) -> bool:
@@ -90,15 +109,19 @@ def bucket_exists(s3: Any, bucket: str) -> bool:
 
 
 def ensure_bucket(
-    region: str, expiry_days: int = OBJECT_EXPIRY_DAYS, reconfigure: bool = True
+    region: str,
+    expiry_days: int = OBJECT_EXPIRY_DAYS,
+    reconfigure: bool = True,
+    likely_missing: bool = False,
 ) -> tuple[str, bool]:
     """meadowrun's bucket in ``region`` (private, tagged, cached objects expiring after
     ``expiry_days``) and whether this call created it. ``reconfigure=False`` (a client's
     first use) leaves an existing bucket's settings as install made them: three requests
-    fewer on every client's start."""
+    fewer on every client's start. ``likely_missing`` (an account set up just now) creates
+    it without looking first; creating an existing bucket of ours is harmless."""
     s3 = aws_client("s3", region)
     bucket = names.bucket_name(account_id(region), region)
-    existed = bucket_exists(s3, bucket)
+    existed = False if likely_missing else bucket_exists(s3, bucket)
     if existed and not reconfigure:
         return bucket, False
     if not existed:
@@ -145,15 +168,17 @@ class DataPlane:
     store: S3ObjectStore
     bucket: str
     key: bytes
+    # this call created the account's table: the rest is most likely missing too, so it is
+    # created without looking first (a request fewer for each of bucket, secrets, group, role)
+    fresh_account: bool = False
 
 
 def open_data_plane(region: str, create: bool = True) -> DataPlane:
     """The table, queues, store and cluster key of ``region``; created if missing."""
     table = DynamoDbAllocationTable(aws_client("dynamodb", region), names.TABLE_NAME)
+    fresh = table.create() if create else False
     if create:
-        table.create()
-    if create:
-        bucket, _ = ensure_bucket(region, reconfigure=False)
+        bucket, _ = ensure_bucket(region, reconfigure=False, likely_missing=fresh)
     else:
         bucket = names.bucket_name(account_id(region), region)
     return DataPlane(
@@ -162,5 +187,6 @@ def open_data_plane(region: str, create: bool = True) -> DataPlane:
         queues=SqsTaskQueue(aws_client("sqs", region), names.QUEUE_PREFIX),
         store=S3ObjectStore(aws_client("s3", region), bucket, names.OBJECT_PREFIX),
         bucket=bucket,
-        key=cluster_key(region),
+        key=cluster_key(region, create_first=fresh),
+        fresh_account=fresh,
     )

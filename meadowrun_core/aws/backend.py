@@ -73,7 +73,9 @@ class AwsBackend:
             table=plane.table,
             queues=plane.queues,
             store=plane.store,
-            provider=Ec2Provider(host, region, settings, home / "cache", plane.bucket),
+            provider=Ec2Provider(
+                host, region, settings, home / "cache", plane.bucket, plane.fresh_account
+            ),
             signer=Signer(plane.key),
             max_cpu=max_cpu,
             max_memory_gb=max_mem,

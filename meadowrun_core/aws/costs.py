@@ -1,9 +1,10 @@
 """What finished jobs cost, from any allocation table's job history (local or AWS).
 
 Each job pays its CPU share of its instance's hourly price for the seconds it held it: a
-1-CPU job on a 4-CPU instance held a quarter of that instance. The price paid is the one the
-table recorded at launch (spot or on-demand); comparing it with the on-demand price of the
-same instance type shows what choosing spot (and small types) saved.
+1-CPU job on a 4-CPU instance held a quarter of that instance (the rule of
+``meadowrun_core.job_cost``, which ``JobHandle.cost()`` uses too). The price paid is the one
+the table recorded at launch (spot or on-demand); comparing it with the on-demand price of
+the same instance type shows what choosing spot (and small types) saved.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
+
+from meadowrun_core.job_cost import cpu_share
 
 if TYPE_CHECKING:  # only the type: the local cloud must not need boto3 to count costs
     from meadowrun_core.aws.pricing import PriceData
@@ -44,8 +47,7 @@ class CostReport:
 
 
 def _share(row: Any) -> float:
-    instance_cpu = float(row["instance_cpu"] or 0)
-    return float(row["cpu"]) / instance_cpu if instance_cpu else 1.0
+    return cpu_share(float(row["cpu"]), float(row["instance_cpu"] or 0))
 
 
 def costs_of_rows(rows: Sequence[Any], on_demand: Mapping[str, float] | None) -> CostReport:

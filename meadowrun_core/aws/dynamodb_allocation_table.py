@@ -24,11 +24,9 @@ from meadowrun_core.aws.dynamodb_items import (
     to_dynamo_value,
 )
 from meadowrun_core.aws.dynamodb_job_keys import KeyedJobsAndLeases
-from meadowrun_core.local.allocation_table import (
-    INSTANCE_DEAD_AFTER_SECONDS,
-)
 from meadowrun_core.resources import Resources
 from meadowrun_core.seams.allocation_table import (
+    INSTANCE_DEAD_AFTER_SECONDS,
     AllocationRecord,
     InstanceRecord,
     gpus_needed,
@@ -77,8 +75,20 @@ class DynamoDbAllocationTable(KeyedJobsAndLeases):
         self._launch_grace = launch_grace_seconds
 
     # --- setup ----------------------------------------------------------------------------
-    def create(self) -> None:
-        """Create the table (on-demand billing) if it does not exist; used by install."""
+    def create(self) -> bool:
+        """Create the table (on-demand billing) if it does not exist; whether this call did.
+
+        One DescribeTable answers on a set-up account (every new client); an empty account
+        pays one request more, once."""
+        try:
+            status = self._db.describe_table(TableName=self._table)["Table"]["TableStatus"]
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ResourceNotFoundException":
+                raise
+        else:
+            if status != "ACTIVE":
+                self._db.get_waiter("table_exists").wait(TableName=self._table)
+            return False
         try:
             self._db.create_table(
                 TableName=self._table,
@@ -103,7 +113,11 @@ class DynamoDbAllocationTable(KeyedJobsAndLeases):
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ResourceInUseException":
                 raise
+            created = False  # another client created it a moment ago
+        else:
+            created = True
         self._db.get_waiter("table_exists").wait(TableName=self._table)
+        return created
 
     # --- helpers --------------------------------------------------------------------------
     def _scan(self, prefix: str) -> list[dict[str, Any]]:
@@ -295,18 +309,21 @@ class DynamoDbAllocationTable(KeyedJobsAndLeases):
                 job_id: _job(client_id, resources, now, description) for job_id in job_ids
             },
         }
-        self._ensure_limits()
+        if instance_type.logical_cpu > max_cpu or instance_type.memory_gb > max_memory_gb:
+            return False  # past the limit even on an account with nothing running
         try:
             self._db.transact_write_items(
                 TransactItems=[
-                    {
+                    {  # the account's launch counter, created by the first launch
                         "Update": {
                             "TableName": self._table,
                             "Key": {"pk": {"S": _LIMITS}},
-                            "UpdateExpression": "SET cpu_used = cpu_used + :c, "
-                            "memory_used = memory_used + :m",
-                            "ConditionExpression": "cpu_used <= :max_c AND memory_used <= :max_m",
+                            "UpdateExpression": "SET cpu_used = if_not_exists(cpu_used, :zero) "
+                            "+ :c, memory_used = if_not_exists(memory_used, :zero) + :m",
+                            "ConditionExpression": "attribute_not_exists(cpu_used) OR "
+                            "(cpu_used <= :max_c AND memory_used <= :max_m)",
                             "ExpressionAttributeValues": {
+                                ":zero": {"N": "0"},
                                 ":c": {"N": str(instance_type.logical_cpu)},
                                 ":m": {"N": str(instance_type.memory_gb)},
                                 ":max_c": {"N": str(max_cpu - instance_type.logical_cpu)},
@@ -328,17 +345,6 @@ class DynamoDbAllocationTable(KeyedJobsAndLeases):
                 return False
             raise
         return True
-
-    def _ensure_limits(self) -> None:
-        try:
-            self._db.put_item(
-                TableName=self._table,
-                Item={"pk": {"S": _LIMITS}, "cpu_used": {"N": "0"}, "memory_used": {"N": "0"}},
-                ConditionExpression="attribute_not_exists(pk)",
-            )
-        except ClientError as exc:
-            if not failed_condition(exc):
-                raise
 
     def deallocate(self, job_id: str, outcome: str) -> bool:
         item = self._instance_holding(job_id)
@@ -489,17 +495,21 @@ class DynamoDbAllocationTable(KeyedJobsAndLeases):
         if item is not None:
             self._delete_instance_item(item)
 
-    def remove_dead_instances(self) -> list[str]:
+    def remove_dead_instances(self) -> tuple[list[str], list[InstanceRecord]]:
         now = time.time()
-        dead = [
-            r.instance_id
-            for r in self.list_instances()
-            if (r.address is not None and r.last_heartbeat < now - INSTANCE_DEAD_AFTER_SECONDS)
-            or (r.address is None and r.created < now - self._launch_grace)
-        ]
+        dead: list[str] = []
+        alive: list[InstanceRecord] = []
+        for record in self.list_instances():
+            if (
+                record.address is not None
+                and record.last_heartbeat < now - INSTANCE_DEAD_AFTER_SECONDS
+            ) or (record.address is None and record.created < now - self._launch_grace):
+                dead.append(record.instance_id)
+            else:
+                alive.append(record)
         for instance_id in dead:
             self.remove_instance(instance_id, "instance died")
-        return dead
+        return dead, alive
 
     def set_prevent_further_allocation(self, instance_id: str) -> None:
         self._update_instance(
@@ -532,6 +542,10 @@ class DynamoDbAllocationTable(KeyedJobsAndLeases):
     def job_history(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = [{**i, "job_id": i["pk"].removeprefix("history#")} for i in self._kind("history")]
         return sorted(rows, key=lambda r: r["ended"], reverse=True)[:limit]
+
+    def finished_job(self, job_id: str) -> dict[str, Any] | None:
+        item = self._get(f"history#{job_id}")
+        return None if item is None else {**item, "job_id": job_id}
 
     def _put(self, item: dict[str, Any]) -> None:
         self._db.put_item(TableName=self._table, Item=to_dynamo_item(item))

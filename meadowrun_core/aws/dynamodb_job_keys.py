@@ -112,6 +112,19 @@ class KeyedJobsAndLeases:
             "submitter": item.get("submitter", ""),
         }
 
+    def find_job_key(self, job_id: str) -> dict[str, object] | None:
+        """A scan (job-key items are not indexed by job id): for ``meadowrun logs``, rare."""
+        paginator = self._db.get_paginator("scan")
+        for page in paginator.paginate(
+            TableName=self._table,
+            FilterExpression="begins_with(pk, :p) AND job_id = :j",
+            ExpressionAttributeValues={":p": {"S": "jobkey#"}, ":j": {"S": job_id}},
+            ProjectionExpression="pk",
+        ):
+            for item in page["Items"]:
+                return self.get_job_key(item["pk"]["S"].removeprefix("jobkey#"))
+        return None
+
     def forget_job_key(self, job_key: str) -> bool:
         response = self._db.delete_item(
             TableName=self._table, Key={"pk": {"S": f"jobkey#{job_key}"}}, ReturnValues="ALL_OLD"

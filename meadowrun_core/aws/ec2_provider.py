@@ -50,7 +50,7 @@ from meadowrun_core.bootstrap.instance_script import (
 from meadowrun_core.config import Settings
 from meadowrun_core.hosts import AllocEC2Instance
 from meadowrun_core.resources import Resources
-from meadowrun_core.seams.instance_provider import InstanceType
+from meadowrun_core.seams.instance_provider import InstanceType, check_custom_offered
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,13 @@ class Ec2Provider:
         settings: Settings,
         cache_dir: Path,
         bucket: str | None = None,
+        fresh_account: bool = False,
     ) -> None:
         self.host = host
+        # offered by every instance this host launches, on top of its type's hardware
+        self.custom = dict(host.custom_resources or {})
         self.bucket = bucket
+        self._fresh_account = fresh_account  # create the key, group and role without looking
         self.region = region
         self.settings = settings
         self.idle_timeout = (
@@ -109,8 +113,13 @@ class Ec2Provider:
             )
         return self._offers
 
+    def on_demand_price(self, instance_type: str) -> float | None:
+        """From the offers this client launched from (prices cached 4 h)."""
+        return next((o.on_demand_price for o in self.offers() if o.name == instance_type), None)
+
     def check_satisfiable(self, resources: Resources) -> None:
-        choose_instance_types(self.offers(), resources, 1, self.region)
+        check_custom_offered(resources, self.custom, "AllocEC2Instance")
+        choose_instance_types(self.offers(), resources, 1, self.region, self.custom)
 
     def choices(
         self, resources: Resources, workers: int, room_cpu: float, room_memory_gb: float
@@ -120,7 +129,9 @@ class Ec2Provider:
         result = []
         fitting = [
             c
-            for c in choose_instance_types(self.offers(), resources, workers, self.region)
+            for c in choose_instance_types(
+                self.offers(), resources, workers, self.region, self.custom
+            )
             if c.offer.logical_cpu <= room_cpu + 1e-9 and c.offer.memory_gb <= room_memory_gb + 1e-9
         ]
         for choice in rank_for_fleet(fitting, workers):
@@ -138,6 +149,7 @@ class Ec2Provider:
                 gpu_memory_gb=offer.gpu_memory_per_gpu,
                 flags=tuple(sorted(offer.flags)),
                 arch="arm64" if offer.arch == "arm64" else "x86_64",
+                custom=tuple(sorted(self.custom.items())),
             )
             result.append((instance_type, choice.workers_per_instance))
             if len(result) == MAX_FALLBACK_CHOICES:
@@ -281,18 +293,21 @@ class Ec2Provider:
 
     def _client_key(self) -> asyncssh.SSHKey:
         """The account's SSH client key, read from Secrets Manager once per provider."""
-        key: asyncssh.SSHKey = self._once("client key", lambda: ssh.client_key(self.region))
+        fresh = self._fresh_account
+        key: asyncssh.SSHKey = self._once("client key", lambda: ssh.client_key(self.region, fresh))
         return key
 
     def _security_group(self) -> str:
         cidr = client_cidr(self.host.ssh_cidr)
-        group = self._once("group", lambda: ensure_security_group(self.region, cidr)[0])
+        fresh = self._fresh_account
+        group = self._once("group", lambda: ensure_security_group(self.region, cidr, fresh)[0])
         return str(group)
 
     def _instance_profile(self) -> str:
         from meadowrun_core.aws.install import ensure_instance_profile
 
-        return str(self._once("profile", lambda: ensure_instance_profile(self.region)))
+        fresh = self._fresh_account
+        return str(self._once("profile", lambda: ensure_instance_profile(self.region, fresh)))
 
     def _agent_command(self, instance_id: str) -> str:
         """Start the agent detached (setsid, nohup), state under ~/.meadowrun."""

@@ -242,12 +242,14 @@ def _ensure_role(iam: Any, name: str, service: str, policy: dict[str, Any]) -> t
     return str(arn), created
 
 
-def ensure_instance_profile(region: str) -> str:
+def ensure_instance_profile(region: str, likely_missing: bool = False) -> str:
     """The instance profile whose role lets an agent use the table, bucket, queues and
     secrets; created on first use, so that a fresh account works without install, and its
-    policy brought up to this version's when it differs (two reads when all is in place)."""
+    policy brought up to this version's when it differs (two reads when all is in place).
+    ``likely_missing`` (an account set up just now) creates it without reading first."""
     account = account_id(region)
-    if not _instance_role_in_place(aws_client("iam", region), instance_policy(region, account)):
+    policy = instance_policy(region, account)
+    if likely_missing or not _instance_role_in_place(aws_client("iam", region), policy):
         _install_instance_role(region, account)
     return names.INSTANCE_PROFILE
 

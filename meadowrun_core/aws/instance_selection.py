@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from meadowrun_core.aws.instance_types import Ec2Offer, describe_offer
 from meadowrun_core.exceptions import BadInputError, ResourcesNotAvailableError
 from meadowrun_core.resources import Resources
+from meadowrun_core.seams.instance_provider import custom_bound
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +119,18 @@ def _matches(offer: Ec2Offer, flags: frozenset[str]) -> bool:
     return offer.arch == _wanted_arch(flags) and flags <= offer.flags
 
 
-def workers_per_instance(offer: Ec2Offer, resources: Resources, workers: int = 1) -> int:
+def workers_per_instance(
+    offer: Ec2Offer,
+    resources: Resources,
+    workers: int = 1,
+    custom: Mapping[str, float] | None = None,
+) -> int:
     """How many workers (at most ``workers``) one instance of ``offer`` holds; 0 if none.
 
     ``gpu_memory`` is what one worker needs over its GPU share (``gpus``, 1 if unset):
-    a 16 GB T4 gives 16 GB to ``gpus=1``, 8 GB to ``gpus=0.5``."""
-    if resources.custom:
-        return 0
-    bounds = [workers]
+    a 16 GB T4 gives 16 GB to ``gpus=1``, 8 GB to ``gpus=0.5``. ``custom`` (default None:
+    none) is what every instance of the host offers besides (``custom_resources``)."""
+    bounds = [custom_bound(custom or {}, resources, workers)]
     for have, need in (
         (offer.logical_cpu, resources.logical_cpu),
         (offer.memory_gb, resources.memory_gb),
@@ -154,9 +159,14 @@ def _available(offer: Ec2Offer) -> bool:
 
 
 def choose_instance_types(
-    offers: Iterable[Ec2Offer], resources: Resources, workers: int = 1, region: str = ""
+    offers: Iterable[Ec2Offer],
+    resources: Resources,
+    workers: int = 1,
+    region: str = "",
+    custom: Mapping[str, float] | None = None,
 ) -> list[Choice]:
-    """Every (type, market) that fits, cheapest per placed worker first.
+    """Every (type, market) that fits, cheapest per placed worker first. ``custom`` (default
+    None: none): the custom resources every instance offers (the host's ``custom_resources``).
 
     Raises ``ResourcesNotAvailableError`` naming the largest type when nothing fits, and
     ``BadInputError`` for unknown flags."""
@@ -170,7 +180,7 @@ def choose_instance_types(
     for offer in offers:
         if not _matches(offer, flags):
             continue
-        placed = workers_per_instance(offer, resources, workers)
+        placed = workers_per_instance(offer, resources, workers, custom)
         if placed < 1:
             continue
         if spot_allowed(offer, resources.max_eviction_rate):
@@ -180,7 +190,9 @@ def choose_instance_types(
             assert offer.on_demand_price is not None
             choices.append(Choice(offer, "on-demand", offer.on_demand_price, placed))
     if not choices:
-        raise ResourcesNotAvailableError(_why_nothing_fits(offers, resources, flags, region))
+        raise ResourcesNotAvailableError(
+            _why_nothing_fits(offers, resources, flags, region, custom or {})
+        )
     return sorted(choices, key=rank_key)
 
 
@@ -201,7 +213,11 @@ def _largest(offers: Sequence[Ec2Offer], key: Callable[[Ec2Offer], tuple[float, 
 
 
 def _why_nothing_fits(
-    offers: Sequence[Ec2Offer], resources: Resources, flags: frozenset[str], region: str
+    offers: Sequence[Ec2Offer],
+    resources: Resources,
+    flags: frozenset[str],
+    region: str,
+    custom: Mapping[str, float],
 ) -> str:
     where = f" in {region}" if region else ""
     wanted = f"Resources({resources.describe()}"
@@ -213,8 +229,12 @@ def _why_nothing_fits(
     if not offers:
         return f"no priced EC2 instance types are offered{where}; cannot place {wanted}"
     parts = [f"no EC2 instance type{where} fits {wanted}"]
-    if resources.custom:
-        parts.append(f"EC2 instances have no custom resources ({sorted(resources.custom)})")
+    if custom_bound(custom, resources, 1) < 1:
+        offered = dict(sorted(custom.items())) if custom else "no custom resources"
+        parts.append(
+            f"it asks for custom resources {dict(sorted((resources.custom or {}).items()))} and "
+            f"each instance offers {offered} (AllocEC2Instance(custom_resources=...))"
+        )
     parts.append(
         "the largest is " + _largest(offers, lambda o: (o.logical_cpu, o.memory_gb, o.gpus))
     )

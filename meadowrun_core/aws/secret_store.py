@@ -12,7 +12,7 @@ from botocore.exceptions import ClientError
 
 from meadowrun_core.aws import names
 from meadowrun_core.aws.clients import aws_client, error_code
-from meadowrun_core.local.secrets import SecretNotFoundError
+from meadowrun_core.seams.secret_store import SecretNotFoundError
 
 PREFIX = "meadowrun/user/"
 

@@ -52,14 +52,10 @@ def client_cidr(ssh_cidr: str | None) -> str:
         ) from exc
 
 
-def default_vpc(ec2: Any) -> str:
-    vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
-    if not vpcs:
-        raise MeadowrunError(
-            "this region has no default VPC; meadowrun launches instances there "
-            "(create one with `aws ec2 create-default-vpc`)"
-        )
-    return str(vpcs[0]["VpcId"])
+_NO_DEFAULT_VPC = (
+    "this region has no default VPC; meadowrun launches instances there "
+    "(create one with `aws ec2 create-default-vpc`)"
+)
 
 
 def find_security_group(ec2: Any) -> str | None:
@@ -75,14 +71,16 @@ def _describe_group(ec2: Any) -> dict[str, Any] | None:
 
 
 def _create_security_group(ec2: Any) -> str:
+    """In the default VPC (where instances launch): EC2 picks it when no VpcId is given."""
     try:
         response = ec2.create_security_group(
             GroupName=names.SECURITY_GROUP,
             Description="meadowrun instances: SSH from clients",
-            VpcId=default_vpc(ec2),
             TagSpecifications=[{"ResourceType": "security-group", "Tags": names.TAGS}],
         )
     except ClientError as exc:
+        if error_code(exc) == "VPCIdNotSpecified":
+            raise MeadowrunError(_NO_DEFAULT_VPC) from exc
         if error_code(exc) != "InvalidGroup.Duplicate":
             raise
         racing = find_security_group(ec2)  # another client (or launch) created it just now
@@ -96,12 +94,15 @@ def _create_security_group(ec2: Any) -> str:
     return str(response["GroupId"])
 
 
-def ensure_security_group(region: str, ssh_cidr: str) -> tuple[str, bool]:
+def ensure_security_group(
+    region: str, ssh_cidr: str, likely_missing: bool = False
+) -> tuple[str, bool]:
     """meadowrun's group in the default VPC admitting SSH from ``ssh_cidr`` and traffic among
     its members; its id and whether it was created. Reads the group once and changes only
-    what is missing (each call is a request)."""
+    what is missing (each call is a request); ``likely_missing`` (an account set up just
+    now) creates it without reading first."""
     ec2 = aws_client("ec2", region)
-    group = _describe_group(ec2)
+    group = None if likely_missing else _describe_group(ec2)
     created = group is None
     if group is None:
         group = {"GroupId": _create_security_group(ec2), "IpPermissions": []}

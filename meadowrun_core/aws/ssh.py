@@ -27,9 +27,9 @@ def new_client_key_text() -> str:
     return str(asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode())
 
 
-def client_key(region: str) -> asyncssh.SSHKey:
+def client_key(region: str, create_first: bool = False) -> asyncssh.SSHKey:
     return asyncssh.import_private_key(
-        get_or_create_secret(region, names.SECRET_SSH_KEY, new_client_key_text)
+        get_or_create_secret(region, names.SECRET_SSH_KEY, new_client_key_text, create_first)
     )
 
 

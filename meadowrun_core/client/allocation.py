@@ -15,9 +15,13 @@ from typing import TypeVar
 
 from meadowrun_core.backend import Backend, CapacityError
 from meadowrun_core.exceptions import MeadowrunError, ResourcesNotAvailableError
-from meadowrun_core.local.allocation_table import LAUNCH_GRACE_SECONDS
 from meadowrun_core.resources import Resources
-from meadowrun_core.seams.allocation_table import InstanceRecord, instance_suits, room_fits
+from meadowrun_core.seams.allocation_table import (
+    LAUNCH_GRACE_SECONDS,
+    InstanceRecord,
+    instance_suits,
+    room_fits,
+)
 from meadowrun_core.seams.instance_provider import InstanceType
 
 log = logging.getLogger(__name__)
@@ -132,9 +136,9 @@ async def _launch_for(
     the room counted down, again) split into one group of jobs per instance, all launched at
     once, so that N instances boot in the time of one (tens of seconds each on a cloud).
     Each group walks its own ranked choices on capacity errors."""
-    for instance_id in await asyncio.to_thread(backend.table.remove_dead_instances):
+    dead, instances = await asyncio.to_thread(backend.table.remove_dead_instances)
+    for instance_id in dead:
         log.warning("instance %s stopped heartbeating; removed it and its allocations", instance_id)
-    instances = await asyncio.to_thread(backend.table.list_instances)
     room_cpu = backend.max_cpu - sum(i.cpu_total for i in instances)
     room_mem = backend.max_memory_gb - sum(i.memory_total for i in instances)
     plans: list[tuple[list[tuple[InstanceType, int]], list[str]]] = []

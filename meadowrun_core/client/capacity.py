@@ -6,7 +6,12 @@ from __future__ import annotations
 
 from meadowrun_core.backend import Backend
 from meadowrun_core.resources import Resources
-from meadowrun_core.seams.allocation_table import AllocationRecord, instance_suits, room_fits
+from meadowrun_core.seams.allocation_table import (
+    AllocationRecord,
+    gpus_needed,
+    instance_suits,
+    room_fits,
+)
 
 
 def shortage(backend: Backend, resources: Resources, count: int = 1) -> str | None:
@@ -19,13 +24,15 @@ def shortage(backend: Backend, resources: Resources, count: int = 1) -> str | No
             continue
         if not instance_suits(instance, resources):
             continue
-        cpu, mem = instance.cpu_free, instance.memory_free
-        while placed < count and room_fits(
-            resources, cpu, mem, instance.gpus_free, instance.custom_free
-        ):
+        cpu, mem, gpus = instance.cpu_free, instance.memory_free, instance.gpus_free
+        custom = dict(instance.custom_free)
+        while placed < count and room_fits(resources, cpu, mem, gpus, custom):
             placed += 1
             cpu -= resources.logical_cpu
             mem -= resources.memory_gb
+            gpus -= gpus_needed(resources)
+            for name, amount in (resources.custom or {}).items():
+                custom[name] = custom.get(name, 0.0) - amount
     room_cpu = backend.max_cpu - sum(i.cpu_total for i in instances)
     room_mem = backend.max_memory_gb - sum(i.memory_total for i in instances)
     if placed >= count or backend.provider.choices(resources, count - placed, room_cpu, room_mem):

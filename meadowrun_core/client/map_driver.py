@@ -9,6 +9,7 @@ replaces slots that die or are interrupted while tasks remain.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import pickle
@@ -19,31 +20,32 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-from meadowrun_core.agent.map_feeder import (
+from meadowrun_core.backend import Backend
+from meadowrun_core.client.allocation import allocate
+from meadowrun_core.client.job_events import damaged_object, run_on_instance
+from meadowrun_core.client.job_prepare import check_job_target
+from meadowrun_core.client.payload import (
+    pickle_task_argument,
+    put_blob,
+    repair,
+    upload_function,
+)
+from meadowrun_core.client.result_cache import MapCache, check_cache_flag
+from meadowrun_core.client.results import failure_exception
+from meadowrun_core.client.runtime import ClientRuntime
+from meadowrun_core.client.task_costs import TaskCosts
+from meadowrun_core.deployment.spec import Deployment, PreparedDeployment
+from meadowrun_core.exceptions import BadInputError, MeadowrunError, TaskResult
+from meadowrun_core.hosts import Host
+from meadowrun_core.map_messages import (
     MAX_TASKS_PER_MESSAGE,
     WAKE,
     TaskTuple,
     decode_message,
     encode_messages,
 )
-from meadowrun_core.backend import Backend
-from meadowrun_core.client.allocation import allocate, check_satisfiable
-from meadowrun_core.client.jobs import damaged_object, run_on_instance
-from meadowrun_core.client.payload import (
-    check_deployment,
-    check_resources,
-    pickle_task_argument,
-    prepare_deployment,
-    put_blob,
-    repair,
-    upload_function,
-)
-from meadowrun_core.client.results import failure_exception
-from meadowrun_core.client.runtime import ClientRuntime
-from meadowrun_core.deployment.spec import Deployment, PreparedDeployment
-from meadowrun_core.exceptions import BadInputError, MeadowrunError, TaskResult
-from meadowrun_core.hosts import Host
 from meadowrun_core.resources import Resources
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,14 @@ def tasks_per_message(num_tasks: int, workers: int) -> int:
     """Batch tiny tasks so queue traffic stays small, but keep ~16 batches per worker so that
     the last batches still balance across workers."""
     return max(1, min(MAX_TASKS_PER_MESSAGE, num_tasks // (workers * 16)))
+
+
+def _prints_logs(logger: logging.Logger) -> bool:
+    """Whether ``logger`` has a handler writing to the terminal (stdout or stderr)."""
+    return any(
+        isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr)
+        for h in logger.handlers
+    )
 
 
 class MapJob:
@@ -92,18 +102,24 @@ class MapJob:
         self.reported: set[int] = set()
         self.slots: dict[str, asyncio.Task[tuple[dict[str, Any], bytes]]] = {}
         self.placements: dict[str, Any] = {}
+        self.task_costs = TaskCosts(backend, resources)
         self._last_top_up = 0.0
         self._receiving: asyncio.Task[list[Any]] | None = None
         self._undeleted: list[str] = []
         self._repaired: dict[str, int] = {}
         self._healed_tasks: set[int] = set()
         self.redeploy: Callable[[], PreparedDeployment] | None = None
+        # a progress bar on stderr: True, False, or None (only when stderr is a terminal)
+        self.progress: bool | None = None
+        # cache=True: results found before anything ran, and where new successes are stored
+        self.cached: list[TaskResult] = []
+        self.cache: MapCache | None = None
 
     # --- setup and teardown ------------------------------------------------------------
     async def enqueue(self, tasks: list[TaskTuple]) -> None:
         """Tasks in as few messages as balance allows, each within the queue's size limit;
         a large argument travels through the object store (seams.spill)."""
-        size = tasks_per_message(len(self.arguments), self.target_workers)
+        size = tasks_per_message(len(self.arguments) - len(self.cached), self.target_workers)
         queues = self.backend.queues
         bodies = await asyncio.to_thread(
             encode_messages,
@@ -167,19 +183,29 @@ class MapJob:
         """Results as they arrive, a list per receive (crossing threads per batch, not per
         task, keeps the sync API as fast as the async one). One long-polling receive is in
         flight at a time; slot changes are handled while it waits."""
+        if self.cached:  # from the result cache: nothing runs (or is launched) for these
+            self.reported.update(r.task_id for r in self.cached)
+            yield self.cached
+            if len(self.reported) == len(self.arguments):
+                return
         queues = self.backend.queues
         await asyncio.to_thread(queues.create_queue, self.request_queue)
         await asyncio.to_thread(queues.create_queue, self.result_queue)
         finished = False
+        show = sys.stderr.isatty() if self.progress is None else bool(self.progress)
+        redirect = contextlib.ExitStack()
+        if show and _prints_logs(logging.getLogger()):
+            # log records printed meanwhile go above the bar instead of through it (only
+            # where logging prints: the redirection would otherwise add a handler, and job
+            # output, printed as it is where logging is not configured, would be dropped)
+            redirect.enter_context(logging_redirect_tqdm())
         progress = tqdm(
-            total=len(self.arguments),
-            desc=self.description,
-            disable=not sys.stderr.isatty(),
-            leave=False,
+            total=len(self.arguments), desc=self.description, disable=not show, leave=False
         )
+        progress.update(len(self.reported))
         try:
-            tasks = [(i, 1, arg) for i, arg in enumerate(self.arguments)]
-            self.attempts = dict.fromkeys(range(len(self.arguments)), 1)
+            tasks = [(i, 1, a) for i, a in enumerate(self.arguments) if i not in self.reported]
+            self.attempts = {task_id: 1 for task_id, _, _ in tasks}
             await self.enqueue(tasks)
             await self.start_slots(minimum=1)
             while len(self.reported) < len(self.arguments):
@@ -202,6 +228,7 @@ class MapJob:
             finished = True
         finally:
             progress.close()
+            redirect.close()
             await asyncio.shield(self.cleanup(kill=not finished))
 
     async def _receive(self) -> list[Any]:
@@ -220,15 +247,21 @@ class MapJob:
 
         return await asyncio.to_thread(receive)
 
-    async def handle(self, results: list[tuple[int, int, bool, bytes, str]]) -> list[TaskResult]:
+    async def handle(self, results: list[tuple[Any, ...]]) -> list[TaskResult]:
         out: list[TaskResult] = []
         retry: list[TaskTuple] = []
-        for task_id, attempt, ok, payload, kind in results:
+        succeeded: list[tuple[int, bytes]] = []
+        for result in results:
+            task_id, attempt, ok, payload, kind = result[:5]
             if task_id in self.reported:
                 continue  # a duplicate from an at-least-once redelivery
+            self.task_costs.add(result, self.placements)
             if ok:
                 self.reported.add(task_id)
-                out.append(TaskResult(task_id, True, pickle.loads(payload), None, attempt))
+                value = pickle.loads(payload)
+                cost = self.task_costs.pop(task_id)
+                out.append(TaskResult(task_id, True, value, None, attempt, cost=cost))
+                succeeded.append((task_id, payload))
                 continue
             if attempt < self.attempts[task_id]:
                 continue  # a stale failure of an attempt already retried
@@ -251,7 +284,10 @@ class MapJob:
                     f"task {task_id} attempt {attempt}: {exception.remote_traceback}"
                 )
                 exception.remote_traceback = ""
-            out.append(TaskResult(task_id, False, None, exception, attempt))
+            cost = self.task_costs.pop(task_id)
+            out.append(TaskResult(task_id, False, None, exception, attempt, cost=cost))
+        if succeeded and self.cache is not None:  # stored before the caller sees them
+            await asyncio.to_thread(self.cache.store, succeeded)
         if retry:
             await self.enqueue(retry)
         return out
@@ -336,12 +372,11 @@ def prepare_map_job(
     deployment: Deployment | None,
     num_concurrent_tasks: int | None,
     max_num_task_attempts: int,
+    cache: bool = False,
 ) -> tuple[ClientRuntime, MapJob | None]:
-    runtime = ClientRuntime.get()
-    backend = runtime.backend(host)
-    resources = check_resources(resources_per_task, "resources_per_task")
-    checked_deployment = check_deployment(deployment)
-    check_satisfiable(backend, resources)
+    check_cache_flag(cache)
+    target = check_job_target(host, resources_per_task, deployment, "resources_per_task")
+    runtime, backend, resources = target.runtime, target.backend, target.resources
     if isinstance(args, str | bytes) or not hasattr(args, "__iter__"):
         raise BadInputError(
             f"args must be an iterable of task arguments, got {type(args).__name__}"
@@ -363,11 +398,14 @@ def prepare_map_job(
                 backend, backend.signer.dumps(_ImportedFunction(function_ref["function_name"]))
             )
         }
-    prepared = prepare_deployment(backend, checked_deployment)
+    prepared = target.prepare_deployment()
+    description = f"run_map {getattr(function, '__qualname__', function)}"
+    # cache=True: looked up before anything is allocated
+    map_cache = MapCache.open(backend, function_ref, prepared, arguments) if cache else None
+    cached = map_cache.found(description) if map_cache is not None else []
     if num_concurrent_tasks is None:
         fit = math.floor(backend.max_cpu / max(resources.logical_cpu, 1e-9))
-        num_concurrent_tasks = max(1, min(len(arguments), fit))
-    description = f"run_map {getattr(function, '__qualname__', function)}"
+        num_concurrent_tasks = max(1, min(len(arguments) - len(cached), fit))
     job = MapJob(
         runtime,
         backend,
@@ -379,7 +417,8 @@ def prepare_map_job(
         max_num_task_attempts,
         description,
     )
-    job.redeploy = lambda: prepare_deployment(backend, checked_deployment)
+    job.redeploy = target.prepare_deployment
+    job.cache, job.cached = map_cache, cached
     return runtime, job
 
 
@@ -392,9 +431,9 @@ class _ImportedFunction:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._function is None:
-            from meadowrun_core.worker import _import_function
+            from meadowrun_core.function_names import import_function
 
-            self._function = _import_function(self.name)
+            self._function = import_function(self.name)
         return self._function(*args, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:

@@ -18,9 +18,10 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from meadowrun_core import clouds
 from meadowrun_core.backend import Backend
 from meadowrun_core.client.connection import AgentConnection
-from meadowrun_core.hosts import AllocEC2Instance, AllocLocalInstance, Host, resolve_host
+from meadowrun_core.hosts import Host, resolve_host
 from meadowrun_core.seams.allocation_table import InstanceRecord
 
 log = logging.getLogger(__name__)
@@ -189,18 +190,5 @@ class ClientRuntime:
 
 
 def open_backend(host: Host) -> Backend:
-    """The backend of a host: the local cloud, or a cloud whose SDK is imported only now."""
-    if isinstance(host, AllocLocalInstance):
-        from meadowrun_core.local.backend import LocalBackend
-
-        return LocalBackend.open(host)
-    if isinstance(host, AllocEC2Instance):
-        from meadowrun_core.aws.backend import AwsBackend
-
-        return AwsBackend.open(host)
-    from meadowrun_core.exceptions import BadInputError
-
-    raise BadInputError(
-        f"{type(host).__name__} is not built yet in meadowrun-core (see README, 'Not built "
-        "yet'); use the local cloud (host=None or AllocLocalInstance()) or AllocEC2Instance()"
-    )
+    """The backend of a host, from the cloud registry (a cloud's SDK is imported only now)."""
+    return clouds.of_host(host).open_backend(host)

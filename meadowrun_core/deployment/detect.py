@@ -1,5 +1,6 @@
 """How the caller's own environment is described: a uv project, a poetry project, a conda
-environment, or a plain set of installed distributions (what ``pip freeze`` lists)."""
+environment (its ``conda-meta/`` records, read with py-rattler: no conda needed), or a plain
+set of installed distributions (what ``pip freeze`` lists)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,22 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from meadowrun_core.deployment.conda import export_prefix
 from meadowrun_core.deployment.process import find_uv, run_tool, uv_env
 from meadowrun_core.exceptions import BadInputError
 
 
 @dataclass(frozen=True)
 class DetectedEnvironment:
-    """``kind`` is uv, poetry, conda or pip; ``path`` the project directory (uv, poetry);
-    ``text`` the exported description (conda: environment.yml, pip: pinned requirements)."""
+    """``kind`` is uv, poetry, conda or pip; ``path`` the project directory (uv, poetry) or
+    the environment (conda); ``text`` the exported description (conda: the explicit lock, pip:
+    pinned requirements); ``pip``: a conda environment's pip-installed distributions, pinned."""
 
     kind: str
     python_version: str
     path: str = ""
     text: str = ""
+    pip: str = ""
 
 
 def python_minor() -> str:
@@ -54,7 +58,14 @@ def detect_local_environment(
         ):
             return DetectedEnvironment("poetry", version, path=str(directory))
     if (prefix_path / "conda-meta").is_dir():
-        return DetectedEnvironment("conda", version, text=_conda_export(prefix_path))
+        lock = export_prefix(prefix_path)
+        return DetectedEnvironment(
+            "conda",
+            lock.python_version or version,
+            path=str(prefix_path),
+            text=lock.lock,
+            pip=lock.pip,
+        )
     return DetectedEnvironment("pip", version, text=freeze(python or sys.executable))
 
 
@@ -73,20 +84,3 @@ def freeze(python: str) -> str:
         if line.strip() and " @ file://" not in line and not line.startswith("-e ")
     ]
     return "\n".join(kept) + "\n"
-
-
-def _conda_export(prefix: Path) -> str:
-    import shutil
-
-    for tool in ("conda", "mamba", "micromamba"):
-        path = shutil.which(tool)
-        if path:
-            return run_tool(
-                [path, "env", "export", "-p", str(prefix), "--no-builds"],
-                f"exporting the conda environment {prefix} ({tool} env export)",
-                error=BadInputError,
-            )
-    raise BadInputError(
-        f"the current environment {prefix} is a conda environment, but neither conda, mamba "
-        "nor micromamba is on PATH to export it; pass CondaEnvironmentFile(path) instead"
-    )

@@ -7,6 +7,10 @@ the object store, found by the spec's hash through a signed reference), so a fre
 unpacks it instead of resolving and downloading again. ``MEADOWRUN_ENV_ARCHIVE`` = ``auto``
 (store builds slower than ``MEADOWRUN_ENV_ARCHIVE_SECONDS``, default 10), ``always`` or
 ``never``.
+
+Conda environments (``kind`` conda) are installed from an exact lock with py-rattler, no conda
+binary needed (``conda.py``); their packages are cached per instance in ``<cache>/.conda-pkgs``.
+A conda prefix is not relocatable, so they are not stored in the object store.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from meadowrun_core.deployment import conda
 from meadowrun_core.deployment.locks import file_lock
 from meadowrun_core.deployment.process import (
     DeploymentError,
@@ -37,14 +42,6 @@ log = logging.getLogger(__name__)
 
 _READY = ".meadowrun-ready"
 _MAX_ARCHIVE_BYTES = 2 * 2**30
-
-
-def find_conda() -> str | None:
-    for tool in ("micromamba", "mamba", "conda"):
-        path = shutil.which(tool)
-        if path:
-            return path
-    return None
 
 
 def ensure_environment(
@@ -131,27 +128,38 @@ def _build_venv(spec: Mapping[str, Any], store: ObjectStore, signer: Signer, tar
 
 
 def _build_conda(spec: Mapping[str, Any], store: ObjectStore, signer: Signer, target: Path) -> None:
-    tool = find_conda()
-    if tool is None:
-        raise DeploymentError(
-            "this environment.yml names conda packages, and neither micromamba, mamba nor "
-            "conda is installed on this instance"
-        )
-    env_file = target.parent / f".{spec['hash']}.environment.yml"
-    env_file.write_bytes(signer.verify(store.get(str(spec["file"]))))
+    """Install the locked conda packages with py-rattler (no conda binary), then the pip
+    packages with uv into the environment's python (as ``conda env create`` runs pip)."""
+    lock = signer.verify(store.get(str(spec["lock"]))).decode()
+    try:
+        count = conda.install_lock(lock, target, target.parent / ".conda-pkgs")
+    except Exception as exc:  # rattler's errors: a download, a checksum, a link that failed
+        raise DeploymentError(f"installing the conda environment failed: {exc}") from None
+    python = target / "bin" / "python"
+    if not os.access(python, os.X_OK):
+        raise DeploymentError("the conda environment has no bin/python; add python to it")
+    log.info("installed %d conda packages into %s", count, target)
+    if not spec.get("pip"):
+        return
+    requirements = target.parent / f".{spec['hash']}.pip.txt"
+    requirements.write_bytes(signer.verify(store.get(str(spec["pip"]))))
     try:
         run_tool(
-            conda_create_command(tool, env_file, target),
-            "building the conda environment failed",
+            [
+                find_uv(),
+                "pip",
+                "install",
+                "--quiet",
+                "--python",
+                str(python),
+                "-r",
+                str(requirements),
+            ],
+            "installing the pip packages of the conda environment failed",
+            env=uv_env(),
         )
     finally:
-        env_file.unlink(missing_ok=True)
-
-
-def conda_create_command(tool: str, env_file: Path, target: Path) -> list[str]:
-    if Path(tool).name == "micromamba":
-        return [tool, "create", "--yes", "--prefix", str(target), "--file", str(env_file)]
-    return [tool, "env", "create", "--yes", "--prefix", str(target), "--file", str(env_file)]
+        requirements.unlink(missing_ok=True)
 
 
 # --- archives in the object store -------------------------------------------------------

@@ -113,7 +113,7 @@ class InstancePreparer:
                 pythonpath.insert(0, runtime.pop("PYTHONPATH"))
                 env.update(runtime)
                 env_dir = str(Path(python).parent.parent)
-                env["VIRTUAL_ENV"] = env_dir
+                env["CONDA_PREFIX" if spec["kind"] == "conda" else "VIRTUAL_ENV"] = env_dir
                 env["PATH"] = f"{env_dir}/bin{os.pathsep}{os.environ.get('PATH', '')}"
         if pythonpath:
             env["PYTHONPATH"] = os.pathsep.join(pythonpath)

@@ -8,7 +8,9 @@ Environment specs (``kind``):
   Requirements files are resolved here (``uv pip compile``), uv projects exported from
   ``uv.lock``, poetry projects read from ``poetry.lock``, pip-only conda files compiled, and
   the caller's environment detected. ``hash`` names the built environment on the instance.
-- ``conda``: an ``environment.yml`` with conda packages, built with conda/mamba/micromamba
+- ``conda``: an ``environment.yml`` with conda packages, or the caller's conda environment:
+  solved here with py-rattler to an exact lock (a signed blob), installed on the instance with
+  py-rattler (no conda binary), plus the pip packages installed with uv
 - ``container``: an image run with docker or podman
 """
 
@@ -24,13 +26,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from meadowrun_core.deployment import containers
+from meadowrun_core.deployment import conda, containers
 from meadowrun_core.deployment.detect import (
     DetectedEnvironment,
     detect_local_environment,
     python_minor,
 )
-from meadowrun_core.deployment.environments import find_conda
 from meadowrun_core.deployment.lockfiles import parse_environment_yml, poetry_lock_to_requirements
 from meadowrun_core.deployment.process import find_uv, run_tool, uv_env
 from meadowrun_core.deployment.spec import (
@@ -104,7 +105,8 @@ class Resolver:
         if detected.kind == "poetry":
             return self._poetry_project(Path(detected.path), detected.python_version)
         if detected.kind == "conda":
-            return self._conda(detected.text, "the current conda environment", Path.cwd())
+            lock = conda.CondaLock(detected.text, detected.pip, detected.python_version)
+            return self._conda_lock(lock, f"the conda environment {detected.path}")
         requirements = self._compile(
             detected.text, detected.python_version, Path.cwd(), "the current environment"
         )
@@ -164,14 +166,27 @@ class Resolver:
         if not env.conda_only:  # python and pip packages only: uv builds it
             requirements = self._compile("\n".join(env.pip) + "\n", version, base_dir, where)
             return self._venv(requirements, version, "conda-pip")
-        if self.local_instance and find_conda() is None:
+        digest = _digest("conda-solve", conda.target_subdir(), str(base_dir), text)
+        cached = self.cache_dir / "conda-locks" / f"{digest}.json"
+        try:
+            lock = conda.CondaLock(**json.loads(cached.read_text()))
+        except FileNotFoundError:
+            lock = conda.lock_environment(env.conda, env.channels, env.pip, where, base_dir)
+            _write_atomic(cached, json.dumps(lock.__dict__))
+        return self._conda_lock(lock, where)
+
+    def _conda_lock(self, lock: conda.CondaLock, where: str) -> EnvSpec:
+        if lock.python_version is None:
             raise BadInputError(
-                f"{where} names conda packages ({', '.join(env.conda_only)}) that need conda, "
-                "mamba or micromamba on the instance, and none is installed; install one, or "
-                "list only python and pip packages"
+                f"{where} installs no python; a job needs one: add python to its dependencies"
             )
-        key = self.store.put(self.signer.sign(text.encode()))
-        return {"kind": "conda", "file": key, "hash": _digest("conda", text)}
+        return {
+            "kind": "conda",
+            "lock": self.store.put(self.signer.sign(lock.lock.encode())),
+            "pip": self.store.put(self.signer.sign(lock.pip.encode())) if lock.pip else "",
+            "python_version": lock.python_version,
+            "hash": _digest("conda", lock.lock, lock.pip),
+        }
 
     def _container(self, interpreter: ContainerInterpreter) -> EnvSpec:
         if self.local_instance:
@@ -237,11 +252,15 @@ class Resolver:
             stdin=text.encode(),
             error=BadInputError,
         )
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
-        tmp.write_text(pinned)
-        os.replace(tmp, cached)
+        _write_atomic(cached, pinned)
         return pinned
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _digest(*parts: str) -> str:

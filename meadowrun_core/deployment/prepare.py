@@ -24,7 +24,6 @@ from meadowrun_core.deployment.spec import (
     PreparedDeployment,
 )
 from meadowrun_core.exceptions import BadInputError
-from meadowrun_core.local.secrets import LocalSecretStore
 from meadowrun_core.seams.object_store import ObjectStore
 from meadowrun_core.seams.secret_store import SecretReader
 from meadowrun_core.serialization import Signer
@@ -37,16 +36,17 @@ def prepare(
     store: ObjectStore,
     signer: Signer,
     mirror: CodeMirror | None,
+    secrets: SecretReader,
     local_instance: bool = True,
-    secrets: SecretReader | None = None,
 ) -> PreparedDeployment:
-    """``secrets`` reads the cloud's secret store (default: the local cloud's)."""
+    """``secrets`` reads the secret store of the cloud the job goes to (deployments name
+    their git key or registry credentials there)."""
     cache = home / "client-cache"
     resolver = Resolver(store, signer, cache, local_instance)
     base_dir = Path(os.getcwd())
     git = None
     if deployment.git is not None:
-        git, checkout = _prepare_git(deployment, cache, secrets or LocalSecretStore(home).get)
+        git, checkout = _prepare_git(deployment, cache, secrets)
         if checkout is not None:
             base_dir = checkout
     spec = resolver.resolve(deployment.interpreter, base_dir)

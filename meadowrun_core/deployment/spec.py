@@ -18,13 +18,19 @@ from meadowrun_core.exceptions import BadInputError
 
 @dataclass(frozen=True)
 class LocalCurrentInterpreter:
-    """The caller's environment, recreated on the instance.
+    """The caller's environment, recreated on the instance (the default interpreter).
 
     How the local environment is described is detected (uv: ``uv.lock``; poetry:
-    ``poetry.lock``; conda: ``conda env export``; else the installed distributions, as pip
-    freeze lists them) and an identical environment with the same Python minor version is
-    built on the instance. On the local cloud the instance is this machine, so by default the
-    caller's own interpreter is used as it is; ``recreate=True`` builds it all the same.
+    ``poetry.lock``; conda: its ``conda-meta/`` records, read with py-rattler; else the
+    installed distributions, as pip freeze lists them) and an identical environment with the
+    same Python minor version is built on the instance. On the local cloud the instance is this
+    machine, so by default the caller's own interpreter is used as it is.
+
+    ``recreate`` (default False): True builds the environment on the local cloud all the same.
+
+    Example::
+
+        mr.Deployment.mirror_local(interpreter=mr.LocalCurrentInterpreter(recreate=True))
     """
 
     recreate: bool = False
@@ -32,14 +38,30 @@ class LocalCurrentInterpreter:
 
 @dataclass(frozen=True)
 class PreinstalledInterpreter:
-    """An interpreter that already exists on the instance, at ``path``."""
+    """An interpreter that already exists on the instance.
+
+    ``path``: its executable on the instance, e.g. ``"/usr/bin/python3"``.
+
+    Example::
+
+        mr.Deployment.mirror_local(interpreter=mr.PreinstalledInterpreter("/opt/py/bin/python"))
+    """
 
     path: str
 
 
 @dataclass(frozen=True)
 class PipRequirementsFile:
-    """A requirements file; resolved (pinned) once on the client, built with uv."""
+    """A requirements file; resolved (pinned) once on the client, built with uv on the
+    instance and cached by its pinned contents.
+
+    ``path``: the file, relative to the working directory. ``python_version`` (default None:
+    the caller's Python minor version): e.g. ``"3.12"``.
+
+    Example::
+
+        mr.Deployment.mirror_local(interpreter=mr.PipRequirementsFile("requirements.txt"))
+    """
 
     path: str
     python_version: str | None = None
@@ -47,7 +69,15 @@ class PipRequirementsFile:
 
 @dataclass(frozen=True)
 class UvProject:
-    """A uv project directory with ``pyproject.toml`` and ``uv.lock`` (required)."""
+    """A uv project directory with ``pyproject.toml`` and ``uv.lock`` (required).
+
+    ``path``: the project directory. ``python_version`` (default None: the project's
+    ``.python-version``, else the caller's Python minor version).
+
+    Example::
+
+        mr.Deployment.mirror_local(interpreter=mr.UvProject("."))
+    """
 
     path: str
     python_version: str | None = None
@@ -55,7 +85,15 @@ class UvProject:
 
 @dataclass(frozen=True)
 class PoetryProjectPath:
-    """A poetry project directory with ``poetry.lock`` (required); installed with uv."""
+    """A poetry project directory with ``poetry.lock`` (required); installed with uv.
+
+    ``path``: the project directory. ``python_version`` (default None: the caller's Python
+    minor version).
+
+    Example::
+
+        mr.Deployment.mirror_local(interpreter=mr.PoetryProjectPath("."))
+    """
 
     path: str
     python_version: str | None = None
@@ -63,8 +101,16 @@ class PoetryProjectPath:
 
 @dataclass(frozen=True)
 class CondaEnvironmentFile:
-    """A conda ``environment.yml``. Python-and-pip-only files are built with uv; conda
-    packages need conda, mamba or micromamba on the instance."""
+    """A conda ``environment.yml``. Python-and-pip-only files are built with uv; files with
+    conda packages are solved on the client and installed on the instance with py-rattler (no
+    conda, mamba or micromamba needed), then their ``pip:`` section with uv.
+
+    ``path``: the environment file.
+
+    Example::
+
+        mr.Deployment.mirror_local(interpreter=mr.CondaEnvironmentFile("environment.yml"))
+    """
 
     path: str
 
@@ -72,8 +118,16 @@ class CondaEnvironmentFile:
 @dataclass(frozen=True)
 class ContainerInterpreter:
     """Run the job in a container image (docker or podman on the instance); the image needs
-    meadowrun-core installed. ``username_password_secret`` names a secret holding
-    ``username:password`` for the registry."""
+    meadowrun-core installed.
+
+    ``repository_name``: the image, e.g. ``"ghcr.io/me/img"`` (``name@sha256:...`` pins a
+    digest). ``tag`` (default "latest"). ``username_password_secret`` (default None: no login):
+    the name of a secret holding ``username:password`` for the registry.
+
+    Example::
+
+        mr.Deployment.mirror_local(interpreter=mr.ContainerInterpreter("ghcr.io/me/img", "v1"))
+    """
 
     repository_name: str
     tag: str = "latest"
@@ -139,6 +193,22 @@ class PreparedDeployment:
 
 @dataclass(frozen=True)
 class Deployment:
+    """What a job runs with: an interpreter (Python and libraries) plus code. Build one with
+    a constructor: ``mirror_local`` (the default: the caller's code and environment),
+    ``git_repo``, ``container_image`` or ``preinstalled_interpreter``.
+
+    ``interpreter`` (default ``LocalCurrentInterpreter()``): the Python environment.
+    ``include_sys_path`` (default True): mirror the caller's code on ``sys.path``.
+    ``additional_sys_paths`` (default ()): more directories to mirror. ``globs`` (default ()):
+    more files to mirror (e.g. data files). ``environment_variables`` (default {}): set for the
+    job. ``git`` (default None): a repository to check out instead (``git_repo``).
+
+    Example::
+
+        mr.run_function(f, deployment=mr.Deployment.mirror_local(
+            interpreter=mr.UvProject("."), environment_variables={"K": "V"}))
+    """
+
     interpreter: Interpreter = field(default_factory=LocalCurrentInterpreter)
     include_sys_path: bool = True
     additional_sys_paths: tuple[str, ...] = ()
@@ -155,7 +225,20 @@ class Deployment:
         globs: Sequence[str] = (),
         environment_variables: Mapping[str, str] | None = None,
     ) -> Deployment:
-        """Mirror the caller's code on ``sys.path`` (not stdlib or site-packages)."""
+        """Mirror the caller's code on ``sys.path`` (not the standard library or
+        site-packages) and recreate its environment; only changed files are uploaded.
+
+        ``include_sys_path`` (default True): mirror the code on ``sys.path``.
+        ``additional_sys_paths`` (default ()): more directories to mirror. ``interpreter`` (default
+        None: ``LocalCurrentInterpreter()``): the environment (``UvProject``,
+        ``PipRequirementsFile``, ...). ``globs`` (default ()): more files to mirror, as glob
+        patterns relative to the working directory. ``environment_variables`` (default None):
+        set for the job.
+
+        Example::
+
+            mr.Deployment.mirror_local(globs=["data/*.csv"], environment_variables={"K": "V"})
+        """
         return cls(
             interpreter=interpreter or LocalCurrentInterpreter(),
             include_sys_path=include_sys_path,
@@ -168,7 +251,15 @@ class Deployment:
     def preinstalled_interpreter(
         cls, path: str, environment_variables: Mapping[str, str] | None = None
     ) -> Deployment:
-        """Use an interpreter that already exists on the instance; mirror no code."""
+        """Use an interpreter that already exists on the instance; mirror no code.
+
+        ``path``: its executable on the instance. ``environment_variables`` (default None): set for
+        the job.
+
+        Example::
+
+            mr.Deployment.preinstalled_interpreter("/opt/conda/bin/python")
+        """
         return cls(
             interpreter=PreinstalledInterpreter(path),
             include_sys_path=False,
@@ -186,6 +277,20 @@ class Deployment:
         environment_variables: Mapping[str, str] | None = None,
         ssh_key_secret: str | None = None,
     ) -> Deployment:
+        """Run code checked out from a git repository instead of the caller's code.
+
+        ``repo_url``: the repository (https, ssh or a local path). ``branch`` (default None: the
+        default branch) or ``commit`` (default None), not both. ``path_to_source`` (default None:
+        the repository root): the directory inside it to put on ``sys.path``. ``interpreter``
+        (default None: ``LocalCurrentInterpreter()``): the environment, paths in it relative to the
+        checkout. ``environment_variables`` (default None): set for the job. ``ssh_key_secret``
+        (default None): the name of a secret holding an SSH key for a private repository.
+
+        Example::
+
+            mr.run_function("pkg.mod.main", deployment=mr.Deployment.git_repo(
+                "https://github.com/me/repo", branch="main", interpreter=mr.UvProject(".")))
+        """
         return cls(
             interpreter=interpreter or LocalCurrentInterpreter(),
             include_sys_path=False,
@@ -207,6 +312,17 @@ class Deployment:
         username_password_secret: str | None = None,
         environment_variables: Mapping[str, str] | None = None,
     ) -> Deployment:
+        """Run the job in a container image (docker or podman on the instance); the image needs
+        meadowrun-core installed; no code is mirrored.
+
+        ``repository_name``: the image. ``tag`` (default "latest"). ``username_password_secret``
+        (default None): a secret holding ``username:password`` for the registry.
+        ``environment_variables`` (default None): set for the job.
+
+        Example::
+
+            mr.Deployment.container_image("ghcr.io/me/img", tag="v1")
+        """
         return cls(
             interpreter=ContainerInterpreter(repository_name, tag, username_password_secret),
             include_sys_path=False,

@@ -1,7 +1,9 @@
 """The allocation table of the local cloud, in SQLite.
 
 Every read-check-write runs inside ``BEGIN IMMEDIATE``, the SQLite equivalent of DynamoDB's
-conditional writes: two clients can never both take the last free CPU of an instance.
+conditional writes: two clients can never both take the last free CPU of an instance. The
+schema is in ``allocation_schema.py``, the read-only queries in ``allocation_records.py``, keyed
+jobs and client leases in ``allocation_job_keys.py``.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from meadowrun_core.local.sqlite_db import SqliteDb
+from meadowrun_core.local.allocation_job_keys import KeyedJobsAndLeases
+from meadowrun_core.local.allocation_records import TableReads, instance_from_row
+from meadowrun_core.local.allocation_schema import open_allocation_db
 from meadowrun_core.resources import Resources
 from meadowrun_core.seams.allocation_table import (
-    AllocationRecord,
+    INSTANCE_DEAD_AFTER_SECONDS,
+    LAUNCH_GRACE_SECONDS,
     InstanceRecord,
     gpus_needed,
     instance_suits,
@@ -24,131 +28,6 @@ from meadowrun_core.seams.allocation_table import (
     room_fits,
 )
 from meadowrun_core.seams.instance_provider import InstanceType
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS instances (
-    instance_id TEXT PRIMARY KEY,
-    instance_type TEXT NOT NULL,
-    cpu_total REAL NOT NULL,
-    memory_total REAL NOT NULL,
-    cpu_free REAL NOT NULL,
-    memory_free REAL NOT NULL,
-    address TEXT,
-    agent_pid INTEGER,
-    price_per_hour REAL NOT NULL,
-    prevent_further_allocation INTEGER NOT NULL DEFAULT 0,
-    interruption_at REAL,
-    created REAL NOT NULL,
-    last_heartbeat REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS allocations (
-    job_id TEXT PRIMARY KEY,
-    instance_id TEXT NOT NULL,
-    client_id TEXT NOT NULL,
-    cpu REAL NOT NULL,
-    memory_gb REAL NOT NULL,
-    worker_pid INTEGER,
-    created REAL NOT NULL,
-    description TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS allocations_by_instance ON allocations(instance_id);
-CREATE TABLE IF NOT EXISTS clients (
-    client_id TEXT PRIMARY KEY,
-    pid INTEGER NOT NULL,
-    lease_expires REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS job_history (
-    job_id TEXT NOT NULL,
-    instance_id TEXT NOT NULL,
-    instance_type TEXT NOT NULL,
-    client_id TEXT NOT NULL,
-    description TEXT NOT NULL,
-    cpu REAL NOT NULL,
-    memory_gb REAL NOT NULL,
-    started REAL NOT NULL,
-    ended REAL NOT NULL,
-    outcome TEXT NOT NULL,
-    price_per_hour REAL NOT NULL,
-    instance_cpu REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS job_keys (
-    job_key TEXT PRIMARY KEY,
-    job_id TEXT NOT NULL,
-    instance_id TEXT,
-    status TEXT NOT NULL,
-    final TEXT,
-    payload_key TEXT,
-    created REAL NOT NULL,
-    ended REAL,
-    submitter TEXT NOT NULL DEFAULT ''
-);
-"""
-
-# Instances that have not written a heartbeat for this long are treated as crashed.
-INSTANCE_DEAD_AFTER_SECONDS = 10.0
-# An instance that has not registered this long after its launch is treated as failed.
-LAUNCH_GRACE_SECONDS = 60.0
-
-
-# Resource columns beyond CPU and memory (added to tables made by earlier versions).
-_INSTANCE_RESOURCE_COLUMNS = {
-    "gpus_total": "REAL NOT NULL DEFAULT 0",
-    "gpus_free": "REAL NOT NULL DEFAULT 0",
-    "gpu_memory_gb": "REAL NOT NULL DEFAULT 0",
-    "flags": "TEXT NOT NULL DEFAULT '[]'",
-    "arch": "TEXT NOT NULL DEFAULT ''",
-    "is_spot": "INTEGER NOT NULL DEFAULT 0",
-    "interruption_probability": "REAL NOT NULL DEFAULT 0",
-    "custom_total": "TEXT NOT NULL DEFAULT '{}'",
-    "custom_free": "TEXT NOT NULL DEFAULT '{}'",
-}
-_ALLOCATION_RESOURCE_COLUMNS = {
-    "gpus": "REAL NOT NULL DEFAULT 0",
-    "custom": "TEXT NOT NULL DEFAULT '{}'",
-}
-
-
-def _instance(row: sqlite3.Row, running_jobs: int) -> InstanceRecord:
-    return InstanceRecord(
-        instance_id=row["instance_id"],
-        instance_type=row["instance_type"],
-        cpu_total=row["cpu_total"],
-        memory_total=row["memory_total"],
-        cpu_free=row["cpu_free"],
-        memory_free=row["memory_free"],
-        address=row["address"],
-        agent_pid=row["agent_pid"],
-        price_per_hour=row["price_per_hour"],
-        prevent_further_allocation=bool(row["prevent_further_allocation"]),
-        interruption_at=row["interruption_at"],
-        created=row["created"],
-        last_heartbeat=row["last_heartbeat"],
-        running_jobs=running_jobs,
-        gpus_total=row["gpus_total"],
-        gpus_free=row["gpus_free"],
-        gpu_memory_gb=row["gpu_memory_gb"],
-        flags=tuple(json.loads(row["flags"])),
-        arch=row["arch"],
-        is_spot=bool(row["is_spot"]),
-        interruption_probability=row["interruption_probability"],
-        custom_total=json.loads(row["custom_total"]),
-        custom_free=json.loads(row["custom_free"]),
-    )
-
-
-def _allocation(row: sqlite3.Row) -> AllocationRecord:
-    return AllocationRecord(
-        job_id=row["job_id"],
-        instance_id=row["instance_id"],
-        client_id=row["client_id"],
-        cpu=row["cpu"],
-        memory_gb=row["memory_gb"],
-        worker_pid=row["worker_pid"],
-        created=row["created"],
-        description=row["description"],
-        gpus=row["gpus"],
-        custom=json.loads(row["custom"]),
-    )
 
 
 @dataclass
@@ -186,35 +65,11 @@ def _add_custom(
     )
 
 
-class SqliteAllocationTable:
+class SqliteAllocationTable(TableReads, KeyedJobsAndLeases):
     """``AllocationTable`` for one ``MEADOWRUN_HOME``, shared by every process using it."""
 
     def __init__(self, path: Path) -> None:
-        self._db = SqliteDb(path, _SCHEMA)
-        self._add_missing_columns()
-
-    def _add_missing_columns(self) -> None:
-        """Bring a state directory made by an earlier version up to this schema. Checked
-        and changed in one write transaction: processes opening a new home at the same time
-        would otherwise both add the same column (``duplicate column name``)."""
-        wanted = {
-            "job_keys": {"submitter": "TEXT NOT NULL DEFAULT ''"},
-            "instances": _INSTANCE_RESOURCE_COLUMNS,
-            "allocations": _ALLOCATION_RESOURCE_COLUMNS,
-        }
-
-        def missing(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
-            found = []
-            for table, columns in wanted.items():
-                have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
-                found += [(table, n, kind) for n, kind in columns.items() if n not in have]
-            return found
-
-        if not missing(self._db.connection()):
-            return  # the common case: no write lock taken
-        with self._db.transaction() as conn:
-            for table, name, kind in missing(conn):
-                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+        self._db = open_allocation_db(path)
 
     # --- allocation -------------------------------------------------------------------
     def allocate_on_existing(
@@ -247,7 +102,7 @@ class SqliteAllocationTable:
                     record.gpus_free,
                     dict(record.custom_free),
                 )
-                for record in (_instance(r, 0) for r in rows)
+                for record in (instance_from_row(r, 0) for r in rows)
                 if instance_suits(record, resources)
             }
             for job_id in job_ids:
@@ -442,7 +297,7 @@ class SqliteAllocationTable:
                 self._deallocate(conn, job_id, outcome)
             conn.execute("DELETE FROM instances WHERE instance_id = ?", (instance_id,))
 
-    def remove_dead_instances(self) -> list[str]:
+    def remove_dead_instances(self) -> tuple[list[str], list[InstanceRecord]]:
         """Drop instances whose agent stopped heartbeating (crashed), freeing their room.
 
         A launching instance (no address yet) gets ``LAUNCH_GRACE_SECONDS`` to register.
@@ -463,7 +318,7 @@ class SqliteAllocationTable:
                 ).fetchall():
                     self._deallocate(conn, job_id, "instance died")
                 conn.execute("DELETE FROM instances WHERE instance_id = ?", (instance_id,))
-        return dead
+        return dead, self.list_instances()
 
     def set_prevent_further_allocation(self, instance_id: str) -> None:
         with self._db.transaction() as conn:
@@ -480,143 +335,3 @@ class SqliteAllocationTable:
             )
             if cur.rowcount == 0:
                 raise KeyError(f"no instance {instance_id!r} in the local cloud")
-
-    def get_instance(self, instance_id: str) -> InstanceRecord | None:
-        conn = self._db.connection()
-        row = conn.execute(
-            "SELECT *, (SELECT COUNT(*) FROM allocations a WHERE a.instance_id = i.instance_id) "
-            "AS n FROM instances i WHERE instance_id = ?",
-            (instance_id,),
-        ).fetchone()
-        return None if row is None else _instance(row, row["n"])
-
-    def list_instances(self) -> list[InstanceRecord]:
-        conn = self._db.connection()
-        rows = conn.execute(
-            "SELECT *, (SELECT COUNT(*) FROM allocations a WHERE a.instance_id = i.instance_id) "
-            "AS n FROM instances i ORDER BY created"
-        ).fetchall()
-        return [_instance(r, r["n"]) for r in rows]
-
-    def list_allocations(self, instance_id: str | None = None) -> list[AllocationRecord]:
-        conn = self._db.connection()
-        if instance_id is None:
-            rows = conn.execute("SELECT * FROM allocations ORDER BY created").fetchall()
-        else:
-            rows = conn.execute(
-                "SELECT * FROM allocations WHERE instance_id = ? ORDER BY created", (instance_id,)
-            ).fetchall()
-        return [_allocation(r) for r in rows]
-
-    def job_history(self, limit: int = 100) -> list[dict[str, Any]]:
-        conn = self._db.connection()
-        rows = conn.execute(
-            "SELECT * FROM job_history ORDER BY ended DESC LIMIT ?", (limit,)
-        ).fetchall()
-        return [dict(row) for row in rows]
-
-    # --- keyed jobs: found again by a caller-chosen key from any process -----------------
-    def claim_job_key(self, job_key: str, job_id: str, submitter: str = "") -> str | None:
-        """Reserve ``job_key`` for ``job_id``; if taken, return the job id holding it.
-
-        ``submitter`` is the client sending the job: if its lease lapses before the job has
-        started, the job never will."""
-        with self._db.transaction() as conn:
-            row = conn.execute(
-                "SELECT job_id FROM job_keys WHERE job_key = ?", (job_key,)
-            ).fetchone()
-            if row is not None:
-                return str(row["job_id"])
-            conn.execute(
-                "INSERT INTO job_keys (job_key, job_id, status, created, submitter) "
-                "VALUES (?, ?, 'submitted', ?, ?)",
-                (job_key, job_id, time.time(), submitter),
-            )
-            return None
-
-    def set_job_key_instance(self, job_key: str, job_id: str, instance_id: str) -> None:
-        with self._db.transaction() as conn:
-            conn.execute(
-                "UPDATE job_keys SET job_id = ?, instance_id = ?, status = 'placed' "
-                "WHERE job_key = ? AND status = 'submitted'",
-                (job_id, instance_id, job_key),
-            )
-
-    def mark_job_key_started(self, job_key: str) -> None:
-        """Called by the agent once the job runs on its instance."""
-        with self._db.transaction() as conn:
-            conn.execute(
-                "UPDATE job_keys SET status = 'running' WHERE job_key = ? AND status != 'ended'",
-                (job_key,),
-            )
-
-    def record_job_final(self, job_key: str, final: str, payload_key: str | None) -> None:
-        with self._db.transaction() as conn:
-            conn.execute(
-                "UPDATE job_keys SET status = 'ended', final = ?, payload_key = ?, ended = ? "
-                "WHERE job_key = ?",
-                (final, payload_key, time.time(), job_key),
-            )
-
-    def get_job_key(self, job_key: str) -> dict[str, object] | None:
-        row = (
-            self._db.connection()
-            .execute("SELECT * FROM job_keys WHERE job_key = ?", (job_key,))
-            .fetchone()
-        )
-        return None if row is None else dict(row)
-
-    def forget_job_key(self, job_key: str) -> bool:
-        with self._db.transaction() as conn:
-            return conn.execute("DELETE FROM job_keys WHERE job_key = ?", (job_key,)).rowcount > 0
-
-    def object_references(self) -> tuple[set[str], float | None]:
-        """What garbage collection keeps: the object keys of kept keyed-job outcomes, and when
-        the oldest live job began (an allocation, or a keyed job not ended yet)."""
-        conn = self._db.connection()
-        keys: set[str] = set()
-        for row in conn.execute("SELECT final, payload_key FROM job_keys WHERE status = 'ended'"):
-            if row["payload_key"]:
-                keys.add(row["payload_key"])
-            try:
-                output_key = json.loads(row["final"] or "{}").get("output_key")
-            except ValueError:
-                output_key = None
-            if isinstance(output_key, str):
-                keys.add(output_key)
-        oldest = conn.execute(
-            "SELECT MIN(t) FROM (SELECT MIN(created) AS t FROM allocations UNION ALL "
-            "SELECT MIN(created) FROM job_keys WHERE status != 'ended')"
-        ).fetchone()[0]
-        return keys, None if oldest is None else float(oldest)
-
-    # --- client leases --------------------------------------------------------------------
-    def renew_lease(self, client_id: str, pid: int, lease_seconds: float) -> None:
-        with self._db.transaction() as conn:
-            conn.execute(
-                "INSERT INTO clients (client_id, pid, lease_expires) VALUES (?, ?, ?) "
-                "ON CONFLICT(client_id) DO UPDATE SET lease_expires = excluded.lease_expires",
-                (client_id, pid, time.time() + lease_seconds),
-            )
-
-    def lease_expiry(self, client_id: str) -> float | None:
-        row = (
-            self._db.connection()
-            .execute("SELECT lease_expires FROM clients WHERE client_id = ?", (client_id,))
-            .fetchone()
-        )
-        return None if row is None else float(row["lease_expires"])
-
-    def release_lease(self, client_id: str) -> None:
-        with self._db.transaction() as conn:
-            conn.execute("DELETE FROM clients WHERE client_id = ?", (client_id,))
-
-    def allocations_with_expired_lease(self, instance_id: str) -> list[AllocationRecord]:
-        """Allocations on this instance whose client's lease lapsed (or never existed)."""
-        conn = self._db.connection()
-        rows = conn.execute(
-            "SELECT a.* FROM allocations a LEFT JOIN clients c ON a.client_id = c.client_id "
-            "WHERE a.instance_id = ? AND (c.lease_expires IS NULL OR c.lease_expires < ?)",
-            (instance_id, time.time()),
-        ).fetchall()
-        return [_allocation(r) for r in rows]

@@ -50,7 +50,7 @@ class LocalBackend:
             table=table,
             queues=SqliteTaskQueue(home / "queues.db"),
             store=FileObjectStore(home / "objects"),
-            provider=LocalInstanceProvider(home, max_cpu, max_mem, idle),
+            provider=LocalInstanceProvider(home, max_cpu, max_mem, idle, host.custom_resources),
             signer=Signer(load_or_create_key(home / "cluster.key")),
             max_cpu=max_cpu,
             max_memory_gb=max_mem,

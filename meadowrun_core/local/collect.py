@@ -7,7 +7,10 @@ Collected, at most ``MAX_REMOVALS`` entries a run:
   ``instance_max_age`` (``meadowrun clean``: at once);
 - objects in ``objects/`` untouched (written, found by a client, or read) for
   ``object_max_age`` (``meadowrun clean``: ``CLEAN_OBJECT_GRACE_SECONDS``), and also untouched
-  since the oldest live job began, that no kept keyed-job outcome references.
+  since the oldest live job began, that no kept keyed-job outcome references;
+- named objects (``objects/named/``: the result cache) written more than
+  ``OBJECT_MAX_AGE_SECONDS`` ago, also on ``meadowrun clean`` (``meadowrun cache clear``
+  empties the cache): they live as long as an S3 object does under the bucket's lifecycle.
 
 Clients run ``collect_if_due`` in the background when they open the local cloud, at most once
 every ``COLLECT_EVERY_SECONDS`` per home; ``meadowrun clean`` runs ``collect`` after it stopped
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meadowrun_core.local.allocation_table import SqliteAllocationTable
+from meadowrun_core.local.object_store import NAMED_FOLDER
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +75,7 @@ def collect(
         cutoff = min(cutoff, oldest_live - 60)
     objects = 0
     for prefix in sorted((home / "objects").glob("*")):
-        if not prefix.is_dir():
+        if not prefix.is_dir() or prefix.name == NAMED_FOLDER:
             continue
         for blob in prefix.iterdir():
             if objects >= MAX_REMOVALS:
@@ -91,6 +95,9 @@ def collect(
                 freed += st.st_size
         with contextlib.suppress(OSError):
             prefix.rmdir()  # only if now empty
+    named, named_bytes = _collect_named(home / "objects" / NAMED_FOLDER, now, MAX_REMOVALS)
+    objects += named
+    freed += named_bytes
     if dirs or objects:
         log.info(
             "collected %d instance folder(s) and %d object(s), %.1f MB",
@@ -118,6 +125,29 @@ def collect_if_due(home: Path, table: SqliteAllocationTable) -> CollectReport | 
     except Exception as exc:  # housekeeping must never break a job
         log.warning("garbage collection of %s failed: %s", home, exc)
         return None
+
+
+def _collect_named(top: Path, now: float, limit: int) -> tuple[int, int]:
+    """Remove named objects written over ``OBJECT_MAX_AGE_SECONDS`` ago (and write leftovers
+    over a day old); return how many and their bytes."""
+    removed = freed = 0
+    for folder, _, files in os.walk(top, topdown=False):
+        for name in files:
+            if removed >= limit:
+                return removed, freed
+            path = Path(folder) / name
+            max_age = _TMP_MAX_AGE_SECONDS if name.startswith(".") else OBJECT_MAX_AGE_SECONDS
+            with contextlib.suppress(FileNotFoundError):
+                st = path.stat()
+                if st.st_mtime > now - max_age:
+                    continue
+                path.unlink()
+                removed += 1
+                freed += st.st_size
+        if Path(folder) != top:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only if now empty
+    return removed, freed
 
 
 def _size(folder: Path) -> int:

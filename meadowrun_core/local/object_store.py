@@ -1,13 +1,17 @@
-"""Content-addressed blobs in a private directory: the local cloud's S3."""
+"""Content-addressed blobs in a private directory: the local cloud's S3. Named objects live
+under ``named/`` in the same directory (content keys use two-character folders)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from meadowrun_core.seams.object_store import content_key
+from meadowrun_core.seams.object_store import NamedObject, check_name, content_key
+
+NAMED_FOLDER = "named"
 
 
 class FileObjectStore:
@@ -16,6 +20,7 @@ class FileObjectStore:
 
     def __init__(self, root: Path) -> None:
         self._root = root
+        self._named = root / NAMED_FOLDER
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
@@ -28,15 +33,28 @@ class FileObjectStore:
         path = self._path(key)
         if not overwrite and _touch(path):
             return key
-        path.parent.mkdir(mode=0o700, exist_ok=True)
         # a name of its own per write: two threads putting the same bytes object at once
         # (one function for several jobs) must not share, and lose, a temporary file
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-        return key
+        for attempt in range(3):
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            except FileNotFoundError:
+                # the collector removed the (empty) prefix folder between mkdir and open
+                if attempt == 2:
+                    raise
+                continue
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            try:
+                os.replace(tmp, path)
+            except FileNotFoundError:  # the folder went with our file in it: write again
+                if attempt == 2:
+                    raise
+                continue
+            return key
+        raise AssertionError("unreachable")
 
     def get(self, key: str) -> bytes:
         try:
@@ -52,6 +70,47 @@ class FileObjectStore:
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
+
+    def put_named(self, name: str, data: bytes) -> None:
+        path = self._named / check_name(name)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        for attempt in range(3):
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)
+                return
+            except FileNotFoundError:  # a clear removed the emptied folder meanwhile
+                if attempt == 2:
+                    raise
+
+    def get_named(self, name: str) -> bytes:
+        try:
+            return (self._named / check_name(name)).read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise KeyError(f"object {name} is not in the store") from None
+
+    def list_named(self, prefix: str) -> Iterator[NamedObject]:
+        top = self._named / check_name(prefix) if prefix else self._named
+        for folder, _, files in os.walk(top):
+            for file in files:
+                if file.startswith("."):
+                    continue  # a write in progress
+                path = Path(folder) / file
+                with contextlib.suppress(FileNotFoundError):
+                    st = path.stat()
+                    name = path.relative_to(self._named).as_posix()
+                    yield NamedObject(name, st.st_mtime, st.st_size)
+
+    def delete_named(self, names: Iterable[str]) -> None:
+        for name in names:
+            path = self._named / check_name(name)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()  # only if now empty
 
 
 def _touch(path: Path) -> bool:

@@ -14,13 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from meadowrun_core.exceptions import BadInputError
-
-
-class SecretNotFoundError(BadInputError, KeyError):
-    """No secret with this name in the secret store."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "secret not found"
+from meadowrun_core.seams.secret_store import SecretNotFoundError
 
 
 class LocalSecretStore:

@@ -22,19 +22,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from meadowrun_core.exceptions import MeadowrunError
+from meadowrun_core.exceptions import StateDamagedError, StateGoneError
 
 log = logging.getLogger(__name__)
 
 IDENTITY_CHECK_SECONDS = 1.0
-
-
-class StateDamagedError(MeadowrunError):
-    """A state database was damaged; it was moved aside and an empty one started."""
-
-
-class StateGoneError(MeadowrunError):
-    """The state directory was removed while this process used it."""
 
 
 def is_damage(exc: BaseException) -> bool:

@@ -9,17 +9,21 @@ from meadowrun_core.seams.allocation_table import (
     AllocationTable,
     InstanceRecord,
 )
-from meadowrun_core.seams.instance_provider import InstanceProvider, InstanceType
+from meadowrun_core.seams.cloud import CloudSeams
+from meadowrun_core.seams.instance_provider import InstanceType, Provider
 from meadowrun_core.seams.object_store import ObjectStore
+from meadowrun_core.seams.secret_store import SecretStore
 from meadowrun_core.seams.task_queue import QueueMessage, TaskQueue
 
 __all__ = [
     "AllocationRecord",
     "AllocationTable",
-    "InstanceProvider",
+    "CloudSeams",
     "InstanceRecord",
     "InstanceType",
     "ObjectStore",
+    "Provider",
     "QueueMessage",
+    "SecretStore",
     "TaskQueue",
 ]

@@ -13,6 +13,13 @@ from typing import Any, Protocol
 from meadowrun_core.resources import Resources
 from meadowrun_core.seams.instance_provider import InstanceType
 
+# Facts every table, client and agent share, whichever cloud holds the table.
+# Instances that have not written a heartbeat for this long are treated as crashed.
+INSTANCE_DEAD_AFTER_SECONDS = 10.0
+# An instance that has not registered this long after its launch is treated as failed (a
+# cloud whose instances boot slower passes its own grace to its table: EC2's is 600 s).
+LAUNCH_GRACE_SECONDS = 60.0
+
 
 @dataclass(frozen=True)
 class InstanceRecord:
@@ -156,13 +163,19 @@ class AllocationTable(Protocol):
 
     def remove_instance(self, instance_id: str, outcome: str) -> None: ...
 
-    def remove_dead_instances(self) -> list[str]:
-        """Remove instances that stopped heartbeating or never registered; their ids."""
+    def remove_dead_instances(self) -> tuple[list[str], list[InstanceRecord]]:
+        """Remove instances that stopped heartbeating or never registered: the ids removed
+        and the instances left (one listing serves both: a request fewer on a cloud)."""
         ...
 
     def set_prevent_further_allocation(self, instance_id: str) -> None: ...
 
     def job_history(self, limit: int = 100) -> list[dict[str, Any]]: ...
+
+    def finished_job(self, job_id: str) -> dict[str, Any] | None:
+        """The job-history row of ``job_id`` (as ``job_history``'s), None until its allocation
+        is freed; one read, for ``JobHandle.cost()``."""
+        ...
 
     def get_instance(self, instance_id: str) -> InstanceRecord | None: ...
 
@@ -189,5 +202,9 @@ class AllocationTable(Protocol):
     def record_job_final(self, job_key: str, final: str, payload_key: str | None) -> None: ...
 
     def get_job_key(self, job_key: str) -> dict[str, object] | None: ...
+
+    def find_job_key(self, job_id: str) -> dict[str, object] | None:
+        """The record of the keyed job whose job id is ``job_id`` (as ``get_job_key``)."""
+        ...
 
     def forget_job_key(self, job_key: str) -> bool: ...

@@ -1,8 +1,12 @@
-"""Content-addressed blob storage for code, arguments and large results."""
+"""Content-addressed blob storage for code, arguments and large results, plus a few objects
+stored under a chosen name (an index whose key is not the content's hash: the result cache)."""
 
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from meadowrun_core.serialization import Signer, UnauthenticatedDataError
@@ -31,6 +35,28 @@ class DamagedObjectError(UnauthenticatedDataError):
         )
 
 
+_NAME = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")
+_NAME_MAX = 512
+
+
+def check_name(name: str) -> str:
+    """A named object's name: segments of letters, digits, ``_`` and ``-`` joined by ``/``
+    (so it is a safe relative path and S3 key), at most 512 characters."""
+    if len(name) > _NAME_MAX or not _NAME.fullmatch(name):
+        raise ValueError(f"invalid object name {name!r}")
+    return name
+
+
+@dataclass(frozen=True)
+class NamedObject:
+    """A named object as a listing shows it: ``stored_at`` is the time of its last write
+    (Unix seconds), which is what the store's expiry counts from."""
+
+    name: str
+    stored_at: float
+    size: int
+
+
 class ObjectStore(Protocol):
     @property
     def expiry_seconds(self) -> float | None:
@@ -48,6 +74,24 @@ class ObjectStore(Protocol):
     def exists(self, key: str) -> bool: ...
 
     def delete(self, key: str) -> None: ...
+
+    # --- named objects: stored under a name the caller chooses (``check_name``), apart from
+    # the content-addressed ones, and expiring like them (counted from their last write) ---
+    def put_named(self, name: str, data: bytes) -> None:
+        """Store ``data`` under ``name``, replacing what was there."""
+        ...
+
+    def get_named(self, name: str) -> bytes:
+        """The data stored under ``name``; ``KeyError`` when there is none."""
+        ...
+
+    def list_named(self, prefix: str) -> Iterator[NamedObject]:
+        """Every named object under the folder ``prefix`` (a name, or ``""`` for all)."""
+        ...
+
+    def delete_named(self, names: Iterable[str]) -> None:
+        """Delete these named objects (those already gone are ignored)."""
+        ...
 
 
 def get_verified(store: ObjectStore, signer: Signer, key: str) -> bytes:

@@ -10,7 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from meadowrun_core.exceptions import BadInputError
+
 SecretReader = Callable[[str], str]
+
+
+class SecretNotFoundError(BadInputError, KeyError):
+    """No secret with this name in the secret store."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "secret not found"
 
 
 class SecretStore(Protocol):

@@ -49,15 +49,29 @@ def _providers() -> dict[str, Any]:
     from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
 
     manager = ProvidersManager()
+    form = {
+        name: {"schema": info.field["schema"], "source": info.package_name}
+        for name, info in manager.connection_form_widgets.items()
+        if name.startswith("extra__meadowrun__")
+    }
     return {
         "decorators": sorted(ProvidersManagerTaskRuntime().taskflow_decorators),
         "connection_types": sorted(manager.hooks),
         "providers": sorted(manager.providers),
+        "extra_links": manager.extra_links_class_names,
+        "meadowrun_form": form,
+        "meadowrun_behaviour": manager.field_behaviours.get("meadowrun"),
+        "meadowrun_info": manager.providers["meadowrun-core"].data,
     }
 
 
-def run_dag(dag_file: str, dag_id: str, conf: dict[str, Any] | None = None,
-            logical_date: str | None = None, providers: bool = False) -> dict[str, Any]:
+def run_dag(
+    dag_file: str,
+    dag_id: str,
+    conf: dict[str, Any] | None = None,
+    logical_date: str | None = None,
+    providers: bool = False,
+) -> dict[str, Any]:
     dag = _load_dag(Path(dag_file), dag_id)
     kwargs: dict[str, Any] = {"run_conf": conf}
     if logical_date:
@@ -73,14 +87,19 @@ def run_dag(dag_file: str, dag_id: str, conf: dict[str, Any] | None = None,
         for ti in dag_run.get_task_instances(session=session):
             name = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"
             tasks[name] = {"state": str(ti.state)}
-        rows = session.query(XComModel).filter(
-            XComModel.dag_id == dag.dag_id, XComModel.run_id == dag_run.run_id
-        ).all()
+        rows = (
+            session.query(XComModel)
+            .filter(XComModel.dag_id == dag.dag_id, XComModel.run_id == dag_run.run_id)
+            .all()
+        )
         for row in rows:
             name = row.task_id if row.map_index < 0 else f"{row.task_id}[{row.map_index}]"
             tasks.setdefault(name, {})[f"xcom:{row.key}"] = XComModel.deserialize_value(row)
-    summary: dict[str, Any] = {"state": str(dag_run.state), "run_id": dag_run.run_id,
-                               "tasks": tasks}
+    summary: dict[str, Any] = {
+        "state": str(dag_run.state),
+        "run_id": dag_run.run_id,
+        "tasks": tasks,
+    }
     if providers:
         summary["providers"] = _providers()
     return summary

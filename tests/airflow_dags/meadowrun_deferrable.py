@@ -55,10 +55,14 @@ def kill_deferred_job() -> dict[str, object]:
     return {"status": mr.job_status(key), "allocations": list_allocations()}
 
 
-with DAG("meadowrun_deferrable", schedule=None, catchup=False,
-         params={"pid_file": "/dev/null"}) as dag:
+with DAG(
+    "meadowrun_deferrable", schedule=None, catchup=False, params={"pid_file": "/dev/null"}
+) as dag:
     squared = MeadowrunOperator(
-        task_id="square", python_callable=slow_square, op_args=[7], resources=SMALL,
+        task_id="square",
+        python_callable=slow_square,
+        op_args=[7],
+        resources=SMALL,
         deferrable=True,
     )
 
@@ -69,12 +73,17 @@ with DAG("meadowrun_deferrable", schedule=None, catchup=False,
     consume(squared.output)
 
     MeadowrunOperator(
-        task_id="command", command="echo deferred-command-out; echo last {{ ds_nodash }}",
-        resources=SMALL, deferrable=True,
+        task_id="command",
+        command="echo deferred-command-out; echo last {{ ds_nodash }}",
+        resources=SMALL,
+        deferrable=True,
     )
     overrun = MeadowrunOperator(
-        task_id="overrun", command="echo $$ > {{ params.pid_file }}; sleep 120",
-        resources=SMALL, deferrable=True, execution_timeout=timedelta(seconds=4),
+        task_id="overrun",
+        command="echo $$ > {{ params.pid_file }}; sleep 120",
+        resources=SMALL,
+        deferrable=True,
+        execution_timeout=timedelta(seconds=4),
     )
     # Runs right after the overrun task, in the same process.
     overrun >> task(list_allocations, task_id="jobs_left", trigger_rule="all_done")()

@@ -21,10 +21,17 @@ def double(x: int) -> int:
 
 with DAG("meadowrun_home", schedule=None, catchup=False) as dag:
     MeadowrunOperator(
-        task_id="double", python_callable=double, op_args=[21], resources=SMALL,
-        meadowrun_conn_id="meadowrun_elsewhere", deferrable=True,
+        task_id="double",
+        python_callable=double,
+        op_args=[21],
+        resources=SMALL,
+        meadowrun_conn_id="meadowrun_elsewhere",
+        deferrable=True,
     )
     MeadowrunOperator(
-        task_id="command", command="sleep 1; echo from the other cloud", resources=SMALL,
-        meadowrun_conn_id="meadowrun_elsewhere", deferrable=True,
+        task_id="command",
+        command="sleep 1; echo from the other cloud",
+        resources=SMALL,
+        meadowrun_conn_id="meadowrun_elsewhere",
+        deferrable=True,
     )

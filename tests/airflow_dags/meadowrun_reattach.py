@@ -29,6 +29,9 @@ def wait_for_release(marker_dir: str) -> str:
 
 with DAG("meadowrun_reattach", schedule=None, catchup=False, params={"marker_dir": ""}) as dag:
     MeadowrunOperator(
-        task_id="long", python_callable=wait_for_release, op_args=["{{ params.marker_dir }}"],
-        resources=mr.Resources(logical_cpu=1, memory_gb=1), deferrable=True,
+        task_id="long",
+        python_callable=wait_for_release,
+        op_args=["{{ params.marker_dir }}"],
+        resources=mr.Resources(logical_cpu=1, memory_gb=1),
+        deferrable=True,
     )

@@ -18,8 +18,11 @@ def add(a: str, b: str, ds: str | None = None) -> dict[str, object]:
 
 with DAG("meadowrun_sync", schedule=None, catchup=False, params={"a": 40, "b": 2}) as dag:
     added = MeadowrunOperator(
-        task_id="add", python_callable=add, op_args=["{{ params.a }}"],
-        op_kwargs={"b": "{{ params.b }}"}, resources=mr.Resources(logical_cpu=1, memory_gb=1),
+        task_id="add",
+        python_callable=add,
+        op_args=["{{ params.a }}"],
+        op_kwargs={"b": "{{ params.b }}"},
+        resources=mr.Resources(logical_cpu=1, memory_gb=1),
     )
 
     @task

@@ -8,7 +8,6 @@ from typing import Any, ClassVar
 
 from airflow.sdk.bases.decorator import DecoratedOperator, TaskDecorator, task_decorator_factory
 
-import meadowrun_core as mr
 from meadowrun_airflow.operators import MeadowrunOperator
 
 
@@ -16,9 +15,19 @@ class _MeadowrunDecoratedOperator(DecoratedOperator, MeadowrunOperator):  # type
     """Runs the decorated function on a meadowrun instance; its return value is the XCom."""
 
     custom_operator_name: str = "@task.meadowrun"
-    template_fields: Sequence[str] = ("op_args", "op_kwargs", "environment")
+    template_fields: Sequence[str] = (
+        "op_args",
+        "op_kwargs",
+        "environment",
+        "host",
+        "meadowrun_resources",
+    )
     template_fields_renderers: ClassVar[dict[str, str]] = {
-        "op_args": "py", "op_kwargs": "py", "environment": "json",
+        "op_args": "py",
+        "op_kwargs": "py",
+        "environment": "json",
+        "host": "py",
+        "meadowrun_resources": "py",
     }
 
     def __init__(
@@ -49,7 +58,7 @@ def meadowrun_task(
 ) -> TaskDecorator:
     """Wrap a function into a MeadowrunOperator; takes MeadowrunOperator's arguments
     (``host``, ``resources``, ``deployment``, ``environment``, ``deferrable``, ...)."""
-    if isinstance(kwargs.get("resources"), mr.Resources):
+    if kwargs.get("resources") is not None:
         # Airflow coerces ``resources`` of mapped tasks into its own executor resources
         kwargs["meadowrun_resources"] = kwargs.pop("resources")
     return task_decorator_factory(

@@ -188,8 +188,49 @@ class OutputLines:
             self._emit(logging.INFO if stream == "stdout" else logging.WARNING, text)
 
 
-def discard_output(stream: str, data: bytes) -> None:
-    """An ``on_output`` for reading a finished job's value without replaying its output."""
+def job_log_file(
+    base_folder: str | Path, dag_id: str, run_id: str, task_id: str, map_index: int, job_id: str
+) -> Path:
+    """Where the worker saves a job's output, beside Airflow's own task logs."""
+    folder = Path(base_folder) / "meadowrun" / f"dag_id={dag_id}" / f"run_id={run_id}"
+    folder = folder / f"task_id={task_id}"
+    if map_index >= 0:
+        folder = folder / f"map_index={map_index}"
+    return folder / f"{job_id}.log"
+
+
+def save_log(log_file: Path, data: bytes) -> bool:
+    """Write a job's output to ``log_file``; a failure is logged, never raised (the log is a
+    convenience, the task's outcome does not depend on it)."""
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        log_file.write_bytes(data)
+    except OSError as exc:
+        log.warning("Could not save the meadowrun job's log to %s: %s", log_file, exc)
+        return False
+    return True
+
+
+def read_job(
+    key: str, host: mr.Host | None, log_file: Path | None, timeout: float
+) -> tuple[Any, str | None]:
+    """Attach to the ended job named ``key``: its value (its error is raised) and its last
+    stdout line. Its output, replayed from the start, is saved to ``log_file`` (also when the
+    job failed)."""
+    lines = OutputLines()
+    chunks: list[bytes] = []
+
+    def on_output(stream: str, data: bytes) -> None:
+        lines.feed(stream, data)
+        chunks.append(data)
+
+    try:
+        value = mr.attach_job(key, host=host, on_output=on_output).result(timeout=timeout)
+    finally:
+        lines.flush()
+        if log_file is not None:
+            save_log(log_file, b"".join(chunks))
+    return value, lines.last_stdout_line
 
 
 class _DropAll(logging.Filter):
@@ -228,15 +269,23 @@ class StartedJob:
         self._closed = False
         self.handle = _submit(spec, self.key, detach=False)
 
-    def last_stdout_line(self) -> str | None:
-        """The job's last stdout line, from the output kept with its outcome (once it ended)."""
-        lines = OutputLines()
+    def job_id(self) -> str | None:
+        """The job's meadowrun id (the prefix of its output lines), once it is placed."""
+        job_id = mr.job_info(self.key, host=self.spec.host)["job_id"]
+        return None if job_id is None else str(job_id)
+
+    def finish(self, log_file: Path | None) -> str | None:
+        """Once the job ended: its output, replayed from the output kept with its outcome, is
+        saved to ``log_file``; returns its last stdout line."""
+        last_line: str | None = None
+
+        def read() -> None:
+            nonlocal last_line
+            _, last_line = read_job(self.key, self.spec.host, log_file, CANCEL_WAIT_SECONDS)
+
         with contextlib.suppress(mr.MeadowrunError, TimeoutError):
-            mr.attach_job(self.key, host=self.spec.host, on_output=lines.feed).result(
-                timeout=CANCEL_WAIT_SECONDS
-            )
-        lines.flush()
-        return lines.last_stdout_line
+            read()
+        return last_line
 
     def wait(self, poll_seconds: float = 0.5) -> Any:
         """The job's result; polls so that signals (SIGTERM, SIGALRM timeouts) get through."""

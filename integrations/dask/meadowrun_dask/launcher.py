@@ -24,10 +24,6 @@ from distributed.deploy.utils import nprocesses_nthreads
 from distributed.security import Security
 
 import meadowrun_core as mr
-from meadowrun_core.client.capacity import shortage
-from meadowrun_core.client.results import JobCancelledError
-from meadowrun_core.client.runtime import ClientRuntime
-from meadowrun_core.hosts import AllocLocalInstance, Host, resolve_host
 
 if TYPE_CHECKING:
     from meadowrun_dask.cluster import MeadowCluster
@@ -56,13 +52,13 @@ def _free_ports(count: int, host: str) -> list[int]:
             sock.close()
 
 
-def _listen_host(host: Host | None) -> str | None:
+def _listen_host(host: mr.Host | None) -> str | None:
     """The address the servers listen on (None: Dask picks the machine's own address, and the
     scheduler reports it back). ``auto``: 127.0.0.1 on the local cloud, where every instance is
     this machine, else the instance's own address."""
     setting = str(dask.config.get("meadowrun.listen-host", "auto"))
     if setting == "auto":
-        return "127.0.0.1" if isinstance(resolve_host(host), AllocLocalInstance) else None
+        return "127.0.0.1" if isinstance(mr.resolve_host(host), mr.AllocLocalInstance) else None
     return None if setting == "any" else setting
 
 
@@ -77,7 +73,7 @@ class Sizes:
 
 
 def sizes(
-    host: Host | None,
+    host: mr.Host | None,
     n_workers: int | str | None,
     worker: mr.Resources | Mapping[str, Any] | None,
     scheduler: mr.Resources | Mapping[str, Any] | None,
@@ -89,14 +85,13 @@ def sizes(
     override any field."""
     count = dask.config.get("meadowrun.n-workers") if n_workers is None else n_workers
     limit: tuple[float, float] | None = None
-    if isinstance(resolve_host(host), AllocLocalInstance):
-        backend = ClientRuntime.get().backend(host)
-        limit = (backend.max_cpu, backend.max_memory_gb)
-        procs, threads = nprocesses_nthreads(max(1, math.floor(backend.max_cpu)))
+    if isinstance(mr.resolve_host(host), mr.AllocLocalInstance):
+        limit = max_cpu, max_memory_gb = mr.launch_limit(host)
+        procs, threads = nprocesses_nthreads(max(1, math.floor(max_cpu)))
         scheduler_auto = {"logical_cpu": 0.0, "memory_gb": 1.0}
-        memory = math.floor((backend.max_memory_gb - 1.0) / procs * 4) / 4
+        memory = math.floor((max_memory_gb - 1.0) / procs * 4) / 4
         worker_auto = {
-            "logical_cpu": float(min(threads, backend.max_cpu)),
+            "logical_cpu": float(min(threads, max_cpu)),
             "memory_gb": max(memory, 0.25),
         }
     else:
@@ -156,7 +151,7 @@ async def _job_outcome(handle: mr.JobHandle[Any]) -> BaseException | None:
         await handle
     except asyncio.CancelledError:
         if handle.cancelled():
-            return JobCancelledError("the job was cancelled")
+            return mr.JobCancelledError("the job was cancelled")
         raise
     except Exception as exc:
         return exc
@@ -202,7 +197,7 @@ class Launcher:
     def __init__(
         self,
         cluster: MeadowCluster,
-        host: Host | None,
+        host: mr.Host | None,
         deployment: mr.Deployment | None,
         security: Security,
         worker_resources: mr.Resources,
@@ -233,9 +228,8 @@ class Launcher:
     async def submit(
         self, function: Callable[..., None], resources: mr.Resources, args: tuple[Any, ...]
     ) -> mr.JobHandle[None]:
-        # run_function uploads code and arguments before it returns: keep that off the loop
-        handle: mr.JobHandle[None] = await asyncio.to_thread(
-            mr.run_function,
+        # the async twin uploads code and arguments off this loop
+        handle: mr.JobHandle[None] = await mr.run_function_async(
             function,
             host=self.host,
             resources=resources,
@@ -247,7 +241,7 @@ class Launcher:
 
     def _shortage(self, resources: mr.Resources) -> str | None:
         try:
-            return shortage(ClientRuntime.get().backend(self.host), resources)
+            return mr.capacity_shortage(resources, self.host)
         except Exception:  # only an explanation: never let it fail the start
             logger.debug("could not tell why a server waits", exc_info=True)
             return None

@@ -26,8 +26,7 @@ from distributed import Scheduler
 from distributed.security import Security
 from distributed.utils import import_term
 
-import meadowrun_core
-from meadowrun_core.job_context import LogForwarder
+import meadowrun_core as mr
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ def _remote_context(config: dict[str, Any]) -> Iterator[None]:
     everything because only the handlers change.
     """
     log_level = config.get("meadowrun", {}).get("remote-log-level") or "warning"
-    forwarder = LogForwarder(level=logging.getLevelName(str(log_level).upper()))
+    forwarder = mr.JobLogForwarder(level=logging.getLevelName(str(log_level).upper()))
     loggers = [logging.getLogger(name) for name in ("distributed", "meadowrun_dask")]
     handlers = [
         h
@@ -136,7 +135,7 @@ async def _serve_scheduler(
         **options,
     ) as scheduler:
         logger.info("scheduler listening at %s", scheduler.address)
-        meadowrun_core.report({"address": scheduler.address})
+        mr.report({"address": scheduler.address})
         watcher = asyncio.create_task(_warn_without_workers(scheduler, no_workers_warning))
         try:
             await scheduler.finished()
@@ -199,7 +198,7 @@ async def _serve_worker(
         )
     async with cls(scheduler_address, name=name, host=host, security=security, **options) as server:
         # registered with the scheduler by now: the cluster's start() returns on this
-        meadowrun_core.report({"worker": getattr(server, "worker_address", None) or server.address})
+        mr.report({"worker": getattr(server, "worker_address", None) or server.address})
         watcher = asyncio.create_task(_retire_on_interruption(server, poll))
         try:
             await server.finished()
@@ -214,7 +213,7 @@ async def _retire_on_interruption(server: Any, interval: float) -> None:
     the scheduler moves this worker's data to other workers first (``close_gracefully``)."""
     while True:
         try:
-            deadline = await asyncio.to_thread(meadowrun_core.interruption_notice)
+            deadline = await asyncio.to_thread(mr.interruption_notice)
         except Exception:
             logger.debug("could not read the interruption notice", exc_info=True)
             deadline = None
@@ -224,7 +223,7 @@ async def _retire_on_interruption(server: Any, interval: float) -> None:
     left = deadline - time.time()
     logger.warning(
         "spot interruption notice: instance %s goes in %.1f s; retiring worker %s",
-        meadowrun_core.current_instance_id(),
+        mr.current_instance_id(),
         left,
         getattr(server, "name", "?"),
     )

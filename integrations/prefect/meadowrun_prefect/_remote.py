@@ -10,6 +10,8 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+import meadowrun_core as mr
+
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import State, TaskRun
     from prefect.tasks import Task
@@ -33,24 +35,22 @@ def with_retries_left(task: Task[Any, Any], retries_used: int) -> Task[Any, Any]
 def _records_to_client() -> Any:
     """The task's log records reach the client as records at their own level (meadowrun's
     forwarder), not also as console text on stderr that the client could only re-log as a
-    stderr line. Prefect's logging setup may have replaced the root's handlers, forwarder
-    included, so it is put back for the run."""
+    stderr line. Prefect's logging setup may have replaced the root's handlers, the worker's
+    forwarder included, so one is put back for the run."""
     from prefect.logging.configuration import ensure_logging_setup
-
-    from meadowrun_core.job_context import forwarder
 
     ensure_logging_setup()  # now, not inside the engine, where it would undo what follows
     root = logging.getLogger()
     console = [
         h
         for h in root.handlers
-        if isinstance(h, logging.StreamHandler)
-        and not isinstance(h, logging.FileHandler)
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
     ]
     saved = [h.level for h in console]
-    added = forwarder not in root.handlers
-    if added:
-        root.addHandler(forwarder)
+    added = None
+    if not any(isinstance(h, mr.JobLogForwarder) for h in root.handlers):
+        added = mr.JobLogForwarder()
+        root.addHandler(added)
     for handler in console:
         handler.setLevel(logging.CRITICAL + 1)
     try:
@@ -58,8 +58,8 @@ def _records_to_client() -> Any:
     finally:
         for handler, level in zip(console, saved, strict=True):
             handler.setLevel(level)
-        if added:
-            root.removeHandler(forwarder)
+        if added is not None:
+            root.removeHandler(added)
 
 
 _sync_client_context: Any = None

@@ -1,0 +1,69 @@
+"""What every kind of job needs before it runs: its deployment prepared on this instance and,
+for functions and map slots, a worker of that deployment with its code loaded."""
+
+from __future__ import annotations
+
+from meadowrun_core import frames
+from meadowrun_core.agent.running_job import RunningJob
+from meadowrun_core.agent.state import AgentState
+from meadowrun_core.agent.worker_pool import WorkerDiedError, WorkerProcess, describe_exit
+from meadowrun_core.deployment.instance import InstancePreparer, failure_payload, preparer_for
+from meadowrun_core.deployment.process import DeploymentError
+from meadowrun_core.deployment.spec import PreparedDeployment
+
+
+class CodeLoadError(Exception):
+    """The job's deployment or code could not be loaded; ``failure`` is the pickled
+    ``(exception or None, traceback text)`` for the client."""
+
+    def __init__(self, failure: bytes) -> None:
+        self.failure = failure
+
+
+def preparer(state: AgentState) -> InstancePreparer:
+    """Prepares deployments on this instance, with secrets from its cloud's store."""
+    return preparer_for(
+        state.home, state.folders.dir, state.store, state.signer, state.cloud.secrets.get
+    )
+
+
+async def prepare_worker(
+    state: AgentState, job: RunningJob, deployment: frames.DeploymentJson
+) -> WorkerProcess:
+    """A worker for the job's deployment with its code loaded, its output and reports going
+    to the job; CodeLoadError if the deployment or code cannot be loaded."""
+    prepared = PreparedDeployment.from_json(deployment)
+    try:
+        ready = await preparer(state).prepare(prepared)
+    except DeploymentError as exc:
+        raise CodeLoadError(failure_payload(exc)) from None
+    worker = await state.pool.acquire(ready.python, prepared.key(), ready.environment)
+    job.workdir = ready.workdir
+    worker.sink = job.output
+    worker.report_sink = job.report
+    job.worker = worker
+    if job.cancel_reason:
+        worker.kill(job.cancel_reason)
+    if prepared.code_manifest and worker.code_loaded != prepared.code_manifest:
+        load: frames.LoadCode = {
+            "type": "load_code",
+            "manifest": prepared.code_manifest,
+            "cache_dir": str(state.folders.code_dir),
+        }
+        reply, failure = await worker.request(state.signer, load)
+        if not reply["ok"]:
+            state.pool.discard(worker)
+            raise CodeLoadError(failure)
+        worker.code_loaded = prepared.code_manifest
+    state.table.set_worker_pid(job.job_id, worker.pid)
+    return worker
+
+
+def worker_gone(
+    state: AgentState, job: RunningJob, worker: WorkerProcess, exc: WorkerDiedError
+) -> frames.JobOutcome:
+    """The outcome of a job whose worker died: the reason it was stopped for, if it was."""
+    state.pool.release(worker)
+    if job.cancel_reason:
+        return {"status": job.end_status, "message": job.cancel_reason}
+    return {"status": "died", "message": describe_exit(exc.returncode)}

@@ -1,0 +1,119 @@
+"""A map job's slot: a worker fed tasks by the map's feeder on this instance (one feeder per
+map, shared by its slots here) until none are left or the slot is stopped."""
+
+from __future__ import annotations
+
+import pickle
+import time
+
+from meadowrun_core import frames
+from meadowrun_core.agent.job_setup import CodeLoadError, prepare_worker, worker_gone
+from meadowrun_core.agent.map_feeder import MapFeeder, Task
+from meadowrun_core.agent.running_job import RunningJob
+from meadowrun_core.agent.state import AgentState
+from meadowrun_core.agent.worker_pool import WorkerDiedError, WorkerProcess
+
+
+async def run_map_slot(
+    state: AgentState, job: RunningJob, header: frames.RunMap
+) -> frames.JobOutcome:
+    """Run tasks until the feeder has none left for this slot; the slot's outcome."""
+    spec = header["map"]
+    feeder = _feeder(state, spec)
+    feeder.slots += 1
+    worker: WorkerProcess | None = None
+    in_flight: list[Task] = []
+    pace = _BatchPace()
+    try:
+        worker = await prepare_worker(state, job, header["deployment"])
+        call: frames.CallBatch = {
+            "type": "call_batch",
+            "function_key": spec["function_key"],
+            "pid_file": str(state.folders.pid_file(job.job_id)),
+        }
+        while in_flight := await feeder.next_tasks(job.stopping, pace.size):
+            # the worker streams one reply per task, so a death pins down its task
+            await worker.send(state.signer, call, pickle.dumps([t.argument for t in in_flight]))
+            pace.restart()
+            while in_flight:
+                reply, payload = await worker.receive(state.signer)
+                task = in_flight.pop(0)
+                kind = "" if reply["ok"] else reply["stage"]
+                feeder.complete(task, reply["ok"], payload, kind, job.job_id, pace.record())
+            worker.drain_output()
+        state.pool.release(worker)
+        if feeder.interrupted:
+            return {"status": "interrupted", "message": "instance interruption notice"}
+        return {"status": "stopped"}
+    except CodeLoadError as exc:
+        return {"status": "failed", "stage": "load", "message": _failure_text(exc.failure)}
+    except WorkerDiedError as exc:
+        died: frames.JobOutcome = (
+            worker_gone(state, job, worker, exc)
+            if worker
+            else {"status": "died", "message": str(exc)}
+        )
+        if in_flight:
+            running, *not_started = in_flight
+            message = pickle.dumps((None, died["message"]))
+            feeder.complete(running, False, message, "died", job.job_id, pace.record())
+            feeder.put_back(not_started)
+        return died
+    finally:
+        feeder.slots -= 1
+        if feeder.slots == 0:
+            state.feeders.pop(spec["request_queue"], None)
+            await feeder.close()
+            if job.end_status == "lease_expired":
+                state.queues.delete_queue(spec["request_queue"])
+                state.queues.delete_queue(spec["result_queue"])
+
+
+def _feeder(state: AgentState, spec: frames.MapSpec) -> MapFeeder:
+    """The map's feeder on this instance, started with its first slot here."""
+    feeder = state.feeders.get(spec["request_queue"])
+    if feeder is None:
+        feeder = MapFeeder(
+            state.queues,
+            state.signer,
+            spec["request_queue"],
+            spec["result_queue"],
+            spec["max_attempts"],
+            state.settings.visibility_timeout_seconds,
+            store=state.store,
+        )
+        state.feeders[spec["request_queue"]] = feeder
+        feeder.start()
+    return feeder
+
+
+class _BatchPace:
+    """How many tasks to hand a worker at once: about 5 ms of work, so tiny tasks share a
+    frame while long ones go one by one and stay balanced across workers."""
+
+    TARGET_SECONDS = 0.005
+    MAX_TASKS = 64
+
+    def __init__(self) -> None:
+        self.size = 1
+        self._last = time.perf_counter()
+        self._mean: float | None = None
+
+    def record(self) -> float:
+        """A task's reply came: the seconds since the previous reply (or since the batch
+        was sent), which is how long that task ran."""
+        now = time.perf_counter()
+        elapsed, self._last = now - self._last, now
+        self._mean = elapsed if self._mean is None else 0.8 * self._mean + 0.2 * elapsed
+        self.size = max(1, min(self.MAX_TASKS, int(self.TARGET_SECONDS / max(self._mean, 1e-6))))
+        return elapsed
+
+    def restart(self) -> None:
+        self._last = time.perf_counter()
+
+
+def _failure_text(failure: bytes) -> str:
+    try:
+        return str(pickle.loads(failure)[1])
+    except Exception:
+        return "code could not be loaded"

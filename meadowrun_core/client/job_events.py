@@ -1,0 +1,212 @@
+"""Following one job on its instance: starting it (or attaching), its events until the final
+one, and decoding what that final event stands for."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pickle
+import queue
+import re
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from meadowrun_core.backend import Backend
+from meadowrun_core.client.allocation import Placement, allocate, capacity_signal
+from meadowrun_core.client.job_output import OutputLogger
+from meadowrun_core.client.payload import put_blob, repair
+from meadowrun_core.client.results import raise_for_final
+from meadowrun_core.client.runtime import ClientRuntime
+from meadowrun_core.exceptions import BadInputError, CommandResult
+from meadowrun_core.job_context import ForwardedLog
+from meadowrun_core.resources import Resources
+from meadowrun_core.seams.object_store import DamagedObjectError, get_verified
+from meadowrun_core.seams.spill import FRAME_INLINE_BYTES
+
+
+async def run_on_instance(
+    runtime: ClientRuntime,
+    backend: Backend,
+    placement: Placement,
+    header: dict[str, Any],
+    blob: bytes = b"",
+    on_output: Callable[[str, bytes], None] | None = None,
+    attach: bool = False,
+    control: JobChannel | None = None,
+) -> tuple[dict[str, Any], bytes]:
+    """Start a job on its instance (or ``attach`` to a running one) and follow it to its final
+    event. Cancelling a started job's follower cancels the job (unless its handle only stopped
+    following); an attached follower just stops following."""
+    assert placement.instance.address is not None
+    try:
+        conn = await runtime.connection(placement.instance, backend)
+    except asyncio.CancelledError:
+        if not attach:  # cancelled before the job was sent: free its room
+            backend.table.deallocate(placement.job_id, "cancelled before start")
+        raise
+    except OSError as exc:
+        backend.table.deallocate(placement.job_id, "instance unreachable")
+        return {
+            "type": "final",
+            "job_id": placement.job_id,
+            "status": "disconnected",
+            "message": f"cannot reach instance {placement.instance.instance_id}: {exc}",
+        }, b""
+    follower = uuid.uuid4().hex if attach else ""
+    events = conn.register(placement.job_id, follower)
+    logger = OutputLogger(placement.job_id)
+    if attach:
+        header = {"type": "attach", "job_id": placement.job_id, "follower": follower}
+    else:
+        header = {**header, "type": "run", "job_id": placement.job_id}
+    try:
+        conn.send(header, blob)
+        if control is not None:
+            control.placement, control.backend = placement, backend
+            control.started.set()
+        while True:
+            event, payload = await events.get()
+            if event["type"] == "output":
+                (on_output or logger.write)(event["stream"], payload)
+            elif event["type"] == "report":
+                value = pickle.loads(payload)
+                if isinstance(value, ForwardedLog):
+                    logger.log_record(value)
+                elif control is not None:
+                    control.reports.put(value)
+            elif event["type"] == "final":
+                if not attach:
+                    await capacity_signal(backend).notify()
+                return event, payload
+            elif event["type"] == "disconnected":
+                return {
+                    "type": "final",
+                    "job_id": placement.job_id,
+                    "status": "disconnected",
+                    "message": f"instance {placement.instance.instance_id} went away",
+                }, b""
+    except asyncio.CancelledError:
+        if not attach and (control is None or control.cancel_job_with_follower):
+            conn.send(
+                {"type": "cancel", "job_id": placement.job_id, "reason": "cancelled by caller"}
+            )
+        raise
+    finally:
+        logger.flush()
+        conn.unregister(placement.job_id, events)
+
+
+@dataclass
+class JobChannel:
+    """Shared between a handle (any thread) and the coroutine running its job: where the job
+    was placed, values it reported, and whether cancelling the follower cancels the job."""
+
+    cancel_job_with_follower: bool = True
+    placement: Placement | None = None
+    backend: Backend | None = None
+    started: threading.Event = field(default_factory=threading.Event)
+    reports: queue.Queue[Any] = field(default_factory=queue.Queue)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """Who owns a job: the calling client (default) or, when detached, a lease of its own."""
+
+    client_id: str
+    job_key: str | None = None
+    control: JobChannel = field(default_factory=JobChannel)
+
+
+async def run_job(
+    runtime: ClientRuntime,
+    backend: Backend,
+    submission: Submission,
+    resources: Resources,
+    description: str,
+    header: dict[str, Any],
+    blob: bytes = b"",
+    redeploy: Callable[[], dict[str, Any]] | None = None,
+) -> Any:
+    """Allocate, run and decode one job. A job that could not load because a blob in the
+    store was damaged is run once more after this client replaced the blob."""
+    if len(blob) > FRAME_INLINE_BYTES:  # too large for a frame: by reference
+        key = await asyncio.to_thread(put_blob, backend, backend.signer.sign(blob))
+        header, blob = {**header, "arguments_key": key}, b""
+    repaired: set[str] = set()
+    while True:
+        try:
+            (placement,) = await allocate(backend, resources, 1, submission.client_id, description)
+        except BaseException as exc:
+            if submission.job_key is not None:
+                await asyncio.to_thread(
+                    backend.table.record_job_final,
+                    submission.job_key,
+                    json.dumps(
+                        {"status": "error", "job_id": "-", "message": f"not started: {exc!r}"}
+                    ),
+                    None,
+                )
+            raise
+        if submission.job_key is not None:
+            header = {**header, "job_key": submission.job_key}
+            await asyncio.to_thread(
+                backend.table.set_job_key_instance,
+                submission.job_key,
+                placement.job_id,
+                placement.instance.instance_id,
+            )
+        final, payload = await run_on_instance(
+            runtime, backend, placement, header, blob, control=submission.control
+        )
+        damaged = damaged_object(final, payload)
+        if damaged is None or submission.job_key is not None or damaged in repaired:
+            break
+        # a blob this client uploaded was damaged in the store: replace it and run again
+        repaired.add(damaged)
+        if not await asyncio.to_thread(repair, backend, damaged):
+            break
+        if redeploy is not None:  # the code was uploaded again: its manifest may differ
+            header = {**header, "deployment": await asyncio.to_thread(redeploy)}
+    return decode_final(final, await final_payload(backend, final, payload))
+
+
+def damaged_object(final: dict[str, Any], payload: bytes) -> str | None:
+    """The key of the stored blob whose damage made a job fail to load, if that is why
+    (from the pickled exception, or the text of a map slot's failure)."""
+    if final.get("status") != "failed" or final.get("stage") != "load":
+        return None
+    try:
+        original = pickle.loads(payload)[0] if payload else None
+    except Exception:
+        original = None
+    if isinstance(original, DamagedObjectError):
+        return original.key
+    found = _DAMAGED.search(str(final.get("message", "")))
+    return found.group(1) if found else None
+
+
+_DAMAGED = re.compile(r"DamagedObjectError: object ([0-9a-f]{64})")
+
+
+async def final_payload(backend: Backend, final: dict[str, Any], payload: bytes) -> bytes:
+    """A job's result, fetched from the store when it was too large for a frame."""
+    if final.get("result_key"):
+        return await asyncio.to_thread(
+            get_verified, backend.store, backend.signer, str(final["result_key"])
+        )
+    return payload
+
+
+def decode_final(final: dict[str, Any], payload: bytes) -> Any:
+    """The value a job's final event stands for, or the exception it raises."""
+    status = final["status"]
+    if status == "succeeded":
+        return pickle.loads(payload)
+    if status == "exited":
+        return CommandResult(final["return_code"], final["job_id"])
+    if status == "failed_to_start":
+        raise BadInputError(final["message"])
+    raise_for_final(final, payload)
