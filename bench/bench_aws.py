@@ -458,7 +458,7 @@ def bench_client(
 def _as_a_new_client() -> None:
     import tempfile
 
-    from meadowrun_core.aws.install import clean
+    from meadowrun_core.aws.uninstall import clean
     from meadowrun_core.client import payload
     from meadowrun_core.client.runtime import ClientRuntime
 

@@ -34,6 +34,7 @@ from meadowrun_core.deployment import (
 from meadowrun_core.exceptions import (
     BadInputError,
     CommandResult,
+    JobTimeoutError,
     MeadowrunError,
     ResourcesNotAvailableError,
     RunMapTasksFailedException,
@@ -69,6 +70,7 @@ __all__ = [
     "JobHandle",
     "JobLogForwarder",
     "JobNotFoundError",
+    "JobTimeoutError",
     "LocalCurrentInterpreter",
     "MeadowrunError",
     "OutOfMemoryError",

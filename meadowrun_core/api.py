@@ -26,6 +26,7 @@ from meadowrun_core.api_maps import (
     run_map_async,
 )
 from meadowrun_core.client.job_handle import JobHandle
+from meadowrun_core.client.job_limits import NO_LIMITS, JobLimits
 from meadowrun_core.client.job_prepare import (
     PreparedJob,
     prepare_command_job,
@@ -67,6 +68,8 @@ def run_function(
     args: tuple[Any, ...] | list[Any] = (),
     kwargs: dict[str, Any] | None = None,
     wait_for_result: bool = True,
+    max_num_task_attempts: int = 1,
+    timeout: float | None = None,
     job_key: str | None = None,
     detach: bool = False,
     detached_timeout: float | None = None,
@@ -85,6 +88,15 @@ def run_function(
     ``args`` (default ()) and ``kwargs`` (default None): the arguments to call it with.
     ``wait_for_result`` (default True): False returns a ``JobHandle`` at once (``.result()``,
     ``.done()``, ``.cancel()``).
+    ``max_num_task_attempts`` (default 1): a job whose function raised or whose worker died
+    (also out of memory) or that timed out is run again, up to this many attempts in
+    all; the last attempt's outcome is returned or raised, and each retry is logged (INFO, on
+    ``meadowrun_core.client.job_events``) with the attempt and why it failed. Not with
+    ``job_key``.
+    ``timeout`` (default None: no limit): seconds the job may run, counted from when its
+    call starts on its instance (waiting for an instance and preparing the deployment
+    there do not count); past it the job is killed, its allocation freed, and
+    ``JobTimeoutError`` raised (by ``JobHandle.result()`` too).
     ``job_key`` (default None): a name for the job that any process can find it by
     (``attach_job``, ``job_status``, ``cancel_job``, ``meadowrun logs KEY``); submitting a key
     that exists follows that job instead of starting another.
@@ -107,6 +119,7 @@ def run_function(
         handle = mr.run_function(train, wait_for_result=False)
         handle.result()
     """
+    limits = JobLimits.check(timeout, max_num_task_attempts, job_key)
     check_function_name(function, host, deployment)
     prepared = prepare_function_job(
         function,
@@ -119,6 +132,7 @@ def run_function(
         detach,
         detached_timeout,
         cache=cache,
+        limits=limits,
     )
     if not wait_for_result:
         return prepared.handle()
@@ -134,6 +148,8 @@ async def run_function_async(
     args: tuple[Any, ...] | list[Any] = (),
     kwargs: dict[str, Any] | None = None,
     wait_for_result: bool = True,
+    max_num_task_attempts: int = 1,
+    timeout: float | None = None,
     job_key: str | None = None,
     detach: bool = False,
     detached_timeout: float | None = None,
@@ -144,14 +160,16 @@ async def run_function_async(
     Parameters as for ``run_function``: ``function``, ``host`` (default None), ``resources``
     (default None), ``deployment`` (default None), ``args`` (default ()), ``kwargs`` (default
     None), ``wait_for_result`` (default True: False returns a ``JobHandle``, itself awaitable),
-    ``job_key`` (default None), ``detach`` (default False), ``detached_timeout`` (default None),
-    ``cache`` (default False: True returns a stored result of the same call, see
-    ``run_function``).
+    ``max_num_task_attempts`` (default 1), ``timeout`` (default None: no limit; past it
+    ``JobTimeoutError``), ``job_key`` (default None), ``detach`` (default False),
+    ``detached_timeout`` (default None), ``cache`` (default False: True returns a stored result
+    of the same call, see ``run_function``).
 
     Example::
 
         result = await mr.run_function_async(sum, args=([1, 2, 3],))
     """
+    limits = JobLimits.check(timeout, max_num_task_attempts, job_key)
     # validating, pickling and uploading block: do them off the caller's event loop
     prepared = await asyncio.to_thread(
         _prepare_function,
@@ -165,6 +183,7 @@ async def run_function_async(
         detach,
         detached_timeout,
         cache,
+        limits,
     )
     if not wait_for_result:
         return prepared.handle()
@@ -182,6 +201,7 @@ def _prepare_function(
     detach: bool,
     detached_timeout: float | None,
     cache: bool = False,
+    limits: JobLimits = NO_LIMITS,
 ) -> PreparedJob:
     check_function_name(function, host, deployment)
     return prepare_function_job(
@@ -195,6 +215,7 @@ def _prepare_function(
         detach,
         detached_timeout,
         cache=cache,
+        limits=limits,
     )
 
 
@@ -206,6 +227,8 @@ def run_command(
     deployment: Deployment | None = None,
     environment: dict[str, str] | None = None,
     wait_for_result: bool = True,
+    max_num_task_attempts: int = 1,
+    timeout: float | None = None,
     job_key: str | None = None,
     detach: bool = False,
     detached_timeout: float | None = None,
@@ -223,6 +246,15 @@ def run_command(
     ``environment`` (default None): extra environment variables for the command.
     ``wait_for_result`` (default True): False returns a ``JobHandle`` at once (``.result()``,
     ``.done()``, ``.cancel()``).
+    ``max_num_task_attempts`` (default 1): a job whose command exited with a non-zero code
+    or whose worker died (also out of memory) or that timed out is run again, up to this many
+    attempts in all; the last attempt's outcome is returned or raised, and each retry is
+    logged (INFO, on ``meadowrun_core.client.job_events``) with the attempt and why it
+    failed. Not with ``job_key``.
+    ``timeout`` (default None: no limit): seconds the job may run, counted from when its
+    process starts on its instance (waiting for an instance and preparing the deployment
+    there do not count); past it the job is killed, its allocation freed, and
+    ``JobTimeoutError`` raised (by ``JobHandle.result()`` too).
     ``job_key`` (default None): a name for the job that any process can find it by
     (``attach_job``, ``job_status``, ``cancel_job``, ``meadowrun logs KEY``); submitting a key
     that exists follows that job instead of starting another.
@@ -237,8 +269,9 @@ def run_command(
         result = mr.run_command(["python", "train.py", "--epochs", "3"])
         assert result.return_code == 0
     """
+    limits = JobLimits.check(timeout, max_num_task_attempts, job_key)
     prepared = prepare_command_job(
-        args, host, resources, deployment, environment, job_key, detach, detached_timeout
+        args, host, resources, deployment, environment, job_key, detach, detached_timeout, limits
     )
     if not wait_for_result:
         return prepared.handle()
@@ -254,6 +287,8 @@ async def run_command_async(
     deployment: Deployment | None = None,
     environment: dict[str, str] | None = None,
     wait_for_result: bool = True,
+    max_num_task_attempts: int = 1,
+    timeout: float | None = None,
     job_key: str | None = None,
     detach: bool = False,
     detached_timeout: float | None = None,
@@ -262,13 +297,15 @@ async def run_command_async(
 
     Parameters as for ``run_command``: ``args``, ``host`` (default None), ``resources`` (default
     None), ``deployment`` (default None), ``environment`` (default None), ``wait_for_result``
-    (default True), ``job_key`` (default None), ``detach`` (default False), ``detached_timeout``
-    (default None).
+    (default True), ``max_num_task_attempts`` (default 1), ``timeout`` (default None: no
+    limit; past it ``JobTimeoutError``), ``job_key`` (default None), ``detach`` (default
+    False), ``detached_timeout`` (default None).
 
     Example::
 
         result = await mr.run_command_async("python train.py")
     """
+    limits = JobLimits.check(timeout, max_num_task_attempts, job_key)
     prepared = await asyncio.to_thread(  # off the caller's event loop: it uploads code
         prepare_command_job,
         args,
@@ -279,6 +316,7 @@ async def run_command_async(
         job_key,
         detach,
         detached_timeout,
+        limits,
     )
     if not wait_for_result:
         return prepared.handle()

@@ -25,6 +25,7 @@ def run_map_as_completed(
     deployment: Deployment | None = None,
     num_concurrent_tasks: int | None = None,
     max_num_task_attempts: int = 1,
+    timeout: float | None = None,
     progress: bool | None = None,
     cache: bool = False,
 ) -> Iterator[TaskResult]:
@@ -47,6 +48,9 @@ def run_map_as_completed(
     ``max_num_task_attempts`` (default 1): a task that fails is run again, up to this many
     attempts in all, whether its function raised or its worker died (an out-of-memory kill, a
     lost instance); a spot interruption hands the task back without counting an attempt.
+    ``timeout`` (default None: no limit): seconds each task may run on its worker; a task
+    past it has its worker killed (the slot starts a fresh one) and counts as a failed attempt
+    whose exception says it timed out.
     ``progress`` (default None): a progress bar on stderr; None shows it when stderr is a
     terminal, True always, False never. Log records printed meanwhile go above the bar.
     ``cache`` (default False): True skips every task whose function code, argument and
@@ -73,6 +77,7 @@ def run_map_as_completed(
         num_concurrent_tasks,
         max_num_task_attempts,
         cache,
+        timeout,
     )
     if job is None:
         return
@@ -97,6 +102,7 @@ async def run_map_as_completed_async(
     deployment: Deployment | None = None,
     num_concurrent_tasks: int | None = None,
     max_num_task_attempts: int = 1,
+    timeout: float | None = None,
     progress: bool | None = None,
     cache: bool = False,
 ) -> AsyncIterator[TaskResult]:
@@ -105,8 +111,8 @@ async def run_map_as_completed_async(
     Parameters as for ``run_map_as_completed``: ``function``, ``args``, ``host`` (default None),
     ``resources_per_task`` (default None), ``deployment`` (default None),
     ``num_concurrent_tasks`` (default None), ``max_num_task_attempts`` (default 1),
-    ``progress`` (default None), ``cache`` (default False: reuse stored results of earlier
-    successful tasks).
+    ``timeout`` (default None: seconds each task may run), ``progress`` (default None),
+    ``cache`` (default False: reuse stored results of earlier successful tasks).
 
     Example::
 
@@ -125,6 +131,7 @@ async def run_map_as_completed_async(
             num_concurrent_tasks,
             max_num_task_attempts,
             cache,
+            timeout,
         )
 
     # validating, pickling and uploading block: do them off the caller's event loop
@@ -165,6 +172,7 @@ def run_map(
     deployment: Deployment | None = None,
     num_concurrent_tasks: int | None = None,
     max_num_task_attempts: int = 1,
+    timeout: float | None = None,
     progress: bool | None = None,
     cache: bool = False,
 ) -> list[Any]:
@@ -187,6 +195,9 @@ def run_map(
     ``max_num_task_attempts`` (default 1): a task that fails is run again, up to this many
     attempts in all, whether its function raised or its worker died (an out-of-memory kill, a
     lost instance); a spot interruption hands the task back without counting an attempt.
+    ``timeout`` (default None: no limit): seconds each task may run on its worker; a task
+    past it has its worker killed (the slot starts a fresh one) and counts as a failed attempt
+    whose exception says it timed out.
     ``progress`` (default None): a progress bar on stderr; None shows it when stderr is a
     terminal, True always, False never. Log records printed meanwhile go above the bar.
     ``cache`` (default False): True skips every task whose function code, argument and
@@ -214,6 +225,7 @@ def run_map(
             deployment=deployment,
             num_concurrent_tasks=num_concurrent_tasks,
             max_num_task_attempts=max_num_task_attempts,
+            timeout=timeout,
             progress=progress,
             cache=cache,
         )
@@ -229,6 +241,7 @@ async def run_map_async(
     deployment: Deployment | None = None,
     num_concurrent_tasks: int | None = None,
     max_num_task_attempts: int = 1,
+    timeout: float | None = None,
     progress: bool | None = None,
     cache: bool = False,
 ) -> list[Any]:
@@ -237,7 +250,8 @@ async def run_map_async(
     Parameters as for ``run_map``: ``function``, ``args``, ``host`` (default None),
     ``resources_per_task`` (default None), ``deployment`` (default None),
     ``num_concurrent_tasks`` (default None: at most this many tasks at once),
-    ``max_num_task_attempts`` (default 1: attempts per task in all), ``progress`` (default None:
+    ``max_num_task_attempts`` (default 1: attempts per task in all), ``timeout`` (default
+    None: seconds each task may run), ``progress`` (default None:
     a bar when stderr is a terminal), ``cache`` (default False: reuse stored results of
     earlier successful tasks).
 
@@ -255,6 +269,7 @@ async def run_map_async(
             deployment=deployment,
             num_concurrent_tasks=num_concurrent_tasks,
             max_num_task_attempts=max_num_task_attempts,
+            timeout=timeout,
             progress=progress,
             cache=cache,
         )

@@ -32,6 +32,11 @@ class WorkerDiedError(MeadowrunError):
     """The process running the job exited without reporting a result."""
 
 
+class JobTimeoutError(MeadowrunError, TimeoutError):
+    """A job ran past its ``timeout`` (counted from when it started on its instance) and was
+    stopped: its worker or process killed, its allocation freed."""
+
+
 class TaskException(MeadowrunError):
     """The user's code raised on the worker.
 

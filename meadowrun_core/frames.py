@@ -10,7 +10,7 @@ from peers holding the cluster key.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Required, TypedDict
+from typing import Any, Literal, NotRequired, Required, TypedDict
 
 # How a job ended, as its final frame says (``disconnected`` is only ever made by a client).
 JobStatus = Literal[
@@ -21,6 +21,7 @@ JobStatus = Literal[
     "died",  # the worker process died
     "cancelled",
     "out_of_memory",
+    "timed_out",  # it ran past the run frame's ``timeout``
     "interrupted",  # the instance was reclaimed
     "lease_expired",  # the client that owns the job went away
     "stopped",  # a map slot stopped: no more tasks, or asked to stop
@@ -62,6 +63,9 @@ class _RunCommon(TypedDict, total=False):
     deployment: Required[DeploymentJson]
     job_key: str  # a keyed or detached job: its outcome is recorded under this key
     caller_cwd: str  # the client's working directory: the job runs in its mirror if any
+    # seconds the call (or command) may run, counted from when it starts here; then it is
+    # killed and ends ``timed_out``
+    timeout: float
 
 
 class RunFunction(_RunCommon, FunctionRef, total=False):
@@ -88,6 +92,7 @@ class MapSpec(TypedDict):
     result_queue: str
     function_key: str
     max_attempts: int
+    task_timeout: NotRequired[float]  # seconds a task may run; then its worker is killed
 
 
 class RunMap(_RunCommon, total=False):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import urllib.request
+from pathlib import Path
 
+import pytest
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -66,3 +68,17 @@ class CheckIpServer:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def point_at_fresh_moto_account(
+    endpoint: str, monkeypatch: pytest.MonkeyPatch, home: Path, region: str = "us-east-1"
+) -> None:
+    """Empty moto's account and point every meadowrun client of this test at it (test
+    credentials, the region, a private ``MEADOWRUN_HOME``, no profile)."""
+    reset_moto(endpoint)
+    monkeypatch.setenv("MEADOWRUN_AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", region)
+    monkeypatch.setenv("MEADOWRUN_HOME", str(home))
+    monkeypatch.delenv("AWS_PROFILE", raising=False)

@@ -14,7 +14,6 @@ import re
 import subprocess
 import sys
 import time
-import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,8 +25,12 @@ import pytest
 from botocore.exceptions import ClientError
 from typer.testing import CliRunner
 
+from meadowrun_core.aws import iam as aws_iam
 from meadowrun_core.aws import install as aws_install
+from meadowrun_core.aws import manager_deploy as aws_manager_deploy
 from meadowrun_core.aws import names
+from meadowrun_core.aws import uninstall as aws_uninstall
+from meadowrun_core.aws.account import get_or_create_secret
 from meadowrun_core.aws.costs import CostReport, costs_of_rows, job_costs
 from meadowrun_core.aws.dynamodb_allocation_table import DynamoDbAllocationTable
 from meadowrun_core.aws.manager import manage_once, queue_job_prefix
@@ -36,7 +39,7 @@ from meadowrun_core.cli import app
 from meadowrun_core.local.allocation_table import SqliteAllocationTable
 from meadowrun_core.resources import Resources
 from meadowrun_core.seams.instance_provider import InstanceType
-from tests.moto_server import CheckIpServer
+from tests.moto_server import CheckIpServer, point_at_fresh_moto_account
 
 REGION = "us-east-1"
 FIXTURE = Path(__file__).parent / "fixtures" / "aws"
@@ -55,15 +58,8 @@ def checkip() -> Iterator[str]:
 @pytest.fixture
 def aws(moto_endpoint: str, checkip: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
     """A fresh moto account; every meadowrun client points at it."""
-    request = urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST")
-    urllib.request.urlopen(request, timeout=30).close()
-    monkeypatch.setenv("MEADOWRUN_AWS_ENDPOINT_URL", moto_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("MEADOWRUN_HOME", str(tmp_path / "home"))
+    point_at_fresh_moto_account(moto_endpoint, monkeypatch, tmp_path / "home", REGION)
     monkeypatch.setenv("MEADOWRUN_CHECKIP_URL", checkip)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
     return moto_endpoint
 
 
@@ -184,12 +180,12 @@ def _check_installed(aws: str) -> dict[str, Any]:
         (policy,) = iam.list_role_policies(RoleName=role)["PolicyNames"]
         assert iam.get_role_policy(RoleName=role, PolicyName=policy)["PolicyDocument"]
     for role, policy in (
-        (names.INSTANCE_ROLE, aws_install.instance_policy(REGION, account)),
-        (names.MANAGER_ROLE, aws_install.manager_policy(REGION, account)),
+        (names.INSTANCE_ROLE, aws_iam.instance_policy(REGION, account)),
+        (names.MANAGER_ROLE, aws_iam.manager_policy(REGION, account)),
     ):
         document = iam.get_role_policy(RoleName=role, PolicyName=role)["PolicyDocument"]
         assert document == policy
-    resources = json.dumps(aws_install.instance_policy(REGION, account))
+    resources = json.dumps(aws_iam.instance_policy(REGION, account))
     for resource in (
         f"arn:aws:dynamodb:{REGION}:{account}:table/{names.TABLE_NAME}",
         f"arn:aws:sqs:{REGION}:{account}:{names.QUEUE_PREFIX}*",
@@ -206,7 +202,10 @@ def _check_installed(aws: str) -> dict[str, Any]:
     lam = _client(aws, "lambda")
     function = lam.get_function(FunctionName=names.MANAGER_FUNCTION)
     config = function["Configuration"]
-    assert (config["Runtime"], config["Handler"]) == ("python3.12", aws_install.MANAGER_HANDLER)
+    assert (config["Runtime"], config["Handler"]) == (
+        "python3.12",
+        aws_manager_deploy.MANAGER_HANDLER,
+    )
     assert config["Role"].endswith(f"role/{names.MANAGER_ROLE}")
     assert _has_tag(function["Tags"])
     statement = json.loads(lam.get_policy(FunctionName=names.MANAGER_FUNCTION)["Policy"])
@@ -244,15 +243,15 @@ def test_install_keeps_secrets_that_exist_or_await_deletion(aws: str) -> None:
     assert f"found secret {names.SECRET_CLUSTER_KEY}" in done
     assert f"found secret {names.SECRET_SSH_KEY}" in done  # restored, not replaced
     assert sm.get_secret_value(SecretId=names.SECRET_SSH_KEY)["SecretString"] == "old key"
-    assert aws_install.ensure_secret(names.SECRET_CLUSTER_KEY, lambda: "never") == "ab" * 32
-    made = aws_install.ensure_secret("meadowrun/other", lambda: "fresh")
-    assert made == "fresh" and aws_install.ensure_secret("meadowrun/other", lambda: "x") == made
+    assert get_or_create_secret(None, names.SECRET_CLUSTER_KEY, lambda: "never") == "ab" * 32
+    made = get_or_create_secret(None, "meadowrun/other", lambda: "fresh")
+    assert made == "fresh" and get_or_create_secret(None, "meadowrun/other", lambda: "x") == made
 
 
 def test_the_manager_zip_imports_and_runs_on_its_own(aws: str, tmp_path: Path) -> None:
     """What Lambda would run: only the zip's modules (their package __init__s stubbed)."""
-    code = aws_install.manager_zip()
-    assert code == aws_install.manager_zip()  # deterministic: reinstall sees no change
+    code = aws_manager_deploy.manager_zip()
+    assert code == aws_manager_deploy.manager_zip()  # deterministic: reinstall sees no change
     archive = tmp_path / "manager.zip"
     archive.write_bytes(code)
     members = set(zipfile.ZipFile(archive).namelist())
@@ -297,7 +296,7 @@ def test_uninstall_removes_everything_and_tolerates_parts_already_gone(aws: str)
     # what Lambda makes when the manager first runs
     _client(aws, "logs").create_log_group(logGroupName="/aws/lambda/meadowrun-manager")
 
-    done = aws_install.uninstall()
+    done = aws_uninstall.uninstall()
     assert f"terminated instance {ec2_id} (meadowrun mr-1)" in done
     assert f"deleted queue {names.QUEUE_PREFIX}mr-abc-requests" in done
     assert _state(aws, ec2_id) == "terminated" and not _queue_names(aws)
@@ -321,7 +320,7 @@ def test_uninstall_removes_everything_and_tolerates_parts_already_gone(aws: str)
     assert "deleted log group /aws/lambda/meadowrun-manager" in done
     assert _client(aws, "logs").describe_log_groups()["logGroups"] == []
 
-    assert aws_install.uninstall() == []  # nothing left, nothing fails
+    assert aws_uninstall.uninstall() == []  # nothing left, nothing fails
     # a later install starts from scratch
     assert all(line.startswith("created ") for line in aws_install.install())
 
@@ -331,7 +330,7 @@ def test_uninstall_after_a_partial_install(aws: str) -> None:
     _client(aws, "iam").create_role(
         RoleName=names.MANAGER_ROLE, AssumeRolePolicyDocument="{}", Tags=[TAG]
     )
-    assert aws_install.uninstall() == [
+    assert aws_uninstall.uninstall() == [
         f"deleted IAM role {names.MANAGER_ROLE}",
         f"deleted DynamoDB table {names.TABLE_NAME}",
     ]
@@ -346,7 +345,7 @@ def test_clean_terminates_tagged_instances_only(aws: str) -> None:
     _queue(aws, names.QUEUE_PREFIX + "mr-abc-results")
     _queue(aws, "someone-elses-queue")
 
-    done = aws_install.clean()
+    done = aws_uninstall.clean()
     assert sorted(done) == sorted(
         [
             f"terminated instance {mine[0]} (meadowrun mr-a)",
@@ -360,7 +359,7 @@ def test_clean_terminates_tagged_instances_only(aws: str) -> None:
     (history,) = table.job_history()
     assert (history["job_id"], history["outcome"]) == ("job-1", "terminated by clean")
     assert _queue_names(aws) == {"someone-elses-queue"}
-    assert aws_install.clean() == []
+    assert aws_uninstall.clean() == []
 
 
 # --- the manager ---------------------------------------------------------------------------

@@ -204,16 +204,18 @@ def test_spot_interruption_notice_loses_no_task(aws: AwsTwinCloud) -> None:
 
     thread = threading.Thread(target=interrupt_first_instance)
     thread.start()
+    # 80 x 0.3 s on 2 slots: 12 s of work, so the map is still running when the agent sees
+    # the notice even on a loaded machine (with 6 s of work it sometimes finished first)
     results = mr.run_map(
         work.slow_square,
-        range(40),
+        range(80),
         host=aws.host(),
         resources_per_task=mr.Resources(1, 1, max_eviction_rate=100),
         num_concurrent_tasks=2,
         deployment=DEPLOYMENT,
     )
     thread.join()
-    assert results == [x * x for x in range(40)]
+    assert results == [x * x for x in range(80)]
     assert len(aws.instances()) >= 2  # the interrupted instance was replaced
 
 

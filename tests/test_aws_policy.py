@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 import meadowrun_core as mr
 from meadowrun_core.aws import install as aws_install
+from meadowrun_core.aws import uninstall as aws_uninstall
 from meadowrun_core.aws.secret_store import SecretsManagerStore
 from meadowrun_core.cli import app
 from meadowrun_core.client.runtime import ClientRuntime
@@ -85,8 +86,8 @@ def test_the_documented_client_policy_covers_every_call(aws: AwsTwinCloud, calls
     costs = CliRunner().invoke(app, ["costs", "--cloud", "aws", "--region", "us-east-1"])
     assert costs.exit_code == 0, costs.output
     ClientRuntime.get().forget_backends()
-    aws_install.clean("us-east-1")
-    aws_install.uninstall("us-east-1", sleep=lambda _: None)
+    aws_uninstall.clean("us-east-1")
+    aws_uninstall.uninstall("us-east-1", sleep=lambda _: None)
     document = json.loads(POLICY.read_text())
     assert document["Version"] == "2012-10-17"
     missing = sorted(

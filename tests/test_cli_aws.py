@@ -4,7 +4,6 @@ keyed job by its id, against moto's server over real HTTP."""
 from __future__ import annotations
 
 import json
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from meadowrun_core.aws.dynamodb_allocation_table import DynamoDbAllocationTable
 from meadowrun_core.cli import app
 from meadowrun_core.resources import Resources
 from meadowrun_core.seams.instance_provider import InstanceType
+from tests.moto_server import point_at_fresh_moto_account
 
 REGION = "us-east-1"
 FIXTURE = Path(__file__).parent / "fixtures" / "aws"
@@ -29,15 +29,8 @@ def table(
     moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> DynamoDbAllocationTable:
     """A fresh moto account with meadowrun's table; every meadowrun client points at it."""
-    request = urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST")
-    urllib.request.urlopen(request, timeout=30).close()
-    monkeypatch.setenv("MEADOWRUN_AWS_ENDPOINT_URL", moto_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("MEADOWRUN_HOME", str(tmp_path / "home"))
+    point_at_fresh_moto_account(moto_endpoint, monkeypatch, tmp_path / "home", REGION)
     monkeypatch.setenv("MEADOWRUN_AWS_PRICE_FIXTURE", str(FIXTURE))
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
     client = boto3.client(
         "dynamodb",
         region_name=REGION,

@@ -6,7 +6,6 @@ would have stored them (running one needs the EC2 twin: tests/test_aws_data_plan
 from __future__ import annotations
 
 import json
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from meadowrun_core.client.result_cache import MapCache, ResultCache
 from meadowrun_core.client.runtime import ClientRuntime
 from meadowrun_core.serialization import dumps_fast
 from tests import cache_workloads
+from tests.moto_server import point_at_fresh_moto_account
 
 REGION = "us-east-1"
 FIXTURE = Path(__file__).parent / "fixtures" / "aws"
@@ -36,15 +36,8 @@ FIXTURE = Path(__file__).parent / "fixtures" / "aws"
 @pytest.fixture
 def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     """A fresh moto account that every meadowrun client points at."""
-    request = urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST")
-    urllib.request.urlopen(request, timeout=30).close()
-    monkeypatch.setenv("MEADOWRUN_AWS_ENDPOINT_URL", moto_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("MEADOWRUN_HOME", str(tmp_path / "home"))
+    point_at_fresh_moto_account(moto_endpoint, monkeypatch, tmp_path / "home", REGION)
     monkeypatch.setenv("MEADOWRUN_AWS_PRICE_FIXTURE", str(FIXTURE))
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
     yield moto_endpoint
     ClientRuntime.get().forget_backends()
 

@@ -39,6 +39,7 @@ async def run_command(
             "message": f"cannot run {header['args'][0]!r}: {exc}",
         }
     job.command = proc
+    job.start_clock()
     if job.cancel_reason:  # cancelled while it was being started
         job.kill(job.cancel_reason, job.end_status)
     state.folders.pid_file(job.job_id).write_text(str(proc.pid))

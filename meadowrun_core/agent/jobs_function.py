@@ -44,6 +44,7 @@ async def run_function(
     except (KeyError, DamagedObjectError) as exc:
         state.pool.release(worker)
         return {"status": "failed", "stage": "load"}, failure_payload(exc)
+    job.start_clock()
     try:
         reply, payload = await worker.request(state.signer, call, blob)
     except WorkerDiedError as exc:

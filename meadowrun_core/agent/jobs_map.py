@@ -3,6 +3,8 @@ map, shared by its slots here) until none are left or the slot is stopped."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import pickle
 import time
 
@@ -12,6 +14,8 @@ from meadowrun_core.agent.map_feeder import MapFeeder, Task
 from meadowrun_core.agent.running_job import RunningJob
 from meadowrun_core.agent.state import AgentState
 from meadowrun_core.agent.worker_pool import WorkerDiedError, WorkerProcess
+
+log = logging.getLogger(__name__)
 
 
 async def run_map_slot(
@@ -31,12 +35,35 @@ async def run_map_slot(
             "function_key": spec["function_key"],
             "pid_file": str(state.folders.pid_file(job.job_id)),
         }
+        timeout = spec.get("task_timeout")
         while in_flight := await feeder.next_tasks(job.stopping, pace.size):
             # the worker streams one reply per task, so a death pins down its task
             await worker.send(state.signer, call, pickle.dumps([t.argument for t in in_flight]))
             pace.restart()
             while in_flight:
-                reply, payload = await worker.receive(state.signer)
+                try:
+                    # the worker runs a batch's tasks in turn: each is timed from the reply
+                    # before it (or the batch's sending)
+                    reply, payload = await _receive(worker, state, timeout)
+                except TimeoutError:
+                    assert timeout is not None
+                    why = f"timed out: ran past its timeout of {timeout:g} s; worker killed"
+                    failure = pickle.dumps((None, why))
+                    task = in_flight.pop(0)
+                    feeder.complete(task, False, failure, "timeout", job.job_id, pace.record())
+                    log.info(
+                        "%s: task %d timed out after %g s; %d unstarted task(s) handed back",
+                        job.job_id,
+                        task.task_id,
+                        timeout,
+                        len(in_flight),
+                    )
+                    feeder.put_back(in_flight)  # not started: for the next worker
+                    in_flight = []
+                    state.pool.discard(worker)  # kills it: the task may be stuck anywhere
+                    worker = None
+                    worker = await prepare_worker(state, job, header["deployment"])
+                    continue
                 task = in_flight.pop(0)
                 kind = "" if reply["ok"] else reply["stage"]
                 feeder.complete(task, reply["ok"], payload, kind, job.job_id, pace.record())
@@ -67,6 +94,15 @@ async def run_map_slot(
             if job.end_status == "lease_expired":
                 state.queues.delete_queue(spec["request_queue"])
                 state.queues.delete_queue(spec["result_queue"])
+
+
+async def _receive(
+    worker: WorkerProcess, state: AgentState, timeout: float | None
+) -> tuple[frames.Result, bytes]:
+    """The worker's next task result; TimeoutError past ``timeout`` seconds."""
+    if timeout is None:
+        return await worker.receive(state.signer)
+    return await asyncio.wait_for(worker.receive(state.signer), timeout)
 
 
 def _feeder(state: AgentState, spec: frames.MapSpec) -> MapFeeder:

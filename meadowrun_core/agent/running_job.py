@@ -52,6 +52,8 @@ class RunningJob:
     # the tail of the job's output, replayed to a follower that attaches late
     output_log: deque[tuple[str, bytes]] = field(default_factory=deque)
     output_bytes: int = 0
+    timeout: float | None = None  # seconds the call or command may run (``start_clock``)
+    _timer: asyncio.TimerHandle | None = None
 
     def output(self, stream: str, data: bytes) -> None:
         self.output_log.append((stream, data))
@@ -83,9 +85,22 @@ class RunningJob:
         if subscriber not in self.subscribers:
             self.subscribers.append(subscriber)
 
+    def start_clock(self) -> None:
+        """The call or command starts now: past ``timeout`` seconds it is killed and ends
+        ``timed_out`` (preparing its deployment here did not count)."""
+        if self.timeout is not None and self._timer is None:
+            reason = f"ran past its timeout of {self.timeout:g} s and was stopped"
+            self._timer = asyncio.get_running_loop().call_later(
+                self.timeout, self.kill, reason, "timed_out"
+            )
+
+    def stop_clock(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
     def kill(self, reason: str, status: frames.JobStatus = "cancelled") -> None:
         """Stop the job now; ``status`` is what the client is told (cancelled, out_of_memory,
-        interrupted, lease_expired)."""
+        timed_out, interrupted, lease_expired)."""
         if self.cancel_reason is None:
             self.cancel_reason = reason
             self.end_status = status

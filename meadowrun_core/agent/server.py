@@ -162,7 +162,9 @@ class Agent:
             }
             conn.send(refused)
             return
-        job = RunningJob(job_id, header["kind"], [conn], alloc.memory_gb)
+        job = RunningJob(
+            job_id, header["kind"], [conn], alloc.memory_gb, timeout=header.get("timeout")
+        )
         state.jobs[job_id] = job
         state.last_activity = time.monotonic()
         if header.get("job_key"):
@@ -179,6 +181,7 @@ class Agent:
             log.exception("job %s failed in the agent", job_id)
             outcome = {"status": "error", "message": f"agent error: {exc!r}"}
         finally:
+            job.stop_clock()
             # (cast: mypy cannot rule out an ``output_key`` of another type in the outcome)
             final = cast(
                 frames.Final, {**outcome, "type": "final", "job_id": job_id, "kind": job.kind}

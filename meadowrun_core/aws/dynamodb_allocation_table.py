@@ -4,7 +4,9 @@ One table holds every record, told apart by the ``pk`` prefix: ``instance#``, ``
 ``history#``, ``jobkey#`` and the single ``limits`` item. A job's allocation lives inside its
 instance's item (``running_jobs`` map), so placing it is one conditional ``update_item`` that
 checks and subtracts the free capacity atomically, as Meadowrun did; launching an instance is
-one transaction that also charges the cloud-wide launch limit.
+one transaction that also charges the cloud-wide launch limit. The table's shape is
+``dynamodb_schema.py``, its reads ``dynamodb_reads.py``, keyed jobs and client leases
+``dynamodb_job_keys.py``, and its items ``dynamodb_items.py``.
 """
 
 from __future__ import annotations
@@ -16,54 +18,36 @@ from botocore.exceptions import ClientError
 
 from meadowrun_core.aws import names
 from meadowrun_core.aws.dynamodb_items import (
-    allocation_records,
     failed_condition,
     from_dynamo,
+    history_item,
     instance_record,
+    job_entry,
+    new_instance_item,
     to_dynamo_item,
     to_dynamo_value,
 )
 from meadowrun_core.aws.dynamodb_job_keys import KeyedJobsAndLeases
+from meadowrun_core.aws.dynamodb_reads import TableReads
+from meadowrun_core.aws.dynamodb_schema import create_table
 from meadowrun_core.resources import Resources
 from meadowrun_core.seams.allocation_table import (
     INSTANCE_DEAD_AFTER_SECONDS,
-    AllocationRecord,
     InstanceRecord,
     gpus_needed,
     instance_suits,
-    normalize_flags,
     room_fits,
 )
 from meadowrun_core.seams.instance_provider import InstanceType
 
 _LIMITS = "limits"
-# A sparse index on ``kind``: instance and history items carry it, so listing them is a Query
-# over those items instead of a Scan of the whole table (leases, job keys, history).
-_BY_KIND = "by_kind"
-
 
 # An EC2 instance may take minutes to boot, install meadowrun and register (the local
 # cloud's agents take a second): a launching record older than this is considered dead.
 EC2_LAUNCH_GRACE_SECONDS = 600.0
 
 
-def _job(client_id: str, resources: Resources, now: float, description: str) -> dict[str, Any]:
-    """A job's entry in its instance's ``running_jobs`` map: what to give back when it ends."""
-    job: dict[str, Any] = {
-        "client_id": client_id,
-        "cpu": resources.logical_cpu,
-        "memory_gb": resources.memory_gb,
-        "created": now,
-        "description": description,
-    }
-    if gpus_needed(resources):
-        job["gpus"] = gpus_needed(resources)
-    if resources.custom:
-        job["custom"] = dict(resources.custom)
-    return job
-
-
-class DynamoDbAllocationTable(KeyedJobsAndLeases):
+class DynamoDbAllocationTable(TableReads, KeyedJobsAndLeases):
     def __init__(
         self,
         dynamodb: Any,
@@ -74,101 +58,9 @@ class DynamoDbAllocationTable(KeyedJobsAndLeases):
         self._table = table_name
         self._launch_grace = launch_grace_seconds
 
-    # --- setup ----------------------------------------------------------------------------
     def create(self) -> bool:
-        """Create the table (on-demand billing) if it does not exist; whether this call did.
-
-        One DescribeTable answers on a set-up account (every new client); an empty account
-        pays one request more, once."""
-        try:
-            status = self._db.describe_table(TableName=self._table)["Table"]["TableStatus"]
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] != "ResourceNotFoundException":
-                raise
-        else:
-            if status != "ACTIVE":
-                self._db.get_waiter("table_exists").wait(TableName=self._table)
-            return False
-        try:
-            self._db.create_table(
-                TableName=self._table,
-                AttributeDefinitions=[
-                    {"AttributeName": "pk", "AttributeType": "S"},
-                    {"AttributeName": "kind", "AttributeType": "S"},
-                ],
-                KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-                GlobalSecondaryIndexes=[
-                    {
-                        "IndexName": _BY_KIND,
-                        "KeySchema": [
-                            {"AttributeName": "kind", "KeyType": "HASH"},
-                            {"AttributeName": "pk", "KeyType": "RANGE"},
-                        ],
-                        "Projection": {"ProjectionType": "ALL"},
-                    }
-                ],
-                BillingMode="PAY_PER_REQUEST",
-                Tags=names.TAGS,
-            )
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] != "ResourceInUseException":
-                raise
-            created = False  # another client created it a moment ago
-        else:
-            created = True
-        self._db.get_waiter("table_exists").wait(TableName=self._table)
-        return created
-
-    # --- helpers --------------------------------------------------------------------------
-    def _scan(self, prefix: str) -> list[dict[str, Any]]:
-        """Every item whose key starts with ``prefix``, across all scan pages, read
-        consistently (reads the whole table: only a fallback)."""
-        items: list[dict[str, Any]] = []
-        paginator = self._db.get_paginator("scan")
-        for page in paginator.paginate(
-            TableName=self._table,
-            FilterExpression="begins_with(pk, :p)",
-            ExpressionAttributeValues={":p": {"S": prefix}},
-            ConsistentRead=True,
-        ):
-            items.extend(from_dynamo(item) for item in page["Items"])
-        return items
-
-    def _kind(self, kind: str) -> list[dict[str, Any]]:
-        """Every item of one kind (instance, history) from the sparse index on ``kind``: a
-        Query that reads only those items, not the whole table. Index reads are eventually
-        consistent; callers that must see the latest state re-read the item by key."""
-        items: list[dict[str, Any]] = []
-        paginator = self._db.get_paginator("query")
-        for page in paginator.paginate(
-            TableName=self._table,
-            IndexName=_BY_KIND,
-            KeyConditionExpression="#k = :k",
-            ExpressionAttributeNames={"#k": "kind"},
-            ExpressionAttributeValues={":k": {"S": kind}},
-        ):
-            items.extend(from_dynamo(item) for item in page["Items"])
-        return items
-
-    def _instance_holding(self, job_id: str) -> dict[str, Any] | None:
-        """The instance item (read consistently) whose running jobs include ``job_id``. The
-        index finds it; if the index has not caught up yet, a consistent scan does."""
-        for item in self._kind("instance"):
-            if job_id in item.get("running_jobs", {}):
-                fresh = self._get(item["pk"])
-                if fresh is not None and job_id in fresh.get("running_jobs", {}):
-                    return fresh
-        for item in self._scan("instance#"):
-            if job_id in item.get("running_jobs", {}):
-                return item
-        return None
-
-    def _get(self, pk: str) -> dict[str, Any] | None:
-        response = self._db.get_item(
-            TableName=self._table, Key={"pk": {"S": pk}}, ConsistentRead=True
-        )
-        item = response.get("Item")
-        return None if item is None else from_dynamo(item)
+        """Create the table if it does not exist; whether this call did."""
+        return create_table(self._db, self._table)
 
     # --- allocation -----------------------------------------------------------------------
     def allocate_on_existing(
@@ -225,7 +117,7 @@ class DynamoDbAllocationTable(KeyedJobsAndLeases):
     ) -> InstanceRecord | None:
         gpus = gpus_needed(resources)
         custom = dict(resources.custom or {})
-        job = to_dynamo_value(_job(client_id, resources, now, description))
+        job = to_dynamo_value(job_entry(client_id, resources, now, description))
         sets = [
             "cpu_free = cpu_free - :c",
             "memory_free = memory_free - :m",
@@ -281,34 +173,9 @@ class DynamoDbAllocationTable(KeyedJobsAndLeases):
         max_memory_gb: float,
     ) -> bool:
         now = time.time()
-        n = len(job_ids)
-        item = {
-            "pk": f"instance#{instance_id}",
-            "kind": "instance",
-            "instance_type": instance_type.name,
-            "cpu_total": instance_type.logical_cpu,
-            "memory_total": instance_type.memory_gb,
-            "cpu_free": instance_type.logical_cpu - n * resources.logical_cpu,
-            "memory_free": instance_type.memory_gb - n * resources.memory_gb,
-            "price_per_hour": instance_type.price_per_hour,
-            "prevent_further_allocation": False,
-            "created": now,
-            "last_heartbeat": now,
-            "gpus_total": instance_type.gpus,
-            "gpus_free": instance_type.gpus - n * gpus_needed(resources),
-            "gpu_memory_gb": instance_type.gpu_memory_gb,
-            "flags": list(normalize_flags(instance_type.flags)),
-            "arch": instance_type.arch,
-            "is_spot": instance_type.is_spot,
-            "interruption_probability": instance_type.interruption_probability,
-            "custom_total": dict(instance_type.custom),
-            "custom_free": {
-                k: v - n * (resources.custom or {}).get(k, 0.0) for k, v in instance_type.custom
-            },
-            "running_jobs": {
-                job_id: _job(client_id, resources, now, description) for job_id in job_ids
-            },
-        }
+        item = new_instance_item(
+            instance_id, instance_type, job_ids, resources, client_id, description, now
+        )
         if instance_type.logical_cpu > max_cpu or instance_type.memory_gb > max_memory_gb:
             return False  # past the limit even on an account with nothing running
         try:
@@ -381,23 +248,7 @@ class DynamoDbAllocationTable(KeyedJobsAndLeases):
             if failed_condition(exc):
                 return False  # someone else freed it first
             raise
-        self._put(
-            {
-                "pk": f"history#{job_id}",
-                "kind": "history",
-                "instance_id": item["pk"].removeprefix("instance#"),
-                "instance_type": item["instance_type"],
-                "client_id": job["client_id"],
-                "description": job.get("description", ""),
-                "cpu": job["cpu"],
-                "memory_gb": job["memory_gb"],
-                "started": job["created"],
-                "ended": time.time(),
-                "outcome": outcome,
-                "price_per_hour": item["price_per_hour"],
-                "instance_cpu": item["cpu_total"],
-            }
-        )
+        self._put(history_item(job_id, item, job, outcome, time.time()))
         return True
 
     def set_worker_pid(self, job_id: str, pid: int) -> None:
@@ -523,29 +374,6 @@ class DynamoDbAllocationTable(KeyedJobsAndLeases):
             {":t": {"N": str(time.time() + delay_seconds)}},
         ):
             raise KeyError(f"no instance {instance_id!r} in the allocation table")
-
-    def get_instance(self, instance_id: str) -> InstanceRecord | None:
-        item = self._get(f"instance#{instance_id}")
-        return None if item is None else instance_record(item)
-
-    def list_instances(self) -> list[InstanceRecord]:
-        return sorted((instance_record(i) for i in self._kind("instance")), key=lambda r: r.created)
-
-    def list_allocations(self, instance_id: str | None = None) -> list[AllocationRecord]:
-        if instance_id is not None:
-            item = self._get(f"instance#{instance_id}")
-            records = allocation_records(item) if item else []
-        else:
-            records = [a for item in self._kind("instance") for a in allocation_records(item)]
-        return sorted(records, key=lambda a: a.created)
-
-    def job_history(self, limit: int = 100) -> list[dict[str, Any]]:
-        rows = [{**i, "job_id": i["pk"].removeprefix("history#")} for i in self._kind("history")]
-        return sorted(rows, key=lambda r: r["ended"], reverse=True)[:limit]
-
-    def finished_job(self, job_id: str) -> dict[str, Any] | None:
-        item = self._get(f"history#{job_id}")
-        return None if item is None else {**item, "job_id": job_id}
 
     def _put(self, item: dict[str, Any]) -> None:
         self._db.put_item(TableName=self._table, Item=to_dynamo_item(item))

@@ -1,5 +1,6 @@
-"""Items of the DynamoDB allocation table: DynamoDB's typed JSON, and instance items as
-``InstanceRecord`` / ``AllocationRecord`` (resources beyond CPU and memory included)."""
+"""Items of the DynamoDB allocation table: DynamoDB's typed JSON, the shapes of the instance,
+job and history items written, and instance items read back as ``InstanceRecord`` /
+``AllocationRecord`` (resources beyond CPU and memory included)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from meadowrun_core.seams.allocation_table import AllocationRecord, InstanceRecord
+from meadowrun_core.resources import Resources
+from meadowrun_core.seams.allocation_table import (
+    AllocationRecord,
+    InstanceRecord,
+    gpus_needed,
+    normalize_flags,
+)
+from meadowrun_core.seams.instance_provider import InstanceType
 
 CONDITION_FAILED = ("ConditionalCheckFailedException", "TransactionCanceledException")
 
@@ -20,6 +28,83 @@ def num(value: float) -> Decimal:
 
 def failed_condition(exc: ClientError) -> bool:
     return exc.response["Error"]["Code"] in CONDITION_FAILED
+
+
+def job_entry(client_id: str, resources: Resources, now: float, description: str) -> dict[str, Any]:
+    """A job's entry in its instance's ``running_jobs`` map: what to give back when it ends."""
+    job: dict[str, Any] = {
+        "client_id": client_id,
+        "cpu": resources.logical_cpu,
+        "memory_gb": resources.memory_gb,
+        "created": now,
+        "description": description,
+    }
+    if gpus_needed(resources):
+        job["gpus"] = gpus_needed(resources)
+    if resources.custom:
+        job["custom"] = dict(resources.custom)
+    return job
+
+
+def new_instance_item(
+    instance_id: str,
+    instance_type: InstanceType,
+    job_ids: list[str],
+    resources: Resources,
+    client_id: str,
+    description: str,
+    now: float,
+) -> dict[str, Any]:
+    """A launching instance's item, its room already taken by ``job_ids``."""
+    n = len(job_ids)
+    return {
+        "pk": f"instance#{instance_id}",
+        "kind": "instance",
+        "instance_type": instance_type.name,
+        "cpu_total": instance_type.logical_cpu,
+        "memory_total": instance_type.memory_gb,
+        "cpu_free": instance_type.logical_cpu - n * resources.logical_cpu,
+        "memory_free": instance_type.memory_gb - n * resources.memory_gb,
+        "price_per_hour": instance_type.price_per_hour,
+        "prevent_further_allocation": False,
+        "created": now,
+        "last_heartbeat": now,
+        "gpus_total": instance_type.gpus,
+        "gpus_free": instance_type.gpus - n * gpus_needed(resources),
+        "gpu_memory_gb": instance_type.gpu_memory_gb,
+        "flags": list(normalize_flags(instance_type.flags)),
+        "arch": instance_type.arch,
+        "is_spot": instance_type.is_spot,
+        "interruption_probability": instance_type.interruption_probability,
+        "custom_total": dict(instance_type.custom),
+        "custom_free": {
+            k: v - n * (resources.custom or {}).get(k, 0.0) for k, v in instance_type.custom
+        },
+        "running_jobs": {
+            job_id: job_entry(client_id, resources, now, description) for job_id in job_ids
+        },
+    }
+
+
+def history_item(
+    job_id: str, instance: dict[str, Any], job: dict[str, Any], outcome: str, ended: float
+) -> dict[str, Any]:
+    """The record a finished job leaves (``meadowrun costs``, ``finished_job``)."""
+    return {
+        "pk": f"history#{job_id}",
+        "kind": "history",
+        "instance_id": instance["pk"].removeprefix("instance#"),
+        "instance_type": instance["instance_type"],
+        "client_id": job["client_id"],
+        "description": job.get("description", ""),
+        "cpu": job["cpu"],
+        "memory_gb": job["memory_gb"],
+        "started": job["created"],
+        "ended": ended,
+        "outcome": outcome,
+        "price_per_hour": instance["price_per_hour"],
+        "instance_cpu": instance["cpu_total"],
+    }
 
 
 def instance_record(item: dict[str, Any]) -> InstanceRecord:

@@ -304,7 +304,7 @@ class Ec2Provider:
         return str(group)
 
     def _instance_profile(self) -> str:
-        from meadowrun_core.aws.install import ensure_instance_profile
+        from meadowrun_core.aws.iam import ensure_instance_profile
 
         fresh = self._fresh_account
         return str(self._once("profile", lambda: ensure_instance_profile(self.region, fresh)))

@@ -4,7 +4,7 @@ An instance whose agent never started (bad AMI, failed boot) or that stopped hea
 (hung, lost its network) cannot terminate itself, and a client that died leaves its task
 queues behind. ``meadowrun install --cloud aws`` runs ``lambda_handler`` every minute
 (EventBridge), so this module ships in the Lambda's zip: it may import only the standard
-library, boto3 and light ``meadowrun_core`` modules (see ``install.manager_zip``).
+library, boto3 and light ``meadowrun_core`` modules (see ``manager_deploy.manager_zip``).
 """
 
 from __future__ import annotations

@@ -51,9 +51,9 @@ def uninstall(
     """Remove everything install created (local: terminates instances, deletes the state)."""
     _check_cloud(cloud)
     if cloud == "aws":
-        from meadowrun_core.aws import install as aws_install
+        from meadowrun_core.aws import uninstall as aws_uninstall
 
-        _echo_lines(_aws(lambda: aws_install.uninstall(region or None)), "nothing to remove")
+        _echo_lines(_aws(lambda: aws_uninstall.uninstall(region or None)), "nothing to remove")
         return
     import shutil
 
@@ -71,9 +71,9 @@ def clean(
     """Terminate every instance this cloud launched and delete its task queues."""
     _check_cloud(cloud)
     if cloud == "aws":
-        from meadowrun_core.aws import install as aws_install
+        from meadowrun_core.aws import uninstall as aws_uninstall
 
-        _echo_lines(_aws(lambda: aws_install.clean(region or None)), "nothing to clean")
+        _echo_lines(_aws(lambda: aws_uninstall.clean(region or None)), "nothing to clean")
         return
     report = _local(admin.clean)
     typer.echo(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import pickle
 import queue
 import re
@@ -18,13 +19,15 @@ from meadowrun_core.backend import Backend
 from meadowrun_core.client.allocation import Placement, allocate, capacity_signal
 from meadowrun_core.client.job_output import OutputLogger
 from meadowrun_core.client.payload import put_blob, repair
-from meadowrun_core.client.results import raise_for_final
+from meadowrun_core.client.results import raise_for_final, retry_reason
 from meadowrun_core.client.runtime import ClientRuntime
-from meadowrun_core.exceptions import BadInputError, CommandResult
+from meadowrun_core.exceptions import BadInputError, CommandResult, JobTimeoutError
 from meadowrun_core.job_context import ForwardedLog
 from meadowrun_core.resources import Resources
 from meadowrun_core.seams.object_store import DamagedObjectError, get_verified
 from meadowrun_core.seams.spill import FRAME_INLINE_BYTES
+
+log = logging.getLogger(__name__)
 
 
 async def run_on_instance(
@@ -129,12 +132,46 @@ async def run_job(
     header: dict[str, Any],
     blob: bytes = b"",
     redeploy: Callable[[], dict[str, Any]] | None = None,
+    attempts: int = 1,
 ) -> Any:
-    """Allocate, run and decode one job. A job that could not load because a blob in the
-    store was damaged is run once more after this client replaced the blob."""
+    """Allocate, run and decode one job, up to ``attempts`` times while an attempt fails in a
+    way running it again may mend (``retry_reason``); the last attempt's outcome counts."""
     if len(blob) > FRAME_INLINE_BYTES:  # too large for a frame: by reference
         key = await asyncio.to_thread(put_blob, backend, backend.signer.sign(blob))
         header, blob = {**header, "arguments_key": key}, b""
+    for attempt in range(1, attempts + 1):
+        final, payload, header = await _run_attempt(
+            runtime, backend, submission, resources, description, header, blob, redeploy
+        )
+        why = retry_reason(final, payload) if attempt < attempts else None
+        if why is None:
+            break
+        log.info(
+            "%s: attempt %d of %d failed (%s); running it again",
+            description,
+            attempt,
+            attempts,
+            why,
+        )
+    try:
+        return decode_final(final, await final_payload(backend, final, payload))
+    except JobTimeoutError as exc:
+        raise JobTimeoutError(f"{description}: {exc}") from None
+
+
+async def _run_attempt(
+    runtime: ClientRuntime,
+    backend: Backend,
+    submission: Submission,
+    resources: Resources,
+    description: str,
+    header: dict[str, Any],
+    blob: bytes,
+    redeploy: Callable[[], dict[str, Any]] | None,
+) -> tuple[dict[str, Any], bytes, dict[str, Any]]:
+    """One attempt: its final event, payload and header (with the code uploaded again if
+    it had to be). A job that could not load because a blob in the store was damaged is run
+    once more after this client replaced the blob."""
     repaired: set[str] = set()
     while True:
         try:
@@ -163,14 +200,13 @@ async def run_job(
         )
         damaged = damaged_object(final, payload)
         if damaged is None or submission.job_key is not None or damaged in repaired:
-            break
+            return final, payload, header
         # a blob this client uploaded was damaged in the store: replace it and run again
         repaired.add(damaged)
         if not await asyncio.to_thread(repair, backend, damaged):
-            break
+            return final, payload, header
         if redeploy is not None:  # the code was uploaded again: its manifest may differ
             header = {**header, "deployment": await asyncio.to_thread(redeploy)}
-    return decode_final(final, await final_payload(backend, final, payload))
 
 
 def damaged_object(final: dict[str, Any], payload: bytes) -> str | None:

@@ -13,6 +13,7 @@ from meadowrun_core.backend import Backend
 from meadowrun_core.client.allocation import check_satisfiable
 from meadowrun_core.client.job_events import JobChannel, Submission
 from meadowrun_core.client.job_handle import JobHandle
+from meadowrun_core.client.job_limits import NO_LIMITS, JobLimits
 from meadowrun_core.client.jobs import command_job, function_job
 from meadowrun_core.client.keyed_jobs import claim_submission, follow_keyed_job
 from meadowrun_core.client.payload import (
@@ -92,6 +93,7 @@ def prepare_function_job(
     detach: bool = False,
     detached_timeout: float | None = None,
     cache: bool = False,
+    limits: JobLimits = NO_LIMITS,
 ) -> PreparedJob:
     """Validate and upload everything, then return the coroutine that runs the job (with
     ``cache``: the stored result of the same call, or the job storing its result)."""
@@ -124,6 +126,8 @@ def prepare_function_job(
             prepared,
             description,
             lambda: target.prepare_deployment().to_json(),
+            limits.timeout,
+            limits.attempts,
         )
         return job if results is None else run_and_store(results, cache_key, job)
 
@@ -139,6 +143,7 @@ def prepare_command_job(
     job_key: str | None = None,
     detach: bool = False,
     detached_timeout: float | None = None,
+    limits: JobLimits = NO_LIMITS,
 ) -> PreparedJob:
     target = check_job_target(host, resources, deployment)
     argv = shlex.split(args) if isinstance(args, str) else [str(a) for a in args]
@@ -160,6 +165,8 @@ def prepare_command_job(
             prepared,
             env,
             description,
+            limits.timeout,
+            limits.attempts,
         ),
     )
 

@@ -25,15 +25,19 @@ async def function_job(
     deployment: PreparedDeployment,
     description: str,
     redeploy: Callable[[], dict[str, Any]] | None = None,
+    timeout: float | None = None,
+    attempts: int = 1,
 ) -> Any:
-    header = {
+    header: dict[str, Any] = {
         "kind": "function",
         "deployment": deployment.to_json(),
         "caller_cwd": os.path.realpath(os.getcwd()),  # run in its mirror, as commands do
         **function_ref,
     }
+    if timeout is not None:
+        header["timeout"] = timeout
     return await run_job(
-        runtime, backend, submission, resources, description, header, arguments, redeploy
+        runtime, backend, submission, resources, description, header, arguments, redeploy, attempts
     )
 
 
@@ -46,15 +50,19 @@ async def command_job(
     deployment: PreparedDeployment,
     environment: dict[str, str],
     description: str,
+    timeout: float | None = None,
+    attempts: int = 1,
 ) -> CommandResult:
-    header = {
+    header: dict[str, Any] = {
         "kind": "command",
         "deployment": deployment.to_json(),
         "args": args,
         "environment": environment,
         "caller_cwd": os.path.realpath(os.getcwd()),
     }
+    if timeout is not None:
+        header["timeout"] = timeout
     result: CommandResult = await run_job(
-        runtime, backend, submission, resources, description, header
+        runtime, backend, submission, resources, description, header, attempts=attempts
     )
     return result

@@ -25,6 +25,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from meadowrun_core.backend import Backend
 from meadowrun_core.client.allocation import allocate
 from meadowrun_core.client.job_events import damaged_object, run_on_instance
+from meadowrun_core.client.job_limits import check_timeout
 from meadowrun_core.client.job_prepare import check_job_target
 from meadowrun_core.client.payload import (
     pickle_task_argument,
@@ -114,6 +115,7 @@ class MapJob:
         # cache=True: results found before anything ran, and where new successes are stored
         self.cached: list[TaskResult] = []
         self.cache: MapCache | None = None
+        self.task_timeout: float | None = None  # seconds a task may run on its worker
 
     # --- setup and teardown ------------------------------------------------------------
     async def enqueue(self, tasks: list[TaskTuple]) -> None:
@@ -154,6 +156,7 @@ class MapJob:
                 "result_queue": self.result_queue,
                 "function_key": self.function_key,
                 "max_attempts": self.max_attempts,
+                **({} if self.task_timeout is None else {"task_timeout": self.task_timeout}),
             },
         }
         for placement in placements:
@@ -279,7 +282,7 @@ class MapJob:
             exception = failure_exception(
                 payload, "run" if kind == "died" else kind, f"task {task_id}, attempt {attempt}"
             )
-            if kind in ("died", "lost"):
+            if kind in ("died", "lost", "timeout"):
                 exception.message = (
                     f"task {task_id} attempt {attempt}: {exception.remote_traceback}"
                 )
@@ -373,8 +376,10 @@ def prepare_map_job(
     num_concurrent_tasks: int | None,
     max_num_task_attempts: int,
     cache: bool = False,
+    timeout: float | None = None,
 ) -> tuple[ClientRuntime, MapJob | None]:
     check_cache_flag(cache)
+    task_timeout = check_timeout(timeout)
     target = check_job_target(host, resources_per_task, deployment, "resources_per_task")
     runtime, backend, resources = target.runtime, target.backend, target.resources
     if isinstance(args, str | bytes) or not hasattr(args, "__iter__"):
@@ -419,6 +424,7 @@ def prepare_map_job(
     )
     job.redeploy = target.prepare_deployment
     job.cache, job.cached = map_cache, cached
+    job.task_timeout = task_timeout
     return runtime, job
 
 

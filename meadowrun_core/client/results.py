@@ -5,7 +5,12 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-from meadowrun_core.exceptions import MeadowrunError, TaskException, WorkerDiedError
+from meadowrun_core.exceptions import (
+    JobTimeoutError,
+    MeadowrunError,
+    TaskException,
+    WorkerDiedError,
+)
 
 
 class JobCancelledError(MeadowrunError):
@@ -40,6 +45,8 @@ def raise_for_final(header: dict[str, Any], payload: bytes) -> None:
         raise failure_exception(payload, header.get("stage", "run"), f"job {job_id}")
     if status == "out_of_memory":
         raise OutOfMemoryError(f"job {job_id}: {message}")
+    if status == "timed_out":
+        raise JobTimeoutError(f"job {job_id} {message}")
     if status == "died":
         raise WorkerDiedError(f"job {job_id}: {message}")
     if status == "cancelled":
@@ -49,3 +56,21 @@ def raise_for_final(header: dict[str, Any], payload: bytes) -> None:
     if status == "disconnected":
         raise WorkerDiedError(f"job {job_id}: lost the connection to its instance ({message})")
     raise MeadowrunError(f"job {job_id} ended with {status}: {message}")
+
+
+# how a job ended that running it again may mend: its code raised or its worker was lost
+_RETRIED_STATUSES = ("died", "out_of_memory", "timed_out", "interrupted", "disconnected")
+
+
+def retry_reason(final: dict[str, Any], payload: bytes) -> str | None:
+    """Why a single job's attempt failed, if running it again may help (its function raised,
+    its command exited non-zero, its worker died or it timed out); None otherwise (it
+    succeeded, was cancelled, or could not load)."""
+    status = final["status"]
+    if status == "failed" and final.get("stage") in ("run", "memory"):
+        return failure_exception(payload, final["stage"], f"job {final['job_id']}").message
+    if status == "exited" and final.get("return_code") != 0:
+        return f"job {final['job_id']} exited with code {final.get('return_code')}"
+    if status in _RETRIED_STATUSES:
+        return f"job {final['job_id']} {status}: {final.get('message', '')}"
+    return None

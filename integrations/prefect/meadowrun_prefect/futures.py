@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 from typing import Any, TypeVar
 
 from prefect.client.schemas.objects import State
@@ -22,6 +23,18 @@ class PrefectMeadowrunFuture(PrefectWrappedFuture[R, concurrent.futures.Future[S
     cancellations included), so ``wait`` never raises and ``result`` raises what Prefect
     would.
     """
+
+    @property
+    def state(self) -> State[Any]:
+        """The final state as soon as the run has one (the API's record of it may lag behind,
+        as Prefect 3 writes task-run states through events), else what the API says."""
+        if self._final_state is None and self._wrapped_future.done():
+            with contextlib.suppress(concurrent.futures.CancelledError):
+                if self._wrapped_future.exception() is None:
+                    self._final_state = self._wrapped_future.result()
+        if self._final_state is not None:
+            return self._final_state
+        return super().state
 
     def wait(self, timeout: float | None = None) -> None:
         if self._final_state is not None:
