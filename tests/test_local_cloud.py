@@ -199,8 +199,8 @@ class _MapInBackground:
         except BaseException as exc:
             self.errors.append(exc)
 
-    def instance_of_a_recent_task(self) -> str:
-        _wait_until(lambda: len(self.results) >= 5, 60, "the first results")
+    def instance_of_a_recent_task(self, count: int = 5) -> str:
+        _wait_until(lambda: len(self.results) >= count, 60, "the first results")
         return str(self.results[-1].result[1])
 
     def assert_every_task_once(self) -> None:
@@ -220,6 +220,19 @@ def test_simulated_interruption_loses_no_map_task(local_cloud: Path) -> None:
     assert victim not in {i.instance_id for i in _table(local_cloud).list_instances()}
     late = [r for r in results[5:] if r.result[1] == victim]
     assert len(late) < 35, "tasks kept running on the interrupted instance"
+
+
+def test_tasks_outlasting_the_interruption_notice_are_rerun_without_an_attempt(
+    local_cloud: Path,
+) -> None:
+    """A task still running when the instance goes (a late notice, or a task longer than
+    the notice) is the instance's loss: it runs again elsewhere, its attempt not used up."""
+    run = _MapInBackground(tasks=12, seconds=1.5, cpu=1)
+    victim = run.instance_of_a_recent_task(count=2)
+    admin.interrupt(victim, delay_seconds=0.2)  # shorter than any task: some are cut off
+    run.assert_every_task_once()
+    assert all(r.attempt == 1 for r in run.results), "an interruption must not count an attempt"
+    assert victim not in {i.instance_id for i in _table(local_cloud).list_instances()}
 
 
 def test_reconciler_frees_allocation_of_dead_worker_pid(local_cloud: Path) -> None:

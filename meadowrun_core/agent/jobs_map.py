@@ -80,7 +80,9 @@ async def run_map_slot(
             if worker
             else {"status": "died", "message": str(exc)}
         )
-        if in_flight:
+        if in_flight and job.end_status != "interrupted":
+            # (an interruption's tasks went back to the queue, attempts unchanged, before
+            # the kill: see reconciler.handle_interruption)
             running, *not_started = in_flight
             message = pickle.dumps((None, died["message"]))
             feeder.complete(running, False, message, "died", job.job_id, pace.record())

@@ -141,8 +141,11 @@ class Reconciler:
                 feeder.interrupted = True
                 await feeder.give_back()
         if time.time() >= interruption_at:
+            # tasks still running are the instance's loss, not theirs: back to the queue with
+            # their attempts unchanged before their workers die (a late notice, or a task
+            # longer than the notice, must not use up an attempt)
             for feeder in list(state.feeders.values()):
-                await feeder.flush()
+                await feeder.give_back()
             for job in list(state.jobs.values()):
                 job.kill("the instance was interrupted (spot reclaimed)", "interrupted")
             state.pool.kill_all()
