@@ -32,6 +32,7 @@ from meadowrun_core.deployment import (
     UvProject,
 )
 from meadowrun_core.exceptions import (
+    Attempt,
     BadInputError,
     CommandResult,
     JobTimeoutError,
@@ -59,6 +60,7 @@ __all__ = [
     "AllocAzureVM",
     "AllocEC2Instance",
     "AllocLocalInstance",
+    "Attempt",
     "BadInputError",
     "CommandResult",
     "CondaEnvironmentFile",

@@ -70,10 +70,12 @@ def run_function(
     wait_for_result: bool = True,
     max_num_task_attempts: int = 1,
     timeout: float | None = None,
+    priority: float = 1.0,
     job_key: str | None = None,
     detach: bool = False,
     detached_timeout: float | None = None,
     cache: bool = False,
+    retry_with_more_memory: bool = False,
 ) -> Any:
     """Run ``function(*args, **kwargs)`` on an instance and return its result.
 
@@ -97,6 +99,9 @@ def run_function(
     call starts on its instance (waiting for an instance and preparing the deployment
     there do not count); past it the job is killed, its allocation freed, and
     ``JobTimeoutError`` raised (by ``JobHandle.result()`` too).
+    ``priority`` (default 1.0): the job's weight in the raffle for room while jobs wait at
+    the cloud's launch limit: the next job to get room is drawn with probability
+    proportional to its priority, across every client of the cloud (meadowgrid's raffle).
     ``job_key`` (default None): a name for the job that any process can find it by
     (``attach_job``, ``job_status``, ``cancel_job``, ``meadowrun logs KEY``); submitting a key
     that exists follows that job instead of starting another.
@@ -107,6 +112,10 @@ def run_function(
     anything, and stores this call's result otherwise; failures are never stored. Not with
     ``job_key``. Results are kept in the cloud's object store for 7 days
     (``meadowrun cache clear`` empties it).
+    ``retry_with_more_memory`` (default False): True runs an attempt that ran out of memory
+    again (within ``max_num_task_attempts``) with twice the memory, up to the largest
+    instance type that suits the job; ``JobHandle.attempts`` lists each attempt's memory and
+    outcome, and a final ``OutOfMemoryError`` names the memory of every attempt.
 
     Its stdout and stderr stream back while it runs (logged on ``meadowrun_core.job``). An
     exception it raises is raised here as ``TaskException`` with the remote traceback.
@@ -119,7 +128,9 @@ def run_function(
         handle = mr.run_function(train, wait_for_result=False)
         handle.result()
     """
-    limits = JobLimits.check(timeout, max_num_task_attempts, job_key)
+    limits = JobLimits.check(
+        timeout, max_num_task_attempts, job_key, priority, retry_with_more_memory
+    )
     check_function_name(function, host, deployment)
     prepared = prepare_function_job(
         function,
@@ -150,10 +161,12 @@ async def run_function_async(
     wait_for_result: bool = True,
     max_num_task_attempts: int = 1,
     timeout: float | None = None,
+    priority: float = 1.0,
     job_key: str | None = None,
     detach: bool = False,
     detached_timeout: float | None = None,
     cache: bool = False,
+    retry_with_more_memory: bool = False,
 ) -> Any:
     """The async twin of ``run_function``: ``await`` it for the result.
 
@@ -161,15 +174,19 @@ async def run_function_async(
     (default None), ``deployment`` (default None), ``args`` (default ()), ``kwargs`` (default
     None), ``wait_for_result`` (default True: False returns a ``JobHandle``, itself awaitable),
     ``max_num_task_attempts`` (default 1), ``timeout`` (default None: no limit; past it
-    ``JobTimeoutError``), ``job_key`` (default None), ``detach`` (default False),
+    ``JobTimeoutError``), ``priority`` (default 1.0: weight in the raffle for room),
+    ``job_key`` (default None), ``detach`` (default False),
     ``detached_timeout`` (default None), ``cache`` (default False: True returns a stored result
-    of the same call, see ``run_function``).
+    of the same call, see ``run_function``), ``retry_with_more_memory`` (default False: an
+    attempt out of memory is followed by one with twice the memory).
 
     Example::
 
         result = await mr.run_function_async(sum, args=([1, 2, 3],))
     """
-    limits = JobLimits.check(timeout, max_num_task_attempts, job_key)
+    limits = JobLimits.check(
+        timeout, max_num_task_attempts, job_key, priority, retry_with_more_memory
+    )
     # validating, pickling and uploading block: do them off the caller's event loop
     prepared = await asyncio.to_thread(
         _prepare_function,
@@ -229,6 +246,7 @@ def run_command(
     wait_for_result: bool = True,
     max_num_task_attempts: int = 1,
     timeout: float | None = None,
+    priority: float = 1.0,
     job_key: str | None = None,
     detach: bool = False,
     detached_timeout: float | None = None,
@@ -255,6 +273,9 @@ def run_command(
     process starts on its instance (waiting for an instance and preparing the deployment
     there do not count); past it the job is killed, its allocation freed, and
     ``JobTimeoutError`` raised (by ``JobHandle.result()`` too).
+    ``priority`` (default 1.0): the job's weight in the raffle for room while jobs wait at
+    the cloud's launch limit: the next job to get room is drawn with probability
+    proportional to its priority, across every client of the cloud (meadowgrid's raffle).
     ``job_key`` (default None): a name for the job that any process can find it by
     (``attach_job``, ``job_status``, ``cancel_job``, ``meadowrun logs KEY``); submitting a key
     that exists follows that job instead of starting another.
@@ -269,7 +290,7 @@ def run_command(
         result = mr.run_command(["python", "train.py", "--epochs", "3"])
         assert result.return_code == 0
     """
-    limits = JobLimits.check(timeout, max_num_task_attempts, job_key)
+    limits = JobLimits.check(timeout, max_num_task_attempts, job_key, priority)
     prepared = prepare_command_job(
         args, host, resources, deployment, environment, job_key, detach, detached_timeout, limits
     )
@@ -289,6 +310,7 @@ async def run_command_async(
     wait_for_result: bool = True,
     max_num_task_attempts: int = 1,
     timeout: float | None = None,
+    priority: float = 1.0,
     job_key: str | None = None,
     detach: bool = False,
     detached_timeout: float | None = None,
@@ -298,14 +320,15 @@ async def run_command_async(
     Parameters as for ``run_command``: ``args``, ``host`` (default None), ``resources`` (default
     None), ``deployment`` (default None), ``environment`` (default None), ``wait_for_result``
     (default True), ``max_num_task_attempts`` (default 1), ``timeout`` (default None: no
-    limit; past it ``JobTimeoutError``), ``job_key`` (default None), ``detach`` (default
-    False), ``detached_timeout`` (default None).
+    limit; past it ``JobTimeoutError``), ``priority`` (default 1.0: weight in the raffle for
+    room), ``job_key`` (default None), ``detach`` (default False), ``detached_timeout``
+    (default None).
 
     Example::
 
         result = await mr.run_command_async("python train.py")
     """
-    limits = JobLimits.check(timeout, max_num_task_attempts, job_key)
+    limits = JobLimits.check(timeout, max_num_task_attempts, job_key, priority)
     prepared = await asyncio.to_thread(  # off the caller's event loop: it uploads code
         prepare_command_job,
         args,

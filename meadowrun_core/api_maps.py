@@ -28,6 +28,8 @@ def run_map_as_completed(
     timeout: float | None = None,
     progress: bool | None = None,
     cache: bool = False,
+    priority: float = 1.0,
+    retry_with_more_memory: bool = False,
 ) -> Iterator[TaskResult]:
     """Run ``function`` on every element of ``args``; yield a ``TaskResult`` per task as
     each finishes (each task exactly once, in completion order).
@@ -58,6 +60,13 @@ def run_map_as_completed(
     ``TaskResult.cached`` True, before anything is launched) and stores each new success as it
     arrives, so a re-run after a crash, a Ctrl-C or a fix runs only what had not succeeded.
     Failures are never stored; results are kept in the cloud's object store for 7 days.
+    ``priority`` (default 1.0): the map's weight in the raffle for room while jobs wait at
+    the cloud's launch limit: the next to get room (a slot here) is drawn with probability
+    proportional to its priority, across every client of the cloud (meadowgrid's raffle).
+    ``retry_with_more_memory`` (default False): True runs a task that ran out of memory again
+    (within ``max_num_task_attempts``) with twice the memory, up to the largest instance type
+    that suits it: such tasks wait for the others, then run on a wave of bigger slots; each
+    result's ``attempts`` lists every attempt's memory and outcome.
 
     A failed task is yielded as a ``TaskResult`` with ``is_success`` False and its
     ``exception``; nothing is raised. Leaving the loop early cancels the remaining tasks.
@@ -78,6 +87,8 @@ def run_map_as_completed(
         max_num_task_attempts,
         cache,
         timeout,
+        priority,
+        retry_with_more_memory,
     )
     if job is None:
         return
@@ -105,6 +116,8 @@ async def run_map_as_completed_async(
     timeout: float | None = None,
     progress: bool | None = None,
     cache: bool = False,
+    priority: float = 1.0,
+    retry_with_more_memory: bool = False,
 ) -> AsyncIterator[TaskResult]:
     """The async twin of ``run_map_as_completed``: ``async for`` over ``TaskResult`` values.
 
@@ -112,7 +125,9 @@ async def run_map_as_completed_async(
     ``resources_per_task`` (default None), ``deployment`` (default None),
     ``num_concurrent_tasks`` (default None), ``max_num_task_attempts`` (default 1),
     ``timeout`` (default None: seconds each task may run), ``progress`` (default None),
-    ``cache`` (default False: reuse stored results of earlier successful tasks).
+    ``cache`` (default False: reuse stored results of earlier successful tasks),
+    ``priority`` (default 1.0: weight in the raffle for room), ``retry_with_more_memory``
+    (default False: a task out of memory runs again with twice the memory).
 
     Example::
 
@@ -132,6 +147,8 @@ async def run_map_as_completed_async(
             max_num_task_attempts,
             cache,
             timeout,
+            priority,
+            retry_with_more_memory,
         )
 
     # validating, pickling and uploading block: do them off the caller's event loop
@@ -175,6 +192,8 @@ def run_map(
     timeout: float | None = None,
     progress: bool | None = None,
     cache: bool = False,
+    priority: float = 1.0,
+    retry_with_more_memory: bool = False,
 ) -> list[Any]:
     """Run ``function`` on every element of ``args`` in parallel; return the results in
     input order.
@@ -205,6 +224,10 @@ def run_map(
     is launched) and stores each new success as it arrives, so a re-run after a crash, a
     Ctrl-C or a fix runs only what had not succeeded. Failures are never stored; results are
     kept in the cloud's object store for 7 days (``meadowrun cache clear`` empties it).
+    ``priority`` (default 1.0): the map's weight in the raffle for room while jobs wait at
+    the cloud's launch limit (see ``run_map_as_completed``).
+    ``retry_with_more_memory`` (default False): a task that ran out of memory is run again
+    with twice the memory (see ``run_map_as_completed``).
 
     Raises ``RunMapTasksFailedException`` (every failed task with its remote traceback) if any
     task failed after all its attempts; the other tasks still ran to the end.
@@ -228,6 +251,8 @@ def run_map(
             timeout=timeout,
             progress=progress,
             cache=cache,
+            priority=priority,
+            retry_with_more_memory=retry_with_more_memory,
         )
     )
 
@@ -244,6 +269,8 @@ async def run_map_async(
     timeout: float | None = None,
     progress: bool | None = None,
     cache: bool = False,
+    priority: float = 1.0,
+    retry_with_more_memory: bool = False,
 ) -> list[Any]:
     """The async twin of ``run_map``: ``await`` it for the results in input order.
 
@@ -253,7 +280,9 @@ async def run_map_async(
     ``max_num_task_attempts`` (default 1: attempts per task in all), ``timeout`` (default
     None: seconds each task may run), ``progress`` (default None:
     a bar when stderr is a terminal), ``cache`` (default False: reuse stored results of
-    earlier successful tasks).
+    earlier successful tasks), ``priority`` (default 1.0: weight in the raffle for room),
+    ``retry_with_more_memory`` (default False: a task out of memory runs again with twice the
+    memory).
 
     Example::
 
@@ -272,6 +301,8 @@ async def run_map_async(
             timeout=timeout,
             progress=progress,
             cache=cache,
+            priority=priority,
+            retry_with_more_memory=retry_with_more_memory,
         )
     ]
     return _in_order(results)

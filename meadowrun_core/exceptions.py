@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from meadowrun_core.job_cost import JobCost
 
@@ -69,6 +69,17 @@ class TaskException(MeadowrunError):
         return (TaskException, (self.message, self.remote_traceback, self.original))
 
 
+class Attempt(NamedTuple):
+    """One attempt of a job or map task that ran: its number (1 first), the memory it had
+    (GB) and how it ended (``succeeded``, ``out_of_memory``, ``failed``, ``died``, ...).
+    Recorded with ``retry_with_more_memory=True`` (``TaskResult.attempts``,
+    ``JobHandle.attempts``)."""
+
+    number: int
+    memory_gb: float
+    outcome: str
+
+
 @dataclass
 class TaskResult:
     """The outcome of one map task (``run_map_as_completed`` yields them).
@@ -81,7 +92,9 @@ class TaskResult:
     task lost with its instance): a ``JobCost`` for the task's own run time on its worker
     slot, summed over the attempts received before it was reported, times the slot's CPU
     share of its instance, at the instance's price; a slot's start-up and idle time is in
-    ``meadowrun jobs --history``, not here.
+    ``meadowrun jobs --history``, not here. ``attempts`` (default ()): with
+    ``retry_with_more_memory=True``, every attempt of the task in order as ``Attempt(number,
+    memory_gb, outcome)``, the last one this result's; empty otherwise.
 
     Example::
 
@@ -96,6 +109,7 @@ class TaskResult:
     attempt: int = 1
     cached: bool = False
     cost: JobCost | None = None
+    attempts: tuple[Attempt, ...] = ()
 
     def result_or_raise(self) -> Any:
         if not self.is_success:

@@ -317,3 +317,22 @@ def test_place_on_existing_answers_with_records(table: Any) -> None:
     assert set(placed) == {"a", "b"}
     assert all(r.instance_id == "i-od" and r.address == "127.0.0.1:1" for r in placed.values())
     assert table.get_instance("i-od").cpu_free == 4
+
+
+def test_raffle_entries(table: Any) -> None:
+    """The priority raffle's entries (seams/raffle.py): added, renewed in place, lapsed
+    ones not listed, removed on leaving."""
+    now = time.time()
+    table.enter_raffle("t-low", 1.0, "client-a", now + 10)
+    table.enter_raffle("t-high", 3.0, "client-b", now + 10)
+    table.enter_raffle("t-gone", 5.0, "client-c", now - 1)  # already lapsed
+    entries = sorted(table.raffle_entries(), key=lambda e: e.ticket)
+    assert [(e.ticket, e.priority) for e in entries] == [("t-high", 3.0), ("t-low", 1.0)]
+    table.enter_raffle("t-low", 1.0, "client-a", now + 20)  # renewed, not doubled
+    assert sorted((e.ticket, e.expires) for e in table.raffle_entries()) == [
+        ("t-high", now + 10),
+        ("t-low", now + 20),
+    ]
+    table.leave_raffle("t-high")
+    table.leave_raffle("t-low")
+    assert table.raffle_entries() == []

@@ -118,3 +118,20 @@ def wait_for_interruption_notice(timeout: float) -> float | None:
             return notice
         time.sleep(0.05)
     return None
+
+
+def start_time_after_waiting_for(path: str, timeout: float = 60.0) -> float:
+    """When this call started; first waits until ``path`` exists (a job holding its room
+    until the test lets it go)."""
+    started = time.time()
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return started
+
+
+def allocate_memory_for(x: int, hungry: list[int], megabytes: int, hold_seconds: float) -> int:
+    """``x`` squared; a task in ``hungry`` first holds ``megabytes`` for ``hold_seconds``."""
+    if x in hungry:
+        allocate_memory(megabytes, hold_seconds)
+    return x * x

@@ -85,7 +85,8 @@ async def run_map_slot(
             # the kill: see reconciler.handle_interruption)
             running, *not_started = in_flight
             message = pickle.dumps((None, died["message"]))
-            feeder.complete(running, False, message, "died", job.job_id, pace.record())
+            how = "out_of_memory" if died["status"] == "out_of_memory" else "died"
+            feeder.complete(running, False, message, how, job.job_id, pace.record())
             feeder.put_back(not_started)
         return died
     finally:

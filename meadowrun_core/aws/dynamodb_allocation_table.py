@@ -1,12 +1,12 @@
 """``AllocationTable`` on DynamoDB, with conditional writes instead of transactions.
 
 One table holds every record, told apart by the ``pk`` prefix: ``instance#``, ``client#``,
-``history#``, ``jobkey#`` and the single ``limits`` item. A job's allocation lives inside its
-instance's item (``running_jobs`` map), so placing it is one conditional ``update_item`` that
-checks and subtracts the free capacity atomically, as Meadowrun did; launching an instance is
-one transaction that also charges the cloud-wide launch limit. The table's shape is
-``dynamodb_schema.py``, its reads ``dynamodb_reads.py``, keyed jobs and client leases
-``dynamodb_job_keys.py``, and its items ``dynamodb_items.py``.
+``history#``, ``jobkey#``, ``raffle#`` and the single ``limits`` item. A job's allocation
+lives inside its instance's item (``running_jobs`` map), so placing it is one conditional
+``update_item`` that checks and subtracts the free capacity atomically, as Meadowrun did;
+launching an instance is one transaction that also charges the cloud-wide launch limit. The
+table's shape is ``dynamodb_schema.py``, its reads ``dynamodb_reads.py``, keyed jobs and
+client leases ``dynamodb_job_keys.py``, and its items ``dynamodb_items.py``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from meadowrun_core.aws.dynamodb_items import (
     to_dynamo_value,
 )
 from meadowrun_core.aws.dynamodb_job_keys import KeyedJobsAndLeases
+from meadowrun_core.aws.dynamodb_raffle import RaffleEntries
 from meadowrun_core.aws.dynamodb_reads import TableReads
 from meadowrun_core.aws.dynamodb_schema import create_table
 from meadowrun_core.resources import Resources
@@ -47,7 +48,7 @@ _LIMITS = "limits"
 EC2_LAUNCH_GRACE_SECONDS = 600.0
 
 
-class DynamoDbAllocationTable(TableReads, KeyedJobsAndLeases):
+class DynamoDbAllocationTable(TableReads, KeyedJobsAndLeases, RaffleEntries):
     def __init__(
         self,
         dynamodb: Any,

@@ -23,6 +23,7 @@ from meadowrun_core.seams.allocation_table import (
     room_fits,
 )
 from meadowrun_core.seams.instance_provider import InstanceType
+from meadowrun_core.seams.raffle import RAFFLE_ENTRY_SECONDS, my_turn
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -80,8 +81,11 @@ async def allocate(
     description: str,
     minimum: int | None = None,
     job_prefix: str = "job",
+    priority: float = 1.0,
 ) -> list[Placement]:
     """Allocate ``count`` jobs; returns once at least ``minimum`` (default all) are placed.
+    While jobs wait for room, ``priority`` is this request's weight in the raffle that picks
+    the next to get it (seams/raffle.py).
 
     If cancelled or failing midway, everything it allocated is freed again."""
     check_satisfiable(backend, resources)
@@ -89,32 +93,25 @@ async def allocate(
     placements: list[Placement] = []
     delay = 0.01
     waited_since: float | None = None
+    ticket = f"{job_prefix}-{uuid.uuid4().hex[:12]}"
+    entered_until = 0.0  # when this request's raffle entry lapses (0: not entered)
     try:
         while True:
-            wanted = [
-                f"{job_prefix}-{uuid.uuid4().hex[:12]}" for _ in range(count - len(placements))
-            ]
             # every table call runs off the event loop's thread (DynamoDB is a network call)
-            placed = await _undone_if_cancelled(
-                functools.partial(
-                    backend.table.place_on_existing, wanted, resources, client_id, description
-                ),
-                lambda done: _free(backend, list(done)),
-            )
-            placements.extend(Placement(job_id, record) for job_id, record in placed.items())
-            remaining = [j for j in wanted if j not in placed]
-            while remaining:
-                launched = await _launch_for(backend, resources, remaining, client_id, description)
-                if not launched:
-                    break
-                placements.extend(launched)
-                done = {p.job_id for p in launched}
-                remaining = [j for j in remaining if j not in done]
-            if len(placements) >= minimum:
-                return placements
+            if await asyncio.to_thread(_my_turn, backend, ticket, priority):
+                await _place(
+                    backend, resources, count, client_id, description, job_prefix, placements
+                )
+                if len(placements) >= minimum:
+                    return placements
             if waited_since is None:
                 waited_since = time.monotonic()
                 log.info("waiting for capacity: %s is at its limit", backend.description)
+            if entered_until - time.time() < RAFFLE_ENTRY_SECONDS / 2:
+                entered_until = time.time() + RAFFLE_ENTRY_SECONDS
+                await asyncio.to_thread(
+                    backend.table.enter_raffle, ticket, priority, client_id, entered_until
+                )
             await capacity_signal(backend).wait(delay)
             delay = min(delay * 1.5, 0.25)
     except BaseException:
@@ -123,6 +120,42 @@ async def allocate(
                 backend.table.deallocate, placement.job_id, "allocation abandoned"
             )
         raise
+    finally:
+        if entered_until:
+            await asyncio.shield(asyncio.to_thread(backend.table.leave_raffle, ticket))
+
+
+def _my_turn(backend: Backend, ticket: str, priority: float) -> bool:
+    return my_turn(backend.table.raffle_entries(), ticket, priority, time.time())
+
+
+async def _place(
+    backend: Backend,
+    resources: Resources,
+    count: int,
+    client_id: str,
+    description: str,
+    job_prefix: str,
+    placements: list[Placement],
+) -> None:
+    """Place what is still missing of ``count`` jobs on instances with room, then on new
+    instances within the launch limit; adds to ``placements``."""
+    wanted = [f"{job_prefix}-{uuid.uuid4().hex[:12]}" for _ in range(count - len(placements))]
+    placed = await _undone_if_cancelled(
+        functools.partial(
+            backend.table.place_on_existing, wanted, resources, client_id, description
+        ),
+        lambda done: _free(backend, list(done)),
+    )
+    placements.extend(Placement(job_id, record) for job_id, record in placed.items())
+    remaining = [j for j in wanted if j not in placed]
+    while remaining:
+        launched = await _launch_for(backend, resources, remaining, client_id, description)
+        if not launched:
+            break
+        placements.extend(launched)
+        done = {p.job_id for p in launched}
+        remaining = [j for j in remaining if j not in done]
 
 
 async def _launch_for(

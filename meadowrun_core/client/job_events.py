@@ -18,10 +18,11 @@ from typing import Any
 from meadowrun_core.backend import Backend
 from meadowrun_core.client.allocation import Placement, allocate, capacity_signal
 from meadowrun_core.client.job_output import OutputLogger
+from meadowrun_core.client.memory_retry import more_memory, outcome_of, ran_out_of_memory
 from meadowrun_core.client.payload import put_blob, repair
-from meadowrun_core.client.results import raise_for_final, retry_reason
+from meadowrun_core.client.results import OutOfMemoryError, raise_for_final, retry_reason
 from meadowrun_core.client.runtime import ClientRuntime
-from meadowrun_core.exceptions import BadInputError, CommandResult, JobTimeoutError
+from meadowrun_core.exceptions import Attempt, BadInputError, CommandResult, JobTimeoutError
 from meadowrun_core.job_context import ForwardedLog
 from meadowrun_core.resources import Resources
 from meadowrun_core.seams.object_store import DamagedObjectError, get_verified
@@ -112,15 +113,19 @@ class JobChannel:
     backend: Backend | None = None
     started: threading.Event = field(default_factory=threading.Event)
     reports: queue.Queue[Any] = field(default_factory=queue.Queue)
+    attempts: tuple[Attempt, ...] = ()  # with retry_with_more_memory: each attempt so far
 
 
 @dataclass(frozen=True)
 class Submission:
-    """Who owns a job: the calling client (default) or, when detached, a lease of its own."""
+    """Who owns a job (the calling client, or when detached a lease of its own), and how it
+    is placed."""
 
     client_id: str
     job_key: str | None = None
     control: JobChannel = field(default_factory=JobChannel)
+    priority: float = 1.0  # its weight in the raffle for room (seams/raffle.py)
+    retry_with_more_memory: bool = False  # an attempt out of memory: the next gets twice
 
 
 async def run_job(
@@ -139,13 +144,29 @@ async def run_job(
     if len(blob) > FRAME_INLINE_BYTES:  # too large for a frame: by reference
         key = await asyncio.to_thread(put_blob, backend, backend.signer.sign(blob))
         header, blob = {**header, "arguments_key": key}, b""
+    grow = submission.retry_with_more_memory
     for attempt in range(1, attempts + 1):
         final, payload, header = await _run_attempt(
             runtime, backend, submission, resources, description, header, blob, redeploy
         )
+        if grow:
+            done = Attempt(attempt, resources.memory_gb, outcome_of(final))
+            submission.control.attempts = (*submission.control.attempts, done)
         why = retry_reason(final, payload) if attempt < attempts else None
         if why is None:
             break
+        if grow and ran_out_of_memory(final):
+            bigger = await asyncio.to_thread(more_memory, backend, resources)
+            if bigger is None:
+                log.warning(
+                    "%s: out of memory with %g GB, the most an instance type here offers; "
+                    "not running it again",
+                    description,
+                    resources.memory_gb,
+                )
+                break
+            resources = bigger
+            why += f"; the next attempt gets {resources.memory_gb:g} GB"
         log.info(
             "%s: attempt %d of %d failed (%s); running it again",
             description,
@@ -157,6 +178,11 @@ async def run_job(
         return decode_final(final, await final_payload(backend, final, payload))
     except JobTimeoutError as exc:
         raise JobTimeoutError(f"{description}: {exc}") from None
+    except OutOfMemoryError as exc:
+        if len(submission.control.attempts) < 2:
+            raise
+        tried = ", ".join(f"{a.memory_gb:g} GB" for a in submission.control.attempts)
+        raise OutOfMemoryError(f"{exc} (attempts with {tried})") from None
 
 
 async def _run_attempt(
@@ -175,7 +201,14 @@ async def _run_attempt(
     repaired: set[str] = set()
     while True:
         try:
-            (placement,) = await allocate(backend, resources, 1, submission.client_id, description)
+            (placement,) = await allocate(
+                backend,
+                resources,
+                1,
+                submission.client_id,
+                description,
+                priority=submission.priority,
+            )
         except BaseException as exc:
             if submission.job_key is not None:
                 await asyncio.to_thread(

@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar
 from meadowrun_core.backend import Backend
 from meadowrun_core.client.job_events import JobChannel
 from meadowrun_core.client.runtime import ClientRuntime
+from meadowrun_core.exceptions import Attempt
 from meadowrun_core.job_cost import NO_COST, JobCost, cost_of_history_row
 
 T = TypeVar("T")
@@ -49,6 +50,12 @@ class JobHandle(Generic[T]):
         """The job's id (its output lines are prefixed with it) once it has been placed."""
         placement = self._control.placement
         return placement.job_id if placement else None
+
+    @property
+    def attempts(self) -> tuple[Attempt, ...]:
+        """With ``retry_with_more_memory=True``: each attempt so far as ``Attempt(number,
+        memory_gb, outcome)``; empty otherwise."""
+        return self._control.attempts
 
     @property
     def instance_id(self) -> str | None:

@@ -6,23 +6,39 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from meadowrun_core.client.memory_retry import check_retry_with_more_memory
 from meadowrun_core.exceptions import BadInputError
+from meadowrun_core.seams.raffle import check_priority
 
 
 @dataclass(frozen=True)
 class JobLimits:
     """``timeout``: seconds the job may run once started on its instance (None: no limit).
-    ``attempts``: how many times it is run in all while it fails."""
+    ``attempts``: how many times it is run in all while it fails. ``priority``: its weight
+    in the raffle for room (seams/raffle.py). ``more_memory``: an attempt that ran out of
+    memory is followed by one with twice the memory (client/memory_retry.py)."""
 
     timeout: float | None = None
     attempts: int = 1
+    priority: float = 1.0
+    more_memory: bool = False
 
     @classmethod
     def check(
-        cls, timeout: object, max_num_task_attempts: object, job_key: str | None = None
+        cls,
+        timeout: object,
+        max_num_task_attempts: object,
+        job_key: str | None = None,
+        priority: object = 1.0,
+        retry_with_more_memory: object = False,
     ) -> JobLimits:
         """The limits, or BadInputError naming the bad value and what would do."""
-        return cls(check_timeout(timeout), check_attempts(max_num_task_attempts, job_key))
+        return cls(
+            check_timeout(timeout),
+            check_attempts(max_num_task_attempts, job_key),
+            check_priority(priority),
+            check_retry_with_more_memory(retry_with_more_memory),
+        )
 
 
 def check_timeout(timeout: object) -> float | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from meadowrun_core.backend import Backend
@@ -119,7 +119,9 @@ def prepare_function_job(
         job = function_job(
             target.runtime,
             target.backend,
-            submission,
+            replace(
+                submission, priority=limits.priority, retry_with_more_memory=limits.more_memory
+            ),
             function_ref,
             arguments,
             target.resources,
@@ -159,7 +161,7 @@ def prepare_command_job(
         lambda submission: command_job(
             target.runtime,
             target.backend,
-            submission,
+            replace(submission, priority=limits.priority),
             argv,
             target.resources,
             prepared,

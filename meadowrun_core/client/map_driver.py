@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import pickle
@@ -27,6 +28,11 @@ from meadowrun_core.client.allocation import allocate
 from meadowrun_core.client.job_events import damaged_object, run_on_instance
 from meadowrun_core.client.job_limits import check_timeout
 from meadowrun_core.client.job_prepare import check_job_target
+from meadowrun_core.client.memory_retry import (
+    OUT_OF_MEMORY_KINDS,
+    check_retry_with_more_memory,
+    more_memory,
+)
 from meadowrun_core.client.payload import (
     pickle_task_argument,
     put_blob,
@@ -38,7 +44,7 @@ from meadowrun_core.client.results import failure_exception
 from meadowrun_core.client.runtime import ClientRuntime
 from meadowrun_core.client.task_costs import TaskCosts
 from meadowrun_core.deployment.spec import Deployment, PreparedDeployment
-from meadowrun_core.exceptions import BadInputError, MeadowrunError, TaskResult
+from meadowrun_core.exceptions import Attempt, BadInputError, MeadowrunError, TaskResult
 from meadowrun_core.hosts import Host
 from meadowrun_core.map_messages import (
     MAX_TASKS_PER_MESSAGE,
@@ -48,6 +54,7 @@ from meadowrun_core.map_messages import (
     encode_messages,
 )
 from meadowrun_core.resources import Resources
+from meadowrun_core.seams.raffle import check_priority
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +123,13 @@ class MapJob:
         self.cached: list[TaskResult] = []
         self.cache: MapCache | None = None
         self.task_timeout: float | None = None  # seconds a task may run on its worker
+        self.priority = 1.0  # the slots' weight in the raffle for room (seams/raffle.py)
+        # retry_with_more_memory: tasks out of memory wait for a wave of bigger slots
+        self.more_memory = False
+        self.first_attempts: dict[int, int] = {}  # a wave's tasks may start past attempt 1
+        self.history: dict[int, tuple[Attempt, ...]] = {}  # their earlier attempts
+        self.memory_retries: dict[int, int] = {}  # task id -> the attempt out of memory
+        self._bigger: Resources | bool | None = False  # False: not worked out yet
 
     # --- setup and teardown ------------------------------------------------------------
     async def enqueue(self, tasks: list[TaskTuple]) -> None:
@@ -147,6 +161,7 @@ class MapJob:
             self.description,
             minimum=min(minimum, wanted),
             job_prefix=f"map-{self.map_id}",
+            priority=self.priority,
         )
         header = {
             "kind": "map",
@@ -207,8 +222,12 @@ class MapJob:
         )
         progress.update(len(self.reported))
         try:
-            tasks = [(i, 1, a) for i, a in enumerate(self.arguments) if i not in self.reported]
-            self.attempts = {task_id: 1 for task_id, _, _ in tasks}
+            tasks = [
+                (i, self.first_attempts.get(i, 1), a)
+                for i, a in enumerate(self.arguments)
+                if i not in self.reported
+            ]
+            self.attempts = {task_id: attempt for task_id, attempt, _ in tasks}
             await self.enqueue(tasks)
             await self.start_slots(minimum=1)
             while len(self.reported) < len(self.arguments):
@@ -233,6 +252,63 @@ class MapJob:
             progress.close()
             redirect.close()
             await asyncio.shield(self.cleanup(kill=not finished))
+        if self.memory_retries:  # this wave's slots are gone: room for bigger ones
+            async for batch in self._bigger_wave():
+                yield batch
+
+    async def _bigger_wave(self) -> AsyncGenerator[list[TaskResult], None]:
+        """Run the tasks that ran out of memory again, as a map of their own whose slots
+        have the more memory worked out when the first of them failed."""
+        assert isinstance(self._bigger, Resources)
+        ids = sorted(self.memory_retries)
+        wave = MapJob(
+            self.runtime,
+            self.backend,
+            self.function_key,
+            [self.arguments[i] for i in ids],
+            self._bigger,
+            self.deployment,
+            min(self.target_workers, len(ids)),
+            self.max_attempts,
+            f"{self.description} ({self._bigger.memory_gb:g} GB)",
+        )
+        wave.more_memory, wave.cache, wave.progress = True, self.cache, False
+        wave.task_timeout, wave.priority, wave.redeploy = (
+            self.task_timeout,
+            self.priority,
+            self.redeploy,
+        )
+        wave.first_attempts = {k: self.memory_retries[i] + 1 for k, i in enumerate(ids)}
+        wave.history = {k: self.history.get(i, ()) for k, i in enumerate(ids)}
+        log.info(
+            "%s: %d task(s) ran out of memory; running them again with %g GB",
+            self.description,
+            len(ids),
+            self._bigger.memory_gb,
+        )
+        async for batch in wave.result_batches():
+            yield [dataclasses.replace(r, task_id=ids[r.task_id]) for r in batch]
+
+    async def _out_of_memory_retry(self, task_id: int, attempt: int, kind: str) -> bool:
+        """With retry_with_more_memory: whether a task that ran out of memory waits for the
+        wave of bigger slots (attempts left, and the cloud has more memory to give)."""
+        if not self.more_memory or kind not in OUT_OF_MEMORY_KINDS:
+            return False
+        if attempt >= self.max_attempts:
+            return False
+        if self._bigger is False:
+            self._bigger = await asyncio.to_thread(more_memory, self.backend, self.resources)
+        if self._bigger is None:
+            return False
+        self.reported.add(task_id)  # done in this wave
+        self.memory_retries[task_id] = attempt
+        self._record(task_id, attempt, "out_of_memory")
+        return True
+
+    def _record(self, task_id: int, attempt: int, outcome: str) -> tuple[Attempt, ...]:
+        done = Attempt(attempt, self.resources.memory_gb, outcome)
+        history = self.history[task_id] = (*self.history.get(task_id, ()), done)
+        return history
 
     async def _receive(self) -> list[Any]:
         """One long poll of the result queue, decoded (off the event loop's thread)."""
@@ -263,7 +339,10 @@ class MapJob:
                 self.reported.add(task_id)
                 value = pickle.loads(payload)
                 cost = self.task_costs.pop(task_id)
-                out.append(TaskResult(task_id, True, value, None, attempt, cost=cost))
+                tried = self._record(task_id, attempt, "succeeded") if self.more_memory else ()
+                out.append(
+                    TaskResult(task_id, True, value, None, attempt, cost=cost, attempts=tried)
+                )
                 succeeded.append((task_id, payload))
                 continue
             if attempt < self.attempts[task_id]:
@@ -273,22 +352,28 @@ class MapJob:
                 self.attempts[task_id] = attempt + 1
                 retry.append((task_id, attempt + 1, self.arguments[task_id]))
                 continue
+            if await self._out_of_memory_retry(task_id, attempt, kind):
+                continue
             if attempt < self.max_attempts and kind != "lost":
                 log.info("task %d failed on attempt %d (%s); retrying", task_id, attempt, kind)
+                if self.more_memory:
+                    self._record(task_id, attempt, kind or "failed")
                 self.attempts[task_id] = attempt + 1
                 retry.append((task_id, attempt + 1, self.arguments[task_id]))
                 continue
             self.reported.add(task_id)
-            exception = failure_exception(
-                payload, "run" if kind == "died" else kind, f"task {task_id}, attempt {attempt}"
-            )
-            if kind in ("died", "lost", "timeout"):
+            stage = "run" if kind in ("died", "out_of_memory") else kind
+            exception = failure_exception(payload, stage, f"task {task_id}, attempt {attempt}")
+            if kind in ("died", "lost", "timeout", "out_of_memory"):
                 exception.message = (
                     f"task {task_id} attempt {attempt}: {exception.remote_traceback}"
                 )
                 exception.remote_traceback = ""
             cost = self.task_costs.pop(task_id)
-            out.append(TaskResult(task_id, False, None, exception, attempt, cost=cost))
+            tried = self._record(task_id, attempt, kind or "failed") if self.more_memory else ()
+            out.append(
+                TaskResult(task_id, False, None, exception, attempt, cost=cost, attempts=tried)
+            )
         if succeeded and self.cache is not None:  # stored before the caller sees them
             await asyncio.to_thread(self.cache.store, succeeded)
         if retry:
@@ -377,9 +462,13 @@ def prepare_map_job(
     max_num_task_attempts: int,
     cache: bool = False,
     timeout: float | None = None,
+    priority: float = 1.0,
+    retry_with_more_memory: bool = False,
 ) -> tuple[ClientRuntime, MapJob | None]:
     check_cache_flag(cache)
+    more = check_retry_with_more_memory(retry_with_more_memory)
     task_timeout = check_timeout(timeout)
+    priority = check_priority(priority)
     target = check_job_target(host, resources_per_task, deployment, "resources_per_task")
     runtime, backend, resources = target.runtime, target.backend, target.resources
     if isinstance(args, str | bytes) or not hasattr(args, "__iter__"):
@@ -425,6 +514,7 @@ def prepare_map_job(
     job.redeploy = target.prepare_deployment
     job.cache, job.cached = map_cache, cached
     job.task_timeout = task_timeout
+    job.priority, job.more_memory = priority, more
     return runtime, job
 
 

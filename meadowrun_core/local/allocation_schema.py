@@ -78,6 +78,12 @@ CREATE TABLE IF NOT EXISTS job_history (
     instance_cpu REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS job_history_by_job ON job_history(job_id);
+CREATE TABLE IF NOT EXISTS raffle (
+    ticket TEXT PRIMARY KEY,
+    priority REAL NOT NULL,
+    client_id TEXT NOT NULL,
+    expires REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS job_keys (
     job_key TEXT PRIMARY KEY,
     job_id TEXT NOT NULL,

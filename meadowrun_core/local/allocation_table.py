@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meadowrun_core.local.allocation_job_keys import KeyedJobsAndLeases
+from meadowrun_core.local.allocation_raffle import RaffleEntries
 from meadowrun_core.local.allocation_records import TableReads, instance_from_row
 from meadowrun_core.local.allocation_schema import open_allocation_db
 from meadowrun_core.resources import Resources
@@ -65,7 +66,7 @@ def _add_custom(
     )
 
 
-class SqliteAllocationTable(TableReads, KeyedJobsAndLeases):
+class SqliteAllocationTable(TableReads, KeyedJobsAndLeases, RaffleEntries):
     """``AllocationTable`` for one ``MEADOWRUN_HOME``, shared by every process using it."""
 
     def __init__(self, path: Path) -> None:

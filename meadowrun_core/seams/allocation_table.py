@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from meadowrun_core.resources import Resources
 from meadowrun_core.seams.instance_provider import InstanceType
+from meadowrun_core.seams.raffle import RaffleEntry
 
 # Facts every table, client and agent share, whichever cloud holds the table.
 # Instances that have not written a heartbeat for this long are treated as crashed.
@@ -208,3 +209,14 @@ class AllocationTable(Protocol):
         ...
 
     def forget_job_key(self, job_key: str) -> bool: ...
+
+    # --- the priority raffle among jobs waiting for room (seams/raffle.py) ---------------
+    def raffle_entries(self) -> list[RaffleEntry]:
+        """The live raffle entries (not expired), of every client."""
+        ...
+
+    def enter_raffle(self, ticket: str, priority: float, client_id: str, expires: float) -> None:
+        """Add or renew a waiting job's entry until ``expires``; drop expired entries."""
+        ...
+
+    def leave_raffle(self, ticket: str) -> None: ...

@@ -1,0 +1,66 @@
+"""Retry with more memory (Meadowrun's ``retry_with_more_memory``): an attempt that ran out
+of memory is run again with twice the memory, up to what the cloud's largest instance type
+that suits the job offers. Shared by single jobs (``job_events.run_job``) and maps
+(``map_driver``, which runs such tasks again in a wave of bigger slots)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from meadowrun_core.backend import Backend
+from meadowrun_core.exceptions import BadInputError, ResourcesNotAvailableError
+from meadowrun_core.resources import Resources
+
+# how a final event or a map task's failure says the attempt ran out of memory: the agent
+# stopped it past its memory (out_of_memory) or the function raised MemoryError (memory)
+OUT_OF_MEMORY_KINDS = frozenset({"out_of_memory", "memory"})
+
+
+def check_retry_with_more_memory(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise BadInputError(f"retry_with_more_memory must be True or False, got {value!r}")
+    return value
+
+
+def ran_out_of_memory(final: dict[str, object]) -> bool:
+    """Whether a single job's final event says it ran out of memory."""
+    return final.get("status") == "out_of_memory" or (
+        final.get("status") == "failed" and final.get("stage") == "memory"
+    )
+
+
+def outcome_of(final: dict[str, object]) -> str:
+    """A single job attempt's outcome in a few words (for ``Attempt.outcome``)."""
+    if ran_out_of_memory(final):
+        return "out_of_memory"
+    return str(final.get("status", "unknown"))
+
+
+def more_memory(backend: Backend, resources: Resources) -> Resources | None:
+    """``resources`` with twice the memory, or as much more as the largest instance type
+    that suits the rest of the request offers; None when no more can be had."""
+    doubled = dataclasses.replace(resources, memory_gb=resources.memory_gb * 2)
+    if _satisfiable(backend, doubled):
+        return doubled
+    low, high = resources.memory_gb, doubled.memory_gb  # low fits, high does not
+    for _ in range(30):
+        middle = (low + high) / 2
+        if _satisfiable(backend, dataclasses.replace(resources, memory_gb=middle)):
+            low = middle
+        else:
+            high = middle
+    best = round(low, 2)  # (the bisection ends a hair below a round limit)
+    if not _satisfiable(backend, dataclasses.replace(resources, memory_gb=best)):
+        best = math.floor(low * 100) / 100
+    if best <= resources.memory_gb * 1.01:
+        return None
+    return dataclasses.replace(resources, memory_gb=best)
+
+
+def _satisfiable(backend: Backend, resources: Resources) -> bool:
+    try:
+        backend.provider.check_satisfiable(resources)
+    except ResourcesNotAvailableError:
+        return False
+    return True

@@ -1,0 +1,110 @@
+"""retry_with_more_memory: an attempt that ran out of memory runs again with twice the memory,
+within max_num_task_attempts, up to the largest instance type; every attempt is visible."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import pytest
+import workloads
+
+import meadowrun_core as mr
+
+# Asks 0.25 GB, holds 300 MB (plus the interpreter): out of memory at 0.25 GB, fits in 0.5 GB.
+SMALL = mr.Resources(logical_cpu=1, memory_gb=0.25)
+HUNGRY_MB = 300
+HOLD_SECONDS = 2.5  # longer than the agent's memory check interval
+
+
+def test_without_the_flag_a_job_out_of_memory_fails(local_cloud: Path) -> None:
+    with pytest.raises(mr.OutOfMemoryError, match=r"more than the 0\.25 GB"):
+        mr.run_function(
+            workloads.allocate_memory,
+            args=(HUNGRY_MB, HOLD_SECONDS),
+            resources=SMALL,
+            max_num_task_attempts=2,
+        )
+
+
+def test_run_function_retries_with_twice_the_memory(local_cloud: Path) -> None:
+    handle = mr.run_function(
+        workloads.allocate_memory,
+        args=(HUNGRY_MB, HOLD_SECONDS),
+        resources=SMALL,
+        max_num_task_attempts=2,
+        retry_with_more_memory=True,
+        wait_for_result=False,
+    )
+    assert handle.result(timeout=120) == HUNGRY_MB * 2**20
+    assert handle.attempts == (
+        mr.Attempt(1, 0.25, "out_of_memory"),
+        mr.Attempt(2, 0.5, "succeeded"),
+    )
+
+
+def test_the_attempts_run_out_and_the_error_names_each_memory(local_cloud: Path) -> None:
+    with pytest.raises(mr.OutOfMemoryError, match=r"attempts with 0.125 GB, 0.25 GB"):
+        mr.run_function(
+            workloads.allocate_memory,
+            args=(HUNGRY_MB, HOLD_SECONDS),
+            resources=mr.Resources(logical_cpu=1, memory_gb=0.125),
+            max_num_task_attempts=2,
+            retry_with_more_memory=True,
+        )
+
+
+def test_run_map_retries_only_the_tasks_out_of_memory(local_cloud: Path) -> None:
+    hungry = [1, 4]
+    results = sorted(
+        mr.run_map_as_completed(
+            partial(
+                workloads.allocate_memory_for,
+                hungry=hungry,
+                megabytes=HUNGRY_MB,
+                hold_seconds=HOLD_SECONDS,
+            ),
+            range(6),
+            resources_per_task=SMALL,
+            num_concurrent_tasks=2,
+            max_num_task_attempts=3,
+            retry_with_more_memory=True,
+        ),
+        key=lambda r: r.task_id,
+    )
+    assert [r.result for r in results] == [x * x for x in range(6)]
+    for r in results:
+        if r.task_id in hungry:
+            assert r.attempt == 2
+            assert r.attempts == (
+                mr.Attempt(1, 0.25, "out_of_memory"),
+                mr.Attempt(2, 0.5, "succeeded"),
+            )
+        else:
+            assert r.attempt == 1 and r.attempts == (mr.Attempt(1, 0.25, "succeeded"),)
+
+
+def test_memory_is_capped_at_the_largest_instance_type(local_cloud: Path) -> None:
+    """On a local cloud of at most 0.4 GB the second attempt gets 0.4 GB, not 0.5, and with
+    no more to give, a third attempt is not made."""
+    host = mr.AllocLocalInstance(max_memory_gb=0.4)
+    handle = mr.run_function(
+        workloads.allocate_memory,
+        args=(500, HOLD_SECONDS),
+        host=host,
+        resources=SMALL,
+        max_num_task_attempts=3,
+        retry_with_more_memory=True,
+        wait_for_result=False,
+    )
+    with pytest.raises(mr.OutOfMemoryError):
+        handle.result(timeout=120)
+    assert [(a.number, a.memory_gb) for a in handle.attempts] == [(1, 0.25), (2, 0.4)]
+
+
+@pytest.mark.parametrize("value", [1, "yes", None])
+def test_a_bad_flag_is_refused_before_anything_launches(local_cloud: Path, value: object) -> None:
+    with pytest.raises(mr.BadInputError, match="retry_with_more_memory must be True or False"):
+        mr.run_function(workloads.double, args=(1,), retry_with_more_memory=value)  # type: ignore[arg-type]
+    with pytest.raises(mr.BadInputError, match="retry_with_more_memory must be True or False"):
+        mr.run_map(workloads.double, [1], retry_with_more_memory=value)  # type: ignore[arg-type]
