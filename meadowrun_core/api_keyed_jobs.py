@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from meadowrun_core import frames
 from meadowrun_core.backend import Backend
 from meadowrun_core.client.job_handle import JobHandle
 from meadowrun_core.client.keyed_jobs import JobNotFoundError, follow_keyed_job, keyed_job_state
@@ -130,7 +131,7 @@ def cancel_job(job_key: str, *, host: Host | None = None, timeout: float = 10.0)
         if instance is None or instance.address is None:
             return False
         conn = await runtime.connection(instance, backend)
-        conn.send({"type": "cancel", "job_id": row["job_id"], "reason": "cancel_job"})
+        conn.send(frames.Cancel(type="cancel", job_id=str(row["job_id"]), reason="cancel_job"))
         deadline = asyncio.get_running_loop().time() + timeout
         while asyncio.get_running_loop().time() < deadline:
             current = backend.table.get_job_key(job_key)

@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
-from meadowrun_core.client.map_driver import prepare_map_job
+from meadowrun_core.client.map_prepare import prepare_map_job
 from meadowrun_core.client.names import check_function_name
 from meadowrun_core.deployment.spec import Deployment
 from meadowrun_core.exceptions import RunMapTasksFailedException, TaskResult

@@ -23,7 +23,7 @@ import cloudpickle
 
 from meadowrun_core import clouds, frames, job_context
 from meadowrun_core.config import meadowrun_home
-from meadowrun_core.deployment.code_mirror import materialize
+from meadowrun_core.deployment.code_materialize import materialize
 from meadowrun_core.function_names import import_function
 from meadowrun_core.protocol import read_frame_sync, send_frame_sync
 from meadowrun_core.seams.object_store import ObjectStore, get_verified

@@ -159,6 +159,28 @@ def test_killed_worker_task_is_redelivered(aws: AwsTwinCloud) -> None:
     assert aws.twin_host(instance["InstanceId"]).path("/tmp/died-3").exists()
 
 
+def test_a_task_out_of_memory_runs_again_with_twice_the_memory(aws: AwsTwinCloud) -> None:
+    results = sorted(
+        mr.run_map_as_completed(
+            work.hungry_square,
+            range(4),
+            host=aws.host(),
+            resources_per_task=mr.Resources(1, 0.25),
+            num_concurrent_tasks=2,
+            max_num_task_attempts=2,
+            retry_with_more_memory=True,
+            deployment=DEPLOYMENT,
+        ),
+        key=lambda r: r.task_id,
+    )
+    assert [r.result for r in results] == [0, 1, 4, 9]
+    assert [(a.memory_gb, a.outcome) for a in results[2].attempts] == [
+        (0.25, "out_of_memory"),
+        (0.5, "succeeded"),
+    ]
+    assert all(len(r.attempts) == 1 for r in results if r.task_id != 2)
+
+
 def test_run_command_on_the_twin(aws: AwsTwinCloud) -> None:
     result = mr.run_command(
         ["/bin/sh", "-c", "hostname > /tmp/command-ran; test -x " + AGENT_PYTHON],

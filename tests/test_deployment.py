@@ -16,8 +16,10 @@ import deployment_helpers
 import pytest
 
 import meadowrun_core as mr
-from meadowrun_core.deployment import code_mirror
-from meadowrun_core.deployment.code_mirror import CodeMirror, CodeRoot, materialize
+from meadowrun_core.deployment import code_roots
+from meadowrun_core.deployment.code_materialize import materialize
+from meadowrun_core.deployment.code_mirror import CodeMirror
+from meadowrun_core.deployment.code_roots import CodeRoot
 from meadowrun_core.local.allocation_table import SqliteAllocationTable
 from meadowrun_core.local.object_store import FileObjectStore
 from meadowrun_core.serialization import Signer
@@ -81,7 +83,7 @@ def test_mirror_globs_and_editable_finder(tmp_path: Path) -> None:
     finder = tmp_path / "__editable___mypkg_0_1_finder.py"
     mapping = {"mypkg": str(src / "mypkg")}
     finder.write_text(f"import sys\nMAPPING: dict[str, str] = {mapping!r}\n")
-    assert code_mirror._read_finder(finder) == {"mypkg": src / "mypkg"}
+    assert code_roots._read_finder(finder) == {"mypkg": src / "mypkg"}
     mirror = CodeMirror(store, signer)
     key = mirror.upload([CodeRoot(src / "mypkg", "back", prefix="mypkg")], ("mypkg/*.csv",))
     (root,) = materialize(store, signer, key, tmp_path / "cache")

@@ -108,3 +108,16 @@ def test_a_bad_flag_is_refused_before_anything_launches(local_cloud: Path, value
         mr.run_function(workloads.double, args=(1,), retry_with_more_memory=value)  # type: ignore[arg-type]
     with pytest.raises(mr.BadInputError, match="retry_with_more_memory must be True or False"):
         mr.run_map(workloads.double, [1], retry_with_more_memory=value)  # type: ignore[arg-type]
+
+
+def test_results_of_the_bigger_wave_are_cached_under_their_own_task(local_cloud: Path) -> None:
+    """The wave numbers its tasks from 0: their results must still be stored under the
+    original tasks' keys, so a re-run gets every value right."""
+    function = partial(
+        workloads.allocate_memory_for, hungry=[2], megabytes=HUNGRY_MB, hold_seconds=HOLD_SECONDS
+    )
+    kwargs = {"resources_per_task": SMALL, "max_num_task_attempts": 2, "cache": True}
+    first = mr.run_map(function, range(4), retry_with_more_memory=True, **kwargs)
+    assert first == [0, 1, 4, 9]
+    again = sorted(mr.run_map_as_completed(function, range(4), **kwargs), key=lambda r: r.task_id)
+    assert [(r.result, r.cached) for r in again] == [(0, True), (1, True), (4, True), (9, True)]

@@ -49,3 +49,13 @@ def random_bytes(i: int) -> bytes:
 def grow(blob: bytes) -> bytes:
     """A result as large as the argument again (1 MB in, 2 MB out)."""
     return blob + b"r" * len(blob)
+
+
+def hungry_square(x: int) -> int:
+    """``x`` squared; task 2 first holds 300 MB for 2.5 s (more than 0.25 GB)."""
+    if x == 2:
+        block = bytearray(300 * 2**20)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        time.sleep(2.5)
+    return x * x

@@ -10,7 +10,7 @@ from meadowrun_core import frames
 from meadowrun_core.agent.job_setup import preparer
 from meadowrun_core.agent.running_job import RunningJob
 from meadowrun_core.agent.state import AgentState
-from meadowrun_core.deployment.code_mirror import materialize
+from meadowrun_core.deployment.code_materialize import materialize
 from meadowrun_core.deployment.process import DeploymentError
 from meadowrun_core.deployment.spec import PreparedDeployment
 

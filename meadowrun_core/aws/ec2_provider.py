@@ -1,21 +1,17 @@
-"""Launching and terminating meadowrun's EC2 instances, and reaching them over SSH.
+"""Choosing, launching and terminating meadowrun's EC2 instances (reaching them over SSH:
+``ec2_reach.py``).
 
 ``launch`` runs one instance of the chosen type (spot or on-demand), with cloud-init user
 data that sets a host key generated here and our client key, then SSHes in (host key pinned)
 and starts the agent detached, so it outlives this client. The agent registers in DynamoDB
 and from then on clients reach it through SSH port forwarding to its loopback port.
-
-Tests (and any emulator) set ``MEADOWRUN_EC2_ADDRESS_MAP`` to a JSON file mapping EC2
-instance ids to ``host:port`` of test hosts, because emulated instances have made-up IPs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
-import os
 import shlex
 import threading
 import time
@@ -29,6 +25,7 @@ from botocore.exceptions import ClientError
 from meadowrun_core.aws import names, ssh
 from meadowrun_core.aws.agent_upload import bundle_url, upload_agent_bundle
 from meadowrun_core.aws.clients import aws_client, error_code
+from meadowrun_core.aws.ec2_reach import InstanceReach
 from meadowrun_core.aws.fleet import rank_for_fleet
 from meadowrun_core.aws.instance_selection import (
     FALLBACK_ERROR_CODES,
@@ -54,7 +51,6 @@ from meadowrun_core.seams.instance_provider import InstanceType, check_custom_of
 
 log = logging.getLogger(__name__)
 
-ADDRESS_MAP_ENV = "MEADOWRUN_EC2_ADDRESS_MAP"
 # How long a new instance profile may take to become usable by RunInstances.
 PROFILE_PROPAGATION_SECONDS = 60.0
 # How many (type, market) choices to try before giving up on capacity errors: all of them
@@ -71,7 +67,7 @@ _AGENT_SETTINGS = {
 }
 
 
-class Ec2Provider:
+class Ec2Provider(InstanceReach):
     def __init__(
         self,
         host: AllocEC2Instance,
@@ -351,114 +347,6 @@ class Ec2Provider:
             f"tail -n 30 {log_file} >&2; exit 5; fi; i=$((i+1)); sleep 0.1; done"
         )
 
-    # --- reaching an instance ----------------------------------------------------------
-    async def ssh_connection(self, instance_id: str) -> asyncssh.SSHClientConnection:
-        """One SSH connection per instance, shared by bootstrap and every agent stream."""
-        lock = self._connecting.setdefault(instance_id, asyncio.Lock())
-        async with lock:
-            connection = self._connections.get(instance_id)
-            if connection is not None and not connection.is_closed():
-                return connection
-            ec2_id, host_key = await asyncio.to_thread(self._identify, instance_id)
-            address, port = await self._ssh_address(ec2_id)
-            connection = await ssh.connect(
-                address,
-                port,
-                host_key,
-                await asyncio.to_thread(self._client_key),
-                self.host.launch_timeout,
-            )
-            self._connections[instance_id] = connection
-            for port in sorted(self._exposed):
-                await self._expose_on(instance_id, connection, port)
-            return connection
-
-    async def expose(self, port: int) -> None:
-        """Every instance (connected now or later) reaches this machine's 127.0.0.1:``port``
-        at its own 127.0.0.1:``port``, through a reverse forward on the SSH connection."""
-        self._exposed.add(port)
-        for instance_id, connection in list(self._connections.items()):
-            if not connection.is_closed():
-                await self._expose_on(instance_id, connection, port)
-
-    async def _expose_on(
-        self, instance_id: str, connection: asyncssh.SSHClientConnection, port: int
-    ) -> None:
-        listener = self._reverse.get((instance_id, port))
-        if listener is not None and connection is self._connections.get(instance_id):
-            return
-        try:
-            self._reverse[(instance_id, port)] = await connection.forward_remote_port(
-                "127.0.0.1", port, "127.0.0.1", port
-            )
-        except asyncssh.Error as exc:
-            log.warning(
-                "instance %s cannot reach this machine's port %d: %s", instance_id, port, exc
-            )
-
-    async def forward(
-        self, instance_id: str, remote_port: int, remote_host: str = "127.0.0.1"
-    ) -> int:
-        """A local port forwarded over SSH to ``remote_host:remote_port`` as the instance sees
-        it (its loopback by default)."""
-        connection = await self.ssh_connection(instance_id)
-        key = (instance_id, remote_host, remote_port)
-        listener = self._forwards.get(key)
-        if listener is None or connection is not self._connections.get(instance_id):
-            listener = await connection.forward_local_port("127.0.0.1", 0, remote_host, remote_port)
-            self._forwards[key] = listener
-        return int(listener.get_port())
-
-    def _identify(self, instance_id: str) -> tuple[str, str]:
-        """The EC2 id and pinned host public key of a meadowrun instance (from its tags when
-        another client launched it)."""
-        if instance_id in self._ec2_ids:
-            return self._ec2_ids[instance_id], self._host_keys[instance_id]
-        reservations = self._ec2.describe_instances(
-            Filters=[
-                {"Name": f"tag:{names.INSTANCE_ID_TAG}", "Values": [instance_id]},
-                {"Name": "instance-state-name", "Values": ["pending", "running"]},
-            ]
-        )["Reservations"]
-        for reservation in reservations:
-            for instance in reservation["Instances"]:
-                tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
-                self._ec2_ids[instance_id] = instance["InstanceId"]
-                self._host_keys[instance_id] = tags[names.HOST_KEY_TAG]
-                return self._ec2_ids[instance_id], self._host_keys[instance_id]
-        raise ConnectionError(f"no running EC2 instance is meadowrun instance {instance_id}")
-
-    async def _ssh_address(self, ec2_id: str) -> tuple[str, int]:
-        deadline = time.monotonic() + self.host.launch_timeout
-        while True:
-            address = await asyncio.to_thread(self._lookup_address, ec2_id)
-            if address is not None:
-                return address
-            if time.monotonic() > deadline:
-                raise ConnectionError(
-                    f"EC2 instance {ec2_id} has no address after {self.host.launch_timeout:g} s"
-                )
-            await asyncio.sleep(0.1)
-
-    def _lookup_address(self, ec2_id: str) -> tuple[str, int] | None:
-        mapped = os.environ.get(ADDRESS_MAP_ENV)
-        if mapped:  # an emulator's instances: test hosts stand in for them
-            try:
-                entry = json.loads(Path(mapped).read_text()).get(ec2_id)
-            except (OSError, ValueError):
-                return None
-            if entry is None:
-                return None
-            host, port = str(entry).rsplit(":", 1)
-            return host, int(port)
-        reservations = self._ec2.describe_instances(InstanceIds=[ec2_id])["Reservations"]
-        instance = reservations[0]["Instances"][0]
-        if instance["State"]["Name"] != "running":
-            return None
-        field = "PrivateIpAddress" if self.host.use_private_ip else "PublicIpAddress"
-        ip = instance.get(field)
-        return (str(ip), 22) if ip else None
-
     # --- stopping ----------------------------------------------------------------------
     def terminate(self, instance_id: str, agent_pid: int | None = None) -> None:
         try:
@@ -477,14 +365,6 @@ class Ec2Provider:
             f"EC2 instance {ec2_id} was terminated; the agent's log was "
             f"~/.meadowrun/agent-{instance_id}.log on it"
         )
-
-    def close(self) -> None:
-        for listener in self._forwards.values():
-            listener.close()
-        self._forwards.clear()
-        for connection in self._connections.values():
-            connection.close()
-        self._connections.clear()
 
 
 @functools.cache

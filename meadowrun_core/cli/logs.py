@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from meadowrun_core import frames
 from meadowrun_core.cli._common import (
     _CLOUD_HELP,
     _REGION_HELP,
@@ -212,8 +213,8 @@ async def _snapshot(
     events = conn.register(job_id, follower)
     barrier = conn.register(barrier_id)
     try:
-        conn.send({"type": "attach", "job_id": job_id, "follower": follower})
-        conn.send({"type": "attach", "job_id": barrier_id, "follower": ""})
+        conn.send(frames.Attach(type="attach", job_id=job_id, follower=follower))
+        conn.send(frames.Attach(type="attach", job_id=barrier_id, follower=""))
         await asyncio.wait_for(barrier.get(), timeout=60)
         chunks: Chunks = []
         final: dict[str, Any] | None = None

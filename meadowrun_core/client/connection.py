@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import cast
 
+from meadowrun_core import frames
 from meadowrun_core.protocol import encode_frame, hello_frame, read_frame
 from meadowrun_core.serialization import Signer
 
 log = logging.getLogger(__name__)
 
-Event = tuple[dict[str, Any], bytes]
-DISCONNECTED: dict[str, Any] = {"type": "disconnected"}
+# what a follower of a job receives: the agent's frames for it, then (if the connection
+# closes first) ``DISCONNECTED``
+Event = tuple[frames.AgentFrame | frames.Disconnected, bytes]
+DISCONNECTED: frames.Disconnected = {"type": "disconnected"}
 
 
 class AgentConnection:
@@ -50,21 +53,22 @@ class AgentConnection:
     def close(self) -> None:
         self._writer.close()
 
-    def send(self, header: dict[str, Any], blob: bytes = b"") -> None:
+    def send(self, header: frames.ClientFrame, blob: bytes = b"") -> None:
         if not self.closed:
             self._writer.write(encode_frame(self._signer, header, blob))
 
     async def _read_loop(self) -> None:
         try:
             while True:
-                header, blob = await read_frame(self._reader, self._signer)
-                replay_for = header.get("replay_for")
+                raw, blob = await read_frame(self._reader, self._signer)
+                header = cast(frames.AgentFrame, raw)
+                replay_for = raw.get("replay_for")
                 if replay_for is not None:
                     follower = self._followers.get(replay_for)
                     if follower is not None:
                         follower.put_nowait((header, blob))
                     continue
-                for queue in self._jobs.get(header.get("job_id", ""), ()):
+                for queue in self._jobs.get(raw.get("job_id", ""), ()):
                     queue.put_nowait((header, blob))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass

@@ -13,8 +13,9 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+from meadowrun_core import frames
 from meadowrun_core.backend import Backend
 from meadowrun_core.client.allocation import Placement, allocate, capacity_signal
 from meadowrun_core.client.job_output import OutputLogger
@@ -62,12 +63,13 @@ async def run_on_instance(
     follower = uuid.uuid4().hex if attach else ""
     events = conn.register(placement.job_id, follower)
     logger = OutputLogger(placement.job_id)
+    frame: frames.ClientFrame
     if attach:
-        header = {"type": "attach", "job_id": placement.job_id, "follower": follower}
-    else:
-        header = {**header, "type": "run", "job_id": placement.job_id}
+        frame = frames.Attach(type="attach", job_id=placement.job_id, follower=follower)
+    else:  # the job's run frame, as job_prepare / map_driver built it (``frames.Run``)
+        frame = cast(frames.Run, {**header, "type": "run", "job_id": placement.job_id})
     try:
-        conn.send(header, blob)
+        conn.send(frame, blob)
         if control is not None:
             control.placement, control.backend = placement, backend
             control.started.set()
@@ -84,7 +86,7 @@ async def run_on_instance(
             elif event["type"] == "final":
                 if not attach:
                     await capacity_signal(backend).notify()
-                return event, payload
+                return dict(event), payload
             elif event["type"] == "disconnected":
                 return {
                     "type": "final",
@@ -95,7 +97,7 @@ async def run_on_instance(
     except asyncio.CancelledError:
         if not attach and (control is None or control.cancel_job_with_follower):
             conn.send(
-                {"type": "cancel", "job_id": placement.job_id, "reason": "cancelled by caller"}
+                frames.Cancel(type="cancel", job_id=placement.job_id, reason="cancelled by caller")
             )
         raise
     finally:

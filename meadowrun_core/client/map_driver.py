@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
-import math
 import pickle
 import sys
 import time
@@ -23,29 +21,20 @@ from typing import Any
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from meadowrun_core import frames
 from meadowrun_core.backend import Backend
 from meadowrun_core.client.allocation import allocate
 from meadowrun_core.client.job_events import damaged_object, run_on_instance
-from meadowrun_core.client.job_limits import check_timeout
-from meadowrun_core.client.job_prepare import check_job_target
-from meadowrun_core.client.memory_retry import (
-    OUT_OF_MEMORY_KINDS,
-    check_retry_with_more_memory,
-    more_memory,
-)
+from meadowrun_core.client.memory_retry import OUT_OF_MEMORY_KINDS, bigger_wave, more_memory
 from meadowrun_core.client.payload import (
-    pickle_task_argument,
-    put_blob,
     repair,
-    upload_function,
 )
-from meadowrun_core.client.result_cache import MapCache, check_cache_flag
+from meadowrun_core.client.result_cache import MapCache
 from meadowrun_core.client.results import failure_exception
 from meadowrun_core.client.runtime import ClientRuntime
 from meadowrun_core.client.task_costs import TaskCosts
-from meadowrun_core.deployment.spec import Deployment, PreparedDeployment
-from meadowrun_core.exceptions import Attempt, BadInputError, MeadowrunError, TaskResult
-from meadowrun_core.hosts import Host
+from meadowrun_core.deployment.spec import PreparedDeployment
+from meadowrun_core.exceptions import Attempt, MeadowrunError, TaskResult
 from meadowrun_core.map_messages import (
     MAX_TASKS_PER_MESSAGE,
     WAKE,
@@ -54,7 +43,6 @@ from meadowrun_core.map_messages import (
     encode_messages,
 )
 from meadowrun_core.resources import Resources
-from meadowrun_core.seams.raffle import check_priority
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +117,7 @@ class MapJob:
         self.first_attempts: dict[int, int] = {}  # a wave's tasks may start past attempt 1
         self.history: dict[int, tuple[Attempt, ...]] = {}  # their earlier attempts
         self.memory_retries: dict[int, int] = {}  # task id -> the attempt out of memory
-        self._bigger: Resources | bool | None = False  # False: not worked out yet
+        self.bigger_resources: Resources | bool | None = False  # False: not worked out yet
 
     # --- setup and teardown ------------------------------------------------------------
     async def enqueue(self, tasks: list[TaskTuple]) -> None:
@@ -187,11 +175,9 @@ class MapJob:
                 continue
             conn = await self.runtime.connection(placement.instance, self.backend)
             conn.send(
-                {
-                    "type": "cancel" if kill else "stop",
-                    "job_id": job_id,
-                    "reason": "map job cancelled",
-                }
+                frames.Cancel(type="cancel", job_id=job_id, reason="map job cancelled")
+                if kill
+                else frames.Stop(type="stop", job_id=job_id, reason="map job ended")
             )
         if self.slots:
             await asyncio.wait(list(self.slots.values()), timeout=10)
@@ -253,41 +239,8 @@ class MapJob:
             redirect.close()
             await asyncio.shield(self.cleanup(kill=not finished))
         if self.memory_retries:  # this wave's slots are gone: room for bigger ones
-            async for batch in self._bigger_wave():
+            async for batch in bigger_wave(self):
                 yield batch
-
-    async def _bigger_wave(self) -> AsyncGenerator[list[TaskResult], None]:
-        """Run the tasks that ran out of memory again, as a map of their own whose slots
-        have the more memory worked out when the first of them failed."""
-        assert isinstance(self._bigger, Resources)
-        ids = sorted(self.memory_retries)
-        wave = MapJob(
-            self.runtime,
-            self.backend,
-            self.function_key,
-            [self.arguments[i] for i in ids],
-            self._bigger,
-            self.deployment,
-            min(self.target_workers, len(ids)),
-            self.max_attempts,
-            f"{self.description} ({self._bigger.memory_gb:g} GB)",
-        )
-        wave.more_memory, wave.cache, wave.progress = True, self.cache, False
-        wave.task_timeout, wave.priority, wave.redeploy = (
-            self.task_timeout,
-            self.priority,
-            self.redeploy,
-        )
-        wave.first_attempts = {k: self.memory_retries[i] + 1 for k, i in enumerate(ids)}
-        wave.history = {k: self.history.get(i, ()) for k, i in enumerate(ids)}
-        log.info(
-            "%s: %d task(s) ran out of memory; running them again with %g GB",
-            self.description,
-            len(ids),
-            self._bigger.memory_gb,
-        )
-        async for batch in wave.result_batches():
-            yield [dataclasses.replace(r, task_id=ids[r.task_id]) for r in batch]
 
     async def _out_of_memory_retry(self, task_id: int, attempt: int, kind: str) -> bool:
         """With retry_with_more_memory: whether a task that ran out of memory waits for the
@@ -296,9 +249,11 @@ class MapJob:
             return False
         if attempt >= self.max_attempts:
             return False
-        if self._bigger is False:
-            self._bigger = await asyncio.to_thread(more_memory, self.backend, self.resources)
-        if self._bigger is None:
+        if self.bigger_resources is False:
+            self.bigger_resources = await asyncio.to_thread(
+                more_memory, self.backend, self.resources
+            )
+        if self.bigger_resources is None:
             return False
         self.reported.add(task_id)  # done in this wave
         self.memory_retries[task_id] = attempt
@@ -450,87 +405,3 @@ class MapJob:
 def _ignore_outcome(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()  # retrieved: an abandoned receive's failure is of no interest
-
-
-def prepare_map_job(
-    function: Callable[..., Any] | str,
-    args: Any,
-    host: Host | None,
-    resources_per_task: Resources | None,
-    deployment: Deployment | None,
-    num_concurrent_tasks: int | None,
-    max_num_task_attempts: int,
-    cache: bool = False,
-    timeout: float | None = None,
-    priority: float = 1.0,
-    retry_with_more_memory: bool = False,
-) -> tuple[ClientRuntime, MapJob | None]:
-    check_cache_flag(cache)
-    more = check_retry_with_more_memory(retry_with_more_memory)
-    task_timeout = check_timeout(timeout)
-    priority = check_priority(priority)
-    target = check_job_target(host, resources_per_task, deployment, "resources_per_task")
-    runtime, backend, resources = target.runtime, target.backend, target.resources
-    if isinstance(args, str | bytes) or not hasattr(args, "__iter__"):
-        raise BadInputError(
-            f"args must be an iterable of task arguments, got {type(args).__name__}"
-        )
-    if not isinstance(max_num_task_attempts, int) or max_num_task_attempts < 1:
-        raise BadInputError(f"max_num_task_attempts must be >= 1, got {max_num_task_attempts!r}")
-    if num_concurrent_tasks is not None and (
-        not isinstance(num_concurrent_tasks, int) or num_concurrent_tasks < 1
-    ):
-        raise BadInputError(f"num_concurrent_tasks must be >= 1, got {num_concurrent_tasks!r}")
-    arguments = [pickle_task_argument(a, i) for i, a in enumerate(args)]
-    if not arguments:
-        return runtime, None
-    function_ref = upload_function(backend, function)
-    if "function_key" not in function_ref:
-        # map workers load functions by key: store the import path as a tiny signed pickle
-        function_ref = {
-            "function_key": put_blob(
-                backend, backend.signer.dumps(_ImportedFunction(function_ref["function_name"]))
-            )
-        }
-    prepared = target.prepare_deployment()
-    description = f"run_map {getattr(function, '__qualname__', function)}"
-    # cache=True: looked up before anything is allocated
-    map_cache = MapCache.open(backend, function_ref, prepared, arguments) if cache else None
-    cached = map_cache.found(description) if map_cache is not None else []
-    if num_concurrent_tasks is None:
-        fit = math.floor(backend.max_cpu / max(resources.logical_cpu, 1e-9))
-        num_concurrent_tasks = max(1, min(len(arguments) - len(cached), fit))
-    job = MapJob(
-        runtime,
-        backend,
-        function_ref["function_key"],
-        arguments,
-        resources,
-        prepared,
-        num_concurrent_tasks,
-        max_num_task_attempts,
-        description,
-    )
-    job.redeploy = target.prepare_deployment
-    job.cache, job.cached = map_cache, cached
-    job.task_timeout = task_timeout
-    job.priority, job.more_memory = priority, more
-    return runtime, job
-
-
-class _ImportedFunction:
-    """A picklable stand-in that imports ``package.module.function`` on the worker."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._function: Callable[..., Any] | None = None
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self._function is None:
-            from meadowrun_core.function_names import import_function
-
-            self._function = import_function(self.name)
-        return self._function(*args, **kwargs)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"name": self.name, "_function": None}

@@ -6,11 +6,19 @@ that suits the job offers. Shared by single jobs (``job_events.run_job``) and ma
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING
 
 from meadowrun_core.backend import Backend
-from meadowrun_core.exceptions import BadInputError, ResourcesNotAvailableError
+from meadowrun_core.exceptions import BadInputError, ResourcesNotAvailableError, TaskResult
 from meadowrun_core.resources import Resources
+
+if TYPE_CHECKING:
+    from meadowrun_core.client.map_driver import MapJob
+
+log = logging.getLogger(__name__)
 
 # how a final event or a map task's failure says the attempt ran out of memory: the agent
 # stopped it past its memory (out_of_memory) or the function raised MemoryError (memory)
@@ -64,3 +72,38 @@ def _satisfiable(backend: Backend, resources: Resources) -> bool:
     except ResourcesNotAvailableError:
         return False
     return True
+
+
+async def bigger_wave(job: MapJob) -> AsyncGenerator[list[TaskResult], None]:
+    """Run the tasks that ran out of memory again, as a map of their own whose slots
+    have the more memory worked out when the first of them failed."""
+    assert isinstance(job.bigger_resources, Resources)
+    ids = sorted(job.memory_retries)
+    wave = type(job)(
+        job.runtime,
+        job.backend,
+        job.function_key,
+        [job.arguments[i] for i in ids],
+        job.bigger_resources,
+        job.deployment,
+        min(job.target_workers, len(ids)),
+        job.max_attempts,
+        f"{job.description} ({job.bigger_resources.memory_gb:g} GB)",
+    )
+    wave.more_memory, wave.progress = True, False
+    wave.cache = job.cache.of_tasks(ids) if job.cache is not None else None
+    wave.task_timeout, wave.priority, wave.redeploy = (
+        job.task_timeout,
+        job.priority,
+        job.redeploy,
+    )
+    wave.first_attempts = {k: job.memory_retries[i] + 1 for k, i in enumerate(ids)}
+    wave.history = {k: job.history.get(i, ()) for k, i in enumerate(ids)}
+    log.info(
+        "%s: %d task(s) ran out of memory; running them again with %g GB",
+        job.description,
+        len(ids),
+        job.bigger_resources.memory_gb,
+    )
+    async for batch in wave.result_batches():
+        yield [dataclasses.replace(r, task_id=ids[r.task_id]) for r in batch]

@@ -17,7 +17,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from meadowrun_core.deployment.code_mirror import _interpreter_dirs, _is_within, code_roots
+from meadowrun_core.deployment.code_roots import code_roots, interpreter_dirs, is_within
 from meadowrun_core.deployment.spec import Deployment, LocalCurrentInterpreter
 from meadowrun_core.exceptions import BadInputError
 from meadowrun_core.hosts import AllocLocalInstance, Host, resolve_host
@@ -53,8 +53,8 @@ def check_function_name(function: object, host: Host | None, deployment: Deploym
     if origin:
         path = Path(origin).resolve()
         roots = code_roots(deployment.include_sys_path, tuple(deployment.additional_sys_paths))
-        if not _is_within(path, _interpreter_dirs()) and not any(
-            _is_within(path, [root.path]) or path == root.path for root in roots
+        if not is_within(path, interpreter_dirs()) and not any(
+            is_within(path, [root.path]) or path == root.path for root in roots
         ):
             raise BadInputError(
                 f"function {function!r}: module {module_name!r} ({origin}) is neither in the "

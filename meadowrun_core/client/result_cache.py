@@ -230,6 +230,13 @@ class MapCache:
         """Store ``(task_id, pickled result)`` of successful tasks."""
         self._cache.store([(self.keys[task_id], payload) for task_id, payload in results])
 
+    def of_tasks(self, task_ids: Sequence[int]) -> MapCache:
+        """The view of a map made of these tasks of this one (numbered from 0 in this
+        order), e.g. the wave that runs tasks again with more memory."""
+        view = MapCache.__new__(MapCache)
+        view._cache, view.keys = self._cache, [self.keys[i] for i in task_ids]
+        return view
+
 
 @dataclass(frozen=True)
 class CacheContents:

@@ -11,38 +11,28 @@ requests, not one per file, and never a HEAD: the mirror trusts only what it wro
 and only for half the store's expiry (then it writes everything again, which also restarts
 the objects' expiry).
 
-On the instance each node becomes a directory once (``<cache>/nodes/<key>``) whose
-sub-directories are symlinks to their own nodes, so a changed file rewrites one directory;
-packs are fetched once per instance (``<cache>/packs/<key>``).
+Where the code is: ``code_roots.py``; how an instance writes it out: ``code_materialize.py``.
 """
 
 from __future__ import annotations
 
-import ast
 import fnmatch
-import functools
 import json
 import os
-import shutil
-import site
-import struct
-import sys
-import sysconfig
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from meadowrun_core.config import meadowrun_home
+from meadowrun_core.deployment.code_materialize import pack
+from meadowrun_core.deployment.code_roots import CodeRoot
 from meadowrun_core.deployment.watch import DirectoryWatcher
 from meadowrun_core.seams.object_store import (
-    DamagedObjectError,
     ObjectStore,
     content_key,
-    get_verified,
 )
-from meadowrun_core.serialization import Signer, UnauthenticatedDataError
+from meadowrun_core.serialization import Signer
 
 _SKIP_DIRS = {"__pycache__", "node_modules", "site-packages", "dist-packages", "build", "dist"}
 _CODE_SUFFIXES = (".py", ".pyi", ".so", ".pyd", ".pth")
@@ -50,111 +40,6 @@ _MAX_FILE_BYTES = 50 * 2**20
 # More new blobs than this in one upload go out in packs of at most _PACK_BYTES each.
 _SINGLE_PUTS = 8
 _PACK_BYTES = 8 * 2**20
-_PACK_MAGIC = b"MRPACK1"
-_U32 = struct.Struct("!I")
-
-
-@dataclass(frozen=True)
-class CodeRoot:
-    """One directory (or file) of the caller's code and where it stood on ``sys.path``.
-
-    ``position`` is ``front`` (before the interpreter's own paths) or ``back`` (after them, as
-    editable installs' ``.pth`` entries are); ``prefix`` mirrors it as a sub-directory (or file)
-    of that name, for editable installs that map a package name to a path.
-    """
-
-    path: Path
-    position: str = "front"
-    prefix: str = ""
-    original: str = ""
-
-
-@functools.cache
-def _interpreter_dirs() -> list[Path]:
-    """Directories that belong to the interpreter (stdlib, site-packages), never mirrored."""
-    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
-        dirs.add(sysconfig.get_paths()[key])
-    dirs.update(site.getsitepackages())
-    if site.ENABLE_USER_SITE and site.USER_SITE:
-        dirs.add(site.USER_SITE)
-    return [Path(d).resolve() for d in dirs if d]
-
-
-def _is_within(path: Path, parents: list[Path]) -> bool:
-    return any(path == p or p in path.parents for p in parents)
-
-
-def code_roots(include_sys_path: bool, additional_sys_paths: tuple[str, ...]) -> list[CodeRoot]:
-    """The ``sys.path`` entries holding the user's own code, in ``sys.path`` order, plus the
-    packages of editable installs that are found through an import hook, not a path."""
-    interpreter_dirs = _interpreter_dirs()
-    roots: list[CodeRoot] = []
-    seen: set[Path] = set()
-    position = "front"
-    for entry in sys.path if include_sys_path else []:
-        path = Path(entry or os.getcwd()).resolve()
-        if _is_within(path, interpreter_dirs):
-            position = "back"
-            continue
-        if path in seen or not path.is_dir() or (path / "pyvenv.cfg").exists():
-            continue
-        seen.add(path)
-        roots.append(CodeRoot(path, position, original=str(path)))
-    if include_sys_path:
-        for name, target in sorted(_editable_finder_mappings().items()):
-            if target not in seen and not _is_within(target, interpreter_dirs):
-                roots.append(CodeRoot(target, "back", prefix=name if target.is_dir() else ""))
-    for entry in additional_sys_paths:
-        path = Path(entry).resolve()
-        if path.is_dir() and path not in seen:
-            seen.add(path)
-            roots.append(CodeRoot(path, "back", original=str(path)))
-    return roots
-
-
-_finder_cache: dict[tuple[str, int], dict[str, Path]] = {}
-
-
-def _editable_finder_mappings() -> dict[str, Path]:
-    """setuptools' editable installs (``__editable___*_finder.py``) map package names to
-    directories with an import hook instead of a ``sys.path`` entry; read those maps."""
-    found: dict[str, Path] = {}
-    for directory in site.getsitepackages():
-        try:
-            mtime = os.stat(directory).st_mtime_ns
-        except OSError:
-            continue
-        cache_key = (directory, mtime)
-        if cache_key not in _finder_cache:
-            mapping: dict[str, Path] = {}
-            for name in os.listdir(directory):
-                if name.startswith("__editable___") and name.endswith("_finder.py"):
-                    mapping.update(_read_finder(Path(directory) / name))
-            _finder_cache[cache_key] = mapping
-        found.update(_finder_cache[cache_key])
-    return found
-
-
-def _read_finder(path: Path) -> dict[str, Path]:
-    try:
-        tree = ast.parse(path.read_text())
-    except (OSError, SyntaxError):
-        return {}
-    for node in tree.body:
-        target: ast.expr | None = None
-        if isinstance(node, ast.AnnAssign):
-            target = node.target
-        elif isinstance(node, ast.Assign) and len(node.targets) == 1:
-            target = node.targets[0]
-        value = getattr(node, "value", None)
-        if isinstance(target, ast.Name) and target.id == "MAPPING" and value is not None:
-            try:
-                raw = ast.literal_eval(value)
-            except ValueError:
-                return {}
-            return {str(k): Path(v) for k, v in raw.items() if Path(v).exists()}
-    return {}
 
 
 @dataclass
@@ -269,8 +154,8 @@ class CodeMirror:
                     size = 0
                 packs[-1].append(item)
                 size += len(item[1])
-            for pack in packs:
-                blob = self._signer.sign(_pack(pack))
+            for blobs in packs:
+                blob = self._signer.sign(pack(blobs))
                 # always written (no HEAD): one PUT costs less than asking, and restarts expiry
                 key = self._store.put(blob, overwrite=True)
                 self._count(len(blob))
@@ -396,111 +281,3 @@ class CodeMirror:
         key = self._put(self._signer.sign(data))
         self._files[path] = _CachedFile(stat.st_size, stat.st_mtime_ns, key)
         return key
-
-
-@dataclass(frozen=True)
-class MaterializedRoot:
-    path: str
-    position: str
-    original: str
-
-
-def _pack(blobs: list[tuple[str, bytes]]) -> bytes:
-    """Several signed blobs in one object: an index of (key, length), then the blobs."""
-    index = json.dumps([[key, len(blob)] for key, blob in blobs]).encode()
-    return b"".join([_PACK_MAGIC, _U32.pack(len(index)), index, *(blob for _, blob in blobs)])
-
-
-def _unpack(payload: bytes) -> dict[str, bytes]:
-    if not payload.startswith(_PACK_MAGIC):
-        raise ValueError("not a code pack")
-    start = len(_PACK_MAGIC)
-    (length,) = _U32.unpack_from(payload, start)
-    offset = start + 4 + length
-    blobs = {}
-    for key, size in json.loads(payload[start + 4 : offset]):
-        blobs[str(key)] = payload[offset : offset + size]
-        offset += size
-    return blobs
-
-
-class _Blobs:
-    """Verified blobs of one manifest: from its packs (fetched once per instance into
-    ``<cache>/packs``), else one by one from the store."""
-
-    def __init__(self, store: ObjectStore, signer: Signer, packs: list[str], cache: Path) -> None:
-        self._store = store
-        self._signer = signer
-        self._packs = packs
-        self._cache = cache
-        self._blobs: dict[str, tuple[str, bytes]] | None = None
-
-    def _load(self) -> dict[str, tuple[str, bytes]]:
-        if self._blobs is None:
-            self._blobs = {}
-            for pack in self._packs:
-                path = self._cache / pack
-                try:
-                    payload = self._signer.verify(path.read_bytes())
-                except (OSError, UnauthenticatedDataError):
-                    payload = get_verified(self._store, self._signer, pack)
-                    self._cache.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_name(f".{pack}.{os.getpid()}.{threading.get_ident()}")
-                    tmp.write_bytes(self._signer.sign(payload))
-                    os.replace(tmp, path)
-                for key, blob in _unpack(payload).items():
-                    self._blobs.setdefault(key, (pack, blob))
-        return self._blobs
-
-    def get(self, key: str) -> bytes:
-        found = self._load().get(key) if self._packs else None
-        if found is None:
-            return get_verified(self._store, self._signer, key)
-        pack, blob = found
-        try:
-            return self._signer.verify(blob)
-        except UnauthenticatedDataError as exc:
-            raise DamagedObjectError(pack, f"blob {key} in it: {exc}") from None
-
-
-def materialize(
-    store: ObjectStore, signer: Signer, manifest_key: str, cache_dir: Path
-) -> list[MaterializedRoot]:
-    """Write the code of a manifest under ``cache_dir`` (only directories not written before);
-    return one directory per mirrored ``sys.path`` entry, in order."""
-    manifest = json.loads(get_verified(store, signer, manifest_key))
-    nodes = cache_dir / "nodes"
-    nodes.mkdir(parents=True, exist_ok=True)
-    blobs = _Blobs(store, signer, list(manifest.get("packs", [])), cache_dir / "packs")
-    return [
-        MaterializedRoot(
-            str(_node_dir(blobs, root["tree"], nodes)), root["position"], root["original"]
-        )
-        for root in manifest["roots"]
-    ]
-
-
-def _safe(name: str) -> str:
-    if not name or name in (".", "..") or "/" in name or "\0" in name:
-        raise ValueError(f"invalid file name {name!r} in a code manifest")
-    return name
-
-
-def _node_dir(blobs: _Blobs, key: str, nodes: Path) -> Path:
-    target = nodes / key
-    if target.is_dir():
-        return target
-    node = json.loads(blobs.get(key))
-    subdirs = [(name, _node_dir(blobs, sub, nodes)) for name, sub in node["d"]]
-    tmp = nodes / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for name, file_key in node["f"]:
-        (tmp / _safe(name)).write_bytes(blobs.get(file_key))
-    for name, sub_dir in subdirs:
-        os.symlink(os.path.join("..", sub_dir.name), tmp / _safe(name))
-    try:
-        os.rename(tmp, target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # another worker wrote it first; same content
-    return target

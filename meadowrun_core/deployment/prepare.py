@@ -7,7 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from meadowrun_core.deployment.code_mirror import CodeMirror, code_roots
+from meadowrun_core.deployment.code_mirror import CodeMirror
+from meadowrun_core.deployment.code_roots import code_roots
 from meadowrun_core.deployment.git import (
     ensure_checkout,
     git_environment,
