@@ -70,10 +70,17 @@ class TaskException(MeadowrunError):
 
 
 class Attempt(NamedTuple):
-    """One attempt of a job or map task that ran: its number (1 first), the memory it had
-    (GB) and how it ended (``succeeded``, ``out_of_memory``, ``failed``, ``died``, ...).
-    Recorded with ``retry_with_more_memory=True`` (``TaskResult.attempts``,
-    ``JobHandle.attempts``)."""
+    """One attempt of a job or map task that ran, recorded with ``retry_with_more_memory=True``
+    (``TaskResult.attempts``, ``JobHandle.attempts``).
+
+    ``number``: the attempt (1 first). ``memory_gb``: the memory it had. ``outcome``: how it
+    ended (``succeeded``, ``out_of_memory``, ``failed``, ``died``, ...).
+
+    Example::
+
+        for attempt in handle.attempts:
+            print(attempt.number, attempt.memory_gb, attempt.outcome)
+    """
 
     number: int
     memory_gb: float

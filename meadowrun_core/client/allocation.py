@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 import uuid
@@ -97,13 +96,12 @@ async def allocate(
     entered_until = 0.0  # when this request's raffle entry lapses (0: not entered)
     try:
         while True:
-            # every table call runs off the event loop's thread (DynamoDB is a network call)
-            if await asyncio.to_thread(_my_turn, backend, ticket, priority):
-                await _place(
-                    backend, resources, count, client_id, description, job_prefix, placements
-                )
-                if len(placements) >= minimum:
-                    return placements
+            turn = (ticket, priority)
+            had_turn = await _place(
+                backend, resources, count, client_id, description, job_prefix, placements, turn
+            )
+            if had_turn and len(placements) >= minimum:
+                return placements
             if waited_since is None:
                 waited_since = time.monotonic()
                 log.info("waiting for capacity: %s is at its limit", backend.description)
@@ -125,10 +123,6 @@ async def allocate(
             await asyncio.shield(asyncio.to_thread(backend.table.leave_raffle, ticket))
 
 
-def _my_turn(backend: Backend, ticket: str, priority: float) -> bool:
-    return my_turn(backend.table.raffle_entries(), ticket, priority, time.time())
-
-
 async def _place(
     backend: Backend,
     resources: Resources,
@@ -137,16 +131,24 @@ async def _place(
     description: str,
     job_prefix: str,
     placements: list[Placement],
-) -> None:
-    """Place what is still missing of ``count`` jobs on instances with room, then on new
-    instances within the launch limit; adds to ``placements``."""
+    turn: tuple[str, float],
+) -> bool:
+    """If the raffle gives this request (``turn``: its ticket and priority) its turn, place
+    what is still missing of ``count`` jobs on instances with room, then on new instances
+    within the launch limit, adding to ``placements``; whether it had its turn."""
     wanted = [f"{job_prefix}-{uuid.uuid4().hex[:12]}" for _ in range(count - len(placements))]
+
+    def place_if_my_turn() -> dict[str, InstanceRecord] | None:
+        # both reads in one trip off the event loop's thread (DynamoDB: network calls)
+        if not my_turn(backend.table.raffle_entries(), *turn, time.time()):
+            return None
+        return backend.table.place_on_existing(wanted, resources, client_id, description)
+
     placed = await _undone_if_cancelled(
-        functools.partial(
-            backend.table.place_on_existing, wanted, resources, client_id, description
-        ),
-        lambda done: _free(backend, list(done)),
+        place_if_my_turn, lambda done: _free(backend, list(done or ()))
     )
+    if placed is None:
+        return False
     placements.extend(Placement(job_id, record) for job_id, record in placed.items())
     remaining = [j for j in wanted if j not in placed]
     while remaining:
@@ -156,6 +158,7 @@ async def _place(
         placements.extend(launched)
         done = {p.job_id for p in launched}
         remaining = [j for j in remaining if j not in done]
+    return True
 
 
 async def _launch_for(

@@ -9,6 +9,7 @@ import os
 import site
 import sys
 import sysconfig
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,9 +45,32 @@ def is_within(path: Path, parents: list[Path]) -> bool:
     return any(path == p or p in path.parents for p in parents)
 
 
+# The roots are worked out again at most this often for the same sys.path and working
+# directory: resolving every entry against the interpreter's directories cost about half a
+# millisecond per call, a quarter of a warm run_function (docs/performance.md). What this can
+# miss for that long: a sys.path directory created or turned into a venv meanwhile.
+ROOTS_TTL_SECONDS = 1.0
+_roots_cache: dict[tuple[object, ...], tuple[float, list[CodeRoot]]] = {}
+
+
 def code_roots(include_sys_path: bool, additional_sys_paths: tuple[str, ...]) -> list[CodeRoot]:
     """The ``sys.path`` entries holding the user's own code, in ``sys.path`` order, plus the
     packages of editable installs that are found through an import hook, not a path."""
+    key = (include_sys_path, additional_sys_paths, tuple(sys.path), os.getcwd())
+    now = time.monotonic()
+    cached = _roots_cache.get(key)
+    if cached is not None and now - cached[0] < ROOTS_TTL_SECONDS:
+        return list(cached[1])
+    roots = _find_code_roots(include_sys_path, additional_sys_paths)
+    if len(_roots_cache) > 16:
+        _roots_cache.clear()
+    _roots_cache[key] = (now, roots)
+    return list(roots)
+
+
+def _find_code_roots(
+    include_sys_path: bool, additional_sys_paths: tuple[str, ...]
+) -> list[CodeRoot]:
     interpreters = interpreter_dirs()
     roots: list[CodeRoot] = []
     seen: set[Path] = set()
