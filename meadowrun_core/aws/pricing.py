@@ -23,7 +23,6 @@ default, ``MEADOWRUN_AWS_PRICE_CACHE_TTL`` seconds).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import datetime as dt
 import hashlib
@@ -31,7 +30,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
@@ -40,7 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from meadowrun_core.aws.clients import aws_client
-from meadowrun_core.config import meadowrun_home
+from meadowrun_core.disk_cache import DiskCache as NeutralDiskCache
 from meadowrun_core.exceptions import MeadowrunError
 
 log = logging.getLogger(__name__)
@@ -290,8 +288,9 @@ def cache_ttl_seconds() -> float:
     return float(raw) if raw else DEFAULT_TTL_SECONDS
 
 
-class DiskCache:
-    """JSON documents in files readable by this user only, each valid for ``ttl_seconds``."""
+class DiskCache(NeutralDiskCache):
+    """The cloud-neutral cache (``disk_cache.py``) with AWS's TTL by default
+    (``cache_ttl_seconds``) and the directory first, as the AWS code passes them."""
 
     def __init__(
         self,
@@ -299,35 +298,9 @@ class DiskCache:
         ttl_seconds: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.directory = directory or meadowrun_home() / "cache"
-        self.ttl_seconds = cache_ttl_seconds() if ttl_seconds is None else ttl_seconds
-        self._clock = clock
-
-    def path(self, key: str) -> Path:
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
-        return self.directory / f"{safe}.json"
-
-    def get(self, key: str) -> Any | None:
-        """The stored document, or None when missing, unreadable or older than the TTL."""
-        try:
-            stored = json.loads(self.path(key).read_text())
-            age = self._clock() - float(stored["stored_at"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        return stored["data"] if 0 <= age < self.ttl_seconds else None
-
-    def put(self, key: str, data: Any) -> None:
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        body = json.dumps({"stored_at": self._clock(), "data": data})
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")  # created 0600
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(body)
-            os.replace(tmp, self.path(key))
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        super().__init__(
+            cache_ttl_seconds() if ttl_seconds is None else ttl_seconds, directory, clock
+        )
 
 
 def endpoint_tag() -> str:

@@ -1,0 +1,154 @@
+"""The Azure twin: Azure Resource Manager (compute SKUs, VMs and their network resources), Key
+Vault secrets and the Retail Prices API, played over HTTPS on one address for the real Azure
+SDK clients, because no emulator exists for them (Azurite covers storage only).
+
+Parts, each with the documentation its responses follow in its own docstring:
+``azure_twin_arm.py`` (+ ``azure_twin_lro.py``, ``azure_twin_network.py``),
+``azure_twin_vault.py``, ``azure_twin_http.py`` (server, test credential), and here the
+Retail Prices API (learn.microsoft.com/rest/api/cost-management/retail-prices/azure-retail-
+prices: ``GET /api/retail/prices?$filter=...``, ``{"BillingCurrency", "CustomerEntityId",
+"CustomerEntityType", "Items", "NextPageLink", "Count"}``, unauthenticated), serving the rows
+of ``tests/fixtures/azure/retail-prices.json`` filtered by ``armRegionName`` and
+``serviceName``, ``prices_page_size`` to a page.
+
+Clients: ``compute_client()`` (azure-mgmt-compute through ``base_url``), ``secret_client()``
+(azure-keyvault-secrets through ``vault_url``, ``verify_challenge_resource=False``), both
+trusting the twin's own certificate through ``connection_verify``; ``prices_url`` and
+``ssl_context()`` for the plain HTTPS GETs of the price client.
+
+The ``on_vm_created`` / ``on_vm_deleted`` hooks of ``arm`` are where a host twin (tests/
+twin_hosts.py) plugs in: bind the twin to the twin network's gateway (``host=``), boot a
+``TwinHost`` from ``TwinVm.custom_data`` and return its address.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from tests.azure_twin_arm import ArmTwin
+from tests.azure_twin_http import Request, Response, TwinCredential, TwinServer, error
+from tests.azure_twin_tls import make_certificate
+from tests.azure_twin_vault import VaultTwin
+
+FIXTURES = Path(__file__).parent / "fixtures" / "azure"
+SUBSCRIPTION = "00000000-0000-0000-0000-0000000000aa"
+RESOURCE_GROUP = "meadowrun-rg"
+LOCATION = "eastus"
+
+
+def fixture_rows(name: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = json.loads((FIXTURES / name).read_text())
+    return rows
+
+
+class AzureTwin:
+    def __init__(
+        self,
+        directory: Path,
+        host: str = "127.0.0.1",
+        prices_page_size: int = 10,
+        vault_page_size: int = 25,
+    ) -> None:
+        self.certificate = make_certificate(directory, (host,))
+        self.credential = TwinCredential()
+        self.arm = ArmTwin(fixture_rows("resource-skus.json"), SUBSCRIPTION)
+        self.arm.add_resource_group(RESOURCE_GROUP, LOCATION)
+        self.vault = VaultTwin(vault_page_size)
+        self.price_rows = fixture_rows("retail-prices.json")
+        self.prices_page_size = prices_page_size
+        handlers = [self.arm.handle, self.vault.handle, self._prices]
+        self.server = TwinServer(handlers, self.certificate.server_context(), host)
+
+    @property
+    def base_url(self) -> str:
+        return self.server.base_url
+
+    @property
+    def prices_url(self) -> str:
+        return self.base_url + "/api/retail/prices"
+
+    def start(self) -> AzureTwin:
+        self.server.start()
+        return self
+
+    def close(self) -> None:
+        self.server.close()
+
+    def ssl_context(self) -> Any:
+        return self.certificate.client_context()
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments every Azure SDK client pointed at the twin takes."""
+        return {
+            "connection_verify": str(self.certificate.cert_path),
+            "retry_total": 0,
+            "polling_interval": 0.02,
+        }
+
+    def compute_client(self) -> Any:
+        from azure.mgmt.compute import ComputeManagementClient
+
+        return ComputeManagementClient(
+            self.credential,
+            SUBSCRIPTION,
+            base_url=self.base_url,
+            credential_scopes=["https://management.azure.com/.default"],
+            **self.client_options(),
+        )
+
+    def secret_client(self) -> Any:
+        from azure.keyvault.secrets import SecretClient
+
+        return SecretClient(
+            self.base_url,
+            self.credential,
+            verify_challenge_resource=False,
+            **self.client_options(),
+        )
+
+    def requests_to(self, path_part: str) -> int:
+        """How many requests so far had ``path_part`` in their path."""
+        return sum(1 for _, path in self.server.requests if path_part.lower() in path.lower())
+
+    # --- the Retail Prices API ---------------------------------------------------------------
+    def _prices(self, request: Request) -> Response | None:
+        if request.path != "/api/retail/prices":
+            return None
+        if request.method != "GET":
+            return error(405, "MethodNotAllowed", "only GET")
+        terms = dict(re.findall(r"(\w+)\s+eq\s+'([^']*)'", request.query.get("$filter", "")))
+        if "priceType" in terms:  # the filter's name for the rows' "type"
+            terms["type"] = terms.pop("priceType")
+        rows = [r for r in self.price_rows if all(str(r.get(k)) == v for k, v in terms.items())]
+        skip = int(request.query.get("$skip") or 0)
+        page = rows[skip : skip + self.prices_page_size]
+        next_link = None
+        if skip + self.prices_page_size < len(rows):
+            query = {k: v for k, v in request.query.items() if k != "$skip"}
+            query["$skip"] = str(skip + len(page))
+            next_link = f"{self.prices_url}?{urlencode(query)}"
+        body = {
+            "BillingCurrency": "USD",
+            "CustomerEntityId": "Default",
+            "CustomerEntityType": "Retail",
+            "Items": page,
+            "NextPageLink": next_link,
+            "Count": len(page),
+        }
+        return Response(200, body)
+
+
+@contextlib.contextmanager
+def running_twin(directory: Path, **options: Any) -> Iterator[AzureTwin]:
+    """A started twin, closed afterwards (test modules wrap it in their own fixture)."""
+    twin = AzureTwin(directory, **options).start()
+    try:
+        yield twin
+    finally:
+        twin.close()

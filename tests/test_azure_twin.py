@@ -1,0 +1,174 @@
+"""The Azure twin's ARM part behaves as Azure documents, for the real azure-mgmt clients: the
+create and delete long-running operations, the VM hooks a host twin will use, the network
+resources a VM's inline configuration creates, and the error shapes."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+)
+from azure.mgmt.network import NetworkManagementClient
+
+from tests.azure_twin import LOCATION, RESOURCE_GROUP, SUBSCRIPTION, AzureTwin, running_twin
+from tests.azure_twin_arm import TwinVm
+from tests.azure_twin_http import VAULT_SCOPE
+
+CLOUD_CONFIG = "#cloud-config\nruncmd:\n  - echo booted\n"
+
+
+@pytest.fixture
+def twin(tmp_path: Path) -> Iterator[AzureTwin]:
+    with running_twin(tmp_path / "twin") as twin:
+        yield twin
+
+
+def spot_vm(size: str = "Standard_D2s_v5") -> dict[str, Any]:
+    return {
+        "location": LOCATION,
+        "tags": {"meadowrun": "true", "meadowrun-job": "j1"},
+        "identity": {"type": "SystemAssigned"},
+        "properties": {
+            "hardwareProfile": {"vmSize": size},
+            "priority": "Spot",
+            "evictionPolicy": "Delete",
+            "billingProfile": {"maxPrice": 0.096},
+            "osProfile": {
+                "computerName": "vm1",
+                "adminUsername": "meadowrun",
+                "customData": base64.b64encode(CLOUD_CONFIG.encode()).decode(),
+                "linuxConfiguration": {
+                    "disablePasswordAuthentication": True,
+                    "ssh": {
+                        "publicKeys": [
+                            {
+                                "path": "/home/meadowrun/.ssh/authorized_keys",
+                                "keyData": "ssh-ed25519 AAAAtest",
+                            }
+                        ]
+                    },
+                },
+            },
+            "networkProfile": {
+                "networkApiVersion": "2020-11-01",
+                "networkInterfaceConfigurations": [
+                    {
+                        "name": "nic",
+                        "properties": {
+                            "primary": True,
+                            "deleteOption": "Delete",
+                            "ipConfigurations": [
+                                {
+                                    "name": "ip",
+                                    "properties": {
+                                        "publicIPAddressConfiguration": {
+                                            "name": "pip",
+                                            "properties": {"deleteOption": "Delete"},
+                                        }
+                                    },
+                                }
+                            ],
+                        },
+                    }
+                ],
+            },
+        },
+    }
+
+
+def network_client(twin: AzureTwin) -> Any:
+    return NetworkManagementClient(
+        twin.credential, SUBSCRIPTION, base_url=twin.base_url, **twin.client_options()
+    )
+
+
+def test_a_vm_lives_through_its_operations_and_hooks(twin: AzureTwin) -> None:
+    created: list[TwinVm] = []
+    deleted: list[str] = []
+
+    def boot(vm: TwinVm) -> str:
+        assert vm.state == "Creating"  # the hook runs before the create succeeds
+        created.append(vm)
+        return "192.168.213.50"
+
+    twin.arm.on_vm_created.append(boot)
+    twin.arm.on_vm_deleted.append(lambda vm: deleted.append(vm.name))
+    compute = twin.compute_client()
+    vm = compute.virtual_machines.begin_create_or_update(RESOURCE_GROUP, "vm1", spot_vm()).result()
+    assert vm.provisioning_state == "Succeeded" and vm.identity.principal_id
+    assert vm.os_profile.custom_data is None  # Azure never returns customData
+    [hooked] = created
+    assert hooked.custom_data == CLOUD_CONFIG and hooked.ssh_public_keys == ["ssh-ed25519 AAAAtest"]
+    assert (hooked.priority, hooked.size, hooked.admin_username) == (
+        "Spot",
+        "Standard_D2s_v5",
+        "meadowrun",
+    )
+    [listed] = compute.virtual_machines.list(RESOURCE_GROUP)
+    assert listed.tags == {"meadowrun": "true", "meadowrun-job": "j1"}
+    network = network_client(twin)
+    nic_name = vm.network_profile.network_interfaces[0].id.rsplit("/", 1)[1]
+    nic = network.network_interfaces.get(RESOURCE_GROUP, nic_name)
+    assert nic.ip_configurations[0].private_ip_address == "192.168.213.50"
+    pip_name = nic.ip_configurations[0].public_ip_address.id.rsplit("/", 1)[1]
+    assert network.public_ip_addresses.get(RESOURCE_GROUP, pip_name).ip_address == "192.168.213.50"
+
+    compute.virtual_machines.begin_delete(RESOURCE_GROUP, "vm1").result()
+    assert deleted == ["vm1"] and twin.arm.vms() == []
+    with pytest.raises(ResourceNotFoundError):
+        network.network_interfaces.get(RESOURCE_GROUP, nic_name)
+    with pytest.raises(ResourceNotFoundError):
+        compute.virtual_machines.get(RESOURCE_GROUP, "vm1")
+    compute.virtual_machines.begin_delete(RESOURCE_GROUP, "vm1").result()  # 204: already gone
+
+
+def test_allocation_failures_leave_a_failed_vm_and_eviction_deletes(twin: AzureTwin) -> None:
+    deleted: list[str] = []
+    twin.arm.on_vm_deleted.append(lambda vm: deleted.append(vm.name))
+    compute = twin.compute_client()
+    twin.arm.fail_next("ZonalAllocationFailed", priority="Spot")
+    with pytest.raises(HttpResponseError) as caught:
+        compute.virtual_machines.begin_create_or_update(RESOURCE_GROUP, "vm1", spot_vm()).result()
+    assert caught.value.error is not None and caught.value.error.code == "ZonalAllocationFailed"
+    assert compute.virtual_machines.get(RESOURCE_GROUP, "vm1").provisioning_state == "Failed"
+    compute.virtual_machines.begin_delete(RESOURCE_GROUP, "vm1").result()
+    compute.virtual_machines.begin_create_or_update(RESOURCE_GROUP, "vm2", spot_vm()).result()
+    twin.arm.evict(RESOURCE_GROUP, "vm2")
+    assert deleted == ["vm1", "vm2"] and twin.arm.vms() == []
+
+
+def test_errors_have_arm_codes(twin: AzureTwin) -> None:
+    compute = twin.compute_client()
+    with pytest.raises(ResourceNotFoundError) as caught:
+        compute.virtual_machines.begin_create_or_update("no-such-group", "vm1", spot_vm())
+    assert caught.value.error is not None and caught.value.error.code == "ResourceGroupNotFound"
+    with pytest.raises(HttpResponseError) as not_spot:  # B-series cannot be Spot
+        compute.virtual_machines.begin_create_or_update(
+            RESOURCE_GROUP, "b", spot_vm("Standard_B2s")
+        )
+    assert not_spot.value.error is not None and not_spot.value.error.code == "SkuNotAvailable"
+    twin.arm.set_quota("lowPriority", 2)
+    compute.virtual_machines.begin_create_or_update(RESOURCE_GROUP, "vm1", spot_vm()).result()
+    with pytest.raises(HttpResponseError, match="LowPriorityCores quota"):
+        compute.virtual_machines.begin_create_or_update(RESOURCE_GROUP, "vm2", spot_vm())
+
+
+def test_arm_refuses_a_token_for_another_audience(twin: AzureTwin) -> None:
+    from azure.mgmt.compute import ComputeManagementClient
+
+    wrong = ComputeManagementClient(
+        twin.credential,
+        SUBSCRIPTION,
+        base_url=twin.base_url,
+        credential_scopes=[VAULT_SCOPE],
+        **twin.client_options(),
+    )
+    with pytest.raises(ClientAuthenticationError):
+        list(wrong.virtual_machines.list(RESOURCE_GROUP))
