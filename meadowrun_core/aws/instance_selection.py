@@ -20,15 +20,14 @@ satisfy fail in ``choose_instance_types``, before anything is launched.
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from meadowrun_core.aws.instance_types import Ec2Offer, describe_offer
+from meadowrun_core.aws.instance_types import Ec2Offer
 from meadowrun_core.exceptions import BadInputError, ResourcesNotAvailableError
 from meadowrun_core.resources import Resources
-from meadowrun_core.seams.instance_provider import custom_bound
+from meadowrun_core.seams.offer_fit import Catalogue, workers_per_instance
 
 log = logging.getLogger(__name__)
 
@@ -51,23 +50,29 @@ FALLBACK_ERROR_CODES = frozenset(
 # Errors that hold for every type of the market: skip the rest of that market.
 MARKET_WIDE_ERROR_CODES = frozenset({"MaxSpotInstanceCountExceeded"})
 
-_FLAG_ALIASES = {
-    "aarch64": "arm64",
-    "arm": "arm64",
-    "x86": "x86_64",
-    "amd64": "x86_64",
-    "amd_cpu": "amd",
-    "intel_cpu": "intel",
-    "cuda": "nvidia",
-    "avx-512": "avx512",
-}
 KNOWN_FLAGS = frozenset(
-    {"x86_64", "arm64", "intel", "amd", "graviton", "nvidia", "amd_gpu", "avx", "avx2", "avx512"}
+    {
+        "x86_64",
+        "arm64",
+        "intel",
+        "amd",
+        "graviton",
+        "nvidia",
+        "amd_gpu",
+        "avx",
+        "avx2",
+        "avx512",
+    }
 )
-# A GPU request names its vendor with one of these; without one it means NVIDIA (CUDA):
-# AMD (g4ad) and Habana (dl1) accelerators do not run CUDA code.
-GPU_VENDOR_FLAGS = frozenset({"nvidia", "amd_gpu"})
-_EPSILON = 1e-9
+EC2 = Catalogue(
+    cloud="EC2",
+    known_flags=KNOWN_FLAGS,
+    arm_flags=frozenset({"arm64", "graviton"}),
+    type_noun="EC2 instance type",
+    short_noun="type",
+    instance_noun="instance",
+    host_class="AllocEC2Instance",
+)
 
 
 @dataclass(frozen=True)
@@ -88,61 +93,6 @@ class Choice:
             f"{self.offer.name} {self.market} (${self.price_per_hour:.4f}/h, "
             f"{self.workers_per_instance} worker(s))"
         )
-
-
-def normalize_flags(flags: Iterable[str]) -> frozenset[str]:
-    """Lower-cased flags with aliases resolved; unknown flags are a ``BadInputError``."""
-    result = set()
-    for flag in flags:
-        name = _FLAG_ALIASES.get(flag.strip().lower(), flag.strip().lower())
-        if name not in KNOWN_FLAGS:
-            raise BadInputError(
-                f"unknown Resources flag {flag!r} for EC2; known flags: "
-                f"{', '.join(sorted(KNOWN_FLAGS))}"
-            )
-        result.add(name)
-    return frozenset(result)
-
-
-def _wanted_arch(flags: frozenset[str]) -> str:
-    """arm64 only when asked for: deployments built on x86 clients need x86 workers."""
-    if {"arm64", "x86_64"} <= flags:
-        raise BadInputError("Resources flags ask for both arm64 and x86_64")
-    return "arm64" if "arm64" in flags or "graviton" in flags else "x86_64"
-
-
-def _gpus_per_worker(resources: Resources) -> float:
-    return resources.gpus or (1.0 if resources.gpu_memory else 0.0)
-
-
-def _matches(offer: Ec2Offer, flags: frozenset[str]) -> bool:
-    return offer.arch == _wanted_arch(flags) and flags <= offer.flags
-
-
-def workers_per_instance(
-    offer: Ec2Offer,
-    resources: Resources,
-    workers: int = 1,
-    custom: Mapping[str, float] | None = None,
-) -> int:
-    """How many workers (at most ``workers``) one instance of ``offer`` holds; 0 if none.
-
-    ``gpu_memory`` is what one worker needs over its GPU share (``gpus``, 1 if unset):
-    a 16 GB T4 gives 16 GB to ``gpus=1``, 8 GB to ``gpus=0.5``. ``custom`` (default None:
-    none) is what every instance of the host offers besides (``custom_resources``)."""
-    bounds = [custom_bound(custom or {}, resources, workers)]
-    for have, need in (
-        (offer.logical_cpu, resources.logical_cpu),
-        (offer.memory_gb, resources.memory_gb),
-    ):
-        if need > 0:
-            bounds.append(math.floor(have / need + _EPSILON))
-    gpus = _gpus_per_worker(resources)
-    if gpus > 0:
-        bounds.append(math.floor(offer.gpus / gpus + _EPSILON))
-        if resources.gpu_memory and offer.gpu_memory_per_gpu * gpus < resources.gpu_memory:
-            return 0
-    return max(0, min(bounds))
 
 
 def spot_allowed(offer: Ec2Offer, max_eviction_rate: float) -> bool:
@@ -172,13 +122,11 @@ def choose_instance_types(
     ``BadInputError`` for unknown flags."""
     if workers < 1:
         raise BadInputError(f"workers must be at least 1, got {workers}")
-    flags = normalize_flags(resources.flags)
-    if _gpus_per_worker(resources) and not flags & GPU_VENDOR_FLAGS:
-        flags |= {"nvidia"}
+    flags = EC2.wanted_flags(resources)
     offers = [o for o in offers if _available(o)]
     choices = []
     for offer in offers:
-        if not _matches(offer, flags):
+        if not EC2.matches(offer, flags):
             continue
         placed = workers_per_instance(offer, resources, workers, custom)
         if placed < 1:
@@ -191,7 +139,7 @@ def choose_instance_types(
             choices.append(Choice(offer, "on-demand", offer.on_demand_price, placed))
     if not choices:
         raise ResourcesNotAvailableError(
-            _why_nothing_fits(offers, resources, flags, region, custom or {})
+            EC2.why_nothing_fits(offers, resources, flags, region, custom or {})
         )
     return sorted(choices, key=rank_key)
 
@@ -206,55 +154,3 @@ def rank_key(choice: Choice) -> tuple[float, int, int, str, str]:
         choice.offer.name,
         choice.market,
     )
-
-
-def _largest(offers: Sequence[Ec2Offer], key: Callable[[Ec2Offer], tuple[float, ...]]) -> str:
-    return describe_offer(max(offers, key=key)) if offers else "none"
-
-
-def _why_nothing_fits(
-    offers: Sequence[Ec2Offer],
-    resources: Resources,
-    flags: frozenset[str],
-    region: str,
-    custom: Mapping[str, float],
-) -> str:
-    where = f" in {region}" if region else ""
-    wanted = f"Resources({resources.describe()}"
-    if resources.gpus or resources.gpu_memory:
-        wanted += f", gpus={resources.gpus:g}, gpu_memory={resources.gpu_memory or 0:g} GB"
-    if flags:
-        wanted += f", flags={sorted(flags)}"
-    wanted += ")"
-    if not offers:
-        return f"no priced EC2 instance types are offered{where}; cannot place {wanted}"
-    parts = [f"no EC2 instance type{where} fits {wanted}"]
-    if custom_bound(custom, resources, 1) < 1:
-        offered = dict(sorted(custom.items())) if custom else "no custom resources"
-        parts.append(
-            f"it asks for custom resources {dict(sorted((resources.custom or {}).items()))} and "
-            f"each instance offers {offered} (AllocEC2Instance(custom_resources=...))"
-        )
-    parts.append(
-        "the largest is " + _largest(offers, lambda o: (o.logical_cpu, o.memory_gb, o.gpus))
-    )
-    if _gpus_per_worker(resources):
-        gpu_offers = [o for o in offers if o.gpus]
-        parts.append("the most GPUs: " + _largest(gpu_offers, lambda o: (o.gpus, o.gpu_memory_gb)))
-        if resources.gpu_memory:
-            parts.append(
-                "the most memory per GPU: "
-                + _largest(gpu_offers, lambda o: (o.gpu_memory_per_gpu, o.gpus))
-                + f" with {max((o.gpu_memory_per_gpu for o in gpu_offers), default=0):g} GB"
-            )
-    if flags:
-        matching = [o for o in offers if _matches(o, flags)]
-        parts.append(
-            f"{len(matching)} type(s) have flags {sorted(flags)} on {_wanted_arch(flags)}"
-            + (
-                f", the largest {_largest(matching, lambda o: (o.logical_cpu, o.memory_gb))}"
-                if matching
-                else ""
-            )
-        )
-    return "; ".join(parts)

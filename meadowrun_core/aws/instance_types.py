@@ -192,8 +192,3 @@ def _offer_from_json(data: dict[str, Any]) -> Ec2Offer:
     fields["usage_classes"] = tuple(fields["usage_classes"])
     fields["cpu_features"] = tuple(fields["cpu_features"])
     return Ec2Offer(**fields)
-
-
-def describe_offer(offer: Ec2Offer) -> str:
-    gpus = f", {offer.gpus} x {offer.gpu_name or 'GPU'}" if offer.gpus else ""
-    return f"{offer.name} ({offer.logical_cpu:g} vCPU / {offer.memory_gb:g} GB{gpus})"

@@ -21,15 +21,14 @@ anything is created. A GPU request without a vendor flag means NVIDIA.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from meadowrun_core.azure.vm_sizes import VmSizeOffer, describe_offer
+from meadowrun_core.azure.vm_sizes import VmSizeOffer
 from meadowrun_core.exceptions import BadInputError, ResourcesNotAvailableError
 from meadowrun_core.resources import Resources
-from meadowrun_core.seams.instance_provider import custom_bound
+from meadowrun_core.seams.offer_fit import Catalogue, workers_per_instance
 
 Market = Literal["spot", "regular"]
 
@@ -45,21 +44,29 @@ SKIP_ONE_ERROR_CODES = frozenset(
 )
 QUOTA_ERROR_CODES = frozenset({"OperationNotAllowed", "QuotaExceeded"})
 
-_FLAG_ALIASES = {
-    "aarch64": "arm64",
-    "arm": "arm64",
-    "x86": "x86_64",
-    "amd64": "x86_64",
-    "amd_cpu": "amd",
-    "intel_cpu": "intel",
-    "cuda": "nvidia",
-    "avx-512": "avx512",
-}
 KNOWN_FLAGS = frozenset(
-    {"x86_64", "arm64", "intel", "amd", "ampere", "nvidia", "amd_gpu", "avx", "avx2", "avx512"}
+    {
+        "x86_64",
+        "arm64",
+        "intel",
+        "amd",
+        "ampere",
+        "nvidia",
+        "amd_gpu",
+        "avx",
+        "avx2",
+        "avx512",
+    }
 )
-GPU_VENDOR_FLAGS = frozenset({"nvidia", "amd_gpu"})
-_EPSILON = 1e-9
+AZURE = Catalogue(
+    cloud="Azure",
+    known_flags=KNOWN_FLAGS,
+    arm_flags=frozenset({"arm64", "ampere"}),
+    type_noun="Azure VM size",
+    short_noun="size",
+    instance_noun="VM",
+    host_class="AllocAzureVM",
+)
 
 
 @dataclass(frozen=True)
@@ -87,58 +94,6 @@ class Choice:
         )
 
 
-def normalize_flags(flags: Iterable[str]) -> frozenset[str]:
-    """Lower-cased flags with aliases resolved; unknown flags are a ``BadInputError``."""
-    result = set()
-    for flag in flags:
-        name = _FLAG_ALIASES.get(flag.strip().lower(), flag.strip().lower())
-        if name not in KNOWN_FLAGS:
-            raise BadInputError(
-                f"unknown Resources flag {flag!r} for Azure; known flags: "
-                f"{', '.join(sorted(KNOWN_FLAGS))}"
-            )
-        result.add(name)
-    return frozenset(result)
-
-
-def _wanted_arch(flags: frozenset[str]) -> str:
-    """arm64 only when asked for: deployments built on x86 clients need x86 workers."""
-    if {"arm64", "x86_64"} <= flags:
-        raise BadInputError("Resources flags ask for both arm64 and x86_64")
-    return "arm64" if flags & {"arm64", "ampere"} else "x86_64"
-
-
-def _gpus_per_worker(resources: Resources) -> float:
-    return resources.gpus or (1.0 if resources.gpu_memory else 0.0)
-
-
-def _matches(offer: VmSizeOffer, flags: frozenset[str]) -> bool:
-    return offer.arch == _wanted_arch(flags) and flags <= offer.flags
-
-
-def workers_per_instance(
-    offer: VmSizeOffer,
-    resources: Resources,
-    workers: int = 1,
-    custom: Mapping[str, float] | None = None,
-) -> int:
-    """How many workers (at most ``workers``) one VM of ``offer`` holds; 0 if none.
-    ``gpu_memory`` is per worker over its GPU share, as on EC2."""
-    bounds = [custom_bound(custom or {}, resources, workers)]
-    for have, need in (
-        (offer.logical_cpu, resources.logical_cpu),
-        (offer.memory_gb, resources.memory_gb),
-    ):
-        if need > 0:
-            bounds.append(math.floor(have / need + _EPSILON))
-    gpus = _gpus_per_worker(resources)
-    if gpus > 0:
-        bounds.append(math.floor(offer.gpus / gpus + _EPSILON))
-        if resources.gpu_memory and offer.gpu_memory_per_gpu * gpus < resources.gpu_memory:
-            return 0
-    return max(0, min(bounds))
-
-
 def spot_allowed(offer: VmSizeOffer, max_eviction_rate: float) -> bool:
     """Spot when allowed at all, Spot-capable, priced, and the whole band within the limit."""
     if max_eviction_rate <= 0 or not offer.spot_capable or offer.spot_price is None:
@@ -158,13 +113,11 @@ def choose_vm_sizes(
     ``BadInputError`` for unknown flags."""
     if workers < 1:
         raise BadInputError(f"workers must be at least 1, got {workers}")
-    flags = normalize_flags(resources.flags)
-    if _gpus_per_worker(resources) and not flags & GPU_VENDOR_FLAGS:
-        flags |= {"nvidia"}
+    flags = AZURE.wanted_flags(resources)
     offers = [o for o in offers if o.regular_price is not None]
     choices = []
     for offer in offers:
-        if not _matches(offer, flags):
+        if not AZURE.matches(offer, flags):
             continue
         placed = workers_per_instance(offer, resources, workers, custom)
         if placed < 1:
@@ -176,7 +129,7 @@ def choose_vm_sizes(
         choices.append(Choice(offer, "regular", offer.regular_price, placed))
     if not choices:
         raise ResourcesNotAvailableError(
-            _why_nothing_fits(offers, resources, flags, location, custom or {})
+            AZURE.why_nothing_fits(offers, resources, flags, location, custom or {})
         )
     return sorted(choices, key=rank_key)
 
@@ -212,49 +165,3 @@ def after_failure(
         return [c for c in rest if c.market != "spot"]
     family = failed.offer.family
     return [c for c in rest if c.market == "spot" or c.offer.family != family]
-
-
-def _largest(offers: Sequence[VmSizeOffer], key: Callable[[VmSizeOffer], tuple[float, ...]]) -> str:
-    return describe_offer(max(offers, key=key)) if offers else "none"
-
-
-def _why_nothing_fits(
-    offers: Sequence[VmSizeOffer],
-    resources: Resources,
-    flags: frozenset[str],
-    location: str,
-    custom: Mapping[str, float],
-) -> str:
-    where = f" in {location}" if location else ""
-    wanted = f"Resources({resources.describe()}"
-    if resources.gpus or resources.gpu_memory:
-        wanted += f", gpus={resources.gpus:g}, gpu_memory={resources.gpu_memory or 0:g} GB"
-    if flags:
-        wanted += f", flags={sorted(flags)}"
-    wanted += ")"
-    if not offers:
-        return f"no priced Azure VM sizes are offered{where}; cannot place {wanted}"
-    parts = [f"no Azure VM size{where} fits {wanted}"]
-    if custom_bound(custom, resources, 1) < 1:
-        offered = dict(sorted(custom.items())) if custom else "no custom resources"
-        parts.append(
-            f"it asks for custom resources {dict(sorted((resources.custom or {}).items()))} and "
-            f"each VM offers {offered} (AllocAzureVM(custom_resources=...))"
-        )
-    parts.append(
-        "the largest is " + _largest(offers, lambda o: (o.logical_cpu, o.memory_gb, o.gpus))
-    )
-    if _gpus_per_worker(resources):
-        gpu_offers = [o for o in offers if o.gpus]
-        parts.append("the most GPUs: " + _largest(gpu_offers, lambda o: (o.gpus, o.gpu_memory_gb)))
-        if resources.gpu_memory:
-            best = max((o.gpu_memory_per_gpu for o in gpu_offers), default=0)
-            parts.append(
-                "the most memory per GPU: "
-                + _largest(gpu_offers, lambda o: (o.gpu_memory_per_gpu, o.gpus))
-                + f" with {best:g} GB"
-            )
-    if flags:
-        matching = [o for o in offers if _matches(o, flags)]
-        parts.append(f"{len(matching)} size(s) have flags {sorted(flags)} on {_wanted_arch(flags)}")
-    return "; ".join(parts)

@@ -188,8 +188,3 @@ def _offer_from_json(data: Mapping[str, Any]) -> VmSizeOffer:
     fields = dict(data)
     fields["cpu_features"] = tuple(fields["cpu_features"])
     return VmSizeOffer(**fields)
-
-
-def describe_offer(offer: VmSizeOffer) -> str:
-    gpus = f", {offer.gpus} x {offer.gpu_name or 'GPU'}" if offer.gpus else ""
-    return f"{offer.name} ({offer.logical_cpu:g} vCPU / {offer.memory_gb:g} GB{gpus})"
