@@ -41,10 +41,10 @@ from bench.load import background_load
 from bench.report import code_version
 from meadowrun_core.aws.fleet import rank_for_fleet
 from meadowrun_core.aws.instance_selection import Choice, choose_instance_types
-from meadowrun_core.aws.instance_selection import workers_per_instance as fits
 from meadowrun_core.aws.instance_types import Ec2Offer, fetch_instance_types, price_offers
 from meadowrun_core.aws.pricing import FixturePriceSource
 from meadowrun_core.resources import Resources
+from meadowrun_core.seams.offer_fit import workers_per_instance as fits
 
 REPO = Path(__file__).resolve().parent.parent
 SNAPSHOT = REPO.parent / "shared" / "data" / "aws"

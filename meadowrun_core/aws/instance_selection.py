@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from meadowrun_core.aws.instance_types import Ec2Offer
 from meadowrun_core.exceptions import BadInputError, ResourcesNotAvailableError
 from meadowrun_core.resources import Resources
 from meadowrun_core.seams.offer_fit import Catalogue, workers_per_instance
+from meadowrun_core.seams.offer_fit import Choice as FitChoice
 
 log = logging.getLogger(__name__)
 
@@ -75,24 +75,8 @@ EC2 = Catalogue(
 )
 
 
-@dataclass(frozen=True)
-class Choice:
-    """Launching ``offer`` in ``market`` to hold ``workers_per_instance`` workers."""
-
-    offer: Ec2Offer
-    market: Market
-    price_per_hour: float
-    workers_per_instance: int
-
-    @property
-    def price_per_worker(self) -> float:
-        return self.price_per_hour / self.workers_per_instance
-
-    def describe(self) -> str:
-        return (
-            f"{self.offer.name} {self.market} (${self.price_per_hour:.4f}/h, "
-            f"{self.workers_per_instance} worker(s))"
-        )
+# Launching an EC2 type in a market ("spot" or "on-demand").
+Choice = FitChoice[Ec2Offer]
 
 
 def spot_allowed(offer: Ec2Offer, max_eviction_rate: float) -> bool:

@@ -29,6 +29,7 @@ from meadowrun_core.azure.vm_sizes import VmSizeOffer
 from meadowrun_core.exceptions import BadInputError, ResourcesNotAvailableError
 from meadowrun_core.resources import Resources
 from meadowrun_core.seams.offer_fit import Catalogue, workers_per_instance
+from meadowrun_core.seams.offer_fit import Choice as FitChoice
 
 Market = Literal["spot", "regular"]
 
@@ -70,28 +71,14 @@ AZURE = Catalogue(
 
 
 @dataclass(frozen=True)
-class Choice:
-    """Creating a VM of ``offer``'s size in ``market`` to hold ``workers_per_instance``."""
-
-    offer: VmSizeOffer
-    market: Market
-    price_per_hour: float
-    workers_per_instance: int
-
-    @property
-    def price_per_worker(self) -> float:
-        return self.price_per_hour / self.workers_per_instance
+class Choice(FitChoice[VmSizeOffer]):
+    """Creating a VM of ``offer``'s size in ``market`` ("spot" or "regular") to hold
+    ``workers_per_instance`` workers."""
 
     @property
     def max_price(self) -> float | None:
         """``billingProfile.maxPrice`` for a Spot VM: the regular price; None if regular."""
         return self.offer.regular_price if self.market == "spot" else None
-
-    def describe(self) -> str:
-        return (
-            f"{self.offer.name} {self.market} (${self.price_per_hour:.4f}/h, "
-            f"{self.workers_per_instance} worker(s))"
-        )
 
 
 def spot_allowed(offer: VmSizeOffer, max_eviction_rate: float) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from meadowrun_core.exceptions import BadInputError
 from meadowrun_core.resources import Resources
@@ -54,6 +54,27 @@ class Offer(Protocol):
 
 
 OfferT = TypeVar("OfferT", bound=Offer)
+
+
+@dataclass(frozen=True)
+class Choice(Generic[OfferT]):
+    """Launching ``offer`` in ``market`` (a cloud's name for it: spot, on-demand, regular) to
+    hold ``workers_per_instance`` workers at ``price_per_hour``."""
+
+    offer: OfferT
+    market: str
+    price_per_hour: float
+    workers_per_instance: int
+
+    @property
+    def price_per_worker(self) -> float:
+        return self.price_per_hour / self.workers_per_instance
+
+    def describe(self) -> str:
+        return (
+            f"{self.offer.name} {self.market} (${self.price_per_hour:.4f}/h, "
+            f"{self.workers_per_instance} worker(s))"
+        )
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
-import dataclasses
 import threading
 import uuid
 import weakref
@@ -50,15 +49,15 @@ from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Self, TypeVar, cast, overload
 
 from prefect.client.schemas.objects import FlowRun, RunInput, State
-from prefect.context import FlowRunContext, TagsContext, TaskRunContext, serialize_context
+from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, PrefectFutureList
 from prefect.logging.loggers import get_logger
-from prefect.settings.context import get_current_settings
 from prefect.task_runners import TaskRunner
 from prefect.utilities.engine import emit_task_run_state_change_event
 from typing_extensions import ParamSpec
 
 import meadowrun_core as mr
+from meadowrun_prefect.flow_settings import FlowSettings
 from meadowrun_prefect.futures import (
     PrefectMeadowrunFuture,
     final_state,
@@ -69,7 +68,6 @@ from meadowrun_prefect.loop import BackgroundLoop, Slots, follow
 from meadowrun_prefect.options import (
     TAG_PREFIX,
     MeadowrunOptions,
-    _current_options,
     meadowrun_options,
     resources_from_tags,
 )
@@ -157,9 +155,7 @@ class MeadowrunTaskRunner(TaskRunner[PrefectMeadowrunFuture[Any]]):
         self._calls: dict[uuid.UUID, tuple[Call, asyncio.Task[State[Any]] | None]] = {}
         self._calls_lock = threading.Lock()
         self._slots = Slots(self.max_concurrency)
-        self._context_cache: tuple[tuple[Any, ...], dict[str, Any]] | None = None
-        self._prefect_env: dict[str, str] | None = None
-        self._exposed: set[tuple[int, str]] = set()
+        self._flow_settings = FlowSettings()
         self._flow_run: FlowRun | None = None  # the engine's own object: its state is live
 
     # -- Prefect's TaskRunner interface -------------------------------------------------
@@ -229,7 +225,7 @@ class MeadowrunTaskRunner(TaskRunner[PrefectMeadowrunFuture[Any]]):
         soon as its upstream futures are done. Never blocks on upstream work."""
         if not self._started:
             raise RuntimeError("Task runner is not started")  # Prefect's own runners' words
-        options = self._options_for(task)
+        options = self._flow_settings.options_for(task, self.resources, self.deployment, self.host)
         wait_for_list = list(wait_for) if wait_for else None
         task_run = new_task_run(task, parameters, wait_for_list, dependencies)
         emit_task_run_state_change_event(
@@ -243,7 +239,7 @@ class MeadowrunTaskRunner(TaskRunner[PrefectMeadowrunFuture[Any]]):
             parameters=parameters,
             wait_for=wait_for_list,
             context={
-                **self._serialized_context(),
+                **self._flow_settings.serialized_context(),
                 "asset_context": asset_context(task, task_run),
             },
             options=options,
@@ -304,81 +300,9 @@ class MeadowrunTaskRunner(TaskRunner[PrefectMeadowrunFuture[Any]]):
                 # DaskTaskRunner's cluster does when it closes
                 self._wait_cancelled(self._cancel_own())
         finally:
-            self._context_cache = None
+            self._flow_settings.forget_context()
             self._flow_run = None
             super().__exit__(exc_type, exc_value, traceback)
-
-    # -- submission helpers -------------------------------------------------------------
-
-    def _options_for(self, task: Task[Any, Any]) -> MeadowrunOptions:
-        scoped = _current_options.get() or MeadowrunOptions()
-        tags = {*task.tags, *(TagsContext.get().current_tags or ())}
-        resources = scoped.resources or resources_from_tags(
-            sorted(tags), self.resources or mr.Resources()
-        )
-        deployment = scoped.deployment or self.deployment or mr.Deployment.mirror_local()
-        env = {**self._prefect_environment(), **deployment.environment_variables}
-        host = scoped.host or self.host
-        self._expose_api(env.get("PREFECT_API_URL"), host)
-        return MeadowrunOptions(
-            resources=resources,
-            deployment=dataclasses.replace(deployment, environment_variables=env),
-            host=host,
-        )
-
-    def _expose_api(self, api_url: str | None, host: mr.Host | None) -> None:
-        """A Prefect API on this machine's loopback (the flow's ephemeral or local server) is
-        made reachable at the same URL on cloud instances, through meadowrun's SSH
-        connections, so remote task runs report their states to it (a no-op locally)."""
-        from urllib.parse import urlsplit
-
-        if not api_url:
-            return
-        url = urlsplit(api_url)
-        if url.hostname not in ("127.0.0.1", "localhost") or url.port is None:
-            return
-        key = (url.port, repr(host))
-        if key not in self._exposed:
-            mr.expose_port(url.port, host=host)
-            self._exposed.add(key)
-
-    def _prefect_environment(self) -> dict[str, str]:
-        """The flow's Prefect settings as environment variables, PREFECT_API_URL included
-        (without it the worker would start an API server of its own)."""
-        if self._prefect_env is None:
-            settings = get_current_settings()
-            env = {
-                key: value
-                for key, value in settings.to_environment_variables(exclude_unset=True).items()
-                if key.startswith("PREFECT_")
-            }
-            if not settings.api.url:
-                # ephemeral mode: the flow's client started this server; point workers at it
-                from prefect.server.api.server import SubprocessASGIServer
-
-                server = SubprocessASGIServer()
-                server.start()
-                env["PREFECT_API_URL"] = server.api_url
-            self._prefect_env = env
-        return self._prefect_env
-
-    def _serialized_context(self) -> dict[str, Any]:
-        """Prefect's serialized context, computed once per flow run (as ProcessPool does)."""
-        flow_ctx = FlowRunContext.get()
-        task_ctx = TaskRunContext.get()
-        key = (
-            flow_ctx.flow_run.id if flow_ctx and flow_ctx.flow_run else None,
-            task_ctx.task_run.id if task_ctx else None,
-            tuple(TagsContext.get().current_tags or ()),
-        )
-        if self._context_cache is None or self._context_cache[0] != key:
-            context = serialize_context()
-            # The settings travel as PREFECT_* environment variables of the deployment
-            # (_prefect_environment), which the worker reads once; rebuilding them from the
-            # context for every task run would cost more than a small task itself.
-            context["settings_context"] = {}
-            self._context_cache = (key, context)
-        return self._context_cache[1]
 
     # -- following task runs (all on the background loop) -------------------------------
 
