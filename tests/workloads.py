@@ -135,3 +135,19 @@ def allocate_memory_for(x: int, hungry: list[int], megabytes: int, hold_seconds:
     if x in hungry:
         allocate_memory(megabytes, hold_seconds)
     return x * x
+
+
+def allocate_memory_after(
+    x: int, hungry: list[int], before: float, megabytes: int, hold_seconds: float
+) -> int:
+    """``allocate_memory_for`` after ``before`` seconds (every attempt runs at least that)."""
+    time.sleep(before)
+    return allocate_memory_for(x, hungry, megabytes, hold_seconds)
+
+
+def memory_error_once(marker: str) -> str:
+    """Raises MemoryError while ``marker`` does not exist (creating it), then succeeds."""
+    if not os.path.exists(marker):
+        Path(marker).write_text("")
+        raise MemoryError("no room for that")
+    return "enough"

@@ -99,6 +99,8 @@ async def bigger_wave(job: MapJob) -> AsyncGenerator[list[TaskResult], None]:
     )
     wave.first_attempts = {k: job.memory_retries[i] + 1 for k, i in enumerate(ids)}
     wave.history = {k: job.history.get(i, ()) for k, i in enumerate(ids)}
+    for k, i in enumerate(ids):  # TaskResult.cost: the attempts out of memory count too
+        wave.task_costs.carry(k, job.task_costs.pop(i))
     log.info(
         "%s: %d task(s) ran out of memory; running them again with %g GB",
         job.description,

@@ -42,6 +42,12 @@ class TaskCosts:
         )
         self._costs[result[0]] = self._costs.get(result[0], NO_COST) + cost
 
+    def carry(self, task_id: int, cost: JobCost | None) -> None:
+        """Count attempts made elsewhere (a task moved to a wave of bigger slots after it ran
+        out of memory keeps the cost of its earlier attempts)."""
+        if cost is not None:
+            self._costs[task_id] = self._costs.get(task_id, NO_COST) + cost
+
     def pop(self, task_id: int) -> JobCost | None:
         """The task's cost as it is reported (None: nothing measured)."""
         return self._costs.pop(task_id, None)
