@@ -123,7 +123,7 @@ class SqliteDb:
         conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, factory=_Connection)
         conn.owner = self
         local.conn, local.pid, local.ino, local.checked = conn, os.getpid(), ino, time.monotonic()
-        conn.execute("PRAGMA journal_mode=WAL")
+        _set_wal(conn)
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=60000")
         conn.row_factory = sqlite3.Row
@@ -185,3 +185,19 @@ class SqliteDb:
             raise
         else:
             conn.execute("COMMIT")
+
+
+def _set_wal(conn: sqlite3.Connection) -> None:
+    """Put the connection in WAL mode. SQLite can answer "database is locked" here at once,
+    without its busy handler (another process switching the file to WAL, or recovering the
+    WAL of a process that was killed): wait for that as the busy timeout would (seen once in
+    a chaos test that SIGKILLs agents mid-map)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            sqlite3.Connection.execute(conn, "PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
