@@ -41,6 +41,8 @@ from bench.systems import DaskLocal, Meadowrun, ProcessPool, RayLocal, System
 from bench.workloads import busy, noop
 
 SYSTEM_NAMES = ("meadowrun", "dask", "ppe", "ray")
+# the measurements after the cold start (which every run makes: it starts the system)
+PART_NAMES = ("warm", "noop", "cpu")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class Config:
     cpu_seconds: float = 0.05
     repeat: int = 1
     quick: bool = False
+    parts: tuple[str, ...] = PART_NAMES
 
 
 QUICK = Config(warm_calls=30, map_tasks=1_000, cpu_tasks=40, quick=True)
@@ -154,11 +157,14 @@ def measure(system: System, config: Config, quiet_wait: float) -> Outcome:
             progress(f"{system.name}: others use {before:.2f} cores as it starts")
         meter.start()
         record(outcome, system, cold_start_s=measure_cold_start(system))
-        p50, p95 = measure_round_trip(system, config)
-        record(outcome, system, warm_p50_ms=p50, warm_p95_ms=p95)
-        record(outcome, system, noop_tasks_per_s=measure_noop_map(system, config))
-        wall, others = measure_cpu_map(system, config)
-        record(outcome, system, cpu_wall_s=wall, others_cores_cpu_map=others)
+        if "warm" in config.parts:
+            p50, p95 = measure_round_trip(system, config)
+            record(outcome, system, warm_p50_ms=p50, warm_p95_ms=p95)
+        if "noop" in config.parts:
+            record(outcome, system, noop_tasks_per_s=measure_noop_map(system, config))
+        if "cpu" in config.parts:
+            wall, others = measure_cpu_map(system, config)
+            record(outcome, system, cpu_wall_s=wall, others_cores_cpu_map=others)
         record(outcome, system, others_cores=meter.stop())
     except Exception as exc:
         outcome.error = f"{type(exc).__name__}: {exc}"
@@ -239,6 +245,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--repeat", type=int, help="run each map this many times and keep the best (default 1)"
     )
+    parser.add_argument(
+        "--parts",
+        default=",".join(PART_NAMES),
+        help="after the cold start, measure only these of warm,noop,cpu (default: all)",
+    )
     parser.add_argument("--map-tasks", type=int, help="override the number of no-op tasks")
     parser.add_argument("--warm-calls", type=int, help="override the number of timed calls")
     parser.add_argument("--cpu-tasks", type=int, help="override the number of CPU tasks")
@@ -246,6 +257,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = set(args.systems.split(",")) - set(SYSTEM_NAMES)
     if unknown:
         parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
+    unknown_parts = set(args.parts.split(",")) - set(PART_NAMES)
+    if unknown_parts:
+        parser.error(f"unknown parts: {', '.join(sorted(unknown_parts))}")
     if args.attempts < 1 or (args.repeat is not None and args.repeat < 1):
         parser.error("--attempts and --repeat must be at least 1")
     return args
@@ -258,6 +272,7 @@ def config_from(args: argparse.Namespace) -> Config:
         "warm_calls": args.warm_calls,
         "cpu_tasks": args.cpu_tasks,
         "repeat": args.repeat,
+        "parts": tuple(p for p in PART_NAMES if p in args.parts.split(",")),
     }
     return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 

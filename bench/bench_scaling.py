@@ -1,18 +1,26 @@
-"""How meadowrun's costs grow with width (issue 18 item 3), on the local cloud.
+"""How meadowrun's costs grow with width (issue 18 item 3), on the local cloud, beside a
+ProcessPoolExecutor measured in the same run.
 
-    .venv/bin/python -m bench.bench_scaling                     # 10^4 and 10^5 tasks; 1-64 clients
-    .venv/bin/python -m bench.bench_scaling --tasks 10000,100000,1000000 --slots 1,4,16,64
+    .venv/bin/python -m bench.bench_scaling                  # 10^4, 10^5 tasks; 1-16 instances
+    .venv/bin/python -m bench.bench_scaling --instances 1,4,16,64 --million
 
-1. ``run_map`` of no-op tasks over slots of 0.1 CPU (each slot a worker; the local cloud
-   packs slots onto as few instances as fit, the instance count is reported): tasks per
-   second and the client's peak memory above its baseline (RSS sampled every 10 ms), for
-   each task count and slot count.
+1. ``run_map`` of no-op tasks on N instances of 0.1 CPU, one slot each (every instance
+   offers one ``SLOT`` custom resource and each task asks for it, so the local cloud cannot
+   pack the slots into one agent): tasks per second and the client's peak memory above its
+   baseline (RSS sampled every 10 ms; each timed map runs in a fresh client process after an
+   untimed warm-up map, so no earlier map's freed memory hides its growth). The peer:
+   ``ProcessPoolExecutor(2).map`` of the same tasks (``chunksize=1``, as in ``bench_core``),
+   measured the same way, same counts, same run.
 2. Allocation latency: 1, 16 and 64 client processes sharing one ``MEADOWRUN_HOME`` race to
-   place and free jobs on one warm instance (the allocation table's ``place_on_existing``
-   then ``deallocate``, what every job does); p50 and p99 of a placement.
+   place and free jobs on one warm instance (``place_on_existing`` then ``deallocate``, the
+   allocation table's part of every job); p50 and p99 of a placement, and the placements
+   per second of all clients together. On 2 cores, 16 or 64 clients queue for the CPU as
+   much as for the table's write lock. No peer has a cross-process allocation table; the
+   floor is one client alone.
 
-For each series it fits the exponent ``b`` of ``cost ~ n^b`` (least squares on logs): 1 is
-linear (time per task constant), above 1 grows worse than linearly.
+Each series gets the exponent ``b`` of ``cost ~ n^b`` (least squares on logs): 1 is linear
+(constant time per task), above 1 worse than linear. A 2-core machine shared with other
+work: read the "others" column (cores other processes used meanwhile).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +44,10 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import psutil
 
+from bench.load import CpuMeter, background_load
 from bench.workloads import noop
+
+SLOT = "SLOT"  # one per instance: N slots need N instances
 
 
 def fitted_exponent(points: list[tuple[float, float]]) -> float:
@@ -69,48 +81,136 @@ class PeakRss:
         self._stop.set()
         self._thread.join()
 
+    @property
+    def grown_mb(self) -> float:
+        return (self.peak - self.baseline) / 2**20
 
-def map_series(tasks: list[int], slots: list[int]) -> list[dict[str, Any]]:
+
+def _host(width: int) -> Any:
     import meadowrun_core as mr
-    from meadowrun_core.local import admin
-    from tests.waiting import local_table
 
+    return mr.AllocLocalInstance(
+        max_cpu=0.1 * width + 0.05,
+        max_memory_gb=0.1 * width + 0.05,
+        custom_resources={SLOT: 1},
+        idle_timeout=600,
+    )
+
+
+def _measure_in_child(system: str, width: int, count: int, out: Any) -> None:
+    """One timed map in a fresh process (so its peak memory is its own): an untimed warm-up
+    map first, then ``count`` no-op tasks; puts (seconds, peak MB above the baseline)."""
+    import gc
+
+    if system == "meadowrun":
+        import meadowrun_core as mr
+
+        resources = mr.Resources(logical_cpu=0.1, memory_gb=0.1, custom={SLOT: 1})
+
+        def run(items: range) -> list[Any]:
+            result: list[Any] = mr.run_map(
+                noop,
+                items,
+                host=_host(width),
+                resources_per_task=resources,
+                num_concurrent_tasks=width,
+                progress=False,
+            )
+            return result
+    else:
+        pool = ProcessPoolExecutor(max_workers=2)
+
+        def run(items: range) -> list[Any]:
+            return list(pool.map(noop, items))
+
+    run(range(4 * width))  # instances launched or found, every worker started
+    gc.collect()
+    with PeakRss() as rss:
+        start = time.perf_counter()
+        results = run(range(count))
+        seconds = time.perf_counter() - start
+    if results != list(range(count)):
+        raise AssertionError("a no-op map returned other values than its inputs")
+    out.put((seconds, rss.grown_mb))
+    if system == "meadowrun":
+        from meadowrun_core.client.runtime import ClientRuntime
+
+        ClientRuntime.get().forget_backends()
+    else:
+        pool.shutdown()
+
+
+def _timed_map(system: str, width: int, count: int) -> tuple[float, float, float]:
+    """Seconds, the client's peak MB above its baseline, and others' cores, of one map."""
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    meter = CpuMeter()
+    meter.start()
+    child = context.Process(target=_measure_in_child, args=(system, width, count, out))
+    child.start()
+    seconds, grown = out.get(timeout=3600)
+    child.join()
+    return seconds, grown, meter.stop()
+
+
+def map_series(tasks: list[int], widths: list[int], peer: bool) -> list[dict[str, Any]]:
+    import meadowrun_core as mr
+    from meadowrun_core.client.runtime import ClientRuntime
+    from meadowrun_core.local import admin
+    from meadowrun_core.local.allocation_table import SqliteAllocationTable
+
+    home = Path(os.environ["MEADOWRUN_HOME"])
     rows = []
-    resources = mr.Resources(logical_cpu=0.1, memory_gb=0.1)
-    for width in slots:
-        mr.run_map(noop, range(width * 4), resources_per_task=resources, num_concurrent_tasks=width)
+    for width in widths:
+        # launch the instances once, here: every measured map runs in a fresh client process
+        mr.run_map(
+            noop,
+            range(4 * width),
+            host=_host(width),
+            resources_per_task=mr.Resources(logical_cpu=0.1, memory_gb=0.1, custom={SLOT: 1}),
+            num_concurrent_tasks=width,
+            progress=False,
+        )
+        instances = len(SqliteAllocationTable(home / "state.db").list_instances())
         for count in tasks:
-            with PeakRss() as rss:
-                start = time.perf_counter()
-                results = mr.run_map(
-                    noop,
-                    range(count),
-                    resources_per_task=resources,
-                    num_concurrent_tasks=width,
-                    progress=False,
-                )
-                seconds = time.perf_counter() - start
-            assert results == list(range(count))
-            instances = len(local_table(Path(os.environ["MEADOWRUN_HOME"])).list_instances())
-            row = {
-                "slots": width,
+            seconds, grown, others = _timed_map("meadowrun", width, count)
+            row: dict[str, Any] = {
                 "instances": instances,
                 "tasks": count,
                 "seconds": seconds,
                 "tasks_per_second": count / seconds,
-                "client_peak_mb": (rss.peak - rss.baseline) / 2**20,
+                "client_peak_mb": grown,
+                "others_cores": others,
             }
+            if peer:
+                p_seconds, p_grown, p_others = _timed_map("ppe", width, count)
+                row.update(
+                    ppe_tasks_per_second=count / p_seconds,
+                    ppe_peak_mb=p_grown,
+                    ppe_others_cores=p_others,
+                )
             rows.append(row)
-            print(
-                f"map  slots={width:3d} instances={instances:3d} tasks={count:8d} "
-                f"{row['tasks_per_second']:9.0f} tasks/s  client +{row['client_peak_mb']:7.1f} MB",
-                flush=True,
-            )
+            print(_map_line(row), flush=True)
+        ClientRuntime.get().forget_backends()
         admin.clean()
     return rows
 
 
-def _racer(home: str, instance_id: str, rounds: int, start_at: float, out: Any) -> None:
+def _map_line(row: dict[str, Any]) -> str:
+    line = (
+        f"map  instances={row['instances']:3d} tasks={row['tasks']:8d} "
+        f"{row['tasks_per_second']:8.0f} tasks/s  client +{row['client_peak_mb']:6.1f} MB  "
+        f"others {row['others_cores']:.2f}"
+    )
+    if "ppe_tasks_per_second" in row:
+        line += (
+            f"  | ppe {row['ppe_tasks_per_second']:7.0f} tasks/s +{row['ppe_peak_mb']:6.1f} MB"
+            f"  mr/ppe {row['tasks_per_second'] / row['ppe_tasks_per_second']:.2f}x"
+        )
+    return line
+
+
+def _racer(home: str, instance_id: str, rounds: int, ready: Any, go: Any, out: Any) -> None:
     os.environ["MEADOWRUN_HOME"] = home
     import meadowrun_core as mr
     from meadowrun_core.local.allocation_table import SqliteAllocationTable
@@ -119,8 +219,8 @@ def _racer(home: str, instance_id: str, rounds: int, start_at: float, out: Any) 
     resources = mr.Resources(logical_cpu=0.001, memory_gb=0.001)
     client = f"racer-{uuid.uuid4().hex[:8]}"
     latencies = []
-    while time.time() < start_at:
-        time.sleep(0.001)
+    ready.put(os.getpid())  # imported and connected: the race starts when all are
+    go.wait()
     for _ in range(rounds):
         job = f"bench-{uuid.uuid4().hex[:12]}"
         begin = time.perf_counter()
@@ -133,71 +233,108 @@ def _racer(home: str, instance_id: str, rounds: int, start_at: float, out: Any) 
 
 def allocation_series(clients: list[int], rounds: int) -> list[dict[str, Any]]:
     import meadowrun_core as mr
+    from meadowrun_core.client.runtime import ClientRuntime
     from meadowrun_core.local import admin
-    from tests.waiting import local_table
+    from meadowrun_core.local.allocation_table import SqliteAllocationTable
 
     home = os.environ["MEADOWRUN_HOME"]
     host = mr.AllocLocalInstance(idle_timeout=600)
     mr.run_function(noop, args=(0,), host=host, resources=mr.Resources(0.5, 0.5))
-    (instance,) = local_table(Path(home)).list_instances()
+    (instance,) = SqliteAllocationTable(Path(home) / "state.db").list_instances()
     rows = []
     context = multiprocessing.get_context("spawn")
     for count in clients:
-        out = context.Queue()
-        start_at = time.time() + 3 + count * 0.05
+        out, ready, go = context.Queue(), context.Queue(), context.Event()
         processes = [
-            context.Process(target=_racer, args=(home, instance.instance_id, rounds, start_at, out))
+            context.Process(
+                target=_racer, args=(home, instance.instance_id, rounds, ready, go, out)
+            )
             for _ in range(count)
         ]
         for process in processes:
             process.start()
+        for _ in processes:
+            ready.get(timeout=600)
+        meter = CpuMeter()
+        meter.start()
+        start = time.perf_counter()
+        go.set()
         latencies = sorted(x for _ in processes for x in out.get(timeout=600))
+        span = time.perf_counter() - start
+        others = meter.stop()
         for process in processes:
             process.join()
         p50 = latencies[len(latencies) // 2]
         p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-        rows.append({"clients": count, "p50_ms": p50 * 1e3, "p99_ms": p99 * 1e3})
+        row = {
+            "clients": count,
+            "p50_ms": p50 * 1e3,
+            "p99_ms": p99 * 1e3,
+            "per_second": len(latencies) / span,
+            "others": others,
+        }
+        rows.append(row)
         print(
-            f"alloc clients={count:3d}  p50 {p50 * 1e3:7.2f} ms  p99 {p99 * 1e3:7.2f} ms",
+            f"alloc clients={count:3d}  p50 {p50 * 1e3:7.2f} ms  p99 {p99 * 1e3:7.2f} ms  "
+            f"({len(latencies)} placements, {row['per_second']:.0f} placements+frees/s "
+            f"in all; others {others:.2f})",
             flush=True,
         )
+    ClientRuntime.get().forget_backends()
     admin.clean()
     return rows
 
 
+def summary(map_rows: list[dict[str, Any]], alloc_rows: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for instances in sorted({r["instances"] for r in map_rows}):
+        mine = [r for r in map_rows if r["instances"] == instances]
+        if len(mine) > 1:
+            time_b = fitted_exponent([(r["tasks"], r["seconds"]) for r in mine])
+            memory_b = fitted_exponent([(r["tasks"], max(r["client_peak_mb"], 0.1)) for r in mine])
+            line = (
+                f"{instances} instance(s): map time ~ tasks^{time_b:.2f}, "
+                f"client memory ~ tasks^{memory_b:.2f}"
+            )
+            if all("ppe_tasks_per_second" in r for r in mine):
+                ppe_b = fitted_exponent(
+                    [(r["tasks"], r["tasks"] / r["ppe_tasks_per_second"]) for r in mine]
+                )
+                line += f" (ppe: time ~ tasks^{ppe_b:.2f})"
+            lines.append(line)
+    for count in sorted({r["tasks"] for r in map_rows}):
+        mine = [r for r in map_rows if r["tasks"] == count]
+        if len(mine) > 1:
+            b = fitted_exponent([(r["instances"], r["seconds"]) for r in mine])
+            lines.append(f"{count} tasks: map time ~ instances^{b:.2f}")
+    if len(alloc_rows) > 1:
+        p50 = fitted_exponent([(r["clients"], r["p50_ms"]) for r in alloc_rows])
+        p99 = fitted_exponent([(r["clients"], r["p99_ms"]) for r in alloc_rows])
+        lines.append(f"allocation latency ~ clients^{p50:.2f} (p50), ^{p99:.2f} (p99)")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", default="10000,100000")
-    parser.add_argument("--slots", default="1,4,16")
-    parser.add_argument("--clients", default="1,16,64")
-    parser.add_argument("--rounds", type=int, default=50)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--tasks", default="10000,100000", help="task counts (comma-separated)")
+    parser.add_argument("--million", action="store_true", help="add 1,000,000 tasks")
+    parser.add_argument("--instances", default="1,4,16", help="instance counts (0.1 CPU each)")
+    parser.add_argument("--clients", default="1,16,64", help="racing allocation clients")
+    parser.add_argument("--rounds", type=int, default=50, help="placements per racing client")
+    parser.add_argument("--no-peer", action="store_true", help="skip the ProcessPoolExecutor")
     args = parser.parse_args(argv)
-    tasks = [int(x) for x in args.tasks.split(",")]
-    slots = [int(x) for x in args.slots.split(",")]
-    clients = [int(x) for x in args.clients.split(",")]
+    tasks = [int(x) for x in args.tasks.split(",") if x] + ([1_000_000] if args.million else [])
+    widths = [int(x) for x in args.instances.split(",") if x]
+    clients = [int(x) for x in args.clients.split(",") if x]
+    print(f"busy before the run (other processes): {background_load()}", flush=True)
     with tempfile.TemporaryDirectory() as home:
         os.environ["MEADOWRUN_HOME"] = home
-        os.environ.setdefault("MEADOWRUN_LOCAL_MAX_CPU", str(os.cpu_count() or 2))
-        map_rows = map_series(tasks, slots) if tasks and slots else []
+        map_rows = map_series(tasks, widths, not args.no_peer) if tasks and widths else []
         alloc_rows = allocation_series(clients, args.rounds) if clients else []
     print()
-    for width in slots:
-        series = [(r["tasks"], r["seconds"]) for r in map_rows if r["slots"] == width]
-        memory = [
-            (r["tasks"], max(r["client_peak_mb"], 0.1)) for r in map_rows if r["slots"] == width
-        ]
-        if len(series) > 1:
-            print(
-                f"slots={width}: map time ~ tasks^{fitted_exponent(series):.2f}, "
-                f"client memory ~ tasks^{fitted_exponent(memory):.2f}"
-            )
-    if len(alloc_rows) > 1:
-        p50 = [(r["clients"], r["p50_ms"]) for r in alloc_rows]
-        p99 = [(r["clients"], r["p99_ms"]) for r in alloc_rows]
-        print(
-            f"allocation latency ~ clients^{fitted_exponent(p50):.2f} (p50), "
-            f"^{fitted_exponent(p99):.2f} (p99)"
-        )
+    for line in summary(map_rows, alloc_rows):
+        print(line)
+    print(f"busy after the run (other processes): {background_load()}")
     return 0
 
 

@@ -105,10 +105,27 @@ def _relative(
     return check
 
 
+def _all(*checks: Callable[[Figures], bool | None]) -> Callable[[Figures], bool | None]:
+    def check(figures: Figures) -> bool | None:
+        results = [c(figures) for c in checks]
+        if any(r is False for r in results):
+            return False
+        return None if any(r is None for r in results) else True
+
+    return check
+
+
+# issue 2's targets, tightened by issue 18 (warm round trip, CPU map)
 TARGETS = {
-    "warm_p50_ms": Target("<= 10 ms", _absolute("warm_p50_ms", 10.0, strict=False)),
+    "warm_p50_ms": Target(
+        "<= 1.2 ms and <= ray",
+        _all(
+            _absolute("warm_p50_ms", 1.2, strict=False),
+            _relative("warm_p50_ms", "ray", 1.0, False),
+        ),
+    ),
     "noop_tasks_per_s": Target(">= dask", _relative("noop_tasks_per_s", "dask", 1.0, True)),
-    "cpu_wall_s": Target("<= 1.15 x ppe", _relative("cpu_wall_s", "ppe", 1.15, False)),
+    "cpu_wall_s": Target("<= 1.03 x ppe", _relative("cpu_wall_s", "ppe", 1.03, False)),
     "cold_start_s": Target("< 2 s", _absolute("cold_start_s", 2.0, strict=True)),
 }
 

@@ -4,14 +4,18 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from typing import Any
 
 from meadowrun_core import frames
 from meadowrun_core.backend import Backend
 from meadowrun_core.client.job_handle import JobHandle
-from meadowrun_core.client.keyed_jobs import JobNotFoundError, follow_keyed_job, keyed_job_state
+from meadowrun_core.client.keyed_jobs import (
+    JobNotFoundError,
+    follow_keyed_job,
+    kept_final,
+    keyed_job_state,
+)
 from meadowrun_core.client.runtime import ClientRuntime
 from meadowrun_core.hosts import Host
 
@@ -103,7 +107,7 @@ def job_info(job_key: str, *, host: Host | None = None) -> dict[str, Any]:
     except JobNotFoundError:
         return {"status": "unknown", "job_id": None, "instance_id": None}
     if row["status"] == "ended":
-        status = str(json.loads(str(row["final"]))["status"])
+        status = str(kept_final(row)["status"])
     else:
         status = "running" if row["status"] == "running" else "pending"
     job_id = row["job_id"] if row["job_id"] != "pending" else None

@@ -150,8 +150,10 @@ class Worker:
             try:
                 header, blob = read_frame_sync(self._sock, self._signer)
             except EOFError:
+                _remove_pid_sources()
                 return  # the agent went away; so do we
             if header["type"] == "exit":
+                _remove_pid_sources()
                 return
             if header["type"] == "load_code":
                 self._load_code(cast(frames.LoadCode, header))
@@ -196,10 +198,40 @@ def _current_directory() -> str | None:
         return None
 
 
+# the folders where this process wrote its own PID file (``_write_pid_file``)
+_pid_sources: dict[Path, Path] = {}
+
+
 def _write_pid_file(path: Path) -> None:
+    """Name this process in ``path`` for the reconciler. Creating a file cost 0.1 to 0.7 ms
+    of ext4 journal work per call here, a hard link about 25 us: so the PID is written once
+    per process and folder, to a hidden file the reconciler's ``*.pid`` glob skips, and each
+    job's PID file is a link to it (the same content and mtime, which ``pid_is_alive``
+    compares with the process's start)."""
+    source = _pid_sources.get(path.parent)
+    if source is None:  # written by this process: never trust one left by a reused PID
+        source = path.with_name(f".worker-{os.getpid()}")
+        _replace_text(source, str(os.getpid()))
+        _pid_sources[path.parent] = source
+    try:
+        os.link(source, path)
+    except FileExistsError:  # an earlier attempt of the same job
+        path.unlink(missing_ok=True)
+        os.link(source, path)
+    except OSError:  # no hard links here, or the source was removed: written the old way
+        _pid_sources.pop(path.parent, None)  # (the next call writes a new source)
+        _replace_text(path, str(os.getpid()))
+
+
+def _replace_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(str(os.getpid()))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _remove_pid_sources() -> None:
+    for source in _pid_sources.values():
+        source.unlink(missing_ok=True)
 
 
 def _die_with_parent() -> None:

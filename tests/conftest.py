@@ -14,8 +14,9 @@ from meadowrun_core.config import meadowrun_home
 from meadowrun_core.local import admin
 from tests.moto_server import SerialMotoServer, reset_moto
 
-# The EC2 twin's fixtures (``aws``, ``twin_network``), for every module that runs on it.
-pytest_plugins = ["tests.aws_twin"]
+# The EC2 twin's fixtures (``aws``, ``twin_network``), for every module that runs on it, and
+# Azurite (``azurite``: the storage account of the Azure storage emulator).
+pytest_plugins = ["tests.aws_twin", "tests.azurite"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

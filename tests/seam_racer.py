@@ -8,6 +8,7 @@ from typing import Any
 import boto3
 
 from meadowrun_core.aws.dynamodb_allocation_table import DynamoDbAllocationTable
+from meadowrun_core.azure.table_allocation_table import AzureTableAllocationTable
 from meadowrun_core.local.allocation_table import SqliteAllocationTable
 from meadowrun_core.resources import Resources
 
@@ -17,6 +18,11 @@ def race(args: tuple[str, str, int]) -> int:
     kind, location, worker = args
     if kind == "sqlite":
         table: Any = SqliteAllocationTable(Path(location))
+    elif kind == "azure":  # Azurite's development account
+        from azurite import development_account
+
+        table_url, name = location.split("|")
+        table = AzureTableAllocationTable(development_account(table_url).table_service(), name)
     else:
         endpoint, name = location.split("|")
         client = boto3.client(

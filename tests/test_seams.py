@@ -1,5 +1,6 @@
 """One conformance suite per seam, run against every implementation: the local cloud's
-SQLite/file versions and the AWS versions on moto's server (real HTTP, real boto3)."""
+SQLite/file versions, the AWS versions on moto's server (real HTTP, real boto3) and the Azure
+versions on Azurite (real HTTP, the real Azure SDKs)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ import seam_racer
 from meadowrun_core.aws.dynamodb_allocation_table import DynamoDbAllocationTable
 from meadowrun_core.aws.s3_object_store import S3ObjectStore
 from meadowrun_core.aws.sqs_task_queue import SqsTaskQueue
+from meadowrun_core.azure.blob_object_store import BlobObjectStore
+from meadowrun_core.azure.storage_account import StorageAccount
+from meadowrun_core.azure.storage_queue import StorageQueueTaskQueue
+from meadowrun_core.azure.table_allocation_table import AzureTableAllocationTable
 from meadowrun_core.local.allocation_table import SqliteAllocationTable
 from meadowrun_core.local.object_store import FileObjectStore
 from meadowrun_core.local.task_queue import SqliteTaskQueue
@@ -37,27 +42,39 @@ def _boto(service: str, endpoint: str) -> Any:
     )
 
 
-@pytest.fixture(params=["sqlite", "dynamodb"])
+@pytest.fixture(params=["sqlite", "dynamodb", "azure-table"])
 def table(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     if request.param == "sqlite":
         return SqliteAllocationTable(tmp_path / "state.db")
+    if request.param == "azure-table":
+        account: StorageAccount = request.getfixturevalue("azurite")
+        azure = AzureTableAllocationTable(account.table_service(), f"alloc{uuid.uuid4().hex}")
+        assert azure.create()
+        return azure
     endpoint = request.getfixturevalue("moto_endpoint")
     dynamo = DynamoDbAllocationTable(_boto("dynamodb", endpoint), f"alloc-{uuid.uuid4().hex}")
     dynamo.create()
     return dynamo
 
 
-@pytest.fixture(params=["sqlite", "sqs"])
+@pytest.fixture(params=["sqlite", "sqs", "storage-queue"])
 def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     if request.param == "sqlite":
         return SqliteTaskQueue(tmp_path / "queues.db")
+    if request.param == "storage-queue":
+        return StorageQueueTaskQueue(request.getfixturevalue("azurite").queue_service())
     return SqsTaskQueue(_boto("sqs", request.getfixturevalue("moto_endpoint")))
 
 
-@pytest.fixture(params=["file", "s3"])
+@pytest.fixture(params=["file", "s3", "blob"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     if request.param == "file":
         return FileObjectStore(tmp_path / "objects")
+    if request.param == "blob":
+        account: StorageAccount = request.getfixturevalue("azurite")
+        blob = BlobObjectStore(account.blob_service(), f"meadowrun-{uuid.uuid4().hex[:12]}")
+        assert blob.create()
+        return blob
     s3 = _boto("s3", request.getfixturevalue("moto_endpoint"))
     bucket = f"meadowrun-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=bucket)
@@ -151,6 +168,8 @@ def test_sixteen_racing_clients_never_over_allocate(table: Any, tmp_path: Path) 
     _launch(table, "i-1", [])
     if isinstance(table, SqliteAllocationTable):
         args = [("sqlite", str(tmp_path / "state.db"), w) for w in range(16)]
+    elif isinstance(table, AzureTableAllocationTable):
+        args = [("azure", f"{table._service.url}|{table._table}", w) for w in range(16)]
     else:
         args = [("dynamodb", f"{table._db.meta.endpoint_url}|{table._table}", w) for w in range(16)]
     stop = threading.Event()

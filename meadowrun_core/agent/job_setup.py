@@ -3,6 +3,8 @@ for functions and map slots, a worker of that deployment with its code loaded.""
 
 from __future__ import annotations
 
+import asyncio
+
 from meadowrun_core import frames
 from meadowrun_core.agent.running_job import RunningJob
 from meadowrun_core.agent.state import AgentState
@@ -28,10 +30,11 @@ def preparer(state: AgentState) -> InstancePreparer:
 
 
 async def prepare_worker(
-    state: AgentState, job: RunningJob, deployment: frames.DeploymentJson
+    state: AgentState, job: RunningJob, deployment: frames.DeploymentJson, record_pid: bool = True
 ) -> WorkerProcess:
     """A worker for the job's deployment with its code loaded, its output and reports going
-    to the job; CodeLoadError if the deployment or code cannot be loaded."""
+    to the job; CodeLoadError if the deployment or code cannot be loaded. ``record_pid``
+    False: the caller puts the worker's PID in the table itself (``record_pid_soon``)."""
     prepared = PreparedDeployment.from_json(deployment)
     try:
         ready = await preparer(state).prepare(prepared)
@@ -55,8 +58,25 @@ async def prepare_worker(
             state.pool.discard(worker)
             raise CodeLoadError(failure)
         worker.code_loaded = prepared.code_manifest
-    state.table.set_worker_pid(job.job_id, worker.pid)
+    if record_pid:
+        state.table.set_worker_pid(job.job_id, worker.pid)
     return worker
+
+
+# how long a function job runs before its worker's PID goes into the allocation table
+RECORD_PID_AFTER_SECONDS = 0.05
+
+
+def record_pid_soon(state: AgentState, job_id: str, pid: int) -> None:
+    """Put the worker's PID in the table (``meadowrun jobs`` shows it) once the job has run
+    ``RECORD_PID_AFTER_SECONDS``: a short call has ended by then, which saves a write
+    transaction on its round trip (nothing else reads it: the reconciler goes by PID files)."""
+
+    def record() -> None:
+        if job_id in state.jobs:
+            state.table.set_worker_pid(job_id, pid)
+
+    asyncio.get_running_loop().call_later(RECORD_PID_AFTER_SECONDS, record)
 
 
 def worker_gone(

@@ -7,7 +7,12 @@ import asyncio
 from pathlib import Path
 
 from meadowrun_core import frames
-from meadowrun_core.agent.job_setup import CodeLoadError, prepare_worker, worker_gone
+from meadowrun_core.agent.job_setup import (
+    CodeLoadError,
+    prepare_worker,
+    record_pid_soon,
+    worker_gone,
+)
 from meadowrun_core.agent.running_job import RunningJob
 from meadowrun_core.agent.state import AgentState
 from meadowrun_core.agent.worker_pool import WorkerDiedError
@@ -21,7 +26,7 @@ async def run_function(
 ) -> tuple[frames.JobOutcome, bytes]:
     """Run the call; the outcome and the final frame's payload."""
     try:
-        worker = await prepare_worker(state, job, header["deployment"])
+        worker = await prepare_worker(state, job, header["deployment"], record_pid=False)
     except CodeLoadError as exc:
         return {"status": "failed", "stage": "load"}, exc.failure
     except WorkerDiedError as exc:
@@ -45,6 +50,7 @@ async def run_function(
         state.pool.release(worker)
         return {"status": "failed", "stage": "load"}, failure_payload(exc)
     job.start_clock()
+    record_pid_soon(state, job.job_id, worker.pid)
     try:
         reply, payload = await worker.request(state.signer, call, blob)
     except WorkerDiedError as exc:
@@ -67,8 +73,14 @@ def _function_ref(header: frames.RunFunction) -> frames.FunctionRef:
     return ref
 
 
+_scratch_made: set[Path] = set()
+
+
 def _function_scratch(state: AgentState) -> Path:
-    """The working directory of function jobs with no better one: one per instance."""
+    """The working directory of function jobs with no better one: one per instance (made
+    once, not checked on every call)."""
     scratch = state.folders.dir / "work"
-    scratch.mkdir(exist_ok=True)
+    if scratch not in _scratch_made:
+        scratch.mkdir(exist_ok=True)
+        _scratch_made.add(scratch)
     return scratch

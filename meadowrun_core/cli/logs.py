@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import pickle
 import time
 import uuid
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -122,14 +121,14 @@ async def _keyed_job(
     runtime: ClientRuntime, backend: Backend, record: dict[str, object], follow: bool
 ) -> str | None:
     """Print a keyed job's output; return how it ended, or None if it still runs."""
-    from meadowrun_core.client.keyed_jobs import keyed_job_state
+    from meadowrun_core.client.keyed_jobs import kept_final, keyed_job_state
 
     job_key = str(record["job_key"])
     printed = False
     while True:
         row = await asyncio.to_thread(keyed_job_state, backend, job_key)
         if row["status"] == "ended":
-            final = json.loads(str(row["final"]))
+            final = kept_final(row)
             if not printed:
                 for stream, data in await asyncio.to_thread(_stored_output, backend, final):
                     _write(stream, data)
@@ -167,7 +166,7 @@ async def _unkeyed_job(
         await asyncio.sleep(_POLL_SECONDS)
 
 
-def _stored_output(backend: Backend, final: dict[str, Any]) -> Chunks:
+def _stored_output(backend: Backend, final: frames.Final) -> Chunks:
     from meadowrun_core.seams.object_store import get_verified
 
     key = final.get("output_key")
@@ -194,19 +193,20 @@ async def _running_job(
             ended, _ = await run_on_instance(
                 runtime, backend, Placement(job_id, instance), {}, on_output=_write, attach=True
             )
-        return str(ended.get("status"))
-    chunks, final = await _snapshot(runtime, backend, job_id, instance)
+        return ended["status"]
+    chunks, status = await _snapshot(runtime, backend, job_id, instance)
     for stream, data in chunks:
         _write(stream, data)
-    return None if final is None else str(final.get("status"))
+    return status
 
 
 async def _snapshot(
     runtime: ClientRuntime, backend: Backend, job_id: str, instance: InstanceRecord
-) -> tuple[Chunks, dict[str, Any] | None]:
-    """The output the agent kept so far, without waiting for more: attach, then send a
-    second attach for a job that does not exist; the agent answers frames of a connection in
-    order, so when that one's reply arrives, the whole replay has arrived before it."""
+) -> tuple[Chunks, frames.JobStatus | None]:
+    """The output the agent kept so far, and how the job ended if it did, without waiting
+    for more: attach, then send a second attach for a job that does not exist; the agent
+    answers frames of a connection in order, so when that one's reply arrives, the whole
+    replay has arrived before it."""
     conn = await runtime.connection(instance, backend)
     follower = uuid.uuid4().hex
     barrier_id = f"logs-barrier-{uuid.uuid4().hex}"
@@ -217,14 +217,16 @@ async def _snapshot(
         conn.send(frames.Attach(type="attach", job_id=barrier_id, follower=""))
         await asyncio.wait_for(barrier.get(), timeout=60)
         chunks: Chunks = []
-        final: dict[str, Any] | None = None
+        status: frames.JobStatus | None = None
         while not events.empty():
             event, payload = events.get_nowait()
             if event["type"] == "output":
                 chunks.append((event["stream"], payload))
-            elif event["type"] in ("final", "disconnected"):
-                final = {"status": event.get("status", "disconnected")}
-        return chunks, final
+            elif event["type"] == "final":
+                status = event["status"]
+            elif event["type"] == "disconnected":
+                status = "disconnected"
+        return chunks, status
     finally:
         conn.unregister(job_id, events)
         conn.unregister(barrier_id, barrier)

@@ -11,7 +11,7 @@ import queue
 import re
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -31,17 +31,21 @@ from meadowrun_core.seams.spill import FRAME_INLINE_BYTES
 
 log = logging.getLogger(__name__)
 
+# A run frame's fields less its ``type`` and ``job_id`` (``frames.Run``), as ``jobs.py`` and
+# ``map_driver`` build it: ``run_on_instance`` completes it for the placement.
+RunFields = dict[str, Any]
+
 
 async def run_on_instance(
     runtime: ClientRuntime,
     backend: Backend,
     placement: Placement,
-    header: dict[str, Any],
+    header: Mapping[str, Any],
     blob: bytes = b"",
     on_output: Callable[[str, bytes], None] | None = None,
     attach: bool = False,
     control: JobChannel | None = None,
-) -> tuple[dict[str, Any], bytes]:
+) -> tuple[frames.Final, bytes]:
     """Start a job on its instance (or ``attach`` to a running one) and follow it to its final
     event. Cancelling a started job's follower cancels the job (unless its handle only stopped
     following); an attached follower just stops following."""
@@ -54,12 +58,8 @@ async def run_on_instance(
         raise
     except OSError as exc:
         backend.table.deallocate(placement.job_id, "instance unreachable")
-        return {
-            "type": "final",
-            "job_id": placement.job_id,
-            "status": "disconnected",
-            "message": f"cannot reach instance {placement.instance.instance_id}: {exc}",
-        }, b""
+        reason = f"cannot reach instance {placement.instance.instance_id}: {exc}"
+        return _disconnected(placement, reason), b""
     follower = uuid.uuid4().hex if attach else ""
     events = conn.register(placement.job_id, follower)
     logger = OutputLogger(placement.job_id)
@@ -86,14 +86,10 @@ async def run_on_instance(
             elif event["type"] == "final":
                 if not attach:
                     await capacity_signal(backend).notify()
-                return dict(event), payload
+                return event.copy(), payload
             elif event["type"] == "disconnected":
-                return {
-                    "type": "final",
-                    "job_id": placement.job_id,
-                    "status": "disconnected",
-                    "message": f"instance {placement.instance.instance_id} went away",
-                }, b""
+                reason = f"instance {placement.instance.instance_id} went away"
+                return _disconnected(placement, reason), b""
     except asyncio.CancelledError:
         if not attach and (control is None or control.cancel_job_with_follower):
             conn.send(
@@ -103,6 +99,13 @@ async def run_on_instance(
     finally:
         logger.flush()
         conn.unregister(placement.job_id, events)
+
+
+def _disconnected(placement: Placement, message: str) -> frames.Final:
+    """The final event of a job this client lost touch with (its agent sent none)."""
+    return frames.Final(
+        type="final", job_id=placement.job_id, status="disconnected", message=message
+    )
 
 
 @dataclass
@@ -136,9 +139,9 @@ async def run_job(
     submission: Submission,
     resources: Resources,
     description: str,
-    header: dict[str, Any],
+    header: RunFields,
     blob: bytes = b"",
-    redeploy: Callable[[], dict[str, Any]] | None = None,
+    redeploy: Callable[[], frames.DeploymentJson] | None = None,
     attempts: int = 1,
 ) -> Any:
     """Allocate, run and decode one job, up to ``attempts`` times while an attempt fails in a
@@ -193,10 +196,10 @@ async def _run_attempt(
     submission: Submission,
     resources: Resources,
     description: str,
-    header: dict[str, Any],
+    header: RunFields,
     blob: bytes,
-    redeploy: Callable[[], dict[str, Any]] | None,
-) -> tuple[dict[str, Any], bytes, dict[str, Any]]:
+    redeploy: Callable[[], frames.DeploymentJson] | None,
+) -> tuple[frames.Final, bytes, RunFields]:
     """One attempt: its final event, payload and header (with the code uploaded again if
     it had to be). A job that could not load because a blob in the store was damaged is run
     once more after this client replaced the blob."""
@@ -213,12 +216,13 @@ async def _run_attempt(
             )
         except BaseException as exc:
             if submission.job_key is not None:
+                not_started = frames.Final(
+                    type="final", job_id="-", status="error", message=f"not started: {exc!r}"
+                )
                 await asyncio.to_thread(
                     backend.table.record_job_final,
                     submission.job_key,
-                    json.dumps(
-                        {"status": "error", "job_id": "-", "message": f"not started: {exc!r}"}
-                    ),
+                    json.dumps(not_started),
                     None,
                 )
             raise
@@ -244,7 +248,7 @@ async def _run_attempt(
             header = {**header, "deployment": await asyncio.to_thread(redeploy)}
 
 
-def damaged_object(final: dict[str, Any], payload: bytes) -> str | None:
+def damaged_object(final: frames.JobOutcome, payload: bytes) -> str | None:
     """The key of the stored blob whose damage made a job fail to load, if that is why
     (from the pickled exception, or the text of a map slot's failure)."""
     if final.get("status") != "failed" or final.get("stage") != "load":
@@ -262,7 +266,7 @@ def damaged_object(final: dict[str, Any], payload: bytes) -> str | None:
 _DAMAGED = re.compile(r"DamagedObjectError: object ([0-9a-f]{64})")
 
 
-async def final_payload(backend: Backend, final: dict[str, Any], payload: bytes) -> bytes:
+async def final_payload(backend: Backend, final: frames.JobOutcome, payload: bytes) -> bytes:
     """A job's result, fetched from the store when it was too large for a frame."""
     if final.get("result_key"):
         return await asyncio.to_thread(
@@ -271,7 +275,7 @@ async def final_payload(backend: Backend, final: dict[str, Any], payload: bytes)
     return payload
 
 
-def decode_final(final: dict[str, Any], payload: bytes) -> Any:
+def decode_final(final: frames.Final, payload: bytes) -> Any:
     """The value a job's final event stands for, or the exception it raises."""
     status = final["status"]
     if status == "succeeded":

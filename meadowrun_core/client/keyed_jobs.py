@@ -10,8 +10,9 @@ import pickle
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
+from meadowrun_core import frames
 from meadowrun_core.backend import Backend
 from meadowrun_core.client.allocation import Placement
 from meadowrun_core.client.job_events import (
@@ -68,7 +69,7 @@ async def follow_keyed_job(
     while True:
         row = keyed_job_state(backend, job_key)
         if row["status"] == "ended":
-            final = json.loads(str(row["final"]))
+            final = kept_final(row)
             if final.get("output_key"):
                 logger = OutputLogger(str(final["job_id"]))
                 for stream, data in pickle.loads(
@@ -115,10 +116,18 @@ def keyed_job_state(backend: Backend, job_key: str) -> dict[str, object]:
     ):
         message = f"its instance {row['instance_id']} went away"
     if message is not None:
-        final = {"status": "died", "job_id": row["job_id"], "message": message}
+        final = frames.Final(
+            type="final", job_id=str(row["job_id"]), status="died", message=message
+        )
         backend.table.record_job_final(job_key, json.dumps(final), None)
         row = backend.table.get_job_key(job_key) or row
     return row
+
+
+def kept_final(row: dict[str, object]) -> frames.Final:
+    """The final event an ended job's record keeps (JSON): its agent's, or the one a client
+    wrote for a job that never reached an agent."""
+    return cast(frames.Final, json.loads(str(row["final"])))
 
 
 class JobNotFoundError(MeadowrunError, KeyError):

@@ -96,7 +96,7 @@ class MapJob:
         self.result_queue = f"mr-{map_id}-results"
         self.attempts: dict[int, int] = {}
         self.reported: set[int] = set()
-        self.slots: dict[str, asyncio.Task[tuple[dict[str, Any], bytes]]] = {}
+        self.slots: dict[str, asyncio.Task[tuple[frames.Final, bytes]]] = {}
         self.placements: dict[str, Any] = {}
         self.task_costs = TaskCosts(backend, resources)
         self._last_top_up = 0.0

@@ -11,6 +11,7 @@ import math
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
+from meadowrun_core import frames
 from meadowrun_core.backend import Backend
 from meadowrun_core.exceptions import BadInputError, ResourcesNotAvailableError, TaskResult
 from meadowrun_core.resources import Resources
@@ -31,14 +32,14 @@ def check_retry_with_more_memory(value: object) -> bool:
     return value
 
 
-def ran_out_of_memory(final: dict[str, object]) -> bool:
+def ran_out_of_memory(final: frames.JobOutcome) -> bool:
     """Whether a single job's final event says it ran out of memory."""
     return final.get("status") == "out_of_memory" or (
         final.get("status") == "failed" and final.get("stage") == "memory"
     )
 
 
-def outcome_of(final: dict[str, object]) -> str:
+def outcome_of(final: frames.JobOutcome) -> str:
     """A single job attempt's outcome in a few words (for ``Attempt.outcome``)."""
     if ran_out_of_memory(final):
         return "out_of_memory"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pickle
-from typing import Any
 
+from meadowrun_core import frames
 from meadowrun_core.exceptions import (
     JobTimeoutError,
     MeadowrunError,
@@ -36,7 +36,7 @@ def failure_exception(payload: bytes, stage: str, where: str) -> TaskException:
     return TaskException(message, text, original)
 
 
-def raise_for_final(header: dict[str, Any], payload: bytes) -> None:
+def raise_for_final(header: frames.Final, payload: bytes) -> None:
     """Raise the exception that a non-successful final event stands for."""
     status = header["status"]
     job_id = header["job_id"]
@@ -62,7 +62,7 @@ def raise_for_final(header: dict[str, Any], payload: bytes) -> None:
 _RETRIED_STATUSES = ("died", "out_of_memory", "timed_out", "interrupted", "disconnected")
 
 
-def retry_reason(final: dict[str, Any], payload: bytes) -> str | None:
+def retry_reason(final: frames.Final, payload: bytes) -> str | None:
     """Why a single job's attempt failed, if running it again may help (its function raised,
     its command exited non-zero, its worker died or it timed out); None otherwise (it
     succeeded, was cancelled, or could not load)."""
