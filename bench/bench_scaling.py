@@ -210,8 +210,20 @@ def _map_line(row: dict[str, Any]) -> str:
     return line
 
 
-def _racer(home: str, instance_id: str, rounds: int, ready: Any, go: Any, out: Any) -> None:
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def _racer(
+    home: str, instance_id: str, rounds: int, pause: float, ready: Any, go: Any, out: Any
+) -> None:
+    """One client placing and freeing jobs; ``instance_id`` "": the control, which spins
+    for as long as one placement takes alone (0.1 ms) instead of touching the table."""
     os.environ["MEADOWRUN_HOME"] = home
+    import random
+
     import meadowrun_core as mr
     from meadowrun_core.local.allocation_table import SqliteAllocationTable
 
@@ -222,7 +234,15 @@ def _racer(home: str, instance_id: str, rounds: int, ready: Any, go: Any, out: A
     ready.put(os.getpid())  # imported and connected: the race starts when all are
     go.wait()
     for _ in range(rounds):
+        if pause:
+            time.sleep(random.uniform(0, 2 * pause))
         job = f"bench-{uuid.uuid4().hex[:12]}"
+        if not instance_id:
+            begin = time.perf_counter()
+            _spin(1e-4)
+            latencies.append(time.perf_counter() - begin)
+            _spin(1e-4)  # the free
+            continue
         begin = time.perf_counter()
         placed = table.place_on_existing([job], resources, client, "bench")
         latencies.append(time.perf_counter() - begin)
@@ -231,7 +251,13 @@ def _racer(home: str, instance_id: str, rounds: int, ready: Any, go: Any, out: A
     out.put(latencies)
 
 
-def allocation_series(clients: list[int], rounds: int) -> list[dict[str, Any]]:
+def allocation_series(
+    clients: list[int], rounds: int, offered: float | None = None, control: bool = False
+) -> list[dict[str, Any]]:
+    """``offered``: placements per second of all clients together, each client pausing at
+    random in between (mean ``clients / offered``); None: back to back (the CPU saturated).
+    ``control``: the same processes spinning 0.1 ms instead of placing (what the CPU's run
+    queue alone does to the latency of a 0.1 ms step)."""
     import meadowrun_core as mr
     from meadowrun_core.client.runtime import ClientRuntime
     from meadowrun_core.local import admin
@@ -245,9 +271,11 @@ def allocation_series(clients: list[int], rounds: int) -> list[dict[str, Any]]:
     context = multiprocessing.get_context("spawn")
     for count in clients:
         out, ready, go = context.Queue(), context.Queue(), context.Event()
+        pause = count / offered if offered else 0.0
         processes = [
             context.Process(
-                target=_racer, args=(home, instance.instance_id, rounds, ready, go, out)
+                target=_racer,
+                args=(home, "" if control else instance.instance_id, rounds, pause, ready, go, out),
             )
             for _ in range(count)
         ]
@@ -267,6 +295,8 @@ def allocation_series(clients: list[int], rounds: int) -> list[dict[str, Any]]:
         p50 = latencies[len(latencies) // 2]
         p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
         row = {
+            "offered": offered or 0.0,
+            "control": control,
             "clients": count,
             "p50_ms": p50 * 1e3,
             "p99_ms": p99 * 1e3,
@@ -275,7 +305,8 @@ def allocation_series(clients: list[int], rounds: int) -> list[dict[str, Any]]:
         }
         rows.append(row)
         print(
-            f"alloc clients={count:3d}  p50 {p50 * 1e3:7.2f} ms  p99 {p99 * 1e3:7.2f} ms  "
+            f"{'spin ' if control else 'alloc'} clients={count:3d} offered {offered or 0:5.0f}/s"
+            f"  p50 {p50 * 1e3:7.2f} ms  p99 {p99 * 1e3:7.2f} ms  "
             f"({len(latencies)} placements, {row['per_second']:.0f} placements+frees/s "
             f"in all; others {others:.2f})",
             flush=True,
@@ -307,10 +338,14 @@ def summary(map_rows: list[dict[str, Any]], alloc_rows: list[dict[str, Any]]) ->
         if len(mine) > 1:
             b = fitted_exponent([(r["instances"], r["seconds"]) for r in mine])
             lines.append(f"{count} tasks: map time ~ instances^{b:.2f}")
-    if len(alloc_rows) > 1:
-        p50 = fitted_exponent([(r["clients"], r["p50_ms"]) for r in alloc_rows])
-        p99 = fitted_exponent([(r["clients"], r["p99_ms"]) for r in alloc_rows])
-        lines.append(f"allocation latency ~ clients^{p50:.2f} (p50), ^{p99:.2f} (p99)")
+    for offered, control in sorted({(r["offered"], r["control"]) for r in alloc_rows}):
+        mine = [r for r in alloc_rows if (r["offered"], r["control"]) == (offered, control)]
+        if len(mine) > 1:
+            p50 = fitted_exponent([(r["clients"], r["p50_ms"]) for r in mine])
+            p99 = fitted_exponent([(r["clients"], r["p99_ms"]) for r in mine])
+            how = f"{offered:.0f} placements/s offered" if offered else "back to back"
+            what = "control: 0.1 ms spin" if control else "allocation"
+            lines.append(f"{what} latency ({how}) ~ clients^{p50:.2f} (p50), ^{p99:.2f} (p99)")
     return lines
 
 
@@ -321,6 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", default="1,4,16", help="instance counts (0.1 CPU each)")
     parser.add_argument("--clients", default="1,16,64", help="racing allocation clients")
     parser.add_argument("--rounds", type=int, default=50, help="placements per racing client")
+    parser.add_argument(
+        "--offered",
+        default="0,500",
+        help="allocation runs' placements per second in all (0: back to back)",
+    )
     parser.add_argument("--no-peer", action="store_true", help="skip the ProcessPoolExecutor")
     args = parser.parse_args(argv)
     tasks = [int(x) for x in args.tasks.split(",") if x] + ([1_000_000] if args.million else [])
@@ -330,7 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as home:
         os.environ["MEADOWRUN_HOME"] = home
         map_rows = map_series(tasks, widths, not args.no_peer) if tasks and widths else []
-        alloc_rows = allocation_series(clients, args.rounds) if clients else []
+        alloc_rows = []
+        for rate in [float(x) for x in args.offered.split(",") if x] if clients else []:
+            alloc_rows += allocation_series(clients, args.rounds, rate or None)
+            alloc_rows += allocation_series(clients, args.rounds, rate or None, control=True)
     print()
     for line in summary(map_rows, alloc_rows):
         print(line)

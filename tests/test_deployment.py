@@ -74,6 +74,41 @@ def test_mirror_uploads_only_what_changed(tmp_path: Path) -> None:
     assert len(list((cache / "nodes").iterdir())) == 1 + 20 + 2
 
 
+def test_mirror_returns_the_last_manifest_until_something_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every directory watched and no event since, an upload returns the last manifest
+    without reading the tree; any change, deep or shallow, is still seen."""
+    store, signer = _store(tmp_path)
+    src = tmp_path / "src"
+    _tree(src, dirs=3, files=2)
+    mirror = CodeMirror(store, signer)
+    first = mirror.upload([CodeRoot(src)])
+    assert mirror.upload([CodeRoot(src)]) == first  # from the watched cache: remembered
+    scans: list[str] = []
+    real_scandir = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda path: scans.append(path) or real_scandir(path))
+    signed: list[bytes] = []
+    real_sign = signer.sign
+    monkeypatch.setattr(signer, "sign", lambda body: signed.append(body) or real_sign(body))
+    assert mirror.upload([CodeRoot(src)]) == first and scans == [] and signed == []
+    (src / "pkg2" / "m1.py").write_text("X = 'deep change'\n")
+    second = mirror.upload([CodeRoot(src)])
+    assert second != first and scans == [str(src / "pkg2")]
+    (src / "pkg1" / "sub").mkdir()
+    (src / "pkg1" / "sub" / "new.py").write_text("Y = 1\n")
+    third = mirror.upload([CodeRoot(src)])
+    assert third != second
+    (root,) = materialize(store, signer, third, tmp_path / "cache")
+    assert (Path(root.path) / "pkg1" / "sub" / "new.py").read_text() == "Y = 1\n"
+    assert "deep change" in (Path(root.path) / "pkg2" / "m1.py").read_text()
+    mirror.close()  # no watcher: every upload reads the tree, and still sees changes
+    scans.clear()
+    assert mirror.upload([CodeRoot(src)]) == third and scans
+    (src / "pkg0" / "m0.py").write_text("X = 'after close'\n")
+    assert mirror.upload([CodeRoot(src)]) != third
+
+
 def test_mirror_globs_and_editable_finder(tmp_path: Path) -> None:
     store, signer = _store(tmp_path)
     src = tmp_path / "proj"

@@ -13,6 +13,7 @@ from typing import Any
 
 import psutil
 
+from meadowrun_core.agent.process_memory import tree_rss
 from meadowrun_core.agent.state import AgentState
 from meadowrun_core.exceptions import StateGoneError
 from meadowrun_core.seams.allocation_table import LAUNCH_GRACE_SECONDS
@@ -113,10 +114,7 @@ class Reconciler:
             if pid is None:
                 continue
             try:
-                proc = psutil.Process(pid)
-                rss = proc.memory_info().rss + sum(
-                    c.memory_info().rss for c in proc.children(recursive=True)
-                )
+                rss = tree_rss(pid)
             except psutil.Error:
                 continue
             limit = job.memory_gb * 2**30

@@ -24,6 +24,11 @@ from meadowrun_core.serialization import dumps_fast
 log = logging.getLogger(__name__)
 
 _mirrors: dict[str, CodeMirror] = {}
+# Mirrors kept per process (each holds an inotify instance, of which a user has 128 on the
+# whole machine: a process that opened one per cloud it ever used, a test run's hundreds of
+# temporary homes, left every other process of the user without a watcher, rescanning its
+# tree on every call). A dropped mirror only means the next upload to that cloud looks again.
+MAX_MIRRORS = 4
 _mirrors_lock = threading.Lock()
 # Blobs this client put (functions, large arguments), kept so that a copy found damaged in
 # the store can be replaced; bounded, oldest dropped first. Per cloud: key -> (blob, written).
@@ -154,6 +159,8 @@ def prepare_deployment(backend: Backend, deployment: Deployment) -> PreparedDepl
             mirror = _mirrors[backend.key] = CodeMirror(
                 backend.store, backend.signer, clock=lambda: clock()
             )
+            while len(_mirrors) > MAX_MIRRORS:  # the oldest: its inotify instance goes too
+                _mirrors.pop(next(iter(_mirrors))).close()
     before = mirror.bytes_uploaded
     prepared = prepare(
         deployment,

@@ -75,6 +75,15 @@ class CodeMirror:
         self._overwrite_next = False
         self._forget()
 
+    def close(self) -> None:
+        """Let go of the directory watcher (an inotify instance); uploads still work, each
+        looking at the whole tree."""
+        with self._lock:
+            if self._watcher is not None:
+                self._watcher.close()
+                self._watcher = None
+                self._dirs.clear()
+
     def _forget(self) -> None:
         """Trust nothing written before: the next upload writes every blob again."""
         self._files: dict[str, _CachedFile] = {}
@@ -85,6 +94,10 @@ class CodeMirror:
         self._packs: list[str] = []  # packs written since the epoch, newest first
         self._pending: dict[str, bytes] = {}
         self._epoch = self._clock()
+        # (roots, globs, packs) and the manifest key of the last upload that found every
+        # directory watched and unchanged, for the next such upload to return at once
+        self._unchanged_key: tuple[tuple[object, ...], str] | None = None
+        self._looked = False  # this upload read a directory or a file root from disk
 
     def _refresh_age(self) -> float | None:
         """How long what this mirror wrote is trusted: half the store's expiry, so anything a
@@ -114,11 +127,21 @@ class CodeMirror:
             age = self._refresh_age()
             if overwrite or (age is not None and self._clock() - self._epoch > age):
                 self._forget()
+            unchanged = False
             if self._watcher is not None:
                 dirty = self._watcher.changed()
                 if dirty is None:
                     self._dirs.clear()  # events were lost: look at everything again
                 self._dirty = dirty or set()
+                unchanged = dirty == set()
+            # every directory watched and no event since: the same manifest as last time
+            # (the upload that made it wrote all its blobs)
+            last = self._unchanged_key
+            same = last is not None and last[0] == (tuple(roots), globs, tuple(self._packs))
+            if unchanged and not overwrite and same and last is not None:
+                return last[1]
+            self._unchanged_key = None
+            self._looked = False
             try:
                 entries = []
                 for root in roots:
@@ -131,6 +154,8 @@ class CodeMirror:
                 body = json.dumps(manifest, sort_keys=True).encode()
                 key = self._put(self._signer.sign(body))
                 self._write_pending(overwrite)
+                if unchanged and not self._looked:
+                    self._unchanged_key = ((tuple(roots), globs, tuple(self._packs)), key)
                 return key
             except BaseException:
                 self._forget()  # some blobs may not have been written: trust nothing
@@ -172,6 +197,7 @@ class CodeMirror:
             files: list[list[str]] = []
             dirs: list[list[str]] = []
             if root.path.is_file():
+                self._looked = True  # a file root is not watched: stat it every time
                 key = self._file_key(path)
                 if key is not None:
                     files.append([root.path.name, key])
@@ -199,6 +225,7 @@ class CodeMirror:
             new_key = self._node(dirpath, cached.files, found) if cached.files or found else None
             self._dirs[dirpath] = _CachedDir(globs, cached.files, cached.subdirs, current, new_key)
             return new_key
+        self._looked = True
         watched = self._watcher is not None and self._watcher.watch(dirpath)
         try:
             with os.scandir(dirpath) as it:
