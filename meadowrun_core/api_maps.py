@@ -8,8 +8,10 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
+from meadowrun_core.client.map_driver import MapJob
 from meadowrun_core.client.map_prepare import prepare_map_job
 from meadowrun_core.client.names import check_function_name
+from meadowrun_core.client.runtime import ClientRuntime
 from meadowrun_core.deployment.spec import Deployment
 from meadowrun_core.exceptions import RunMapTasksFailedException, TaskResult
 from meadowrun_core.hosts import Host
@@ -76,8 +78,7 @@ def run_map_as_completed(
         for r in mr.run_map_as_completed(double, range(10)):
             print(r.task_id, r.result if r.is_success else r.exception)
     """
-    check_function_name(function, host, deployment)
-    runtime, job = prepare_map_job(
+    runtime, job = _prepare(
         function,
         args,
         host,
@@ -89,10 +90,10 @@ def run_map_as_completed(
         timeout,
         priority,
         retry_with_more_memory,
+        progress,
     )
     if job is None:
         return
-    job.progress = progress
     batches = job.result_batches()
     try:
         while True:
@@ -135,27 +136,24 @@ async def run_map_as_completed_async(
             print(r.task_id, r.result)
     """
 
-    def prepare() -> Any:
-        check_function_name(function, host, deployment)
-        return prepare_map_job(
-            function,
-            args,
-            host,
-            resources_per_task,
-            deployment,
-            num_concurrent_tasks,
-            max_num_task_attempts,
-            cache,
-            timeout,
-            priority,
-            retry_with_more_memory,
-        )
-
     # validating, pickling and uploading block: do them off the caller's event loop
-    runtime, job = await asyncio.to_thread(prepare)
+    runtime, job = await asyncio.to_thread(
+        _prepare,
+        function,
+        args,
+        host,
+        resources_per_task,
+        deployment,
+        num_concurrent_tasks,
+        max_num_task_attempts,
+        cache,
+        timeout,
+        priority,
+        retry_with_more_memory,
+        progress,
+    )
     if job is None:
         return
-    job.progress = progress
     batches = job.result_batches()
     try:
         while True:
@@ -168,8 +166,46 @@ async def run_map_as_completed_async(
         await runtime.run_async(batches.aclose())
 
 
+def _prepare(
+    function: Callable[..., Any] | str,
+    args: Iterable[Any],
+    host: Host | None,
+    resources_per_task: Resources | None,
+    deployment: Deployment | None,
+    num_concurrent_tasks: int | None,
+    max_num_task_attempts: int,
+    cache: bool,
+    timeout: float | None,
+    priority: float,
+    retry_with_more_memory: bool,
+    progress: bool | None,
+) -> tuple[ClientRuntime, MapJob | None]:
+    """Check, pickle and upload a map before anything is allocated (None: no task)."""
+    check_function_name(function, host, deployment)
+    runtime, job = prepare_map_job(
+        function,
+        args,
+        host,
+        resources_per_task,
+        deployment,
+        num_concurrent_tasks,
+        max_num_task_attempts,
+        cache,
+        timeout,
+        priority,
+        retry_with_more_memory,
+    )
+    if job is not None:
+        job.progress = progress
+    return runtime, job
+
+
 async def _next(batches: AsyncGenerator[list[TaskResult], None]) -> list[TaskResult]:
     return await anext(batches)
+
+
+async def _all(batches: AsyncGenerator[list[TaskResult], None]) -> list[TaskResult]:
+    return [result async for batch in batches for result in batch]
 
 
 def _in_order(results: Iterable[TaskResult], count_hint: int | None = None) -> list[Any]:
@@ -239,22 +275,29 @@ def run_map(
         mr.run_map(process, files, resources_per_task=mr.Resources(memory_gb=8),
                    max_num_task_attempts=3, progress=False)
     """
-    return _in_order(
-        run_map_as_completed(
-            function,
-            args,
-            host=host,
-            resources_per_task=resources_per_task,
-            deployment=deployment,
-            num_concurrent_tasks=num_concurrent_tasks,
-            max_num_task_attempts=max_num_task_attempts,
-            timeout=timeout,
-            progress=progress,
-            cache=cache,
-            priority=priority,
-            retry_with_more_memory=retry_with_more_memory,
-        )
+    runtime, job = _prepare(
+        function,
+        args,
+        host,
+        resources_per_task,
+        deployment,
+        num_concurrent_tasks,
+        max_num_task_attempts,
+        cache,
+        timeout,
+        priority,
+        retry_with_more_memory,
+        progress,
     )
+    if job is None:
+        return []
+    batches = job.result_batches()
+    try:
+        # every batch gathered on the client's loop, the caller woken once: waking it per
+        # batch (a thread hand-over under the GIL each) cost a CPU map about 1 ms a task
+        return _in_order(runtime.run(_all(batches)))
+    finally:
+        runtime.run(batches.aclose())
 
 
 async def run_map_async(
@@ -288,21 +331,25 @@ async def run_map_async(
 
         results = await mr.run_map_async(double, range(10), num_concurrent_tasks=2)
     """
-    results = [
-        r
-        async for r in run_map_as_completed_async(
-            function,
-            args,
-            host=host,
-            resources_per_task=resources_per_task,
-            deployment=deployment,
-            num_concurrent_tasks=num_concurrent_tasks,
-            max_num_task_attempts=max_num_task_attempts,
-            timeout=timeout,
-            progress=progress,
-            cache=cache,
-            priority=priority,
-            retry_with_more_memory=retry_with_more_memory,
-        )
-    ]
-    return _in_order(results)
+    runtime, job = await asyncio.to_thread(
+        _prepare,
+        function,
+        args,
+        host,
+        resources_per_task,
+        deployment,
+        num_concurrent_tasks,
+        max_num_task_attempts,
+        cache,
+        timeout,
+        priority,
+        retry_with_more_memory,
+        progress,
+    )
+    if job is None:
+        return []
+    batches = job.result_batches()
+    try:
+        return _in_order(await runtime.run_async(_all(batches)))
+    finally:
+        await runtime.run_async(batches.aclose())

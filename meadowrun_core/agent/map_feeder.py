@@ -29,7 +29,7 @@ from meadowrun_core.map_messages import (
     encode_messages,
 )
 from meadowrun_core.seams.object_store import ObjectStore
-from meadowrun_core.seams.task_queue import TaskQueue
+from meadowrun_core.seams.task_queue import TaskQueue, call, receive_waiting
 from meadowrun_core.serialization import Signer
 
 log = logging.getLogger(__name__)
@@ -114,8 +114,8 @@ class MapFeeder:
         started = time.monotonic()
         wait = self.queues.max_wait_seconds
         try:
-            messages = await asyncio.to_thread(
-                self.queues.receive,
+            messages = await receive_waiting(
+                self.queues,
                 self.request_queue,
                 max(1, min(10, self.slots)),
                 self.visibility_timeout,
@@ -130,7 +130,8 @@ class MapFeeder:
             if self._closed or self.interrupted:
                 # nobody here takes them any more: hand them straight back
                 if messages:
-                    await asyncio.to_thread(
+                    await call(
+                        self.queues,
                         self.queues.change_visibility,
                         self.request_queue,
                         [m.receipt for m in messages],
@@ -204,7 +205,8 @@ class MapFeeder:
                 if time.monotonic() - self._last_extend > self.visibility_timeout / 3:
                     self._last_extend = time.monotonic()
                     if self.held:
-                        await asyncio.to_thread(
+                        await call(
+                            self.queues,
                             self.queues.change_visibility,
                             self.request_queue,
                             list(self.held),
@@ -227,13 +229,13 @@ class MapFeeder:
                     RESULT_FLUSH_COUNT,
                     self.queues.max_message_bytes,
                 )
-                await asyncio.to_thread(self.queues.send_batch, self.result_queue, bodies)
+                await call(self.queues, self.queues.send_batch, self.result_queue, bodies)
             except BaseException:
                 self._buffer[:0] = results  # not sent: keep them for the next flush
                 raise
         if self._done_receipts:
             receipts, self._done_receipts = self._done_receipts, []
-            await asyncio.to_thread(self.queues.delete, self.request_queue, receipts)
+            await call(self.queues, self.queues.delete, self.request_queue, receipts)
 
     async def give_back(self) -> None:
         """Return every unfinished task to the queue, attempts unchanged (interruption, or no
@@ -249,11 +251,11 @@ class MapFeeder:
                 MAX_TASKS_PER_MESSAGE,
                 self.queues.max_message_bytes,
             )
-            await asyncio.to_thread(self.queues.send_batch, self.request_queue, bodies)
+            await call(self.queues, self.queues.send_batch, self.request_queue, bodies)
         await self.flush()
         receipts = [h.receipt for h in held]
         if receipts:
-            await asyncio.to_thread(self.queues.delete, self.request_queue, receipts)
+            await call(self.queues, self.queues.delete, self.request_queue, receipts)
         log.info("returned %d unfinished tasks of %s to the queue", len(resend), self.request_queue)
 
     async def close(self) -> None:

@@ -28,6 +28,7 @@ class SqsTaskQueue:
     max_message_bytes = MAX_MESSAGE_BYTES
     batch_seconds = 0.25
     max_wait_seconds = MAX_WAIT_SECONDS
+    local = False  # every call is a request: made in a thread
 
     def __init__(self, sqs: Any, prefix: str = "meadowrun-") -> None:
         self._sqs = sqs

@@ -96,6 +96,7 @@ class StorageQueueTaskQueue:
     max_message_bytes = MAX_MESSAGE_BYTES
     batch_seconds = 0.25
     max_wait_seconds = MAX_WAIT_SECONDS
+    local = False  # every call is a request: made in a thread
 
     def __init__(self, queue_service: Any, prefix: str = "meadowrun-") -> None:
         """``queue_service``: an ``azure.storage.queue.QueueServiceClient``."""

@@ -43,6 +43,7 @@ from meadowrun_core.map_messages import (
     encode_messages,
 )
 from meadowrun_core.resources import Resources
+from meadowrun_core.seams.task_queue import QueueMessage, receive_waiting
 
 log = logging.getLogger(__name__)
 
@@ -269,17 +270,26 @@ class MapJob:
         """One long poll of the result queue, decoded (off the event loop's thread)."""
         queues, signer, store = self.backend.queues, self.backend.signer, self.backend.store
 
-        def receive() -> list[Any]:
-            messages = queues.receive(
-                self.result_queue, 10, RESULT_VISIBILITY_SECONDS, queues.max_wait_seconds
-            )
+        def receive(messages: list[QueueMessage]) -> list[Any]:
             self._undeleted.extend(m.receipt for m in messages)
             if len(self._undeleted) >= MAX_UNDELETED_RESULTS:
                 receipts, self._undeleted = self._undeleted, []
                 queues.delete(self.result_queue, receipts)
             return [decode_message(signer, store, m.body) for m in messages if m.body != WAKE]
 
-        return await asyncio.to_thread(receive)
+        if queues.local:  # looked at from the loop itself (seams.task_queue.receive_waiting)
+            wait = queues.max_wait_seconds
+            messages = await receive_waiting(
+                queues, self.result_queue, 10, RESULT_VISIBILITY_SECONDS, wait
+            )
+            return receive(messages)
+        return await asyncio.to_thread(
+            lambda: receive(
+                queues.receive(
+                    self.result_queue, 10, RESULT_VISIBILITY_SECONDS, queues.max_wait_seconds
+                )
+            )
+        )
 
     async def handle(self, results: list[tuple[Any, ...]]) -> list[TaskResult]:
         out: list[TaskResult] = []

@@ -43,6 +43,7 @@ class SqliteTaskQueue:
     max_message_bytes = 256 * 1024
     batch_seconds = 0.003
     max_wait_seconds = 20.0
+    local = True
 
     def __init__(self, path: Path) -> None:
         self._db = SqliteDb(path, _SCHEMA)
