@@ -83,12 +83,14 @@ def run(*argv: str, check: bool = True, input: bytes | None = None) -> str:
 
 @dataclass(frozen=True)
 class IngressRule:
-    """Admit ``protocol`` ("tcp", "udp" or "all") from ``cidr`` to the port range."""
+    """Admit ``protocol`` ("tcp", "udp", "icmp" or "all") from ``cidr`` to the port range
+    (``action`` "DROP": refuse it; the first rule that matches decides, as in an Azure NSG)."""
 
     protocol: str
     cidr: str
     from_port: int = 0
     to_port: int = 65535
+    action: str = "ACCEPT"
 
 
 class TwinNetwork:
@@ -250,12 +252,13 @@ class TwinHost:
             "-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
         ]
         for rule in self.ingress:
-            if rule.protocol == "all":
-                lines.append(f"-A INPUT -s {rule.cidr} -j ACCEPT")
+            if rule.protocol in ("all", "icmp"):
+                protocol = "" if rule.protocol == "all" else "-p icmp "
+                lines.append(f"-A INPUT {protocol}-s {rule.cidr} -j {rule.action}")
             else:
                 lines.append(
                     f"-A INPUT -p {rule.protocol} -s {rule.cidr} "
-                    f"--dport {rule.from_port}:{rule.to_port} -j ACCEPT"
+                    f"--dport {rule.from_port}:{rule.to_port} -j {rule.action}"
                 )
         lines += [
             "COMMIT",
