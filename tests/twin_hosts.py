@@ -107,7 +107,12 @@ class TwinNetwork:
         self._hosts: dict[str, TwinHost] = {}
         self._counter = 0
         remove_stale(tag)
-        run("ip", "link", "add", self.bridge, "type", "bridge")
+        # A fixed address: a bridge left to itself takes its lowest port's, and changes it when
+        # that host powers off, leaving the others' ARP entries for the gateway stale for
+        # seconds (their requests to the gateway stall meanwhile).
+        octets = self.subnet.network_address.packed
+        mac = f"02:6d:72:{octets[1]:02x}:{octets[2]:02x}:01"
+        run("ip", "link", "add", self.bridge, "address", mac, "type", "bridge")
         run("ip", "addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.bridge)
         run("ip", "link", "set", self.bridge, "up")
 
