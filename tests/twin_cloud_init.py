@@ -95,12 +95,12 @@ def lay_disk(disk: Path, document: dict[str, Any], environment: dict[str, str]) 
     # write_files, then runcmd: one script, as cloud-init's scripts-user stage runs it.
     script = ["#!/bin/sh"]
     for item in document.get("write_files", []) or []:
-        path = shlex.quote(str(item["path"]))
+        target = shlex.quote(str(item["path"]))
         content = str(item.get("content", "")).encode()
         script += [
-            f"mkdir -p $(dirname {path})",
-            f"echo {base64.b64encode(content).decode()} | base64 -d > {path}",
-            f"chmod {item.get('permissions', '0644')} {path}",
+            f"mkdir -p $(dirname {target})",
+            f"echo {base64.b64encode(content).decode()} | base64 -d > {target}",
+            f"chmod {item.get('permissions', '0644')} {target}",
         ]
     for command in document.get("runcmd", []) or []:
         script.append(command if isinstance(command, str) else shlex.join(map(str, command)))
