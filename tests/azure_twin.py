@@ -3,7 +3,8 @@ Vault secrets and the Retail Prices API, played over HTTPS on one address for th
 SDK clients, because no emulator exists for them (Azurite covers storage only).
 
 Parts, each with the documentation its responses follow in its own docstring:
-``azure_twin_arm.py`` (+ ``azure_twin_lro.py``, ``azure_twin_network.py``),
+``azure_twin_arm.py`` (+ ``azure_twin_lro.py``, ``azure_twin_network.py``,
+``azure_twin_nsg.py``),
 ``azure_twin_vault.py``, ``azure_twin_http.py`` (server, test credential), and here the
 Retail Prices API (learn.microsoft.com/rest/api/cost-management/retail-prices/azure-retail-
 prices: ``GET /api/retail/prices?$filter=...``, ``{"BillingCurrency", "CustomerEntityId",
@@ -16,9 +17,10 @@ Clients: ``compute_client()`` (azure-mgmt-compute through ``base_url``), ``secre
 trusting the twin's own certificate through ``connection_verify``; ``prices_url`` and
 ``ssl_context()`` for the plain HTTPS GETs of the price client.
 
-The ``on_vm_created`` / ``on_vm_deleted`` hooks of ``arm`` are where a host twin (tests/
-twin_hosts.py) plugs in: bind the twin to the twin network's gateway (``host=``), boot a
-``TwinHost`` from ``TwinVm.custom_data`` and return its address.
+The ``on_vm_created`` / ``on_vm_deleted`` hooks of ``arm`` are where the host twin plugs in
+(``azure_twin_hosts.py``: every VM a ``TwinHost`` on a ``TwinNetwork``, its firewall the VM's
+network security group, the Instance Metadata Service at 169.254.169.254): bind the twin to
+the twin network's gateway (``host=``).
 """
 
 from __future__ import annotations

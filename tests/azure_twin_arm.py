@@ -1,5 +1,7 @@
 """The Azure Resource Manager part of the Azure twin: compute SKUs and virtual machines, in
-memory (their network resources: ``azure_twin_network.py``; operations: ``azure_twin_lro.py``).
+memory (their network resources: ``azure_twin_network.py``; network security groups:
+``azure_twin_nsg.py``, which a VM's NIC configuration may name; operations:
+``azure_twin_lro.py``).
 
 Shapes follow the Compute REST reference and the examples in ``Azure/azure-rest-api-specs``
 (``specification/compute/resource-manager/Microsoft.Compute``):
@@ -39,9 +41,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from tests.azure_twin_http import ARM_SCOPE, Request, Response, error
+from tests.azure_twin_http import ARM_SCOPE, Request, Response, error, no_group, not_found
 from tests.azure_twin_lro import Operations, now
 from tests.azure_twin_network import network_resources, nic_refs
+from tests.azure_twin_nsg import NsgTwin
 from tests.azure_twin_quota import capabilities, quota_error
 
 _SUB = r"/subscriptions/(?P<sub>[^/]+)"
@@ -115,6 +118,7 @@ class ArmTwin:
         self.on_vm_created: list[Callable[[TwinVm], str | None]] = []
         self.on_vm_deleted: list[Callable[[TwinVm], None]] = []
         self.resource_groups: dict[str, str] = {}  # lower-cased name -> location
+        self.nsgs = NsgTwin(self.resource_groups, lambda: [vm.resource for vm in self.vms()])
         self._lock = threading.Lock()
         self._vms: dict[tuple[str, str], TwinVm] = {}  # (rg, name), lower-cased
         self._net: dict[tuple[str, str, str], dict[str, Any]] = {}  # (kind, rg, name), lower
@@ -182,22 +186,24 @@ class ArmTwin:
             return self._list_vms(m["rg"])
         if m := _VM.fullmatch(path):
             if m["rg"].lower() not in self.resource_groups:
-                return _no_group(m["rg"])
+                return no_group(m["rg"])
             if method == "PUT":
                 return self._create(request, m["rg"], m["name"])
             if method == "GET":
                 with self._lock:
                     vm = self._vms.get((m["rg"].lower(), m["name"].lower()))
                 if vm is None:
-                    return _not_found("Microsoft.Compute/virtualMachines", m["name"], m["rg"])
+                    return not_found("Microsoft.Compute/virtualMachines", m["name"], m["rg"])
                 return Response(200, vm.resource)
             if method == "DELETE":
                 return self._delete(request, m["rg"], m["name"])
+        if (answer := self.nsgs.handle(request)) is not None:
+            return answer
         if (m := _NET.fullmatch(path)) and method == "GET":
             with self._lock:
                 found = self._net.get((m["kind"].lower(), m["rg"].lower(), m["name"].lower()))
             if found is None:
-                return _not_found(f"Microsoft.Network/{m['kind']}", m["name"], m["rg"])
+                return not_found(f"Microsoft.Network/{m['kind']}", m["name"], m["rg"])
             return Response(200, found)
         return error(400, "InvalidResourceType", f"The twin does not serve {method} {path}.")
 
@@ -239,6 +245,10 @@ class ArmTwin:
                 "InvalidParameter",
                 "The twin creates VMs with inline networkInterfaceConfigurations only.",
             )
+        rg_id = request.path.split("/providers/")[0]
+        nic_id = nic_refs(rg_id, name, network["networkInterfaceConfigurations"])[0]["id"]
+        if (missing := self.nsgs.missing_reference(body, nic_id)) is not None:
+            return missing
         with self._lock:
             if (rg.lower(), name.lower()) in self._vms:
                 return error(409, "Conflict", f"The twin does not update VMs; '{name}' exists.")
@@ -351,7 +361,7 @@ class ArmTwin:
 
     def _list_vms(self, rg: str | None) -> Response:
         if rg is not None and rg.lower() not in self.resource_groups:
-            return _no_group(rg)
+            return no_group(rg)
         with self._lock:
             found = [
                 vm.resource
@@ -381,16 +391,3 @@ class ArmTwin:
 
 def _offered(sku: dict[str, Any], location: str) -> bool:
     return location.lower() in [loc.lower() for loc in sku.get("locations", [])]
-
-
-def _no_group(rg: str) -> Response:
-    return error(404, "ResourceGroupNotFound", f"Resource group '{rg}' could not be found.")
-
-
-def _not_found(kind: str, name: str, rg: str) -> Response:
-    return error(
-        404,
-        "ResourceNotFound",
-        f"The Resource '{kind}/{name}' under resource group '{rg}' was not found. For more "
-        "details please go to https://aka.ms/ARMResourceNotFoundFix",
-    )

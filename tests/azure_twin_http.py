@@ -63,6 +63,20 @@ def error(status: int, code: str, message: str, **headers: str) -> Response:
     return Response(status, {"error": {"code": code, "message": message}}, dict(headers))
 
 
+def no_group(rg: str) -> Response:
+    return error(404, "ResourceGroupNotFound", f"Resource group '{rg}' could not be found.")
+
+
+def not_found(kind: str, name: str, rg: str) -> Response:
+    """ARM's 404 for a missing resource ("Resolve resource not found errors")."""
+    return error(
+        404,
+        "ResourceNotFound",
+        f"The Resource '{kind}/{name}' under resource group '{rg}' was not found. For more "
+        "details please go to https://aka.ms/ARMResourceNotFoundFix",
+    )
+
+
 class TwinCredential:
     """A ``TokenCredential`` for tests: a token per scope, recording what was asked for."""
 

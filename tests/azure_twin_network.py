@@ -90,8 +90,15 @@ def network_resources(
                         "ipConfigurations": ip_configs,
                         "primary": ref["properties"]["primary"],
                         "virtualMachine": {"id": vm["id"]},
+                        **_group(config),
                     },
                 },
             )
         )
     return found
+
+
+def _group(config: dict[str, Any]) -> dict[str, Any]:
+    """The NIC's ``networkSecurityGroup`` reference, when its configuration names one."""
+    group = config.get("properties", {}).get("networkSecurityGroup")
+    return {"networkSecurityGroup": {"id": group["id"]}} if group else {}

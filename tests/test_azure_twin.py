@@ -20,6 +20,7 @@ from azure.mgmt.network import NetworkManagementClient
 from tests.azure_twin import LOCATION, RESOURCE_GROUP, SUBSCRIPTION, AzureTwin, running_twin
 from tests.azure_twin_arm import TwinVm
 from tests.azure_twin_http import VAULT_SCOPE
+from tests.azure_twin_nsg import ingress_rules
 
 CLOUD_CONFIG = "#cloud-config\nruncmd:\n  - echo booted\n"
 
@@ -172,3 +173,56 @@ def test_arm_refuses_a_token_for_another_audience(twin: AzureTwin) -> None:
     )
     with pytest.raises(ClientAuthenticationError):
         list(wrong.virtual_machines.list(RESOURCE_GROUP))
+
+
+def test_network_security_groups_and_the_firewall_they_make(twin: AzureTwin) -> None:
+    network, compute = network_client(twin), twin.compute_client()
+
+    def rule(priority: int, port: str, source: str, access: str = "Allow") -> dict[str, Any]:
+        return {
+            "properties": {
+                "protocol": "Tcp", "sourceAddressPrefix": source, "sourcePortRange": "*",
+                "destinationAddressPrefix": "*", "destinationPortRange": port,
+                "access": access, "priority": priority, "direction": "Inbound",
+            }
+        }  # fmt: skip
+
+    rules = [{"name": "ssh", **rule(200, "22", "*")}]
+    body = {"location": LOCATION, "properties": {"securityRules": rules}}
+    nsg = network.network_security_groups.begin_create_or_update(RESOURCE_GROUP, "g", body).result()
+    assert len(nsg.default_security_rules) == 6 and nsg.provisioning_state == "Succeeded"
+    deny = rule(100, "22", "198.51.100.0/24", access="Deny")
+    network.security_rules.begin_create_or_update(RESOURCE_GROUP, "g", "deny", deny).result()
+    with pytest.raises(HttpResponseError) as clash:
+        network.security_rules.begin_create_or_update(
+            RESOURCE_GROUP, "g", "x", rule(100, "80", "*")
+        )
+    assert clash.value.error is not None and clash.value.error.code == "SecurityRuleConflict"
+    with pytest.raises(HttpResponseError, match="SecurityRuleInvalidPriority"):
+        network.security_rules.begin_create_or_update(RESOURCE_GROUP, "g", "x", rule(50, "80", "*"))
+    # first match by priority: the Deny comes before the Allow, then Azure's defaults
+    group = network.network_security_groups.get(RESOURCE_GROUP, "g")
+    firewall = ingress_rules(twin.arm.nsgs.get(nsg.id), ["10.0.0.0/25"], ["10.0.0.1/32"])
+    assert [(r.cidr, r.from_port, r.action) for r in firewall] == [
+        ("198.51.100.0/24", 22, "DROP"), ("0.0.0.0/0", 22, "ACCEPT"),
+        ("10.0.0.0/25", 0, "ACCEPT"), ("0.0.0.0/0", 0, "DROP"),
+    ]  # fmt: skip
+    assert [r.name for r in group.security_rules] == ["ssh", "deny"]
+
+    vm = spot_vm()
+    nic_config = vm["properties"]["networkProfile"]["networkInterfaceConfigurations"][0]
+    nic_config["properties"]["networkSecurityGroup"] = {"id": nsg.id + "-missing"}
+    with pytest.raises(HttpResponseError, match="InvalidResourceReference"):
+        compute.virtual_machines.begin_create_or_update(RESOURCE_GROUP, "vm1", vm)
+    nic_config["properties"]["networkSecurityGroup"] = {"id": nsg.id}
+    created = compute.virtual_machines.begin_create_or_update(RESOURCE_GROUP, "vm1", vm).result()
+    nic_name = created.network_profile.network_interfaces[0].id.rsplit("/", 1)[1]
+    assert (
+        network.network_interfaces.get(RESOURCE_GROUP, nic_name).network_security_group.id == nsg.id
+    )
+    with pytest.raises(HttpResponseError, match="InUseNetworkSecurityGroupCannotBeDeleted"):
+        network.network_security_groups.begin_delete(RESOURCE_GROUP, "g").result()
+    compute.virtual_machines.begin_delete(RESOURCE_GROUP, "vm1").result()
+    network.network_security_groups.begin_delete(RESOURCE_GROUP, "g").result()
+    with pytest.raises(ResourceNotFoundError):
+        network.network_security_groups.get(RESOURCE_GROUP, "g")

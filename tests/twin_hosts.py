@@ -13,9 +13,9 @@ it, taking none of the shortcuts a real account never offers:
   ``/run`` and ``/etc/ssh`` (its "disk", ``disk_dir``), the project's checkout and virtual
   environment hidden, so nothing of ours is installed: only the image's ``python3``;
 * a real OpenSSH ``sshd`` with the host key and users from its cloud-config user data;
-* cloud-init's work done as cloud-init does it: ``ssh_keys``, ``users`` (with
-  ``ssh_authorized_keys``), ``write_files``, then ``runcmd`` as root, as one shell script with
-  a timeout, its output in ``/var/log/cloud-init-output.log``;
+* cloud-init's work done as cloud-init does it (tests/twin_cloud_init.py): ``ssh_keys``,
+  ``users`` (with ``ssh_authorized_keys``), ``write_files``, then ``runcmd`` as root, as one
+  shell script with a timeout, its output in ``/var/log/cloud-init-output.log``;
 * the instance metadata address 169.254.169.254:80 redirected (DNAT) to the metadata server
   the cloud twin runs on the gateway, which tells hosts apart by their source address.
 
@@ -25,7 +25,6 @@ Powering off kills every process in the namespace and deletes it. Needs root, ``
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import ipaddress
 import logging
@@ -39,19 +38,20 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
+from tests.twin_cloud_init import (
+    ACCOUNT_FILES,
+    PRIVATE_DIRS,
+    SSHD,
+    disk_path,
+    lay_disk,
+)
+
 _log = logging.getLogger(__name__)
 
-SSHD = "/usr/sbin/sshd"
 METADATA_IP = "169.254.169.254"
-RUNCMD_TIMEOUT_SECONDS = 900
-_FIRST_UID = 2000
-# The image's folders each host gets a private, initially empty copy of.
-_PRIVATE_DIRS = ("home", "root", "opt", "tmp", "var", "run", "etc/ssh")
-_ACCOUNT_FILES = ("passwd", "group", "shadow")
 
 
 def require_twin_tools() -> None:
@@ -83,12 +83,14 @@ def run(*argv: str, check: bool = True, input: bytes | None = None) -> str:
 
 @dataclass(frozen=True)
 class IngressRule:
-    """Admit ``protocol`` ("tcp", "udp" or "all") from ``cidr`` to the port range."""
+    """Admit ``protocol`` ("tcp", "udp", "icmp" or "all") from ``cidr`` to the port range
+    (``action`` "DROP": refuse it; the first rule that matches decides, as in an Azure NSG)."""
 
     protocol: str
     cidr: str
     from_port: int = 0
     to_port: int = 65535
+    action: str = "ACCEPT"
 
 
 class TwinNetwork:
@@ -105,7 +107,12 @@ class TwinNetwork:
         self._hosts: dict[str, TwinHost] = {}
         self._counter = 0
         remove_stale(tag)
-        run("ip", "link", "add", self.bridge, "type", "bridge")
+        # A fixed address: a bridge left to itself takes its lowest port's, and changes it when
+        # that host powers off, leaving the others' ARP entries for the gateway stale for
+        # seconds (their requests to the gateway stall meanwhile).
+        octets = self.subnet.network_address.packed
+        mac = f"02:6d:72:{octets[1]:02x}:{octets[2]:02x}:01"
+        run("ip", "link", "add", self.bridge, "address", mac, "type", "bridge")
         run("ip", "addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.bridge)
         run("ip", "link", "set", self.bridge, "up")
 
@@ -189,11 +196,7 @@ class TwinHost:
     # --- disk ----------------------------------------------------------------------------------
     def path(self, inside: str) -> Path:
         """Where a path of the host's own filesystem lies on its disk (private dirs only)."""
-        relative = inside.lstrip("/")
-        for private in sorted(_PRIVATE_DIRS, key=len, reverse=True):
-            if relative == private or relative.startswith(private + "/"):
-                return self.disk_dir / relative
-        raise ValueError(f"{inside} is on the shared image, not on {self.name}'s disk")
+        return disk_path(self.disk_dir, inside, self.name)
 
     def cloud_init_log(self) -> str:
         log = self.path("/var/log/cloud-init-output.log")
@@ -215,7 +218,7 @@ class TwinHost:
         self._metadata = metadata
         self._plug_in()
         self.set_ingress(ingress)
-        self._lay_disk(document, environment)
+        lay_disk(self.disk_dir, document, environment)
         self.booted_at = time.time()
         self._start_init(hostname)
         self.powered = True
@@ -250,12 +253,13 @@ class TwinHost:
             "-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
         ]
         for rule in self.ingress:
-            if rule.protocol == "all":
-                lines.append(f"-A INPUT -s {rule.cidr} -j ACCEPT")
+            if rule.protocol in ("all", "icmp"):
+                protocol = "" if rule.protocol == "all" else "-p icmp "
+                lines.append(f"-A INPUT {protocol}-s {rule.cidr} -j {rule.action}")
             else:
                 lines.append(
                     f"-A INPUT -p {rule.protocol} -s {rule.cidr} "
-                    f"--dport {rule.from_port}:{rule.to_port} -j ACCEPT"
+                    f"--dport {rule.from_port}:{rule.to_port} -j {rule.action}"
                 )
         lines += [
             "COMMIT",
@@ -274,89 +278,6 @@ class TwinHost:
             input="\n".join(lines).encode(),
         )  # fmt: skip
 
-    def _lay_disk(self, document: dict[str, Any], environment: dict[str, str]) -> None:
-        disk = self.disk_dir
-        disk.mkdir(parents=True, exist_ok=True)
-        for private in _PRIVATE_DIRS:
-            (disk / private).mkdir(parents=True, exist_ok=True)
-        for name in ("log", "lib/cloud", "tmp"):
-            (disk / "var" / name).mkdir(parents=True, exist_ok=True)
-        (disk / "var/tmp").chmod(0o1777)
-        (disk / "tmp").chmod(0o1777)
-        with contextlib.suppress(FileExistsError):
-            (disk / "var/run").symlink_to("/run")
-        (disk / "run/sshd").mkdir(mode=0o755, exist_ok=True)
-        (disk / "root").chmod(0o700)
-        # /etc/passwd, group, shadow: the image's, plus cloud-init's users.
-        accounts = {name: Path(f"/etc/{name}").read_text() for name in _ACCOUNT_FILES}
-        users = [u for u in document.get("users", []) if isinstance(u, dict)]
-        for offset, user in enumerate(users):
-            uid = _FIRST_UID + offset
-            name = str(user["name"])
-            home = Path(f"/home/{name}")
-            shell = str(user.get("shell", "/bin/sh"))
-            accounts["passwd"] += f"{name}:x:{uid}:{uid}::{home}:{shell}\n"
-            accounts["group"] += f"{name}:x:{uid}:\n"
-            accounts["shadow"] += f"{name}:*:19000:0:99999:7:::\n"
-            ssh_dir = self.path(f"{home}/.ssh")
-            ssh_dir.mkdir(parents=True, exist_ok=True)
-            keys = "".join(f"{key}\n" for key in user.get("ssh_authorized_keys", []))
-            (ssh_dir / "authorized_keys").write_text(keys)
-            (ssh_dir / "authorized_keys").chmod(0o600)
-            ssh_dir.chmod(0o700)
-            for path in (ssh_dir.parent, ssh_dir, ssh_dir / "authorized_keys"):
-                os.chown(path, uid, uid)
-            self.path(str(home)).chmod(0o750)
-        account_dir = disk / "accounts"
-        account_dir.mkdir(exist_ok=True)
-        for name, text in accounts.items():
-            (account_dir / name).write_text(text)
-        (account_dir / "shadow").chmod(0o640)
-        # ssh_keys: the host keys cloud-init writes to /etc/ssh.
-        etc_ssh = disk / "etc/ssh"
-        for key_type, text in (document.get("ssh_keys") or {}).items():
-            algorithm, _, half = str(key_type).rpartition("_")
-            path = etc_ssh / f"ssh_host_{algorithm}_key"
-            if half == "public":
-                path = path.with_suffix(".pub")
-            path.write_text(str(text).rstrip("\n") + "\n")
-            path.chmod(0o600 if half == "private" else 0o644)
-        host_keys = sorted(etc_ssh.glob("ssh_host_*_key"))
-        set_env = " ".join(f"{name}={value}" for name, value in sorted(environment.items()))
-        (etc_ssh / "sshd_config").write_text(
-            "Port 22\nListenAddress 0.0.0.0\n"
-            + "".join(f"HostKey /etc/ssh/{key.name}\n" for key in host_keys)
-            + "PidFile /run/sshd.pid\nUsePAM no\nPasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin no\n"
-            "AuthorizedKeysFile .ssh/authorized_keys\nAllowTcpForwarding yes\n"
-            "StrictModes yes\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\n"
-            + (f"SetEnv {set_env}\n" if set_env else "")
-        )
-        # write_files, then runcmd: one script, as cloud-init's scripts-user stage runs it.
-        script = ["#!/bin/sh"]
-        for item in document.get("write_files", []) or []:
-            path = shlex.quote(str(item["path"]))
-            content = str(item.get("content", "")).encode()
-            script += [
-                f"mkdir -p $(dirname {path})",
-                f"echo {base64.b64encode(content).decode()} | base64 -d > {path}",
-                f"chmod {item.get('permissions', '0644')} {path}",
-            ]
-        for command in document.get("runcmd", []) or []:
-            script.append(command if isinstance(command, str) else shlex.join(map(str, command)))
-        runcmd = disk / "var/lib/cloud/runcmd"
-        runcmd.write_text("\n".join(script) + "\n")
-        runcmd.chmod(0o700)
-        (disk / "run/twin-init").write_text(
-            "#!/bin/sh\n"
-            f"{SSHD} -D -e -f /etc/ssh/sshd_config >> /var/log/sshd.log 2>&1 &\n"
-            f"env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root "
-            f"timeout {RUNCMD_TIMEOUT_SECONDS} /bin/sh -e /var/lib/cloud/runcmd "
-            "> /var/log/cloud-init-output.log 2>&1\n"
-            'echo "runcmd exited with $?" >> /var/log/cloud-init-output.log\n'
-            "exec sleep infinity\n"
-        )
-
     def _start_init(self, hostname: str) -> None:
         """The host's first process: private mounts, then sshd and cloud-init's runcmd."""
         disk = self.disk_dir
@@ -366,9 +287,9 @@ class TwinHost:
                 hidden.append(path)
         # The disk is bound at /mnt first: binding /tmp or /var may hide where it lies.
         mounts = [f"mount --bind {shlex.quote(str(disk))} /mnt"]
-        mounts += [f"mount --bind /mnt/accounts/{name} /etc/{name}" for name in _ACCOUNT_FILES]
+        mounts += [f"mount --bind /mnt/accounts/{name} /etc/{name}" for name in ACCOUNT_FILES]
         mounts += [f"mount -t tmpfs -o mode=0755 tmpfs {shlex.quote(str(p))}" for p in hidden]
-        for private in sorted(_PRIVATE_DIRS, key=lambda p: p.count("/")):
+        for private in sorted(PRIVATE_DIRS, key=lambda p: p.count("/")):
             mounts.append(f"mount --bind /mnt/{private} /{private}")
         mounts.append("umount -l /mnt")
         setup = " && ".join(
