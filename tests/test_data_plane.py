@@ -90,16 +90,29 @@ def test_a_damaged_kept_outcome_names_its_object(local_cloud: Path) -> None:
     assert info.value.key in str(info.value) and "delete the object" in str(info.value)
 
 
-def test_feeder_long_polls_and_stops_at_once(tmp_path: Path) -> None:
-    """One receive in flight for all slots, with the queue's long wait; a slot told to stop
-    returns without waiting for it."""
-    queues = SqliteTaskQueue(tmp_path / "queues.db")
+class _ThreadedSqliteQueue(SqliteTaskQueue):
+    """The real SQLite queue, called as a cloud's queue is: every call in a thread."""
+
+    local = False
+
+
+@pytest.mark.parametrize("local", [True, False], ids=["local-queue", "cloud-queue"])
+def test_feeder_long_polls_and_stops_at_once(tmp_path: Path, local: bool) -> None:
+    """One receive in flight for all slots (a cloud's with the queue's long wait, a local
+    queue's looked at from the loop itself); a slot told to stop returns without waiting."""
+    queues = (SqliteTaskQueue if local else _ThreadedSqliteQueue)(tmp_path / "queues.db")
     waits: list[float] = []
+    in_flight = [0, 0]  # now, most
     receive = queues.receive
 
     def counted(name: str, n: int, visibility: float, wait: float) -> list:  # type: ignore[type-arg]
         waits.append(wait)
-        return receive(name, n, visibility, wait)
+        in_flight[0] += 1
+        in_flight[1] = max(in_flight)
+        try:
+            return receive(name, n, visibility, wait)
+        finally:
+            in_flight[0] -= 1
 
     queues.receive = counted  # type: ignore[method-assign]
     queues.create_queue("req")
@@ -116,5 +129,8 @@ def test_feeder_long_polls_and_stops_at_once(tmp_path: Path) -> None:
         return time.monotonic() - began
 
     assert asyncio.run(scenario()) < 0.2
+    if local:
+        assert len(waits) > 10 and set(waits) == {0.0} and in_flight[1] == 1
+        return
     assert waits == [queues.max_wait_seconds]
     queues.send_batch("req", [b"MRWAKE"])  # let the abandoned poll's thread end
