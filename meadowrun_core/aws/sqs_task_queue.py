@@ -6,6 +6,7 @@ costs about three requests a minute instead of a busy loop; writers gather resul
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import math
 from typing import Any
@@ -110,6 +111,14 @@ class SqsTaskQueue:
             remaining -= wait
             if messages or remaining <= 0:
                 return messages
+
+    async def receive_async(
+        self, name: str, max_messages: int, visibility_timeout: float, wait_seconds: float
+    ) -> list[QueueMessage]:
+        """A long poll from an event loop: in a thread, it is a network request."""
+        return await asyncio.to_thread(
+            self.receive, name, max_messages, visibility_timeout, wait_seconds
+        )
 
     def delete(self, name: str, receipts: list[str]) -> None:
         url = self._url(name)

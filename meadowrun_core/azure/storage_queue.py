@@ -16,6 +16,7 @@ Where Storage Queue differs from SQS, and what this does about it:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -161,6 +162,14 @@ class StorageQueueTaskQueue:
                 return messages
             time.sleep(min(pause, left))
             pause = min(_POLL_LAST, pause * 2)
+
+    async def receive_async(
+        self, name: str, max_messages: int, visibility_timeout: float, wait_seconds: float
+    ) -> list[QueueMessage]:
+        """A long poll from an event loop: in a thread, it is a network request."""
+        return await asyncio.to_thread(
+            self.receive, name, max_messages, visibility_timeout, wait_seconds
+        )
 
     def delete(self, name: str, receipts: list[str]) -> None:
         client = self._client(name)

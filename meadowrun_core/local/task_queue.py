@@ -10,6 +10,7 @@ import secrets
 import time
 from pathlib import Path
 
+from meadowrun_core.local.queue_doorbell import Doorbell, ring
 from meadowrun_core.local.sqlite_db import SqliteDb
 from meadowrun_core.seams.task_queue import QueueMessage
 
@@ -29,6 +30,9 @@ CREATE INDEX IF NOT EXISTS messages_by_receipt ON messages(receipt);
 """
 
 
+KEPT_DOORBELLS = 8
+
+
 class QueueDoesNotExistError(KeyError):
     pass
 
@@ -38,7 +42,8 @@ class SqliteTaskQueue:
 
     Its message limit is close to SQS's on purpose: large payloads take the same path
     through the object store on the local cloud as on AWS. Requests cost nothing here, so
-    results are sent after a few milliseconds and an idle receive polls the file."""
+    results are sent after a few milliseconds; a receive waiting from an event loop is woken
+    by its senders (``queue_doorbell``), a blocking one polls the file."""
 
     max_message_bytes = 256 * 1024
     batch_seconds = 0.003
@@ -47,6 +52,8 @@ class SqliteTaskQueue:
 
     def __init__(self, path: Path) -> None:
         self._db = SqliteDb(path, _SCHEMA)
+        self._home = path.parent  # where the queues' doorbells are registered
+        self._bells: dict[str, Doorbell] = {}
 
     def create_queue(self, name: str) -> None:
         with self._db.transaction() as conn:
@@ -58,6 +65,9 @@ class SqliteTaskQueue:
         with self._db.transaction() as conn:
             conn.execute("DELETE FROM messages WHERE queue = ?", (name,))
             conn.execute("DELETE FROM queues WHERE name = ?", (name,))
+        bell = self._bells.pop(name, None)
+        if bell is not None:
+            bell.close()
 
     def queue_exists(self, name: str) -> bool:
         row = self._db.connection().execute("SELECT 1 FROM queues WHERE name = ?", (name,))
@@ -76,6 +86,7 @@ class SqliteTaskQueue:
                 "INSERT INTO messages (queue, body, visible_at) VALUES (?, ?, ?)",
                 [(name, body, now) for body in bodies],
             )
+        ring(self._home, name)
 
     def receive(
         self, name: str, max_messages: int, visibility_timeout: float, wait_seconds: float
@@ -97,6 +108,32 @@ class SqliteTaskQueue:
                 return []
             time.sleep(delay)
             delay = min(delay * 2, 0.01)
+
+    async def receive_async(
+        self, name: str, max_messages: int, visibility_timeout: float, wait_seconds: float
+    ) -> list[QueueMessage]:
+        """Look at the queue, then wait for a sender's ring (or the doorbell's fallback) and
+        look again, until messages come or ``wait_seconds`` pass."""
+        messages = self.receive(name, max_messages, visibility_timeout, 0.0)
+        if messages or wait_seconds <= 0:
+            return messages
+        deadline = time.monotonic() + wait_seconds
+        bell = self._bell(name)
+        while True:
+            messages = self.receive(name, max_messages, visibility_timeout, 0.0)
+            left = deadline - time.monotonic()
+            if messages or left <= 0:
+                return messages
+            await bell.wait(left)
+
+    def _bell(self, name: str) -> Doorbell:
+        """This process's doorbell for ``name``, kept for its next receives (the most
+        recently used ``KEPT_DOORBELLS``: an agent never learns that a map's queue is gone)."""
+        bell = self._bells.pop(name, None) or Doorbell(self._home, name)
+        self._bells[name] = bell
+        while len(self._bells) > KEPT_DOORBELLS:
+            self._bells.pop(next(iter(self._bells))).close()
+        return bell
 
     def _take(self, name: str, max_messages: int, visibility_timeout: float) -> list[QueueMessage]:
         now = time.time()
@@ -137,6 +174,8 @@ class SqliteTaskQueue:
                 "UPDATE messages SET visible_at = ? WHERE queue = ? AND receipt = ?",
                 [(time.time() + timeout, name, r) for r in receipts],
             )
+        if timeout <= 0:  # handed back: visible again at once
+            ring(self._home, name)
 
     def list_queues(self) -> list[tuple[str, float]]:
         rows = self._db.connection().execute("SELECT name, created FROM queues").fetchall()

@@ -8,7 +8,6 @@ object store (``seams.spill``)."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -57,6 +56,13 @@ class TaskQueue(Protocol):
         """Hide and return up to ``max_messages``; waits up to ``wait_seconds`` for the first."""
         ...
 
+    async def receive_async(
+        self, name: str, max_messages: int, visibility_timeout: float, wait_seconds: float
+    ) -> list[QueueMessage]:
+        """``receive`` from an event loop without blocking it (a cloud's long poll in a
+        thread; the local queue waits for a wake-up from its senders)."""
+        ...
+
     def delete(self, name: str, receipts: list[str]) -> None: ...
 
     def change_visibility(self, name: str, receipts: list[str], timeout: float) -> None: ...
@@ -72,22 +78,8 @@ async def call(queues: TaskQueue, function: Callable[..., T], *args: object) -> 
     return await asyncio.to_thread(function, *args)
 
 
-# How often a local queue is looked at while a receive waits (doubling up to the last).
-_LOCAL_POLL_SECONDS = (0.0005, 0.01)
-
-
 async def receive_waiting(
     queues: TaskQueue, name: str, max_messages: int, visibility_timeout: float, wait: float
 ) -> list[QueueMessage]:
-    """``queues.receive`` with a long poll of ``wait`` seconds, from an event loop: a cloud's
-    server-side wait in a thread, or a local queue looked at from the loop itself."""
-    if not queues.local:
-        return await asyncio.to_thread(queues.receive, name, max_messages, visibility_timeout, wait)
-    deadline = time.monotonic() + wait
-    delay = _LOCAL_POLL_SECONDS[0]
-    while True:
-        messages = queues.receive(name, max_messages, visibility_timeout, 0.0)
-        if messages or time.monotonic() >= deadline:
-            return messages
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, _LOCAL_POLL_SECONDS[1])
+    """``queues.receive`` with a long poll of ``wait`` seconds, from an event loop."""
+    return await queues.receive_async(name, max_messages, visibility_timeout, wait)
