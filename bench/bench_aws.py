@@ -180,7 +180,7 @@ class Milestones(logging.Handler):
         "meadowrun_core.client.allocation": (logging.INFO, {"launching ": "launch decided"}),
         "meadowrun_core.aws.ec2_provider": (logging.INFO, {"launched EC2": "RunInstances done"}),
         "tests.ec2_hosts": (logging.INFO, {" up: ssh ": "test host up"}),
-        "meadowrun_core.aws.ssh": (logging.DEBUG, {"not ready yet": "SSH retry"}),
+        "meadowrun_core.remote.ssh": (logging.DEBUG, {"not ready yet": "SSH retry"}),
     }
 
     def __init__(self) -> None:

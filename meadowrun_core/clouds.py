@@ -80,10 +80,9 @@ CLOUDS: tuple[Cloud, ...] = (
         name="azure",
         host_class="AllocAzureVM",
         host_setting="azure",
-        backend="",
-        agent_cloud="",
-        worker_side="",
-        built=False,
+        backend="meadowrun_core.azure.backend:AzureBackend",
+        agent_cloud="meadowrun_core.azure.agent_cloud:AzureAgentCloud",
+        worker_side="meadowrun_core.azure.worker_side",
     ),
 )
 
@@ -99,8 +98,8 @@ def _load(reference: str) -> Any:
 def _not_built(cloud: Cloud) -> BadInputError:
     return BadInputError(
         f"{cloud.host_class} ({cloud.name}) is not built yet in meadowrun-core (see README, "
-        "'Not built yet'); use the local cloud (host=None or AllocLocalInstance()) or "
-        "AllocEC2Instance()"
+        "'Not built yet'); use the local cloud (host=None or AllocLocalInstance()), "
+        "AllocEC2Instance() or AllocAzureVM()"
     )
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -140,30 +142,97 @@ class AllocEC2Instance(Host):
     def __post_init__(self) -> None:
         custom = _checked_custom_resources("AllocEC2Instance", self.custom_resources)
         object.__setattr__(self, "custom_resources", custom)
-        if self.ssh_cidr is not None:
-            import ipaddress
+        _check_cidr("AllocEC2Instance", self.ssh_cidr)
 
-            try:
-                ipaddress.ip_network(self.ssh_cidr, strict=False)
-            except ValueError:
-                raise BadInputError(
-                    f"AllocEC2Instance(ssh_cidr={self.ssh_cidr!r}) is not a CIDR; give one "
-                    "such as '203.0.113.7/32' or '10.0.0.0/16'"
-                ) from None
+
+# Canonical's Ubuntu 22.04 LTS (Gen2) image: a stock image with a python3 and cloud-init.
+UBUNTU_2204_IMAGE = "Canonical:0001-com-ubuntu-server-jammy:22_04-lts-gen2:latest"
+_AZURE_LOCATION = re.compile(r"[a-z][a-z0-9]{1,40}")
+_AZURE_RESOURCE_GROUP = re.compile(r"[-\w._()]{1,90}")
+_AZURE_SUBNET = re.compile(
+    r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.Network/"
+    r"virtualNetworks/[^/]+/subnets/[^/]+",
+    re.IGNORECASE,
+)
+
+
+def _check_cidr(host: str, ssh_cidr: str | None) -> None:
+    if ssh_cidr is None:
+        return
+    try:
+        ipaddress.ip_network(ssh_cidr, strict=False)
+    except ValueError:
+        raise BadInputError(
+            f"{host}(ssh_cidr={ssh_cidr!r}) is not a CIDR; give one such as "
+            "'203.0.113.7/32' or '10.0.0.0/16'"
+        ) from None
 
 
 @dataclass(frozen=True)
 class AllocAzureVM(Host):
-    """Azure VMs (not built yet: using it fails with a message).
+    """Azure VMs in the caller's subscription (Spot where ``Resources.max_eviction_rate``
+    allows), state in Table storage, queues in Queue storage, objects in Blob storage, keys in
+    Key Vault (docs/azure.md).
 
-    ``location`` (default None): the Azure region.
+    ``location`` (default None: ``MEADOWRUN_AZURE_LOCATION``, else the Azure CLI's default
+    location). ``resource_group`` (default None: ``MEADOWRUN_AZURE_RESOURCE_GROUP``, else the
+    Azure CLI's default group), where VMs and their security group are created.
+    ``subscription_id`` (default None: ``AZURE_SUBSCRIPTION_ID``). ``subnet_id`` (default
+    None): an existing subnet's resource id for the VMs' NICs. ``image`` (default Ubuntu 22.04
+    LTS): a ``publisher:offer:sku:version`` URN or an image resource id. ``idle_timeout``,
+    ``max_cpu``, ``max_memory_gb`` (``MEADOWRUN_AZURE_MAX_CPU`` /
+    ``MEADOWRUN_AZURE_MAX_MEMORY_GB``), ``agent_python``, ``ssh_cidr``, ``use_private_ip``,
+    ``launch_timeout`` and ``custom_resources`` as ``AllocEC2Instance``'s.
 
     Example::
 
-        mr.AllocAzureVM(location="eastus")
+        mr.run_function(f, host=mr.AllocAzureVM(location="eastus", resource_group="ml"))
     """
 
     location: str | None = None
+    resource_group: str | None = None
+    subscription_id: str | None = None
+    subnet_id: str | None = None
+    image: str = UBUNTU_2204_IMAGE
+    idle_timeout: float | None = None
+    max_cpu: float | None = None
+    max_memory_gb: float | None = None
+    agent_python: str | None = None
+    ssh_cidr: str | None = None
+    use_private_ip: bool = False
+    launch_timeout: float = 300.0
+    custom_resources: Mapping[str, float] | None = None
+
+    __hash__ = _hash_host
+
+    def __post_init__(self) -> None:
+        custom = _checked_custom_resources("AllocAzureVM", self.custom_resources)
+        object.__setattr__(self, "custom_resources", custom)
+        _check_cidr("AllocAzureVM", self.ssh_cidr)
+        if self.location is not None and not _AZURE_LOCATION.fullmatch(self.location):
+            raise BadInputError(
+                f"AllocAzureVM(location={self.location!r}) is not an Azure region name; give "
+                "one such as 'eastus' (`az account list-locations -o table`)"
+            )
+        group = self.resource_group
+        if group is not None and (not _AZURE_RESOURCE_GROUP.fullmatch(group) or group[-1] == "."):
+            raise BadInputError(
+                f"AllocAzureVM(resource_group={group!r}) is not a resource group name (1-90 "
+                "letters, digits, '-', '_', '.', '(', ')', not ending in '.')"
+            )
+        if self.subnet_id is not None and not _AZURE_SUBNET.fullmatch(self.subnet_id):
+            raise BadInputError(
+                f"AllocAzureVM(subnet_id={self.subnet_id!r}) is not a subnet's resource id "
+                "(/subscriptions/.../resourceGroups/.../providers/Microsoft.Network/"
+                "virtualNetworks/<vnet>/subnets/<subnet>)"
+            )
+        if not (self.image.startswith("/subscriptions/") or len(self.image.split(":")) == 4):
+            raise BadInputError(
+                f"AllocAzureVM(image={self.image!r}) is neither a 'publisher:offer:sku:version' "
+                f"URN nor an image resource id; e.g. {UBUNTU_2204_IMAGE!r}"
+            )
+        if self.launch_timeout <= 0:
+            raise BadInputError("AllocAzureVM(launch_timeout=...) must be positive")
 
 
 def resolve_host(host: Host | None) -> Host:

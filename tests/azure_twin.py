@@ -6,8 +6,9 @@ Parts, each with the documentation its responses follow in its own docstring:
 ``azure_twin_arm.py`` (+ ``azure_twin_lro.py``, ``azure_twin_network.py``,
 ``azure_twin_nsg.py``),
 ``azure_twin_vault.py``, ``azure_twin_http.py`` (server, test credential), and here the
-Retail Prices API (learn.microsoft.com/rest/api/cost-management/retail-prices/azure-retail-
-prices: ``GET /api/retail/prices?$filter=...``, ``{"BillingCurrency", "CustomerEntityId",
+App Service managed identity endpoint (``identity_endpoint``) and the Retail Prices API
+(learn.microsoft.com/rest/api/cost-management/retail-prices/azure-retail-prices:
+``GET /api/retail/prices?$filter=...``, ``{"BillingCurrency", "CustomerEntityId",
 "CustomerEntityType", "Items", "NextPageLink", "Count"}``, unauthenticated), serving the rows
 of ``tests/fixtures/azure/retail-prices.json`` filtered by ``armRegionName`` and
 ``serviceName``, ``prices_page_size`` to a page.
@@ -28,6 +29,8 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,7 +67,8 @@ class AzureTwin:
         self.vault = VaultTwin(vault_page_size)
         self.price_rows = fixture_rows("retail-prices.json")
         self.prices_page_size = prices_page_size
-        handlers = [self.arm.handle, self.vault.handle, self._prices]
+        self.identity_header = secrets.token_hex(16)
+        handlers = [self.arm.handle, self.vault.handle, self._prices, self._identity]
         self.server = TwinServer(handlers, self.certificate.server_context(), host)
 
     @property
@@ -112,6 +116,36 @@ class AzureTwin:
             self.credential,
             verify_challenge_resource=False,
             **self.client_options(),
+        )
+
+    @property
+    def identity_endpoint(self) -> str:
+        """``IDENTITY_ENDPOINT`` of the App Service managed identity protocol (with
+        ``IDENTITY_HEADER`` = ``identity_header``), which ``DefaultAzureCredential``'s
+        ``ManagedIdentityCredential`` follows: a client gets twin tokens through the real SDK."""
+        return self.base_url + "/msi/token"
+
+    def _identity(self, request: Request) -> Response | None:
+        """App Service's token endpoint (learn.microsoft.com/azure/app-service/overview-
+        managed-identity, "REST endpoint reference"): ``GET ?resource=..&api-version=
+        2019-08-01`` with ``X-IDENTITY-HEADER``; ``{"access_token", "expires_on", "resource",
+        "token_type"}``."""
+        if request.path != "/msi/token":
+            return None
+        if request.headers.get("x-identity-header") != self.identity_header:
+            return error(401, "Unauthorized", "X-IDENTITY-HEADER is missing or wrong")
+        resource = request.query.get("resource", "")
+        if not resource or request.query.get("api-version") != "2019-08-01":
+            return error(400, "BadRequest", "resource and api-version=2019-08-01 are required")
+        audience = resource.removesuffix("/.default").rstrip("/")
+        return Response(
+            200,
+            {
+                "access_token": f"twin.{audience}/.default",
+                "expires_on": str(int(time.time()) + 3600),
+                "resource": resource,
+                "token_type": "Bearer",
+            },
         )
 
     def requests_to(self, path_part: str) -> int:

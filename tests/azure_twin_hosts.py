@@ -7,11 +7,12 @@ ec2_twin.py).
 
 * a VM create (its operation, before it succeeds) boots a host named after the VM from its
   ``customData``, a cloud-config document (``ssh_keys``, ``users`` with
-  ``ssh_authorized_keys``, ``write_files``, ``runcmd``, as ``meadowrun_core/aws/user_data.py``
-  renders), as cloud-init's Azure datasource does: the ``adminUsername`` joins the users with
-  the ``osProfile``'s SSH public keys, and without ``ssh_keys`` a fresh ed25519 host key is
-  made; the hostname is the ``osProfile.computerName`` (Azure's default: the VM name). The
-  host's address becomes the VM's NIC private IP and its public IP;
+  ``ssh_authorized_keys``, ``write_files``, ``runcmd``, as
+  ``meadowrun_core/bootstrap/cloud_init.py`` renders), as cloud-init's Azure datasource
+  does: the ``adminUsername`` joins the users with the ``osProfile``'s SSH public keys, and
+  without ``ssh_keys`` a fresh ed25519 host key is made; the hostname is the
+  ``osProfile.computerName`` (Azure's default: the VM name). The host's address becomes the
+  VM's NIC private IP and its public IP;
 * the host's firewall is the network security group its NIC configuration names
   (``tests/azure_twin_nsg.py``, ``ingress_rules``: inbound rules by priority, then Azure's
   default rules, VNet = the twin subnet less the gateway), re-applied to every running host

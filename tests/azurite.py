@@ -1,5 +1,7 @@
 """Azurite, the real Azure Storage emulator (Table, Queue, Blob), for the tests: one server per
-test session on 127.0.0.1, on free ports, in memory, with no telemetry.
+test session on 127.0.0.1 (or one on an address of a test's choosing, e.g. a twin
+network's gateway, with ``AzuriteServer(workdir, host)``), on free ports, in memory, with no
+telemetry.
 
 It runs from the npm project in ``tests/azurite-npm`` (azurite pinned by its
 ``package-lock.json``), which ``scripts/setup`` installs with ``npm ci``. A test that needs
@@ -66,7 +68,7 @@ def _answers(url: str) -> bool:
 class AzuriteServer:
     """One Azurite process; ``urls`` maps blob, queue and table to their endpoints."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, host: str = "127.0.0.1") -> None:
         node = shutil.which("node")
         if node is None:
             _missing("no `node` on PATH")
@@ -75,7 +77,7 @@ class AzuriteServer:
         command = [str(node), str(AZURITE_JS), "--silent", "--disableTelemetry"]
         command += ["--skipApiVersionCheck", "--inMemoryPersistence", "--extentMemoryLimit", "256"]
         for service in ("blob", "queue", "table"):
-            command += [f"--{service}Host", "127.0.0.1", f"--{service}Port", "0"]
+            command += [f"--{service}Host", host, f"--{service}Port", "0"]
         self._process = subprocess.Popen(
             command,
             cwd=workdir,  # with --inMemoryPersistence it writes nothing, but never in the repo

@@ -16,7 +16,7 @@ from tests.moto_server import SerialMotoServer, reset_moto
 
 # The EC2 twin's fixtures (``aws``, ``twin_network``), for every module that runs on it, and
 # Azurite (``azurite``: the storage account of the Azure storage emulator).
-pytest_plugins = ["tests.aws_twin", "tests.azurite"]
+pytest_plugins = ["tests.aws_twin", "tests.azurite", "tests.azure_cloud"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -3,7 +3,7 @@
 moto's EC2 "launches" instances that never boot (their UserData never runs) and hands out
 made-up 10.x/54.x addresses that nothing listens on. ``Ec2TestHosts`` watches moto and, for
 every pending/running instance whose UserData is a meadowrun cloud-config
-(``meadowrun_core.aws.user_data``), boots a stand-in on its own loopback address 127.0.0.N:
+(``meadowrun_core.bootstrap.cloud_init``), boots a stand-in on its own loopback address 127.0.0.N:
 
 * an SSH server (asyncssh) with the host key from the UserData, accepting only the
   authorized key and user from the UserData, running exec requests with ``/bin/sh -c`` in the
@@ -45,7 +45,7 @@ import boto3
 import psutil
 from botocore.config import Config
 
-from meadowrun_core.aws.user_data import InstanceBoot, parse_user_data
+from meadowrun_core.bootstrap.cloud_init import InstanceBoot, parse_user_data
 from tests.imds_tokens import TOKEN_PATH, ImdsTokens
 
 _log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import asyncssh
 import pytest
 from azure.mgmt.network import NetworkManagementClient
 
-from meadowrun_core.aws.user_data import InstanceBoot, render_user_data
+from meadowrun_core.bootstrap.cloud_init import InstanceBoot, render_user_data
 from tests.azure_twin import LOCATION, RESOURCE_GROUP, SUBSCRIPTION, AzureTwin, running_twin
 from tests.azure_twin_hosts import TWIN_CA_PATH, AzureTwinHosts
 from tests.twin_hosts import TwinHost, TwinNetwork
@@ -49,7 +49,7 @@ class Keys:
         self.client_public = self.client.export_public_key("openssh").decode().strip()
 
     def cloud_config(self) -> str:
-        """What the product renders for a VM (meadowrun_core/aws/user_data.py's shape)."""
+        """What the product renders for a VM (meadowrun_core.bootstrap.cloud_init.py's shape)."""
         return render_user_data(
             InstanceBoot(
                 host_private_key=self.host.export_private_key("openssh").decode(),

@@ -71,8 +71,16 @@ def test_wrong_types_are_explained(local_cloud: Path, monkeypatch: pytest.Monkey
         mr.run_map(workloads.double, [1], max_num_task_attempts=0)
     with pytest.raises(mr.BadInputError, match="empty"):
         mr.run_command([])
-    with pytest.raises(mr.BadInputError, match="not built yet"):
+    monkeypatch.delenv("AZURE_SUBSCRIPTION_ID", raising=False)
+    with pytest.raises(mr.BadInputError, match="AZURE_SUBSCRIPTION_ID"):
         mr.run_function(workloads.double, args=(1,), host=mr.AllocAzureVM())
+    monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", "00000000-0000-0000-0000-000000000001")
+    monkeypatch.setenv("AZURE_CONFIG_DIR", str(local_cloud / "no-azure-cli"))
+    monkeypatch.delenv("MEADOWRUN_AZURE_LOCATION", raising=False)
+    with pytest.raises(mr.BadInputError, match="needs a location"):
+        mr.run_function(workloads.double, args=(1,), host=mr.AllocAzureVM())
+    with pytest.raises(mr.BadInputError, match="not a subnet"):
+        mr.AllocAzureVM(subnet_id="subnet-1")
     for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(local_cloud / "no-credentials"))

@@ -19,7 +19,7 @@ import boto3
 import psutil
 import pytest
 
-from meadowrun_core.aws.user_data import InstanceBoot, render_user_data
+from meadowrun_core.bootstrap.cloud_init import InstanceBoot, render_user_data
 from tests.ec2_hosts import Ec2TestHosts
 
 REGION = "us-east-1"

@@ -1,5 +1,5 @@
 """Choosing, launching and terminating meadowrun's EC2 instances (reaching them over SSH:
-``ec2_reach.py``).
+``ec2_reach.py`` and ``remote/ssh_reach.py``).
 
 ``launch`` runs one instance of the chosen type (spot or on-demand), with cloud-init user
 data that sets a host key generated here and our client key, then SSHes in (host key pinned)
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import shlex
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from botocore.exceptions import ClientError
 from meadowrun_core.aws import names, ssh
 from meadowrun_core.aws.agent_upload import bundle_url, upload_agent_bundle
 from meadowrun_core.aws.clients import aws_client, error_code
-from meadowrun_core.aws.ec2_reach import InstanceReach
+from meadowrun_core.aws.ec2_reach import Ec2Reach
 from meadowrun_core.aws.fleet import rank_for_fleet
 from meadowrun_core.aws.instance_selection import (
     FALLBACK_ERROR_CODES,
@@ -35,17 +34,14 @@ from meadowrun_core.aws.instance_selection import (
 from meadowrun_core.aws.instance_types import Ec2Offer, load_offers
 from meadowrun_core.aws.pricing import DiskCache, default_price_source
 from meadowrun_core.aws.security_group import client_cidr, ensure_security_group
-from meadowrun_core.aws.user_data import InstanceBoot, render_user_data
 from meadowrun_core.backend import CapacityError, LaunchError
+from meadowrun_core.bootstrap.agent_start import agent_command
 from meadowrun_core.bootstrap.bundle import agent_bundle, agent_requirements
-from meadowrun_core.bootstrap.instance_script import (
-    AGENT_PYTHON,
-    boot_commands,
-    boot_files,
-    wait_for_boot,
-)
+from meadowrun_core.bootstrap.cloud_init import InstanceBoot, render_user_data
+from meadowrun_core.bootstrap.instance_script import boot_commands, boot_files
 from meadowrun_core.config import Settings
 from meadowrun_core.hosts import AllocEC2Instance
+from meadowrun_core.remote import ssh as remote_ssh
 from meadowrun_core.resources import Resources
 from meadowrun_core.seams.instance_provider import InstanceType, check_custom_offered
 
@@ -57,17 +53,9 @@ PROFILE_PROPAGATION_SECONDS = 60.0
 # (None), so on-demand is reached after every spot choice was refused.
 MAX_FALLBACK_CHOICES: int | None = None
 _AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{arch}"
-# How long (0.1 s polls) the launch waits for a started agent to register.
-AGENT_START_POLLS = 600
-# Tunables the agent takes from the client that launches it, so both agree on leases.
-_AGENT_SETTINGS = {
-    "MEADOWRUN_LEASE_SECONDS": "lease_seconds",
-    "MEADOWRUN_VISIBILITY_TIMEOUT": "visibility_timeout_seconds",
-    "MEADOWRUN_RECONCILE_INTERVAL": "reconcile_interval_seconds",
-}
 
 
-class Ec2Provider(InstanceReach):
+class Ec2Provider(Ec2Reach):
     def __init__(
         self,
         host: AllocEC2Instance,
@@ -154,7 +142,7 @@ class Ec2Provider(InstanceReach):
 
     # --- launching ---------------------------------------------------------------------
     async def launch(self, instance_id: str, instance_type: InstanceType) -> None:
-        host_private, host_public = ssh.new_host_key()
+        host_private, host_public = remote_ssh.new_host_key()
         key = await asyncio.to_thread(self._client_key)
         params = await asyncio.to_thread(
             self._run_instances_params, instance_id, instance_type, host_private, host_public, key
@@ -219,8 +207,8 @@ class Ec2Provider(InstanceReach):
         boot = InstanceBoot(
             host_private_key=host_private,
             host_public_key=host_public,
-            authorized_key=ssh.public_line(key),
-            ssh_user=ssh.SSH_USER,
+            authorized_key=remote_ssh.public_line(key),
+            ssh_user=remote_ssh.SSH_USER,
             install_commands=commands,
             write_files=files,
         )
@@ -306,45 +294,20 @@ class Ec2Provider(InstanceReach):
         return str(self._once("profile", lambda: ensure_instance_profile(self.region, fresh)))
 
     def _agent_command(self, instance_id: str) -> str:
-        """Start the agent detached (setsid, nohup), state under ~/.meadowrun."""
-        settings = " ".join(
-            [
-                f"{name}={shlex.quote(str(getattr(self.settings, field)))}"
-                for name, field in _AGENT_SETTINGS.items()
-            ]
+        """Start the agent detached (``bootstrap.agent_start``)."""
+        return agent_command(
+            cloud="aws",
+            region=self.region,
+            instance_id=instance_id,
+            idle_timeout=self.idle_timeout,
+            settings=self.settings,
+            launch_timeout=self.host.launch_timeout,
+            agent_python=self.host.agent_python,
             # the role's credentials come from the metadata service: give a busy one time
-            + ["AWS_METADATA_SERVICE_TIMEOUT=5", "AWS_METADATA_SERVICE_NUM_ATTEMPTS=3"]
-        )
-        agent = " ".join(
-            shlex.quote(part)
-            for part in [
-                self.host.agent_python or AGENT_PYTHON,
-                "-m",
-                "meadowrun_core.agent.server",
-                "--cloud",
-                "aws",
-                "--region",
-                self.region,
-                "--instance-id",
-                instance_id,
-                "--idle-timeout",
-                str(self.idle_timeout),
-            ]
-        )
-        log_file = f'"$MEADOWRUN_HOME"/agent-{shlex.quote(instance_id)}.log'
-        wait = "" if self.host.agent_python else wait_for_boot(self.host.launch_timeout) + "; "
-        return (
-            wait + 'export MEADOWRUN_HOME="$HOME/.meadowrun"; '
-            'mkdir -p -m 700 "$MEADOWRUN_HOME" && cd "$MEADOWRUN_HOME" || exit 1; '
-            # a simple command in the background: its child holds none of the session's
-            # streams, so the SSH command ends at once (a backgrounded list would not)
-            f"{settings} setsid nohup {agent} > {log_file} 2>&1 < /dev/null & "
-            # return once the agent has registered (it logs that it listens), so the client
-            # finds its table item at the first read; an agent that died says why at once
-            f"agent=$!; i=0; until grep -qs ' listening on ' {log_file}; do "
-            f'if ! kill -0 "$agent" 2>/dev/null || [ "$i" -ge {AGENT_START_POLLS} ]; then '
-            f'echo "meadowrun\'s agent did not start; its log ({log_file}):" >&2; '
-            f"tail -n 30 {log_file} >&2; exit 5; fi; i=$((i+1)); sleep 0.1; done"
+            environment={
+                "AWS_METADATA_SERVICE_TIMEOUT": "5",
+                "AWS_METADATA_SERVICE_NUM_ATTEMPTS": "3",
+            },
         )
 
     # --- stopping ----------------------------------------------------------------------
@@ -355,9 +318,7 @@ class Ec2Provider(InstanceReach):
             return
         log.info("terminating EC2 instance %s (%s)", ec2_id, instance_id)
         self._ec2.terminate_instances(InstanceIds=[ec2_id])
-        connection = self._connections.pop(instance_id, None)
-        if connection is not None:
-            connection.close()
+        self.drop_connection(instance_id)
 
     def failure_hint(self, instance_id: str) -> str:
         ec2_id = self._ec2_ids.get(instance_id, "(not launched)")

@@ -28,7 +28,7 @@ from meadowrun_core.aws.dynamodb_allocation_table import DynamoDbAllocationTable
 from meadowrun_core.aws.iam import install_instance_role
 from meadowrun_core.aws.manager_deploy import install_function, install_schedule
 from meadowrun_core.aws.security_group import client_cidr, ensure_security_group
-from meadowrun_core.aws.ssh import new_client_key_text
+from meadowrun_core.remote.ssh import new_client_key_text
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ is chosen for them only when ``max_eviction_rate`` is 100.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 BAND_UPPER = {"0-5": 5, "5-10": 10, "10-15": 15, "15-20": 20, "20+": 100}
 UNKNOWN_BAND = "20+"
@@ -71,3 +71,19 @@ def parse_graph_rows(rows: Iterable[Mapping[str, object]]) -> dict[str, str]:
         if band is not None and name:
             bands[name] = band
     return bands
+
+
+class DefaultBands(Mapping[str, str]):
+    """``default_band`` as a mapping (what ``vm_sizes.price_sizes`` looks bands up in)."""
+
+    def __getitem__(self, size: str) -> str:
+        band = default_band(size)
+        if band is None:
+            raise KeyError(size)
+        return band
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0

@@ -66,11 +66,22 @@ def _local(action: Callable[[], _T]) -> _T:
         raise typer.Exit(1) from exc
 
 
+# The clouds the command line manages (install, instances, jobs, ...).
+_CLI_CLOUDS = ("local", "aws")
+
+
 def _check_cloud(cloud: str) -> None:
     if cloud not in clouds.NAMES:
         raise typer.BadParameter(f"--cloud must be one of {', '.join(clouds.NAMES)}")
     if not clouds.named(cloud).built:
         typer.echo(f"The {cloud} backend is not built yet (see README, 'Not built yet').", err=True)
+        raise typer.Exit(2)
+    if cloud not in _CLI_CLOUDS:
+        typer.echo(
+            f"The command line does not manage the {cloud} cloud yet (see README, 'Not built "
+            "yet'); its jobs run through the Python API",
+            err=True,
+        )
         raise typer.Exit(2)
 
 

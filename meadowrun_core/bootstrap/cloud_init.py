@@ -1,4 +1,5 @@
-"""The cloud-init user data of a meadowrun instance, and reading it back.
+"""The cloud-init document of a meadowrun instance (EC2 user data, Azure customData), and
+reading it back.
 
 The client generates a fresh SSH host key for every instance and hands it to cloud-init
 (``ssh_keys``), so it knows the host key before the instance boots and checks it on every
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from meadowrun_core.aws import names
+from meadowrun_core.bootstrap.instance_script import BOOT_DIR
 
 _HEADER = "#cloud-config\n"
 
@@ -48,8 +49,8 @@ def render_user_data(boot: InstanceBoot) -> str:
         ],
         **({"write_files": list(boot.write_files)} if boot.write_files else {}),
         "runcmd": [
-            f"mkdir -p {names.INSTANCE_HOME}",
-            f"chown {boot.ssh_user} {names.INSTANCE_HOME}",
+            f"mkdir -p {BOOT_DIR}",
+            f"chown {boot.ssh_user} {BOOT_DIR}",
             *boot.install_commands,
         ],
     }
