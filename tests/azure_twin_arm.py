@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
+from tests import azure_twin_resources
 from tests.azure_twin_http import ARM_SCOPE, Request, Response, error, no_group, not_found
 from tests.azure_twin_lro import Operations, now
 from tests.azure_twin_network import network_resources, nic_refs
@@ -119,6 +120,7 @@ class ArmTwin:
         self.on_vm_deleted: list[Callable[[TwinVm], None]] = []
         self.resource_groups: dict[str, str] = {}  # lower-cased name -> location
         self.nsgs = NsgTwin(self.resource_groups, lambda: [vm.resource for vm in self.vms()])
+        self.resources = azure_twin_resources.for_arm(self)  # what install makes
         self._lock = threading.Lock()
         self._vms: dict[tuple[str, str], TwinVm] = {}  # (rg, name), lower-cased
         self._net: dict[tuple[str, str, str], dict[str, Any]] = {}  # (kind, rg, name), lower
@@ -198,6 +200,8 @@ class ArmTwin:
             if method == "DELETE":
                 return self._delete(request, m["rg"], m["name"])
         if (answer := self.nsgs.handle(request)) is not None:
+            return answer
+        if (answer := self.resources.handle(request)) is not None:
             return answer
         if (m := _NET.fullmatch(path)) and method == "GET":
             with self._lock:

@@ -25,7 +25,8 @@ It follows learn.microsoft.com:
   managed-identities-azure-resources/how-to-use-vm-token): ``GET /metadata/identity/oauth2/
   token?api-version=2018-02-01&resource=<uri>`` answers ``{"access_token", "client_id",
   "expires_in", "expires_on", "ext_expires_in", "not_before", "resource", "token_type":
-  "Bearer"}`` (numbers as strings) to a VM with a system-assigned identity; without one, 400
+  "Bearer"}`` (numbers as strings) to a VM with a system- or user-assigned identity (roles
+  are not enforced); without one, 400
   ``{"error": "invalid_request", "error_description": "Identity not found"}`` (what
   azure-identity reads as "no identity assigned"). The token is the twin's own
   ``twin.<resource>/.default``, so the twin's ARM and Key Vault take it as a token for their
@@ -279,7 +280,9 @@ class AzureImds:
         identity = guest.vm.resource.get("identity") or {}
         asked = query.get("client_id") or query.get("object_id")
         own = (guest.client_id, identity.get("principalId"))
-        if "SystemAssigned" not in str(identity.get("type", "")) or (asked and asked not in own):
+        kinds = str(identity.get("type", ""))  # a user-assigned one answers any asked id
+        has_one = "SystemAssigned" in kinds or "UserAssigned" in kinds
+        if not has_one or (asked and asked not in own and "UserAssigned" not in kinds):
             return 400, _oauth_error("Identity not found")
         issued = int(time.time())
         return 200, {

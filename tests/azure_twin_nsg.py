@@ -126,6 +126,11 @@ class NsgTwin:
         with self._lock:
             return self._groups.get(nsg_id.lower())
 
+    def list_under(self, prefix: str) -> list[dict[str, Any]]:
+        """The groups whose lower-cased id starts with ``prefix`` (a resource group's)."""
+        with self._lock:
+            return [g for key, g in sorted(self._groups.items()) if key.startswith(prefix)]
+
     def missing_reference(self, vm: Mapping[str, Any], nic_id: str) -> Response | None:
         """400 ``InvalidResourceReference`` when ``vm`` (a PUT body) names a group that does
         not exist, as a NIC naming one does."""

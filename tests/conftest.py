@@ -15,8 +15,14 @@ from meadowrun_core.local import admin
 from tests.moto_server import SerialMotoServer, reset_moto
 
 # The EC2 twin's fixtures (``aws``, ``twin_network``), for every module that runs on it, and
-# Azurite (``azurite``: the storage account of the Azure storage emulator).
-pytest_plugins = ["tests.aws_twin", "tests.azurite", "tests.azure_cloud"]
+# Azurite (``azurite``: the storage account of the Azure storage emulator), ``azure``
+# (AllocAzureVM on the Azure twin) and ``azure_admin`` (the twin and Azurite, no VM hosts).
+pytest_plugins = [
+    "tests.aws_twin",
+    "tests.azurite",
+    "tests.azure_cloud",
+    "tests.azure_admin_cloud",
+]
 
 
 def pytest_configure(config: pytest.Config) -> None:

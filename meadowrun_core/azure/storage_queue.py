@@ -117,7 +117,9 @@ class StorageQueueTaskQueue:
 
     def create_queue(self, name: str) -> None:
         with contextlib.suppress(ResourceExistsError):
-            self._client(name).create_queue(metadata={"meadowrun": "true"})
+            # the seam's name and the time: the manager finds the jobs using it and its age
+            metadata = {"meadowrun": "true", "name": name, "created": f"{time.time():.0f}"}
+            self._client(name).create_queue(metadata=metadata)
 
     def delete_queue(self, name: str) -> None:
         with contextlib.suppress(ResourceNotFoundError):

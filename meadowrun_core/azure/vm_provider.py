@@ -2,11 +2,13 @@
 ``remote/ssh_reach.py``).
 
 ``launch`` creates one VM of the chosen size (Spot with ``evictionPolicy: Delete`` and
-``maxPrice`` the regular price, or regular) with an inline NIC and public IP behind
-meadowrun's network security group, a system-assigned managed identity (the agent reads Key
-Vault and deletes its own VM with it), and ``customData`` = the cloud-init document that sets
-a host key generated here, authorizes our client key and bootstraps the agent from Blob
-storage. Then it SSHes in (host key pinned) and starts the agent detached, as on EC2.
+``maxPrice`` the regular price, or regular) with an inline NIC and public IP (in the
+installed subnet unless the host names one) behind meadowrun's network security group, the
+installed user-assigned identity (system-assigned where install has not run; the agent reads
+Key Vault and deletes its own VM with it: ``installed.py``), and ``customData`` = the
+cloud-init document that sets a host key generated here, authorizes our client key and
+bootstraps the agent from Blob storage. Then it SSHes in (host key pinned) and starts the
+agent detached, as on EC2.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from typing import Any
 import asyncssh
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-from meadowrun_core.azure import settings, vm_network
+from meadowrun_core.azure import installed, settings, vm_network
 from meadowrun_core.azure.account import SECRET_SSH_KEY, TAGS, DataPlane, get_or_create_secret
 from meadowrun_core.azure.agent_upload import bundle_url, upload_agent_bundle
+from meadowrun_core.azure.arm import Arm
 from meadowrun_core.azure.blob_object_store import CONTAINER_NAME
 from meadowrun_core.azure.eviction_rates import DefaultBands
 from meadowrun_core.azure.pricing import default_price_source
@@ -47,7 +50,7 @@ from meadowrun_core.seams.instance_provider import InstanceType, check_custom_of
 
 log = logging.getLogger(__name__)
 
-INSTANCE_ID_TAG = "meadowrun-instance-id"
+INSTANCE_ID_TAG = installed.INSTANCE_ID_TAG
 HOST_KEY_TAG = "meadowrun-host-key"
 
 
@@ -84,6 +87,7 @@ class AzureVmProvider(InstanceReach):
         }
         self.compute = ComputeManagementClient(credential, target.subscription_id, **arm)
         self.network = NetworkManagementClient(credential, target.subscription_id, **arm)
+        self.arm = Arm(credential, target.subscription_id)  # what install made
         self._cache_dir = cache_dir
         self._offers: list[VmSizeOffer] | None = None
         self._vm_names: dict[str, str] = {}
@@ -229,8 +233,9 @@ class AzureVmProvider(InstanceReach):
             write_files=files,
         )
         ip_config: dict[str, Any] = {}
-        if self.host.subnet_id:
-            ip_config["subnet"] = {"id": self.host.subnet_id}
+        subnet = self.host.subnet_id or self._once("subnet", self._installed_subnet)
+        if subnet:
+            ip_config["subnet"] = {"id": subnet}
         if not self.host.use_private_ip:
             ip_config["publicIPAddressConfiguration"] = {
                 "name": "pip",
@@ -285,9 +290,15 @@ class AzureVmProvider(InstanceReach):
         return {
             "location": self.target.location,
             "tags": {**TAGS, INSTANCE_ID_TAG: instance_id, HOST_KEY_TAG: host_public},
-            "identity": {"type": "SystemAssigned"},
+            "identity": self._once("identity", self._installed_identity),
             "properties": properties,
         }
+
+    def _installed_subnet(self) -> str | None:
+        return installed.vm_subnet(self.arm, self.target)
+
+    def _installed_identity(self) -> dict[str, Any]:
+        return installed.vm_identity(self.arm, self.target)
 
     def _ensure_nsg(self) -> str:
         cidr = vm_network.client_cidr(self.host.ssh_cidr)

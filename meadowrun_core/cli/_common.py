@@ -22,7 +22,10 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T")
 _CLOUD_HELP = " or ".join(clouds.BUILT)
-_REGION_HELP = "AWS region (default: AWS_DEFAULT_REGION or us-east-1)"
+_REGION_HELP = (
+    "AWS region (default: AWS_DEFAULT_REGION or us-east-1); on azure the location (default: "
+    "MEADOWRUN_AZURE_LOCATION or `az configure --defaults location=...`)"
+)
 _JSON_HELP = "print JSON (stable keys) instead of a table"
 
 
@@ -67,7 +70,7 @@ def _local(action: Callable[[], _T]) -> _T:
 
 
 # The clouds the command line manages (install, instances, jobs, ...).
-_CLI_CLOUDS = ("local", "aws")
+_CLI_CLOUDS = ("local", "aws", "azure")
 
 
 def _check_cloud(cloud: str) -> None:
@@ -87,8 +90,10 @@ def _check_cloud(cloud: str) -> None:
 
 def _host(cloud: str, region: str) -> Host:
     """The host a (checked) cloud name stands for."""
-    from meadowrun_core.hosts import AllocEC2Instance, AllocLocalInstance
+    from meadowrun_core.hosts import AllocAzureVM, AllocEC2Instance, AllocLocalInstance
 
+    if cloud == "azure":
+        return AllocAzureVM(location=region or None)
     return AllocEC2Instance(region_name=region or None) if cloud == "aws" else AllocLocalInstance()
 
 
@@ -103,6 +108,16 @@ def _aws(action: Callable[[], Any]) -> Any:
     except (MeadowrunError, BotoCoreError, ClientError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+
+
+def _guarded(cloud: str, action: Callable[[], _T]) -> _T:
+    """Run a cloud's action with that cloud's errors turned into a message and exit 1."""
+    if cloud == "azure":
+        from meadowrun_core.cli import azure_admin
+
+        result: _T = azure_admin.run(action)
+        return result
+    return _aws(action) if cloud == "aws" else _local(action)
 
 
 def _echo_lines(lines: list[str], empty: str) -> None:

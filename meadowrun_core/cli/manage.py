@@ -13,6 +13,7 @@ from meadowrun_core.cli._common import (
     _aws,
     _check_cloud,
     _echo_lines,
+    _guarded,
     _local,
     app,
 )
@@ -26,8 +27,14 @@ def install(
     region: str = typer.Option("", help=_REGION_HELP),
 ) -> None:
     """Create what a cloud needs (local: the state directory and its key; aws: the table,
-    bucket, secrets, security group, instance role and the scheduled manager)."""
+    bucket, secrets, security group, instance role and the scheduled manager; azure: the
+    resource group, storage account, Key Vault secrets, VNet and the VMs' identity)."""
     _check_cloud(cloud)
+    if cloud == "azure":
+        from meadowrun_core.cli import azure_admin
+
+        _echo_lines(azure_admin.install(region), "nothing to do")
+        return
     if cloud == "aws":
         from meadowrun_core.aws import install as aws_install
 
@@ -50,6 +57,11 @@ def uninstall(
 ) -> None:
     """Remove everything install created (local: terminates instances, deletes the state)."""
     _check_cloud(cloud)
+    if cloud == "azure":
+        from meadowrun_core.cli import azure_admin
+
+        _echo_lines(azure_admin.uninstall(region), "nothing to remove")
+        return
     if cloud == "aws":
         from meadowrun_core.aws import uninstall as aws_uninstall
 
@@ -68,8 +80,14 @@ def clean(
     cloud: str = typer.Option("local", help=_CLOUD_HELP),
     region: str = typer.Option("", help=_REGION_HELP),
 ) -> None:
-    """Terminate every instance this cloud launched and delete its task queues."""
+    """Terminate every instance this cloud launched and delete its task queues (azure: the
+    VMs with no live agent and the queues no running job uses)."""
     _check_cloud(cloud)
+    if cloud == "azure":
+        from meadowrun_core.cli import azure_admin
+
+        _echo_lines(azure_admin.clean(region), "nothing to clean")
+        return
     if cloud == "aws":
         from meadowrun_core.aws import uninstall as aws_uninstall
 
@@ -105,13 +123,34 @@ def instance_types(
         [], "--flags", help="e.g. nvidia, avx512, arm64 (repeat or comma-separate)"
     ),
     workers: int = typer.Option(1, "--workers", help="workers to place (bin-packing)"),
-    region: str = typer.Option("", "--region", help="default: AWS_DEFAULT_REGION or us-east-1"),
+    region: str = typer.Option("", "--region", help=_REGION_HELP),
     limit: int = typer.Option(15, "--limit", help="how many types to show"),
+    cloud: str = typer.Option("aws", help="aws or azure"),
 ) -> None:
-    """EC2 instance types that fit, cheapest per worker first, with prices and spot risk.
+    """Instance types (EC2) or VM sizes (Azure) that fit, cheapest per worker first, with
+    prices and spot risk.
 
-    Live prices (Pricing API, spot price history, Spot Instance Advisor), cached 4 h;
-    MEADOWRUN_AWS_PRICE_FIXTURE=<dir> uses a price fixture instead."""
+    AWS: live prices (Pricing API, spot price history, Spot Instance Advisor), cached 4 h;
+    MEADOWRUN_AWS_PRICE_FIXTURE=<dir> uses a price fixture instead. Azure: the Retail Prices
+    API and Spot eviction bands, cached 4 h."""
+    if cloud == "azure":
+        from meadowrun_core.cli import azure_admin
+        from meadowrun_core.resources import Resources
+
+        resources = azure_admin.run(
+            lambda: Resources(
+                logical_cpu=cpu,
+                memory_gb=memory,
+                gpus=gpus,
+                gpu_memory=gpu_memory or None,
+                max_eviction_rate=max_eviction_rate,
+                flags=tuple(f for flag in flags for f in flag.split(",") if f.strip()),
+            )
+        )
+        azure_admin.instance_types(region, resources, workers, limit)
+        return
+    if cloud != "aws":
+        raise typer.BadParameter("--cloud must be aws or azure")
     from botocore.exceptions import BotoCoreError, ClientError
 
     from meadowrun_core.aws.clients import resolve_region
@@ -160,8 +199,17 @@ app.add_typer(secret_app, name="secret")
 
 
 def _secret_store(cloud: str, region: str) -> Any:
-    """The secret store of ``cloud``: a private file locally, Secrets Manager on AWS."""
+    """The secret store of ``cloud``: a private file locally, Secrets Manager on AWS, Key
+    Vault on Azure."""
     _check_cloud(cloud)
+    if cloud == "azure":
+        from meadowrun_core.azure import settings
+        from meadowrun_core.azure.account import default_credential
+        from meadowrun_core.azure.key_vault_secret_store import KeyVaultSecretStore
+        from meadowrun_core.cli import azure_admin
+
+        url = azure_admin.run(settings.vault_url)
+        return KeyVaultSecretStore(url, default_credential())
     if cloud == "aws":
         from meadowrun_core.aws.clients import resolve_region
         from meadowrun_core.aws.secret_store import SecretsManagerStore
@@ -186,7 +234,7 @@ def secret_set(
 
     value = Path(file).read_text() if file else sys.stdin.read()
     store = _secret_store(cloud, region)
-    _aws(lambda: store.put(name, value)) if cloud == "aws" else store.put(name, value)
+    _guarded(cloud, lambda: store.put(name, value))
     typer.echo(f"secret {name!r} stored ({cloud})")
 
 
@@ -198,7 +246,7 @@ def secret_delete(
 ) -> None:
     """Remove the secret NAME."""
     store = _secret_store(cloud, region)
-    found = _aws(lambda: store.delete(name)) if cloud == "aws" else store.delete(name)
+    found = _guarded(cloud, lambda: store.delete(name))
     typer.echo(f"secret {name!r} {'deleted' if found else 'was not there'}")
 
 
@@ -209,5 +257,5 @@ def secret_list(
 ) -> None:
     """Names of the stored secrets (never their values)."""
     store = _secret_store(cloud, region)
-    for name in _aws(store.names) if cloud == "aws" else store.names():
+    for name in _guarded(cloud, store.names):
         typer.echo(name)

@@ -18,6 +18,7 @@ from meadowrun_core.cli._common import (
     _check_cloud,
     _echo_json,
     _echo_table,
+    _guarded,
     _local,
     _table,
     _ts,
@@ -65,11 +66,15 @@ def _untracked(known: set[str]) -> list[str]:
 
 
 def _table_for(cloud: str, region: str) -> Any:
+    if cloud == "azure":
+        from meadowrun_core.cli import azure_admin
+
+        return azure_admin.table(region)
     return _aws(lambda: _aws_table(region)) if cloud == "aws" else _table()
 
 
 def _read(cloud: str, action: Any) -> Any:
-    return _aws(action) if cloud == "aws" else _local(action)
+    return _guarded(cloud, action)
 
 
 def instance_row(r: InstanceRecord, state: str, now: float) -> dict[str, Any]:
@@ -102,8 +107,9 @@ def instances(
     """Instances of a cloud with their free capacity, running jobs and state (alive,
     launching, interrupting; dead or stale when their agent stopped)."""
     _check_cloud(cloud)
-    if cloud == "aws":
-        records = _aws(lambda: _aws_table(region).list_instances())
+    if cloud in ("aws", "azure"):
+        table = _table_for(cloud, region)
+        records = _read(cloud, table.list_instances)
         state = _aws_state
     else:
         records = _local(lambda: _table().list_instances())
@@ -204,6 +210,10 @@ def jobs(
 
             price_data = _on_demand_prices(resolve_region(region))
             prices = None if price_data is None else price_data.on_demand
+        elif cloud == "azure" and rows:
+            from meadowrun_core.cli import azure_admin
+
+            prices = azure_admin.regular_prices(region)
         finished = [finished_job_row(r, prices) for r in rows]
     if as_json:
         _echo_json(running + finished)
@@ -273,13 +283,24 @@ def costs(
     """What finished jobs cost: each job pays its share (by CPU) of its instance's price.
 
     On aws, also what the same instance-seconds would have cost on-demand (live prices,
-    cached 4 h; MEADOWRUN_AWS_PRICE_FIXTURE=<dir> uses a price fixture). The local cloud is
-    free: its prices model general-purpose cloud instances."""
-    from meadowrun_core.aws.costs import job_costs
+    cached 4 h; MEADOWRUN_AWS_PRICE_FIXTURE=<dir> uses a price fixture); on azure at regular
+    prices (the Retail Prices API), and what the running VMs cost per hour now. The local
+    cloud is free: its prices model general-purpose cloud instances."""
+    from meadowrun_core.aws.costs import costs_of_rows, job_costs
 
     _check_cloud(cloud)
     resolved: str | None = None
-    if cloud == "aws":
+    running: list[list[Any]] = []
+    if cloud == "azure":
+        from meadowrun_core.cli import azure_admin
+
+        resolved = azure_admin.target(region).location
+        table = azure_admin.table(region)
+        regular = azure_admin.regular_prices(region)
+        history_rows = _read(cloud, lambda: table.job_history(history))
+        report = costs_of_rows(history_rows, regular)
+        running = azure_admin.running_cost_rows(_read(cloud, table.list_instances), regular)
+    elif cloud == "aws":
         from meadowrun_core.aws.clients import resolve_region
 
         resolved = resolve_region(region)
@@ -288,10 +309,12 @@ def costs(
     else:
         report = _local(lambda: job_costs(_table(), limit=history))
     data = cost_report_json(cloud, resolved, report)
+    if running:
+        data["running_vms"] = running[0][1]
     if as_json:
         _echo_json(data)
         return
-    paid = "at the prices paid" if cloud == "aws" else "at local list prices"
+    paid = "at the prices paid" if cloud != "local" else "at local list prices"
     rows: list[list[Any]] = [
         ["jobs", report.jobs],
         ["job-seconds", f"{report.job_seconds:.1f}"],
@@ -302,6 +325,7 @@ def costs(
         rows.append(["on-demand cost of the same", f"${report.on_demand_cost:.6f}"])
     if report.savings is not None:
         rows.append(["saved", f"{report.savings:.0%}"])
+    rows += running
     _echo_table(["", ""], rows, title=f"costs, {cloud}" + (f" {resolved}" if resolved else ""))
     if report.unpriced_types:
         typer.echo(
