@@ -539,9 +539,12 @@ def test_cli_install_instances_costs_clean_uninstall(
     assert result.exit_code == 0 and result.output.strip() == "nothing to remove"
 
 
-def test_cli_reports_aws_errors_and_unbuilt_clouds(aws: str) -> None:
+def test_cli_reports_aws_errors_and_missing_azure_settings(
+    aws: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["instances", "--cloud", "aws"])  # not installed: no table
     assert result.exit_code == 1 and "error:" in result.output
+    monkeypatch.delenv("AZURE_SUBSCRIPTION_ID", raising=False)
     result = runner.invoke(app, ["install", "--cloud", "azure"])
-    assert result.exit_code == 2
+    assert result.exit_code == 1 and "needs a subscription" in result.stderr
