@@ -53,6 +53,8 @@ def test_the_azure_admin_commands(azure_admin: AdminCloud) -> None:
     assert all(line.split()[0].startswith("Standard_") for line in lines[1:])
     assert "%" in lines[1]  # the eviction band
 
+    assert json.loads(_run("cache", "info", "--json").stdout)["entries"] == 0  # Blob
+
     azure_admin.create_vm("meadowrun-orphan", "orphan")  # no agent: clean deletes it... later
     assert "nothing to clean" in _run("clean").stdout  # within the launch grace: kept
     out = _run("uninstall").stdout

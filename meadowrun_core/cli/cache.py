@@ -17,7 +17,7 @@ from meadowrun_core.cli._common import (
     _aws,
     _check_cloud,
     _echo_json,
-    _local,
+    _guarded,
     _ts,
     app,
 )
@@ -51,6 +51,13 @@ def parse_duration(text: str) -> float:
 def _store(cloud: str, region: str) -> ObjectStore:
     """The object store of ``cloud``, opened without creating anything."""
     _check_cloud(cloud)
+    if cloud == "azure":
+        from meadowrun_core.azure.account import default_credential, open_data_plane
+        from meadowrun_core.cli import azure_admin
+
+        azure_admin.target(region)
+        store: ObjectStore = _run(cloud, lambda: open_data_plane(default_credential(), False).store)
+        return store
     if cloud == "aws":
         from meadowrun_core.aws import names
         from meadowrun_core.aws.account import account_id
@@ -67,8 +74,7 @@ def _store(cloud: str, region: str) -> ObjectStore:
 
 def _run(cloud: str, action: Callable[[], _T]) -> _T:
     """``action`` with this cloud's errors turned into a message and exit 1."""
-    result: _T = _aws(action) if cloud == "aws" else _local(action)
-    return result
+    return _guarded(cloud, action)
 
 
 @cache_app.command("info")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import pickle
 import time
@@ -27,10 +28,9 @@ from meadowrun_core import frames
 from meadowrun_core.cli._common import (
     _CLOUD_HELP,
     _REGION_HELP,
-    _aws,
     _check_cloud,
+    _guarded,
     _host,
-    _local,
     app,
 )
 from meadowrun_core.config import meadowrun_home
@@ -74,7 +74,7 @@ def logs(
     _check_cloud(cloud)
     from meadowrun_core.client.runtime import ClientRuntime
 
-    wrap = _aws if cloud == "aws" else _local
+    wrap = functools.partial(_guarded, cloud)
     runtime = ClientRuntime.get()
     backend = wrap(lambda: runtime.backend(_host(cloud, region)))
     table = backend.table
