@@ -33,11 +33,11 @@ from meadowrun_core.aws.dynamodb_reads import TableReads
 from meadowrun_core.aws.dynamodb_schema import create_table
 from meadowrun_core.resources import Resources
 from meadowrun_core.seams.allocation_table import (
-    INSTANCE_DEAD_AFTER_SECONDS,
     InstanceRecord,
     gpus_needed,
-    instance_suits,
     room_fits,
+    split_dead,
+    takes_jobs,
 )
 from meadowrun_core.seams.instance_provider import InstanceType
 
@@ -78,12 +78,7 @@ class DynamoDbAllocationTable(TableReads, KeyedJobsAndLeases, RaffleEntries):
         placed: dict[str, InstanceRecord] = {}
         now = time.time()
         for record in self.list_instances():
-            if (
-                record.address is None
-                or record.prevent_further_allocation
-                or record.last_heartbeat < now - INSTANCE_DEAD_AFTER_SECONDS
-                or not instance_suits(record, resources)
-            ):
+            if not takes_jobs(record, resources, now):
                 continue
             current: InstanceRecord | None = record
             for job_id in job_ids:
@@ -348,17 +343,7 @@ class DynamoDbAllocationTable(TableReads, KeyedJobsAndLeases, RaffleEntries):
             self._delete_instance_item(item)
 
     def remove_dead_instances(self) -> tuple[list[str], list[InstanceRecord]]:
-        now = time.time()
-        dead: list[str] = []
-        alive: list[InstanceRecord] = []
-        for record in self.list_instances():
-            if (
-                record.address is not None
-                and record.last_heartbeat < now - INSTANCE_DEAD_AFTER_SECONDS
-            ) or (record.address is None and record.created < now - self._launch_grace):
-                dead.append(record.instance_id)
-            else:
-                alive.append(record)
+        dead, alive = split_dead(self.list_instances(), time.time(), self._launch_grace)
         for instance_id in dead:
             self.remove_instance(instance_id, "instance died")
         return dead, alive

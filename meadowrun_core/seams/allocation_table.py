@@ -220,3 +220,31 @@ class AllocationTable(Protocol):
         ...
 
     def leave_raffle(self, ticket: str) -> None: ...
+
+
+def takes_jobs(record: InstanceRecord, resources: Resources, now: float) -> bool:
+    """Whether a cloud's instance may take new jobs of ``resources``: registered, alive,
+    not told to stop taking them, and of a kind that suits them (room checked apart)."""
+    return (
+        record.address is not None
+        and not record.prevent_further_allocation
+        and record.last_heartbeat >= now - INSTANCE_DEAD_AFTER_SECONDS
+        and instance_suits(record, resources)
+    )
+
+
+def split_dead(
+    records: list[InstanceRecord], now: float, launch_grace: float
+) -> tuple[list[str], list[InstanceRecord]]:
+    """The ids of instances that stopped heartbeating or never registered within
+    ``launch_grace``, and the others (``remove_dead_instances``' two answers)."""
+    dead: list[str] = []
+    alive: list[InstanceRecord] = []
+    for record in records:
+        if (
+            record.address is not None and record.last_heartbeat < now - INSTANCE_DEAD_AFTER_SECONDS
+        ) or (record.address is None and record.created < now - launch_grace):
+            dead.append(record.instance_id)
+        else:
+            alive.append(record)
+    return dead, alive
