@@ -34,7 +34,7 @@ from meadowrun_core.aws.instance_selection import (
 from meadowrun_core.aws.instance_types import Ec2Offer, load_offers
 from meadowrun_core.aws.pricing import DiskCache, default_price_source
 from meadowrun_core.aws.security_group import client_cidr, ensure_security_group
-from meadowrun_core.backend import CapacityError, LaunchError
+from meadowrun_core.backend import CapacityError
 from meadowrun_core.bootstrap.agent_start import agent_command
 from meadowrun_core.bootstrap.bundle import agent_bundle, agent_requirements
 from meadowrun_core.bootstrap.cloud_init import InstanceBoot, render_user_data
@@ -158,20 +158,12 @@ class Ec2Provider(Ec2Reach):
             ec2_id,
             instance_id,
         )
-        try:
-            connection = await self.ssh_connection(instance_id)
-            result = await connection.run(
-                self._agent_command(instance_id), timeout=self.host.launch_timeout + 30
-            )
-        except BaseException:
-            self.terminate(instance_id)
-            raise
-        if result.exit_status != 0:
-            self.terminate(instance_id)
-            raise LaunchError(
-                f"EC2 instance {ec2_id} ({instance_id}) could not start meadowrun's agent:\n"
-                f"{str(result.stderr or '').strip()}"
-            )
+        await self.start_agent(
+            instance_id,
+            self._agent_command(instance_id),
+            self.host.launch_timeout + 30,
+            f"EC2 instance {ec2_id}",
+        )
 
     async def _run_instances(self, params: dict[str, Any]) -> dict[str, Any]:
         """RunInstances; capacity errors become ``CapacityError``, and a just-created instance

@@ -35,7 +35,7 @@ from meadowrun_core.azure.eviction_rates import DefaultBands
 from meadowrun_core.azure.pricing import default_price_source
 from meadowrun_core.azure.vm_selection import SKIP_ONE_ERROR_CODES, choose_vm_sizes, is_quota_error
 from meadowrun_core.azure.vm_sizes import VmSizeOffer, load_offers
-from meadowrun_core.backend import CapacityError, LaunchError
+from meadowrun_core.backend import CapacityError
 from meadowrun_core.bootstrap.agent_start import agent_command
 from meadowrun_core.bootstrap.bundle import agent_bundle, agent_requirements
 from meadowrun_core.bootstrap.cloud_init import InstanceBoot, render_user_data
@@ -172,20 +172,12 @@ class AzureVmProvider(InstanceReach):
             instance_type.name,
             instance_id,
         )
-        try:
-            connection = await self.ssh_connection(instance_id)
-            result = await connection.run(
-                self._agent_command(instance_id), timeout=self.host.launch_timeout + 30
-            )
-        except BaseException:
-            self.terminate(instance_id)
-            raise
-        if result.exit_status != 0:
-            self.terminate(instance_id)
-            raise LaunchError(
-                f"Azure VM {name} ({instance_id}) could not start meadowrun's agent:\n"
-                f"{str(result.stderr or '').strip()}"
-            )
+        await self.start_agent(
+            instance_id,
+            self._agent_command(instance_id),
+            self.host.launch_timeout + 30,
+            f"Azure VM {name}",
+        )
 
     def _create(self, name: str, body: dict[str, Any]) -> None:
         """Create and wait; capacity and quota errors become ``CapacityError`` (a VM left

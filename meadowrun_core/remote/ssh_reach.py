@@ -14,6 +14,7 @@ import time
 
 import asyncssh
 
+from meadowrun_core.backend import LaunchError
 from meadowrun_core.remote import ssh
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,26 @@ class InstanceReach:
     def _lookup_address(self, cloud_id: str) -> tuple[str, int] | None:
         """Where to SSH to the instance, None while it has no address yet."""
         raise NotImplementedError
+
+    def terminate(self, instance_id: str, agent_pid: int | None = None) -> None:
+        raise NotImplementedError
+
+    async def start_agent(self, instance_id: str, command: str, timeout: float, what: str) -> None:
+        """Run ``command`` (which starts the agent detached and waits for it to register)
+        over SSH; on any failure the instance is terminated and ``LaunchError`` (or the
+        failure itself) raised. ``what`` names the instance in the message."""
+        try:
+            connection = await self.ssh_connection(instance_id)
+            result = await connection.run(command, timeout=timeout)
+        except BaseException:
+            self.terminate(instance_id)
+            raise
+        if result.exit_status != 0:
+            self.terminate(instance_id)
+            raise LaunchError(
+                f"{what} ({instance_id}) could not start meadowrun's agent:\n"
+                f"{str(result.stderr or '').strip()}"
+            )
 
     async def ssh_connection(self, instance_id: str) -> asyncssh.SSHClientConnection:
         """One SSH connection per instance, shared by bootstrap and every agent stream."""
