@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from meadowrun_core.aws.sqs_task_queue import SqsTaskQueue
 from meadowrun_core.config import Settings, _float_env, meadowrun_home
 from meadowrun_core.exceptions import BadInputError
 from meadowrun_core.hosts import AllocEC2Instance
-from meadowrun_core.seams.allocation_table import InstanceRecord
+from meadowrun_core.remote.ssh_backend import SshReachedBackend
 from meadowrun_core.serialization import Signer
 
 _NO_CREDENTIALS = (
@@ -34,7 +33,7 @@ DEFAULT_MAX_MEMORY_GB = 2048.0
 
 
 @dataclass
-class AwsBackend:
+class AwsBackend(SshReachedBackend):
     region: str
     home: Path
     settings: Settings
@@ -89,22 +88,3 @@ class AwsBackend:
     @property
     def description(self) -> str:
         return f"AWS {self.region} (limit {self.max_cpu:g} CPU / {self.max_memory_gb:g} GB)"
-
-    async def open_agent_stream(
-        self, instance: InstanceRecord
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Through an SSH tunnel to the agent's loopback port; frames are HMAC-signed too."""
-        if instance.address is None:
-            raise ConnectionError(f"instance {instance.instance_id} has not registered yet")
-        remote_port = int(instance.address.rsplit(":", 1)[1])
-        local_port = await self.provider.forward(instance.instance_id, remote_port)
-        return await asyncio.open_connection("127.0.0.1", local_port)
-
-    async def reach(self, instance: InstanceRecord, host: str, port: int) -> tuple[str, int]:
-        return "127.0.0.1", await self.provider.forward(instance.instance_id, port, host)
-
-    async def expose(self, port: int) -> None:
-        await self.provider.expose(port)
-
-    def close(self) -> None:
-        self.provider.close()
