@@ -86,6 +86,10 @@ def clean(wait_seconds: float = 5.0) -> CleanReport:
     every task queue, then collect the folders and objects nothing uses any more."""
     home = meadowrun_home()
     table = _table()
+    # both state files opened (checked, and moved aside if damaged) before any agent stops:
+    # an agent closing its connection checkpoints its write-ahead log into the file, which
+    # would overwrite a damaged file with an older image instead of setting it aside
+    queues = SqliteTaskQueue(home / "queues.db")
     instances = table.list_instances()
     pids: dict[int, str] = {
         r.agent_pid: r.instance_id for r in instances if r.agent_pid and agent_is_alive(r.agent_pid)
@@ -101,7 +105,6 @@ def clean(wait_seconds: float = 5.0) -> CleanReport:
             time.sleep(0.05)
         if agent_is_alive(pid):
             _signal(pid, signal.SIGKILL)
-    queues = SqliteTaskQueue(home / "queues.db")
     names = queues.list_queues()
     for name, _ in names:
         queues.delete_queue(name)

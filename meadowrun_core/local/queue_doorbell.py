@@ -52,7 +52,9 @@ class Doorbell:
             try:
                 registration.touch(mode=0o600)
             except FileNotFoundError:
-                os.makedirs(directory, mode=0o700, exist_ok=True)
+                for folder in (os.path.dirname(directory), directory):  # both private
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(folder, mode=0o700)
                 registration.touch(mode=0o600)
         except OSError as exc:  # no abstract sockets here: the receiver just looks more often
             log.debug("no doorbell for queue %s: %s", queue, exc)
