@@ -25,7 +25,6 @@ CREATE TABLE IF NOT EXISTS messages (
     receipt TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_by_queue ON messages(queue, visible_at);
-CREATE INDEX IF NOT EXISTS messages_in_order ON messages(queue, id);
 CREATE INDEX IF NOT EXISTS messages_by_receipt ON messages(receipt);
 """
 
@@ -139,12 +138,14 @@ class SqliteTaskQueue:
         now = time.time()
         taken: list[QueueMessage] = []
         with self._db.transaction() as conn:
-            # oldest first, walking the queue in id order and skipping what is in flight:
-            # by visible_at the oldest needed every visible message sorted (bodies too), a
-            # cost that grew with the queue's depth (5 ms a receive at 10,000 messages)
+            # earliest visible first, read straight off the (queue, visible_at) index (whose
+            # entries end in the rowid, so no sort): walking the queue in id order instead
+            # skipped every message in flight on each receive, and a map's result queue keeps
+            # up to 100,000 of those (10^6 tasks took 190 s instead of 40); sorting every
+            # visible message by id cost a receive 5 ms at 10,000 queued
             rows = conn.execute(
-                "SELECT id, body, receive_count FROM messages INDEXED BY messages_in_order "
-                "WHERE queue = ? AND visible_at <= ? ORDER BY id LIMIT ?",
+                "SELECT id, body, receive_count FROM messages INDEXED BY messages_by_queue "
+                "WHERE queue = ? AND visible_at <= ? ORDER BY visible_at, id LIMIT ?",
                 (name, now, max_messages),
             ).fetchall()
             for row in rows:
