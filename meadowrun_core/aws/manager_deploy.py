@@ -4,7 +4,6 @@ the EventBridge schedule that runs it every minute."""
 
 from __future__ import annotations
 
-import ast
 import base64
 import hashlib
 import io
@@ -20,6 +19,7 @@ from botocore.exceptions import ClientError
 from meadowrun_core.aws import names
 from meadowrun_core.aws.clients import aws_client, error_code
 from meadowrun_core.aws.iam import ROLE_PROPAGATION_SECONDS, ensure_role, manager_policy, tag_dict
+from meadowrun_core.module_imports import PACKAGE_ROOT, imported_modules, module_file
 
 log = logging.getLogger(__name__)
 
@@ -28,33 +28,9 @@ MANAGER_RUNTIME = "python3.12"
 MANAGER_MODULE = "meadowrun_core.aws.manager"
 SCHEDULE_TARGET_ID = "meadowrun-manager"
 _PERMISSION_ID = "meadowrun-manager-schedule"
-_PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent  # holds meadowrun_core/
+_PACKAGE_ROOT = PACKAGE_ROOT
 # A zip entry's fixed timestamp, so the same code gives the same CodeSha256.
 _ZIP_TIME = (2020, 1, 1, 0, 0, 0)
-
-
-def _imported_modules(path: Path, package: str) -> set[str]:
-    """meadowrun_core modules a source file imports (absolute and relative)."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                base = f"{parent}.{base}" if base else parent
-            found.add(base)
-            found.update(f"{base}.{a.name}" for a in node.names)
-    return {m for m in found if m.split(".")[0] == "meadowrun_core"}
-
-
-def _module_file(module: str) -> Path | None:
-    base = _PACKAGE_ROOT.joinpath(*module.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def manager_modules(root: str = MANAGER_MODULE) -> dict[str, Path]:
@@ -64,12 +40,12 @@ def manager_modules(root: str = MANAGER_MODULE) -> dict[str, Path]:
     pending = [root]
     while pending:
         module = pending.pop()
-        path = _module_file(module)
+        path = module_file(module)
         if module in found or path is None or path.name == "__init__.py":
             continue
         found[module] = path
         package = module.rsplit(".", 1)[0]
-        pending.extend(_imported_modules(path, package))
+        pending.extend(imported_modules(path, package))
     return found
 
 

@@ -11,7 +11,6 @@ Azure twin has no App Service. docs/azure.md says how to deploy it by hand.
 
 from __future__ import annotations
 
-import ast
 import io
 import json
 import os
@@ -20,10 +19,11 @@ from pathlib import Path
 
 from meadowrun_core.azure import settings
 from meadowrun_core.azure.settings import AzureTarget
+from meadowrun_core.module_imports import PACKAGE_ROOT, imported_modules, module_file
 
 MANAGER_MODULE = "meadowrun_core.azure.manager"
 SCHEDULE = "0 */5 * * * *"  # NCRONTAB with seconds: every five minutes
-_PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent  # holds meadowrun_core/
+_PACKAGE_ROOT = PACKAGE_ROOT
 _ZIP_TIME = (2020, 1, 1, 0, 0, 0)  # fixed, so the same code gives the same zip
 REQUIREMENTS = (
     "azure-functions",
@@ -66,30 +66,6 @@ HOST_JSON = {
 }
 
 
-def _imports(path: Path, package: str) -> set[str]:
-    """meadowrun_core modules a source file imports (absolute and relative)."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                base = f"{parent}.{base}" if base else parent
-            found.add(base)
-            found.update(f"{base}.{a.name}" for a in node.names)
-    return {m for m in found if m.split(".")[0] == "meadowrun_core"}
-
-
-def _module_file(module: str) -> Path | None:
-    base = _PACKAGE_ROOT.joinpath(*module.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def manager_modules(
     roots: tuple[str, ...] = (MANAGER_MODULE, "meadowrun_core.hosts"),
 ) -> dict[str, Path]:
@@ -100,11 +76,11 @@ def manager_modules(
     todo = list(roots)
     while todo:
         module = todo.pop()
-        path = _module_file(module)
+        path = module_file(module)
         if path is None or module in found or path.name == "__init__.py":
             continue
         found[module] = path
-        todo.extend(_imports(path, module.rsplit(".", 1)[0]))
+        todo.extend(imported_modules(path, module.rsplit(".", 1)[0]))
     return found
 
 
