@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import workloads
+from waiting import wait_until
 
 import meadowrun_core as mr
 from meadowrun_core.local.allocation_table import SqliteAllocationTable
@@ -36,8 +37,14 @@ def test_a_job_needing_a_sensor_runs_on_a_host_offering_it(local_cloud: Path) ->
         4,
         6,
     ]
-    assert all(
-        dict(i.custom_free) == dict(i.custom_total) for i in _table(local_cloud).list_instances()
+    # the map's workers give theirs back as they exit, just after the last result arrived
+    wait_until(
+        lambda: all(
+            dict(i.custom_free) == dict(i.custom_total)
+            for i in _table(local_cloud).list_instances()
+        ),
+        timeout=30,
+        what="the map's workers to give their sensors back",
     )
 
 

@@ -37,7 +37,7 @@ class FileObjectStore:
         # (one function for several jobs) must not share, and lose, a temporary file
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
         for attempt in range(3):
-            path.parent.mkdir(mode=0o700, exist_ok=True)
+            _make_folder(path.parent)
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             except FileNotFoundError:
@@ -75,7 +75,8 @@ class FileObjectStore:
         path = self._named / check_name(name)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
         for attempt in range(3):
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):  # and gone again: see _make_folder
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 with os.fdopen(fd, "wb") as f:
@@ -119,3 +120,11 @@ def _touch(path: Path) -> bool:
         return True
     except FileNotFoundError:
         return False
+
+
+def _make_folder(folder: Path) -> None:
+    """Create a prefix folder unless it exists. Not ``Path.mkdir(exist_ok=True)``: that
+    re-checks ``is_dir()`` after EEXIST and raises when the collector removed the empty folder
+    in between; here the open that follows fails instead and the write is tried again."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(folder, 0o700)
