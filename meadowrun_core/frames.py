@@ -261,6 +261,7 @@ class Result(TypedDict, total=False):
     ok: Required[bool]
     stage: FailureStage  # not ok: where it failed
     call_id: str  # answering a ``Call`` (not a batch task)
+    seconds: float  # a batch task: how long the worker spent on it (sizes the next batch)
 
 
 class WorkerReport(TypedDict):

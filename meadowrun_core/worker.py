@@ -15,6 +15,7 @@ import pickle
 import socket
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any, cast
@@ -177,7 +178,9 @@ class Worker:
             _write_pid_file(Path(pid_file))
         function: frames.FunctionRef = {"function_key": header["function_key"]}
         for argument in pickle.loads(blob):
+            started = time.perf_counter()
             result, result_blob = self.call(function, argument, single_argument=True)
+            result["seconds"] = time.perf_counter() - started
             self.send(result, result_blob)
 
     def _call(self, header: frames.Call, blob: bytes) -> None:
