@@ -1,7 +1,8 @@
 """The Azure Resource Manager part of the Azure twin: compute SKUs and virtual machines, in
 memory (their network resources: ``azure_twin_network.py``; network security groups:
 ``azure_twin_nsg.py``, which a VM's NIC configuration may name; operations:
-``azure_twin_lro.py``).
+``azure_twin_lro.py``; what install makes: ``azure_twin_resources.py``; the manager's
+Function App: ``azure_twin_web.py``).
 
 Shapes follow the Compute REST reference and the examples in ``Azure/azure-rest-api-specs``
 (``specification/compute/resource-manager/Microsoft.Compute``):
