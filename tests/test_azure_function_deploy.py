@@ -89,7 +89,9 @@ def test_install_deploys_the_manager_and_uninstall_removes_it(
     assert "deleted VM meadowrun-orphan (meadowrun orphan)" in ran.stdout, ran.stdout
     _wait_for(lambda: cloud.vm_names() == ["meadowrun-live"])
 
-    # No change: nothing is written, nothing deployed.
+    # No change: nothing is written, nothing deployed (a setting of the user's is no change).
+    user_setting = {"APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=00000000"}
+    web.app(target.resource_group, name).settings.update(user_setting)
     writes, deployments = cloud.puts(), web.settings_writes
     again = install(target)
     assert f"found function app {name}" in again
@@ -106,6 +108,7 @@ def test_install_deploys_the_manager_and_uninstall_removes_it(
     assert web.syncs == 2 and container.get_blob_client(blob_name).exists()
     fixed = web.app(target.resource_group, name).settings["WEBSITE_RUN_FROM_PACKAGE"]
     assert urlsplit(fixed).path == url.path and fixed != bad
+    assert user_setting.items() <= web.app(target.resource_group, name).settings.items()
 
     removed = uninstall(target)
     assert removed.index(f"deleted function app {name}") < removed.index(

@@ -22,9 +22,10 @@ What is made, tagged and fixed-named (through ``arm.py``, no extra SDK):
 App settings: the Functions runtime's (``FUNCTIONS_EXTENSION_VERSION=~4``,
 ``FUNCTIONS_WORKER_RUNTIME=python``, ``AzureWebJobsStorage``: the storage account's connection
 string, which the timer's schedule monitor and lock use), ``AZURE_CLIENT_ID`` and
-``manager_package.app_settings``. Idempotent: an app whose settings match (the package URL
-by its blob, which must still answer through its SAS) is left alone, so a second install
-writes nothing. App settings and SAS URLs are secrets: they are never logged.
+``manager_package.app_settings``; other settings (the user's) are kept. Idempotent: an app
+whose settings match (the package URL by its blob, which must still answer through its SAS)
+is left alone, so a second install writes nothing. App settings and SAS URLs are secrets:
+they are never logged.
 """
 
 from __future__ import annotations
@@ -130,10 +131,11 @@ def _url_answers(url: str) -> bool:
 
 
 def _same(current: dict[str, str], wanted: dict[str, str]) -> bool:
-    """Settings equal, the package URLs by blob path and a current URL that answers."""
-    if set(current) != set(wanted):
-        return False
+    """The wanted settings are there (others, e.g. the user's Application Insights, may be
+    too), the package URL compared by its blob, and the current one still answers."""
     for name, value in wanted.items():
+        if name not in current:
+            return False
         if name == PACKAGE_SETTING:
             if urlsplit(current[name]).path != urlsplit(value).path:
                 return False
@@ -210,7 +212,8 @@ def deploy(target: AzureTarget, arm: Arm, plane: DataPlane) -> list[str]:
         if _same(current, wanted):
             done.append(f"found function app {name}")
             return done
-        arm.put(f"{path}/config/appsettings", API_WEB, {"properties": wanted})
+        # PUT replaces them all: settings of the user's are kept
+        arm.put(f"{path}/config/appsettings", API_WEB, {"properties": {**current, **wanted}})
         done.append(f"updated function app {name}'s settings")
     arm.post(f"{path}/syncfunctiontriggers", API_WEB)
     done.append(f"deployed the manager's package {blob_name} to function app {name}")
