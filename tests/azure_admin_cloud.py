@@ -27,11 +27,13 @@ class AdminCloud:
     target: AzureTarget
 
     def puts(self) -> int:
-        """PUT and POST requests the twin has answered so far (listKeys aside)."""
+        """PUT and POST requests the twin has answered so far (the reads listKeys and
+        appsettings/list aside)."""
+        reads = ("/listkeys", "/config/appsettings/list")
         return sum(
             1
             for method, path in self.twin.server.requests
-            if method in ("PUT", "POST") and not path.lower().endswith("/listkeys")
+            if method in ("PUT", "POST") and not path.lower().endswith(reads)
         )
 
     def create_vm(self, name: str, instance_id: str) -> Any:

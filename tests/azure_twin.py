@@ -4,7 +4,7 @@ SDK clients, because no emulator exists for them (Azurite covers storage only).
 
 Parts, each with the documentation its responses follow in its own docstring:
 ``azure_twin_arm.py`` (+ ``azure_twin_lro.py``, ``azure_twin_network.py``,
-``azure_twin_nsg.py``),
+``azure_twin_nsg.py``, ``azure_twin_web.py``: Function Apps and a Functions host),
 ``azure_twin_vault.py``, ``azure_twin_http.py`` (server, test credential), and here the
 App Service managed identity endpoint (``identity_endpoint``) and the Retail Prices API
 (learn.microsoft.com/rest/api/cost-management/retail-prices/azure-retail-prices:
@@ -68,7 +68,8 @@ class AzureTwin:
         self.price_rows = fixture_rows("retail-prices.json")
         self.prices_page_size = prices_page_size
         self.identity_header = secrets.token_hex(16)
-        handlers = [self.arm.handle, self.vault.handle, self._prices, self._identity]
+        handlers = [self.arm.handle, self.arm.web.identity, self.vault.handle, self._prices]
+        handlers.append(self._identity)
         self.server = TwinServer(handlers, self.certificate.server_context(), host)
 
     @property

@@ -1,7 +1,8 @@
 """The Azure Resource Manager part of the Azure twin: compute SKUs and virtual machines, in
 memory (their network resources: ``azure_twin_network.py``; network security groups:
 ``azure_twin_nsg.py``, which a VM's NIC configuration may name; operations:
-``azure_twin_lro.py``).
+``azure_twin_lro.py``; what install makes: ``azure_twin_resources.py``; the manager's
+Function App: ``azure_twin_web.py``).
 
 Shapes follow the Compute REST reference and the examples in ``Azure/azure-rest-api-specs``
 (``specification/compute/resource-manager/Microsoft.Compute``):
@@ -47,6 +48,7 @@ from tests.azure_twin_lro import Operations, now
 from tests.azure_twin_network import network_resources, nic_refs
 from tests.azure_twin_nsg import NsgTwin
 from tests.azure_twin_quota import capabilities, quota_error
+from tests.azure_twin_web import WebTwin
 
 _SUB = r"/subscriptions/(?P<sub>[^/]+)"
 _RG = _SUB + r"/resourceGroups/(?P<rg>[^/]+)/providers"
@@ -121,6 +123,7 @@ class ArmTwin:
         self.resource_groups: dict[str, str] = {}  # lower-cased name -> location
         self.nsgs = NsgTwin(self.resource_groups, lambda: [vm.resource for vm in self.vms()])
         self.resources = azure_twin_resources.for_arm(self)  # what install makes
+        self.web = WebTwin(subscription, self.resource_groups, self)  # the manager's app
         self._lock = threading.Lock()
         self._vms: dict[tuple[str, str], TwinVm] = {}  # (rg, name), lower-cased
         self._net: dict[tuple[str, str, str], dict[str, Any]] = {}  # (kind, rg, name), lower
@@ -202,6 +205,8 @@ class ArmTwin:
         if (answer := self.nsgs.handle(request)) is not None:
             return answer
         if (answer := self.resources.handle(request)) is not None:
+            return answer
+        if (answer := self.web.handle(request)) is not None:
             return answer
         if (m := _NET.fullmatch(path)) and method == "GET":
             with self._lock:

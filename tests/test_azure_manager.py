@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -22,6 +20,7 @@ from meadowrun_core.resources import Resources
 from meadowrun_core.seams.instance_provider import InstanceType
 from meadowrun_core.seams.raffle import RAFFLE_ENTRY_SECONDS
 from tests.azure_admin_cloud import AdminCloud
+from tests.azure_twin_web import run_timer_function
 
 ONE = Resources(logical_cpu=1, memory_gb=1)
 SMALL = InstanceType("Standard_D2s_v5", 2, 8, 0.096)
@@ -70,9 +69,10 @@ def test_the_manager_deletes_lost_vms_and_stale_queues(azure_admin: AdminCloud) 
 
 
 def test_the_function_package_runs_the_handler(azure_admin: AdminCloud, tmp_path: Path) -> None:
-    """The zip unpacked as the Functions host sees it, ``azure.functions`` stubbed (the
-    runtime's own package): the timer is registered with the schedule and its function
-    lists the VMs through ARM."""
+    """The zip unpacked as the Functions host sees it (``tests/azure_twin_web.py``, with
+    ``azure.functions`` stubbed: the runtime's own package): the timer is registered with the
+    schedule and its function lists the VMs through ARM. (The deployed package, with its
+    dependencies, runs on its own: ``test_azure_function_deploy.py``.)"""
     install(azure_admin.target)
     data = manager_zip()
     assert data == manager_zip()  # deterministic
@@ -82,35 +82,8 @@ def test_the_function_package_runs_the_handler(azure_admin: AdminCloud, tmp_path
     assert {"function_app.py", "host.json", "requirements.txt"} <= names
     assert "meadowrun_core/azure/manager.py" in names
     assert "meadowrun_core/azure/vm_provider.py" not in names  # no compute SDK, no client
-    stub = tmp_path / "stub" / "azure" / "functions"
-    stub.mkdir(parents=True)
-    (stub / "__init__.py").write_text(
-        "TimerRequest = object\n"
-        "class FunctionApp:\n"
-        "    timers = []\n"
-        "    def timer_trigger(self, **kwargs):\n"
-        "        def register(function):\n"
-        "            FunctionApp.timers.append((kwargs, function))\n"
-        "            return function\n"
-        "        return register\n"
-    )
-    script = (
-        "import meadowrun_core, function_app, azure.functions as f\n"
-        f"assert meadowrun_core.__file__.startswith({str(app)!r}), meadowrun_core.__file__\n"
-        "(kwargs, function), = f.FunctionApp.timers\n"
-        "print(kwargs['schedule'])\n"
-        "function(None)\n"
-    )
     lists = azure_admin.twin.requests_to("/virtualMachines")
-    environment = {**os.environ, "PYTHONPATH": f"{app}{os.pathsep}{tmp_path / 'stub'}"}
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=app,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_timer_function(app, dict(os.environ), tmp_path, isolated=False)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == SCHEDULE
+    assert f"schedule: {SCHEDULE}" in result.stdout
     assert azure_admin.twin.requests_to("/virtualMachines") > lists

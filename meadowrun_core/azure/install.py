@@ -16,7 +16,7 @@ import logging
 import secrets
 from typing import Any
 
-from meadowrun_core.azure import installed, settings
+from meadowrun_core.azure import function_deploy, installed, settings
 from meadowrun_core.azure.account import (
     SECRET_CLUSTER_KEY,
     SECRET_SSH_KEY,
@@ -178,6 +178,7 @@ def install(
     done.append(f"ready: table and container in storage account {plane.account_name}")
     done.append(_network(arm, target))
     done += _identity(arm, target)
+    done += function_deploy.deploy(target, arm, plane)  # the manager, with that identity
     for line in done:
         log.info("%s", line)
     return done

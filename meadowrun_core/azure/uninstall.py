@@ -9,7 +9,7 @@ from typing import Any
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-from meadowrun_core.azure import installed, settings
+from meadowrun_core.azure import function_deploy, installed, settings
 from meadowrun_core.azure.account import (
     SECRET_CLUSTER_KEY,
     SECRET_SSH_KEY,
@@ -136,6 +136,7 @@ def uninstall(
     group = installed.group_path(target)
     plane = _plane(credential)
     done = _delete_all_vms(arm, target, plane)
+    done += function_deploy.remove(target, arm, plane)  # before the identity it carries
     network = f"{group}/providers/Microsoft.Network"
     api = installed.API_NETWORK
     done += _delete_if_ours(
