@@ -37,12 +37,17 @@ DEPLOYMENT = mr.Deployment.mirror_local(interpreter=mr.PreinstalledInterpreter(A
 
 
 class AzureTwinCloud:
-    def __init__(self, hosts: AzureTwinHosts, storage: Any, scratch: Path) -> None:
+    def __init__(
+        self, hosts: AzureTwinHosts, storage: Any, scratch: Path, environment: dict[str, str]
+    ) -> None:
         self.hosts = hosts
         self.twin: AzureTwin = hosts.twin
         self.network: TwinNetwork = hosts.network
         self.storage = storage
         self.scratch = scratch
+        # what the fixture set in this process's environment: a client in another process
+        # (an Airflow worker) needs the same to find the twin, Azurite and the twin's tokens
+        self.environment = environment
 
     def host(self, **overrides: Any) -> mr.AllocAzureVM:
         return mr.AllocAzureVM(**overrides)
@@ -124,4 +129,4 @@ def azure(
         for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "MSI_ENDPOINT"):
             monkeypatch.delenv(name, raising=False)
         stack.callback(ClientRuntime.get().forget_backends)
-        yield AzureTwinCloud(hosts, server.account(), tmp_path)
+        yield AzureTwinCloud(hosts, server.account(), tmp_path, environment)

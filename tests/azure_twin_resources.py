@@ -321,7 +321,7 @@ def for_arm(arm: Any) -> ResourcesTwin:
     def others(rg: str) -> list[dict[str, Any]]:
         vms = [vm.resource for vm in arm.vms() if vm.resource_group.lower() == rg.lower()]
         prefix = f"/subscriptions/{arm.subscription}/resourcegroups/{rg}/".lower()
-        nsgs = arm.nsgs.list_under(prefix)
+        nsgs: list[dict[str, Any]] = arm.nsgs.list_under(prefix)
         return vms + nsgs
 
     def subnets_in_use() -> set[str]:

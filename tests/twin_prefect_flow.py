@@ -1,4 +1,4 @@
-"""A Prefect flow whose task runs on an EC2 twin instance. Importable there (Prefect and
+"""A Prefect flow whose tasks run on a twin instance (EC2 or Azure). Importable there (Prefect and
 meadowrun_prefect are in the agent's environment once the client uses Prefect), so it imports
 nothing test-only."""
 
@@ -20,8 +20,8 @@ def hostname_of_instance(x: int) -> tuple[str, int]:
 
 def run_on(host: mr.Host, deployment: mr.Deployment) -> list[Any]:
     @flow(task_runner=MeadowrunTaskRunner(host=host, deployment=deployment))
-    def on_ec2() -> list[Any]:
+    def on_a_twin() -> list[Any]:
         futures = hostname_of_instance.map(range(3))
         return [f.result() for f in futures]
 
-    return on_ec2()
+    return on_a_twin()
