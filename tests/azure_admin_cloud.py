@@ -1,8 +1,9 @@
 """The ``azure_admin`` fixture: the Azure twin and a fresh Azurite on 127.0.0.1, with every
 ``MEADOWRUN_AZURE_*`` override and credential the product reads pointed at them, and a
 resource group that does not exist yet (install creates it), and no Key Vault yet (install
-creates ``VAULT_NAME``). The test user owns the subscription; the twin enforces roles. No twin network, no VM hosts:
-VMs created here are ARM records only, which is all the admin side looks at."""
+creates ``VAULT_NAME``). The test user owns the subscription; the twin enforces roles. No
+twin network, no VM hosts: VMs created here are ARM records only, which is all the admin side
+looks at."""
 
 from __future__ import annotations
 
