@@ -1,9 +1,8 @@
 """The Azure Resource Manager part of the Azure twin: compute SKUs and virtual machines, in
-memory (their network resources: ``azure_twin_network.py``; network security groups:
-``azure_twin_nsg.py``, which a VM's NIC configuration may name; operations:
-``azure_twin_lro.py``; what install makes: ``azure_twin_resources.py``,
-``azure_twin_keyvault.py``; who may do what: ``azure_twin_rbac.py``). A VM's ``identity``
-comes back with its principals filled in.
+memory (network resources: ``azure_twin_network.py``; security groups, which a VM's NIC
+configuration may name: ``azure_twin_nsg.py``; operations: ``azure_twin_lro.py``; what
+install makes: ``azure_twin_resources.py``, ``azure_twin_keyvault.py``; roles:
+``azure_twin_rbac.py``). A VM's ``identity`` comes back with its principals filled in.
 
 Shapes follow the Compute REST reference and the examples in ``Azure/azure-rest-api-specs``
 (``specification/compute/resource-manager/Microsoft.Compute``):
@@ -26,9 +25,8 @@ Shapes follow the Compute REST reference and the examples in ``Azure/azure-rest-
 
 Hooks: ``on_vm_created`` callbacks run in the create's operation before it succeeds; one may
 return the address of the machine playing the VM (a twin host), which its NICs and public IPs
-then carry. ``on_vm_deleted`` callbacks run as a delete (or ``evict``) completes.
-``fail_next`` injects capacity errors; ``set_quota`` sets a cores quota
-(``azure_twin_quota.py``).
+then carry. ``on_vm_deleted`` callbacks run as a delete (or ``evict``) completes. ``fail_next``
+injects capacity errors; ``set_quota`` sets a cores quota (``azure_twin_quota.py``).
 """
 
 from __future__ import annotations
