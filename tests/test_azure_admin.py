@@ -110,27 +110,33 @@ def test_install_is_tagged_idempotent_and_uninstall_removes_everything(
 
 
 def test_install_recovers_its_soft_deleted_vault(azure_admin: AdminCloud) -> None:
-    """A vault deleted but not purged keeps its name (Key Vault soft delete): install
-    recovers meadowrun's, with its secrets, and refuses to touch one that is not meadowrun's."""
+    """A vault deleted but not purged keeps its name (Key Vault soft delete): where uninstall
+    cannot purge (purge protection), install recovers meadowrun's vault, with its secrets;
+    it refuses to touch a deleted vault that is not meadowrun's."""
     cloud = azure_admin
     install(cloud.target)
     cluster_key = cloud.twin.secret_client().get_secret(SECRET_CLUSTER_KEY).value
-    arm = Arm(default_credential(), cloud.target.subscription_id)
-    vault_path = installed.vault_path(cloud.target, VAULT_NAME)
-    arm.delete(vault_path, installed.API_KEYVAULT)  # deleted by hand, not purged
+    live = cloud.twin.arm.key_vaults.live(VAULT_NAME)
+    assert live is not None
+    live["properties"]["enablePurgeProtection"] = True  # as a policy may require
+    removed = uninstall(cloud.target)
+    assert f"deleted Key Vault {VAULT_NAME}" in removed
+    assert f"purged Key Vault {VAULT_NAME}" not in removed
     assert cloud.twin.arm.key_vaults.deleted(VAULT_NAME) is not None
+    arm = Arm(default_credential(), cloud.target.subscription_id)
     body = {
         "location": LOCATION,
         "properties": {"tenantId": TENANT, "sku": {"family": "A", "name": "standard"}},
     }
+    elsewhere = f"/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.KeyVault/vaults/"
     with pytest.raises(ArmError, match="ConflictError"):  # the name stays reserved
-        arm.put(vault_path, installed.API_KEYVAULT, body)
+        arm.put(elsewhere + VAULT_NAME, installed.API_KEYVAULT, body)
 
     lines = install(cloud.target)
     assert f"recovered Key Vault {VAULT_NAME}" in lines
     assert cloud.twin.secret_client().get_secret(SECRET_CLUSTER_KEY).value == cluster_key
 
-    arm.delete(vault_path, installed.API_KEYVAULT)
+    arm.delete(installed.vault_path(cloud.target, VAULT_NAME), installed.API_KEYVAULT)
     vault = cloud.twin.arm.key_vaults.deleted(VAULT_NAME)
     assert vault is not None
     vault["vault"]["tags"] = {}  # someone else's deleted vault of that name
