@@ -1,7 +1,9 @@
 """The ``azure_admin`` fixture: the Azure twin and a fresh Azurite on 127.0.0.1, with every
 ``MEADOWRUN_AZURE_*`` override and credential the product reads pointed at them, and a
-resource group that does not exist yet (install creates it). No twin network, no VM hosts:
-VMs created here are ARM records only, which is all the admin side looks at."""
+resource group that does not exist yet (install creates it), and no Key Vault yet (install
+creates ``VAULT_NAME``). The test user owns the subscription; the twin enforces roles. No
+twin network, no VM hosts: VMs created here are ARM records only, which is all the admin side
+looks at."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import pytest
 
 from meadowrun_core.azure.settings import AzureTarget
 from tests import azurite
-from tests.azure_twin import LOCATION, SUBSCRIPTION, AzureTwin, running_twin
+from tests.azure_twin import LOCATION, SUBSCRIPTION, VAULT_NAME, AzureTwin, running_twin
 
 NEW_GROUP = "meadowrun-admin"
 
@@ -72,7 +74,7 @@ def azure_admin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Adm
         (tmp_path / "azurite").mkdir()
         server = azurite.AzuriteServer(tmp_path / "azurite")
         stack.callback(server.stop)
-        twin = stack.enter_context(running_twin(tmp_path / "twin"))
+        twin = stack.enter_context(running_twin(tmp_path / "twin", premade_vault=False))
         ca = str(twin.certificate.cert_path)
         environment = {
             "AZURE_SUBSCRIPTION_ID": SUBSCRIPTION,
@@ -81,6 +83,7 @@ def azure_admin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Adm
             "MEADOWRUN_AZURE_STORAGE_ACCOUNT": azurite.ACCOUNT_NAME,
             "MEADOWRUN_AZURE_ARM_URL": twin.base_url,
             "MEADOWRUN_AZURE_VAULT_URL": twin.base_url,
+            "MEADOWRUN_AZURE_KEY_VAULT": VAULT_NAME,
             "MEADOWRUN_AZURE_STORAGE_TABLE_URL": server.urls["table"],
             "MEADOWRUN_AZURE_STORAGE_QUEUE_URL": server.urls["queue"],
             "MEADOWRUN_AZURE_STORAGE_BLOB_URL": server.urls["blob"],

@@ -8,8 +8,12 @@ Retail Prices, the App Service managed identity endpoint the client's
 service. Every VM the twin creates is a twin host (tests/azure_twin_hosts.py): SSH only as
 its network security group admits, IMDS with managed identity tokens and Scheduled Events,
 and nothing of ours until its cloud-init bootstrap installs the agent from Blob storage.
-The fixture plays the install step: the vault holds the storage account's name and key
-(Azurite's published development account).
+The fixture runs ``meadowrun install --cloud azure`` (``install``): it creates the Key Vault
+and fills it with the storage account's name and key (Azurite's published development
+account, which the twin's ``listKeys`` answers), and makes the VMs' user-assigned identity
+with its roles, which the twin enforces: the agents read the vault and idle VMs delete
+themselves only because install granted them Key Vault Secrets User and Virtual Machine
+Contributor.
 """
 
 from __future__ import annotations
@@ -23,12 +27,20 @@ from typing import Any
 import pytest
 
 import meadowrun_core as mr
-from meadowrun_core.azure.account import SECRET_STORAGE_ACCOUNT, SECRET_STORAGE_KEY
+from meadowrun_core.azure.install import install
+from meadowrun_core.azure.settings import AzureTarget
 from meadowrun_core.azure.vm_provider import INSTANCE_ID_TAG
 from meadowrun_core.bootstrap.instance_script import AGENT_PYTHON
 from meadowrun_core.client.runtime import ClientRuntime
 from tests import azurite
-from tests.azure_twin import LOCATION, RESOURCE_GROUP, SUBSCRIPTION, AzureTwin, running_twin
+from tests.azure_twin import (
+    LOCATION,
+    RESOURCE_GROUP,
+    SUBSCRIPTION,
+    VAULT_NAME,
+    AzureTwin,
+    running_twin,
+)
 from tests.azure_twin_hosts import AzureTwinHosts
 from tests.moto_server import CheckIpServer
 from tests.twin_hosts import TwinHost, TwinNetwork
@@ -98,10 +110,10 @@ def azure(
         stack.callback(server.stop)
         checkip = CheckIpServer(gateway)
         stack.callback(checkip.close)
-        twin = stack.enter_context(running_twin(tmp_path / "twin", host=gateway))
+        twin = stack.enter_context(
+            running_twin(tmp_path / "twin", host=gateway, premade_vault=False)
+        )
         hosts = stack.enter_context(AzureTwinHosts(twin, twin_network, tmp_path / "hosts"))
-        twin.secret_client().set_secret(SECRET_STORAGE_ACCOUNT, azurite.ACCOUNT_NAME)
-        twin.secret_client().set_secret(SECRET_STORAGE_KEY, azurite.ACCOUNT_KEY)
         ca = str(twin.certificate.cert_path)
         environment = {
             "AZURE_SUBSCRIPTION_ID": SUBSCRIPTION,
@@ -109,6 +121,8 @@ def azure(
             "MEADOWRUN_AZURE_RESOURCE_GROUP": RESOURCE_GROUP,
             "MEADOWRUN_AZURE_ARM_URL": twin.base_url,
             "MEADOWRUN_AZURE_VAULT_URL": twin.base_url,
+            "MEADOWRUN_AZURE_KEY_VAULT": VAULT_NAME,
+            "MEADOWRUN_AZURE_STORAGE_ACCOUNT": azurite.ACCOUNT_NAME,
             "MEADOWRUN_AZURE_STORAGE_TABLE_URL": server.urls["table"],
             "MEADOWRUN_AZURE_STORAGE_QUEUE_URL": server.urls["queue"],
             "MEADOWRUN_AZURE_STORAGE_BLOB_URL": server.urls["blob"],
@@ -128,5 +142,6 @@ def azure(
             monkeypatch.setenv(name, value)
         for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "MSI_ENDPOINT"):
             monkeypatch.delenv(name, raising=False)
+        install(AzureTarget(SUBSCRIPTION, LOCATION, RESOURCE_GROUP))
         stack.callback(ClientRuntime.get().forget_backends)
         yield AzureTwinCloud(hosts, server.account(), tmp_path, environment)

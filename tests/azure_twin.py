@@ -13,6 +13,12 @@ App Service managed identity endpoint (``identity_endpoint``) and the Retail Pri
 of ``tests/fixtures/azure/retail-prices.json`` filtered by ``armRegionName`` and
 ``serviceName``, ``prices_page_size`` to a page.
 
+Every ARM and Key Vault request is checked against the role assignments ARM holds
+(``azure_twin_rbac.py``): the test user (``TwinCredential``, the identity endpoint) owns the
+subscription; with ``premade_vault`` (the default) the Key Vault ``VAULT_NAME`` exists in
+``RESOURCE_GROUP`` with RBAC authorization and the user holds Key Vault Secrets Officer on it,
+as a user who made it with the Azure CLI would.
+
 Clients: ``compute_client()`` (azure-mgmt-compute through ``base_url``), ``secret_client()``
 (azure-keyvault-secrets through ``vault_url``, ``verify_challenge_resource=False``), both
 trusting the twin's own certificate through ``connection_verify``; ``prices_url`` and
@@ -37,7 +43,16 @@ from typing import Any
 from urllib.parse import urlencode
 
 from tests.azure_twin_arm import ArmTwin
-from tests.azure_twin_http import Request, Response, TwinCredential, TwinServer, error
+from tests.azure_twin_http import (
+    USER_PRINCIPAL,
+    Request,
+    Response,
+    TwinCredential,
+    TwinServer,
+    error,
+    make_token,
+)
+from tests.azure_twin_rbac import SECRETS_OFFICER, Rbac, assignment, owner_assignment
 from tests.azure_twin_tls import make_certificate
 from tests.azure_twin_vault import VaultTwin
 
@@ -45,6 +60,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "azure"
 SUBSCRIPTION = "00000000-0000-0000-0000-0000000000aa"
 RESOURCE_GROUP = "meadowrun-rg"
 LOCATION = "eastus"
+VAULT_NAME = "meadowrun-kv"  # the vault the twin's Key Vault data plane plays
 
 
 def fixture_rows(name: str) -> list[dict[str, Any]]:
@@ -59,17 +75,36 @@ class AzureTwin:
         host: str = "127.0.0.1",
         prices_page_size: int = 10,
         vault_page_size: int = 25,
+        premade_vault: bool = True,
     ) -> None:
         self.certificate = make_certificate(directory, (host,))
         self.credential = TwinCredential()
         self.arm = ArmTwin(fixture_rows("resource-skus.json"), SUBSCRIPTION)
         self.arm.add_resource_group(RESOURCE_GROUP, LOCATION)
+        self.arm.resources.assign(owner_assignment(SUBSCRIPTION))
         self.vault = VaultTwin(vault_page_size)
+        self.arm.key_vaults.on_purge.append(self.vault.forget)
+        if premade_vault:  # as `az keyvault create --enable-rbac-authorization` leaves it
+            vault_id = self.arm.key_vaults.add(RESOURCE_GROUP, VAULT_NAME, LOCATION)
+            officer = assignment(vault_id, USER_PRINCIPAL, SECRETS_OFFICER, SUBSCRIPTION)
+            self.arm.resources.assign(officer)
+        self.rbac = Rbac(
+            SUBSCRIPTION,
+            self.arm.resources.assignments,
+            lambda: self.arm.key_vaults.live(VAULT_NAME),
+        )
         self.price_rows = fixture_rows("retail-prices.json")
         self.prices_page_size = prices_page_size
         self.identity_header = secrets.token_hex(16)
-        handlers = [self.arm.handle, self.arm.web.identity, self.vault.handle, self._prices]
-        handlers.append(self._identity)
+        handlers = [
+            self.rbac.arm_guard,
+            self.arm.handle,
+            self.arm.web.identity,
+            self.rbac.vault_guard,
+            self.vault.handle,
+            self._prices,
+            self._identity,
+        ]
         self.server = TwinServer(handlers, self.certificate.server_context(), host)
 
     @property
@@ -142,7 +177,7 @@ class AzureTwin:
         return Response(
             200,
             {
-                "access_token": f"twin.{audience}/.default",
+                "access_token": make_token(USER_PRINCIPAL, f"{audience}/.default"),
                 "expires_on": str(int(time.time()) + 3600),
                 "resource": resource,
                 "token_type": "Bearer",

@@ -1,8 +1,9 @@
 """The Azure Resource Manager part of the Azure twin: compute SKUs and virtual machines, in
-memory (their network resources: ``azure_twin_network.py``; network security groups:
-``azure_twin_nsg.py``, which a VM's NIC configuration may name; operations:
-``azure_twin_lro.py``; what install makes: ``azure_twin_resources.py``; the manager's
-Function App: ``azure_twin_web.py``).
+memory (network resources: ``azure_twin_network.py``; security groups, which a VM's NIC
+configuration may name: ``azure_twin_nsg.py``; operations: ``azure_twin_lro.py``; what
+install makes: ``azure_twin_resources.py``, ``azure_twin_keyvault.py``; roles:
+``azure_twin_rbac.py``; the manager's Function App: ``azure_twin_web.py``). A VM's
+``identity`` comes back with its principals filled in.
 
 Shapes follow the Compute REST reference and the examples in ``Azure/azure-rest-api-specs``
 (``specification/compute/resource-manager/Microsoft.Compute``):
@@ -25,9 +26,8 @@ Shapes follow the Compute REST reference and the examples in ``Azure/azure-rest-
 
 Hooks: ``on_vm_created`` callbacks run in the create's operation before it succeeds; one may
 return the address of the machine playing the VM (a twin host), which its NICs and public IPs
-then carry. ``on_vm_deleted`` callbacks run as a delete (or ``evict``) completes.
-``fail_next`` injects capacity errors; ``set_quota`` sets a cores quota
-(``azure_twin_quota.py``).
+then carry. ``on_vm_deleted`` callbacks run as a delete (or ``evict``) completes. ``fail_next``
+injects capacity errors; ``set_quota`` sets a cores quota (``azure_twin_quota.py``).
 """
 
 from __future__ import annotations
@@ -44,10 +44,12 @@ from urllib.parse import urlencode
 
 from tests import azure_twin_resources
 from tests.azure_twin_http import ARM_SCOPE, Request, Response, error, no_group, not_found
+from tests.azure_twin_keyvault import KeyVaultsTwin
 from tests.azure_twin_lro import Operations, now
 from tests.azure_twin_network import network_resources, nic_refs
 from tests.azure_twin_nsg import NsgTwin
 from tests.azure_twin_quota import capabilities, quota_error
+from tests.azure_twin_rbac import vm_identity
 from tests.azure_twin_web import WebTwin
 
 _SUB = r"/subscriptions/(?P<sub>[^/]+)"
@@ -122,6 +124,7 @@ class ArmTwin:
         self.on_vm_deleted: list[Callable[[TwinVm], None]] = []
         self.resource_groups: dict[str, str] = {}  # lower-cased name -> location
         self.nsgs = NsgTwin(self.resource_groups, lambda: [vm.resource for vm in self.vms()])
+        self.key_vaults = KeyVaultsTwin(subscription, self.resource_groups)
         self.resources = azure_twin_resources.for_arm(self)  # what install makes
         self.web = WebTwin(subscription, self.resource_groups, self)  # the manager's app
         self._lock = threading.Lock()
@@ -207,6 +210,8 @@ class ArmTwin:
         if (answer := self.resources.handle(request)) is not None:
             return answer
         if (answer := self.web.handle(request)) is not None:
+            return answer
+        if (answer := self.key_vaults.handle(request)) is not None:
             return answer
         if (m := _NET.fullmatch(path)) and method == "GET":
             with self._lock:
@@ -329,9 +334,9 @@ class ArmTwin:
             "tags": vm.tags,
             "properties": props,
         }
-        if body.get("identity"):
-            principal = {"principalId": str(uuid.uuid4()), "tenantId": str(uuid.uuid4())}
-            vm.resource["identity"] = {**body["identity"], **principal}
+        if body.get("identity"):  # principals filled in, as ARM does
+            found = self.resources.resources.get
+            vm.resource["identity"] = vm_identity(body["identity"], lambda i: found(i.lower()))
         if body.get("zones"):
             vm.resource["zones"] = body["zones"]
         with self._lock:

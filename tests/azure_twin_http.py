@@ -2,12 +2,17 @@
 choosing, handing each request to the twin's parts (ARM, Key Vault, Retail Prices) in turn,
 and the test credential the real SDK clients ask for bearer tokens.
 
-Tokens name their scope (``twin.<scope>``), so each part checks that a request carries a
-token for its own audience, as Azure does (ARM: ``https://management.azure.com/.default``,
-Key Vault: ``https://vault.azure.net/.default``)."""
+Tokens are JWT-shaped, as Microsoft Entra ID's access tokens are ("Access token claims
+reference": ``aud``, ``oid`` the principal's object id, ``tid`` the tenant), but unsigned: the
+signature part is the literal ``twin``. Each part checks that a request carries a token for
+its own audience, as Azure does (ARM: ``https://management.azure.com/.default``, Key Vault:
+``https://vault.azure.net/.default``), and ``azure_twin_rbac.py`` checks the ``oid``'s role
+assignments. ``TwinCredential`` (and the twin's App Service identity endpoint) speak for the
+test user, ``USER_PRINCIPAL``, who owns the subscription."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import ssl
@@ -25,7 +30,39 @@ _log = logging.getLogger(__name__)
 
 ARM_SCOPE = "https://management.azure.com/.default"
 VAULT_SCOPE = "https://vault.azure.net/.default"
-TOKEN_PREFIX = "twin."
+TOKEN_SIGNATURE = "twin"
+USER_PRINCIPAL = "0b6f1e0c-7b1d-4c55-9a55-5c0de0000001"  # the test user's object id
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def make_token(principal: str, scope: str, expires_on: int | None = None) -> str:
+    """An access token for ``scope`` (``<resource>/.default``) issued to ``principal``."""
+    header = {"typ": "JWT", "alg": "none"}
+    claims = {
+        "aud": scope.removesuffix("/.default"),
+        "oid": principal,
+        "tid": TENANT,
+        "iss": f"https://sts.windows.net/{TENANT}/",
+        "exp": expires_on or int(time.time()) + 3600,
+    }
+    parts = [_b64(json.dumps(part).encode()) for part in (header, claims)]
+    return ".".join([*parts, TOKEN_SIGNATURE])
+
+
+def read_token(token: str) -> tuple[str, str] | None:
+    """(principal, scope) of a twin token, None for anything else."""
+    parts = token.split(".")
+    if len(parts) != 3 or parts[2] != TOKEN_SIGNATURE:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        return str(claims["oid"]), str(claims["aud"]).rstrip("/") + "/.default"
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 @dataclass
@@ -40,12 +77,19 @@ class Request:
     def json(self) -> Any:
         return json.loads(self.body or b"null")
 
+    def token(self) -> tuple[str, str] | None:
+        """(principal, scope) of the request's bearer token, None without a twin token."""
+        auth = self.headers.get("authorization", "")
+        return read_token(auth.removeprefix("Bearer ")) if auth.startswith("Bearer ") else None
+
     def token_scope(self) -> str | None:
         """The scope of the request's bearer token, None without one."""
-        auth = self.headers.get("authorization", "")
-        if not auth.startswith("Bearer " + TOKEN_PREFIX):
-            return None
-        return auth.removeprefix("Bearer " + TOKEN_PREFIX)
+        token = self.token()
+        return token[1] if token else None
+
+    def principal(self) -> str | None:
+        token = self.token()
+        return token[0] if token else None
 
 
 @dataclass
@@ -78,14 +122,17 @@ def not_found(kind: str, name: str, rg: str) -> Response:
 
 
 class TwinCredential:
-    """A ``TokenCredential`` for tests: a token per scope, recording what was asked for."""
+    """A ``TokenCredential`` for tests: the test user's token per scope (``principal`` to
+    speak for another), recording what was asked for."""
 
-    def __init__(self) -> None:
+    def __init__(self, principal: str = USER_PRINCIPAL) -> None:
+        self.principal = principal
         self.scopes_asked: list[str] = []
 
     def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
         self.scopes_asked.extend(scopes)
-        return AccessToken(TOKEN_PREFIX + " ".join(scopes), int(time.time()) + 3600)
+        expires = int(time.time()) + 3600
+        return AccessToken(make_token(self.principal, " ".join(scopes), expires), expires)
 
     def close(self) -> None:
         pass

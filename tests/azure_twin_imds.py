@@ -25,12 +25,13 @@ It follows learn.microsoft.com:
   managed-identities-azure-resources/how-to-use-vm-token): ``GET /metadata/identity/oauth2/
   token?api-version=2018-02-01&resource=<uri>`` answers ``{"access_token", "client_id",
   "expires_in", "expires_on", "ext_expires_in", "not_before", "resource", "token_type":
-  "Bearer"}`` (numbers as strings) to a VM with a system- or user-assigned identity (roles
-  are not enforced); without one, 400
+  "Bearer"}`` (numbers as strings) to a VM with a system- or user-assigned identity: the one
+  ``client_id`` / ``object_id`` / ``msi_res_id`` names, else the system-assigned one, else
+  the only user-assigned one; without one, 400
   ``{"error": "invalid_request", "error_description": "Identity not found"}`` (what
   azure-identity reads as "no identity assigned"). The token is the twin's own
-  ``twin.<resource>/.default``, so the twin's ARM and Key Vault take it as a token for their
-  audience.
+  (``azure_twin_http.make_token``) for that identity's principal, so the twin's ARM and Key
+  Vault take it for their audience and allow what that principal's roles allow.
 
 ``preempt(vm, in_seconds)`` posts a Preempt event whose ``NotBefore`` is ``in_seconds`` away;
 when it passes (or the event is acknowledged) ``evict`` reclaims the VM.
@@ -54,7 +55,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from tests.azure_twin_arm import TwinVm
-from tests.azure_twin_http import TOKEN_PREFIX
+from tests.azure_twin_http import make_token
+from tests.azure_twin_rbac import token_identity
 
 _log = logging.getLogger(__name__)
 
@@ -278,16 +280,17 @@ class AzureImds:
         if not resource:
             return 400, _oauth_error("Required query variable 'resource' is missing")
         identity = guest.vm.resource.get("identity") or {}
-        asked = query.get("client_id") or query.get("object_id")
-        own = (guest.client_id, identity.get("principalId"))
-        kinds = str(identity.get("type", ""))  # a user-assigned one answers any asked id
-        has_one = "SystemAssigned" in kinds or "UserAssigned" in kinds
-        if not has_one or (asked and asked not in own and "UserAssigned" not in kinds):
+        asked = query.get("client_id") or query.get("object_id") or query.get("msi_res_id")
+        found = token_identity(identity, guest.client_id, asked)
+        if found is None:
             return 400, _oauth_error("Identity not found")
+        principal, client_id = found
         issued = int(time.time())
         return 200, {
-            "access_token": f"{TOKEN_PREFIX}{resource.rstrip('/')}/.default",
-            "client_id": guest.client_id,
+            "access_token": make_token(
+                principal, f"{resource.rstrip('/')}/.default", issued + _TOKEN_SECONDS
+            ),
+            "client_id": client_id,
             "expires_in": str(_TOKEN_SECONDS),
             "expires_on": str(issued + _TOKEN_SECONDS),
             "ext_expires_in": str(_TOKEN_SECONDS),

@@ -22,9 +22,11 @@ Shapes follow the REST references and their examples in ``Azure/azure-rest-api-s
 * User Assigned Identities - Create Or Update / Get / Delete (``msi/.../2023-01-31``,
   ``IdentityCreate.json``): ``properties.{tenantId, principalId, clientId}``;
 * Role Assignments - Create / Get / Delete at any scope (``authorization/.../2022-04-01``,
-  ``RoleAssignments_CreateForResourceGroup.json``): a principal that is not one of the twin's
-  identities is 400 ``PrincipalNotFound``. Roles are recorded, not enforced: the twin's tokens
-  open every door (docs/azure.md says so).
+  ``RoleAssignments_CreateForResourceGroup.json``): a principal that is not one the twin
+  knows (the test user, a user-assigned identity, a VM's system-assigned identity) is 400
+  ``PrincipalNotFound``. ``azure_twin_rbac.py`` enforces them;
+* Subscriptions - Get (``resources/.../subscriptions/stable/2022-12-01``, ``GetSubscription
+  .json``): ``{id, subscriptionId, displayName, state, tenantId}``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,15 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from tests.azure_twin_http import Request, Response, error, no_group, not_found
+from tests.azure_twin_http import (
+    TENANT,
+    USER_PRINCIPAL,
+    Request,
+    Response,
+    error,
+    no_group,
+    not_found,
+)
 from tests.azure_twin_lro import now
 
 DEV_ACCOUNT_KEY = (  # Azurite's published development key (tests/azurite.py), not a secret
@@ -43,6 +53,7 @@ DEV_ACCOUNT_KEY = (  # Azurite's published development key (tests/azurite.py), n
 )
 _SUB = r"/subscriptions/(?P<sub>[^/]+)"
 _GROUP = re.compile(_SUB + r"/resourcegroups/(?P<rg>[^/]+)", re.I)
+_SUBSCRIPTION = re.compile(_SUB, re.I)
 _LIST = re.compile(_SUB + r"/resourcegroups/(?P<rg>[^/]+)/resources", re.I)
 _TYPES = "Microsoft\\.Storage/storageAccounts|Microsoft\\.Network/virtualNetworks|"
 _TYPES += "Microsoft\\.ManagedIdentity/userAssignedIdentities"
@@ -57,7 +68,6 @@ _ROLE = re.compile(
     re.I,
 )
 _ACCOUNT_NAME = re.compile(r"[a-z0-9]{3,24}")
-TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 
 
 class ResourcesTwin:
@@ -67,11 +77,13 @@ class ResourcesTwin:
         resource_groups: dict[str, str],
         others: Callable[[str], list[dict[str, Any]]],
         subnets_in_use: Callable[[], set[str]],
+        principals: Callable[[], set[str]],
     ) -> None:
         self.subscription = subscription
         self.resource_groups = resource_groups  # lower-cased name -> location (shared)
         self._others = others  # the group's VMs and NSGs (other parts of the twin)
         self._subnets_in_use = subnets_in_use  # lower-cased subnet ids
+        self._principals = principals  # the user's and the VMs' system-assigned identities
         self._lock = threading.Lock()
         self.group_tags: dict[str, dict[str, str]] = {}
         self.resources: dict[str, dict[str, Any]] = {}  # lower-cased id -> resource
@@ -80,6 +92,17 @@ class ResourcesTwin:
 
     def handle(self, request: Request) -> Response | None:
         path, method = request.path, request.method
+        if _SUBSCRIPTION.fullmatch(path) and method == "GET":
+            return Response(
+                200,
+                {
+                    "id": f"/subscriptions/{self.subscription}",
+                    "subscriptionId": self.subscription,
+                    "displayName": "Azure twin",
+                    "state": "Enabled",
+                    "tenantId": TENANT,
+                },
+            )
         if m := _GROUP.fullmatch(path):
             return self._group(request, m["rg"])
         if m := _LIST.fullmatch(path):
@@ -270,6 +293,15 @@ class ResourcesTwin:
         return not_found("Microsoft.Network/virtualNetworks/subnets", subnet, rg)
 
     # --- role assignments ------------------------------------------------------------------
+    def assignments(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.role_assignments.values())
+
+    def assign(self, assignment: dict[str, Any]) -> None:
+        """An assignment made outside the twin's API (a test's starting state)."""
+        with self._lock:
+            self.role_assignments[str(assignment["id"]).lower()] = assignment
+
     def _role(self, request: Request, scope: str, name: str) -> Response:
         rid = f"{scope}/providers/Microsoft.Authorization/roleAssignments/{name}"
         key = rid.lower()
@@ -294,7 +326,7 @@ class ResourcesTwin:
                 for r in self.resources.values()
                 if r["type"].lower().endswith("userassignedidentities")
             }
-        if props.get("principalId") not in principals:
+        if props.get("principalId") not in principals | self._principals():
             return error(
                 400,
                 "PrincipalNotFound",
@@ -316,13 +348,21 @@ class ResourcesTwin:
 
 def for_arm(arm: Any) -> ResourcesTwin:
     """The part wired to an ``ArmTwin``: its VMs and NSGs count as the group's resources, and
-    its VMs' NIC configurations hold subnets in use."""
+    its VMs' NIC configurations hold subnets in use, its VMs' system-assigned identities and
+    the test user are principals."""
 
     def others(rg: str) -> list[dict[str, Any]]:
         vms = [vm.resource for vm in arm.vms() if vm.resource_group.lower() == rg.lower()]
         prefix = f"/subscriptions/{arm.subscription}/resourcegroups/{rg}/".lower()
-        nsgs: list[dict[str, Any]] = arm.nsgs.list_under(prefix)
-        return vms + nsgs
+        nsgs = arm.nsgs.list_under(prefix)
+        found: list[dict[str, Any]] = vms + nsgs + arm.key_vaults.in_group(rg)
+        return found
+
+    def principals() -> set[str]:
+        found = {USER_PRINCIPAL}
+        for vm in arm.vms():
+            found.add(str((vm.resource.get("identity") or {}).get("principalId")))
+        return found
 
     def subnets_in_use() -> set[str]:
         found = set()
@@ -335,4 +375,4 @@ def for_arm(arm: Any) -> ResourcesTwin:
                         found.add(str(subnet).lower())
         return found
 
-    return ResourcesTwin(arm.subscription, arm.resource_groups, others, subnets_in_use)
+    return ResourcesTwin(arm.subscription, arm.resource_groups, others, subnets_in_use, principals)

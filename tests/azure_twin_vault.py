@@ -19,6 +19,12 @@ resource="https://vault.azure.net"``; the SDK then asks its credential for that 
 token and retries. A token for another audience gets 401 too. The challenge names a
 ``vault.azure.net`` resource while the twin's address is 127.0.0.1, so clients pass
 ``verify_challenge_resource=False``.
+
+The data plane plays one vault: the ARM vault named ``VAULT_NAME`` (``azure_twin_keyvault.py``),
+whose role assignments ``azure_twin_rbac.py`` checks before a request gets here (a vault
+with RBAC authorization, "Provide access to Key Vault ... with Azure role-based access
+control"); while it does not exist, or is soft-deleted, requests get 404 (on Azure its host
+name would not resolve). Purging the vault purges its secrets; recovering it keeps them.
 """
 
 from __future__ import annotations
@@ -30,9 +36,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.azure_twin_http import VAULT_SCOPE, Request, Response, error
+from tests.azure_twin_http import TENANT, VAULT_SCOPE, Request, Response, error
 
-TENANT_ID = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+TENANT_ID = TENANT
 _NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
 _MAX_VALUE_BYTES = 25 * 1024
 _PATH = re.compile(r"/(secrets|deletedsecrets)(?:/([^/]+))?(?:/([^/]*))?")
@@ -50,6 +56,11 @@ class VaultTwin:
         self.page_size = page_size  # the service's own cap on maxresults
         self._lock = threading.Lock()
         self._secrets: dict[str, _Secret] = {}  # lower-cased name -> secret
+
+    def forget(self, vault_name: str) -> None:
+        """The vault was purged: its secrets with it."""
+        with self._lock:
+            self._secrets.clear()
 
     # --- what tests look at --------------------------------------------------------------
     def stored_names(self, include_deleted: bool = False) -> list[str]:

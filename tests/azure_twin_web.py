@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.azure_twin_http import Request, Response, error, no_group, not_found
+from tests.azure_twin_http import Request, Response, error, make_token, no_group, not_found
 from tests.azure_twin_lro import Operations
 
 _RG = r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Web"
@@ -303,15 +303,17 @@ class WebTwin:
         if not apps or request.headers.get("x-identity-header") != apps[0].identity_header:
             return error(401, "Unauthorized", "X-IDENTITY-HEADER is missing or wrong")
         identities = (apps[0].resource.get("identity") or {}).get("userAssignedIdentities") or {}
-        client_ids = {str(i["clientId"]) for i in identities.values()}
-        if request.query.get("client_id") not in client_ids:
+        principals = {str(i["clientId"]): str(i.get("principalId")) for i in identities.values()}
+        principal = principals.get(request.query.get("client_id", ""))
+        if principal is None:
             return error(400, "BadRequest", "No managed identity of the app has that client_id")
         resource = request.query.get("resource", "")
         audience = resource.removesuffix("/.default").rstrip("/")
         return Response(
             200,
             {
-                "access_token": f"twin.{audience}/.default",
+                # the identity's own token: ARM and Key Vault allow what its roles allow
+                "access_token": make_token(principal, f"{audience}/.default"),
                 "expires_on": str(int(time.time()) + 3600),
                 "resource": resource,
                 "token_type": "Bearer",

@@ -1,11 +1,14 @@
 """``meadowrun install|uninstall`` on Azure (the Azure twin's ARM and Key Vault, Azurite for
-storage): what install makes is tagged, a second install changes nothing, uninstall removes
-it all (VMs first) and leaves a resource group it did not make; the VM provider picks up the
-installed subnet and identity."""
+storage, roles enforced): what install makes is tagged, a second install changes nothing,
+uninstall removes it all (VMs first; the vault deleted and purged) and leaves a resource
+group and a vault it did not make; a soft-deleted vault of meadowrun's is recovered; the
+VM provider picks up the installed subnet and identity."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import pytest
 
 from meadowrun_core.azure import installed
 from meadowrun_core.azure.account import (
@@ -15,13 +18,16 @@ from meadowrun_core.azure.account import (
     SECRET_STORAGE_KEY,
     default_credential,
 )
-from meadowrun_core.azure.arm import Arm
+from meadowrun_core.azure.arm import Arm, ArmError
 from meadowrun_core.azure.install import install
 from meadowrun_core.azure.settings import AzureTarget
 from meadowrun_core.azure.uninstall import uninstall
+from meadowrun_core.exceptions import BadInputError
 from tests import azurite
 from tests.azure_admin_cloud import AdminCloud
-from tests.azure_twin import RESOURCE_GROUP
+from tests.azure_twin import LOCATION, RESOURCE_GROUP, SUBSCRIPTION, VAULT_NAME
+from tests.azure_twin_http import TENANT, USER_PRINCIPAL
+from tests.azure_twin_rbac import OWNER, SECRETS_OFFICER, assignment
 
 SECRETS = sorted([SECRET_CLUSTER_KEY, SECRET_SSH_KEY, SECRET_STORAGE_ACCOUNT, SECRET_STORAGE_KEY])
 
@@ -34,6 +40,17 @@ def _tables(cloud: AdminCloud) -> list[str]:
     return [t.name for t in cloud.storage.table_service().list_tables()]
 
 
+def _roles(cloud: AdminCloud) -> set[tuple[str, str, str]]:
+    """(principal, role, scope) of every role assignment but the user's Owner."""
+    found = set()
+    for r in cloud.twin.arm.resources.assignments():
+        props = r["properties"]
+        role = props["roleDefinitionId"].rsplit("/", 1)[1]
+        if role != OWNER:
+            found.add((props["principalId"], role, props["scope"].lower()))
+    return found
+
+
 def test_install_is_tagged_idempotent_and_uninstall_removes_everything(
     azure_admin: AdminCloud,
 ) -> None:
@@ -41,6 +58,7 @@ def test_install_is_tagged_idempotent_and_uninstall_removes_everything(
     lines = install(cloud.target)
     assert f"created resource group {cloud.target.resource_group}" in lines
     assert f"created storage account {azurite.ACCOUNT_NAME}" in lines
+    assert f"created Key Vault {VAULT_NAME}" in lines
     assert cloud.twin.arm.resources.group_tags[cloud.target.resource_group] == {
         "meadowrun": "meadowrun-core"
     }
@@ -49,34 +67,101 @@ def test_install_is_tagged_idempotent_and_uninstall_removes_everything(
     assert all(installed.is_ours(r) for r in resources.values())
     subnets = resources[installed.VNET_NAME]["properties"]["subnets"]
     assert [s["name"] for s in subnets] == [installed.SUBNET_NAME]
+    vault = cloud.twin.arm.key_vaults.live(VAULT_NAME)
+    assert vault is not None and installed.is_ours(vault)
+    assert vault["id"].lower().startswith(installed.group_path(cloud.target).lower() + "/")
+    assert vault["properties"]["enableRbacAuthorization"] is True
+    assert vault["properties"]["tenantId"] == TENANT
+    # the VMs' identity: secrets on the vault only, VMs on the group; the user: the vault's
+    # secrets (as Owner of the subscription they could not read them)
     principal = resources[installed.IDENTITY_NAME]["properties"]["principalId"]
-    roles = cloud.twin.arm.resources.role_assignments.values()
-    assert sorted(r["properties"]["roleDefinitionId"].rsplit("/", 1)[1] for r in roles) == sorted(
-        installed.ROLES
-    )
-    assert all(r["properties"]["principalId"] == principal for r in roles)
+    assert _roles(cloud) == {
+        (principal, installed.ROLE_VAULT_SECRETS_USER, vault["id"].lower()),
+        (principal, installed.ROLE_VM_CONTRIBUTOR, installed.group_path(cloud.target).lower()),
+        (USER_PRINCIPAL, installed.ROLE_VAULT_SECRETS_OFFICER, vault["id"].lower()),
+    }
     assert cloud.twin.arm.resources.policies  # the lifecycle rule
     assert cloud.twin.vault.stored_names() == SECRETS
-    vault = cloud.twin.secret_client()
-    assert vault.get_secret(SECRET_STORAGE_KEY).value == azurite.ACCOUNT_KEY
+    secrets = cloud.twin.secret_client()
+    assert secrets.get_secret(SECRET_STORAGE_KEY).value == azurite.ACCOUNT_KEY
     assert "meadowrun" in _tables(cloud)
 
-    values = {name: vault.get_secret(name).value for name in SECRETS}
+    values = {name: secrets.get_secret(name).value for name in SECRETS}
     writes = cloud.puts()
     again = install(cloud.target)
     assert cloud.puts() == writes, "a second install wrote something"
     assert all(not line.startswith(("created", "updated")) for line in again), again
-    assert {name: vault.get_secret(name).value for name in SECRETS} == values
+    assert {name: secrets.get_secret(name).value for name in SECRETS} == values
 
     cloud.create_vm("meadowrun-a", "a")
     removed = uninstall(cloud.target)
     assert removed[0] == "deleted VM meadowrun-a (meadowrun a)"  # VMs first
+    assert f"purged Key Vault {VAULT_NAME}" in removed
     assert cloud.vm_names() == []
-    assert _resources(cloud) == {} and not cloud.twin.arm.resources.role_assignments
-    assert cloud.twin.vault.stored_names() == []
+    assert _resources(cloud) == {} and _roles(cloud) == set()
+    # deleted and purged: the name is free at once, the secrets gone with it
+    assert cloud.twin.arm.key_vaults.live(VAULT_NAME) is None
+    assert cloud.twin.arm.key_vaults.deleted(VAULT_NAME) is None
+    assert cloud.twin.vault.stored_names(include_deleted=True) == []
     assert "meadowrun" not in _tables(cloud)
     assert cloud.target.resource_group.lower() not in cloud.twin.arm.resource_groups
     assert uninstall(cloud.target) == []  # nothing left
+    assert f"created Key Vault {VAULT_NAME}" in install(cloud.target)  # the name was free
+
+
+def test_install_recovers_its_soft_deleted_vault(azure_admin: AdminCloud) -> None:
+    """A vault deleted but not purged keeps its name (Key Vault soft delete): where uninstall
+    cannot purge (purge protection), install recovers meadowrun's vault, with its secrets;
+    it refuses to touch a deleted vault that is not meadowrun's."""
+    cloud = azure_admin
+    install(cloud.target)
+    cluster_key = cloud.twin.secret_client().get_secret(SECRET_CLUSTER_KEY).value
+    live = cloud.twin.arm.key_vaults.live(VAULT_NAME)
+    assert live is not None
+    live["properties"]["enablePurgeProtection"] = True  # as a policy may require
+    removed = uninstall(cloud.target)
+    assert f"deleted Key Vault {VAULT_NAME}" in removed
+    assert f"purged Key Vault {VAULT_NAME}" not in removed
+    assert cloud.twin.arm.key_vaults.deleted(VAULT_NAME) is not None
+    arm = Arm(default_credential(), cloud.target.subscription_id)
+    body = {
+        "location": LOCATION,
+        "properties": {"tenantId": TENANT, "sku": {"family": "A", "name": "standard"}},
+    }
+    elsewhere = f"/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.KeyVault/vaults/"
+    with pytest.raises(ArmError, match="ConflictError"):  # the name stays reserved
+        arm.put(elsewhere + VAULT_NAME, installed.API_KEYVAULT, body)
+
+    lines = install(cloud.target)
+    assert f"recovered Key Vault {VAULT_NAME}" in lines
+    assert cloud.twin.secret_client().get_secret(SECRET_CLUSTER_KEY).value == cluster_key
+
+    arm.delete(installed.vault_path(cloud.target, VAULT_NAME), installed.API_KEYVAULT)
+    vault = cloud.twin.arm.key_vaults.deleted(VAULT_NAME)
+    assert vault is not None
+    vault["vault"]["tags"] = {}  # someone else's deleted vault of that name
+    with pytest.raises(BadInputError, match="az keyvault recover"):
+        install(cloud.target)
+
+
+def test_a_vault_that_is_not_meadowrun_s_is_used_and_kept(
+    azure_admin: AdminCloud, monkeypatch: Any
+) -> None:
+    """A vault the user made in the group (with a role of their own on it) is filled, the
+    VMs' role scoped to it, and left by uninstall, less meadowrun's secrets."""
+    cloud = azure_admin
+    cloud.twin.arm.add_resource_group(cloud.target.resource_group, LOCATION)
+    vault_id = cloud.twin.arm.key_vaults.add(cloud.target.resource_group, VAULT_NAME, LOCATION)
+    officer = assignment(vault_id, USER_PRINCIPAL, SECRETS_OFFICER, SUBSCRIPTION)
+    cloud.twin.arm.resources.assign(officer)
+    cloud.twin.secret_client().set_secret("theirs", "kept")
+    lines = install(cloud.target)
+    assert f"found Key Vault {VAULT_NAME}" in lines
+    principal = _resources(cloud)[installed.IDENTITY_NAME]["properties"]["principalId"]
+    assert (principal, installed.ROLE_VAULT_SECRETS_USER, vault_id.lower()) in _roles(cloud)
+    uninstall(cloud.target)
+    assert cloud.twin.arm.key_vaults.live(VAULT_NAME) is not None
+    assert cloud.twin.vault.stored_names() == ["theirs"]
 
 
 def test_uninstall_leaves_a_resource_group_it_did_not_make(

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import meadowrun_core as mr
+from meadowrun_core.azure import installed
 from meadowrun_core.azure.vm_provider import INSTANCE_ID_TAG
 from meadowrun_core.bootstrap.instance_script import AGENT_PYTHON, BOOT_LOG
 from tests import twin_workloads as work
@@ -26,7 +27,9 @@ def test_run_function_on_a_stock_image(azure: AzureTwinCloud) -> None:
     )
     assert answer == 42
     (vm,) = azure.vms()
-    assert vm.tags[INSTANCE_ID_TAG] == instance_id and vm.identity.type == "SystemAssigned"
+    assert vm.tags[INSTANCE_ID_TAG] == instance_id and vm.identity.type == "UserAssigned"
+    (identity,) = vm.identity.user_assigned_identities  # install's, which holds the roles
+    assert identity.endswith(f"/userAssignedIdentities/{installed.IDENTITY_NAME}")
     host = azure.twin_host(vm.name)
     assert hostname == vm.name  # it ran on that VM's host
     assert python == AGENT_PYTHON
@@ -98,7 +101,8 @@ def test_idle_vm_deletes_itself(azure: AzureTwinCloud) -> None:
     while twin_host.powered and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not twin_host.powered
-    # deleted through ARM by the VM itself, with its managed identity's token
+    # deleted through ARM by the VM itself, with its managed identity's token (the twin
+    # allows it for the Virtual Machine Contributor role install granted that identity)
     assert ("DELETE", vm.id.split("?")[0]) in [
         (m, p) for m, p in azure.twin.server.requests if m == "DELETE"
     ]

@@ -1,6 +1,7 @@
 """The Azure twin's ARM part behaves as Azure documents, for the real azure-mgmt clients: the
 create and delete long-running operations, the VM hooks a host twin will use, the network
-resources a VM's inline configuration creates, and the error shapes."""
+resources a VM's inline configuration creates, the error shapes, and role assignments
+enforced as Azure RBAC does."""
 
 from __future__ import annotations
 
@@ -15,12 +16,24 @@ from azure.core.exceptions import (
     HttpResponseError,
     ResourceNotFoundError,
 )
+from azure.keyvault.secrets import SecretClient
+from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.network import NetworkManagementClient
 
-from tests.azure_twin import LOCATION, RESOURCE_GROUP, SUBSCRIPTION, AzureTwin, running_twin
+from meadowrun_core.azure import installed
+from meadowrun_core.azure.arm import Arm, ArmError
+from tests.azure_twin import (
+    LOCATION,
+    RESOURCE_GROUP,
+    SUBSCRIPTION,
+    VAULT_NAME,
+    AzureTwin,
+    running_twin,
+)
 from tests.azure_twin_arm import TwinVm
-from tests.azure_twin_http import VAULT_SCOPE
+from tests.azure_twin_http import VAULT_SCOPE, TwinCredential
 from tests.azure_twin_nsg import ingress_rules
+from tests.azure_twin_rbac import CONTRIBUTOR, OWNER, READER, SECRETS_USER, assignment
 
 CLOUD_CONFIG = "#cloud-config\nruncmd:\n  - echo booted\n"
 
@@ -226,3 +239,60 @@ def test_network_security_groups_and_the_firewall_they_make(twin: AzureTwin) -> 
     network.network_security_groups.begin_delete(RESOURCE_GROUP, "g").result()
     with pytest.raises(ResourceNotFoundError):
         network.network_security_groups.get(RESOURCE_GROUP, "g")
+
+
+def test_roles_decide_what_a_principal_may_do(
+    twin: AzureTwin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ARM and Key Vault allow a principal only what its role assignments grant at a scope
+    covering the request: no role, nothing; Reader reads; Contributor writes but grants no
+    roles and reads no secret of a vault with RBAC authorization (it has no data actions, as
+    Owner has none); Key Vault Secrets User on the vault reads them and writes none."""
+    compute = twin.compute_client()
+    vm = compute.virtual_machines.begin_create_or_update(RESOURCE_GROUP, "vm1", spot_vm()).result()
+    principal = vm.identity.principal_id
+    as_vm = ComputeManagementClient(
+        TwinCredential(principal), SUBSCRIPTION, base_url=twin.base_url, **twin.client_options()
+    )
+    with pytest.raises(HttpResponseError) as refused:
+        list(as_vm.virtual_machines.list(RESOURCE_GROUP))
+    assert refused.value.status_code == 403 and refused.value.error is not None
+    assert refused.value.error.code == "AuthorizationFailed"
+    assert "'Microsoft.Compute/virtualMachines/read'" in str(refused.value.error.message)
+
+    group = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}"
+    twin.arm.resources.assign(assignment(group, principal, READER, SUBSCRIPTION))
+    assert [v.name for v in as_vm.virtual_machines.list(RESOURCE_GROUP)] == ["vm1"]
+    with pytest.raises(HttpResponseError, match="AuthorizationFailed"):
+        as_vm.virtual_machines.begin_delete(RESOURCE_GROUP, "vm1")
+
+    subscription = f"/subscriptions/{SUBSCRIPTION}"
+    twin.arm.resources.assign(assignment(subscription, principal, CONTRIBUTOR, SUBSCRIPTION))
+    monkeypatch.setenv("MEADOWRUN_AZURE_ARM_URL", twin.base_url)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(twin.certificate.cert_path))
+    arm = Arm(TwinCredential(principal), SUBSCRIPTION)
+    path = installed.role_assignment_path(group, principal, installed.ROLE_VM_CONTRIBUTOR)
+    body = {"properties": {"roleDefinitionId": OWNER, "principalId": principal}}
+    with pytest.raises(ArmError, match=r"Microsoft\.Authorization/roleAssignments/write"):
+        arm.put(path, installed.API_ROLES, body)
+    secrets = SecretClient(
+        twin.base_url,
+        TwinCredential(principal),
+        verify_challenge_resource=False,
+        **twin.client_options(),
+    )
+    twin.secret_client().set_secret("s", "v")  # the user is Secrets Officer on the vault
+    with pytest.raises(HttpResponseError) as forbidden:
+        secrets.get_secret("s")
+    assert forbidden.value.status_code == 403 and forbidden.value.error is not None
+    assert forbidden.value.error.code == "Forbidden"
+    assert "ForbiddenByRbac" in str(forbidden.value.response.text())
+    vault = twin.arm.key_vaults.live(VAULT_NAME)
+    assert vault is not None
+    twin.arm.resources.assign(assignment(vault["id"], principal, SECRETS_USER, SUBSCRIPTION))
+    assert secrets.get_secret("s").value == "v"
+    with pytest.raises(HttpResponseError, match="Forbidden"):  # a reader only
+        secrets.set_secret("s", "w")
+    # as Contributor it deletes the VM
+    as_vm.virtual_machines.begin_delete(RESOURCE_GROUP, "vm1").result()
+    assert twin.arm.vms() == []

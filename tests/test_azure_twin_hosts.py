@@ -2,8 +2,9 @@
 the real azure-mgmt-compute and azure-mgmt-network clients: its own address (the NIC's and
 the public IP's), sshd with the host key its cloud-config brought, cloud-init's write_files
 and runcmd, a firewall that is its network security group, and the Azure Instance Metadata
-Service at 169.254.169.254 (instance metadata, managed identity tokens ARM and Key Vault take,
-Scheduled Events). Needs root and the twin tools: fails (never skips) without them."""
+Service at 169.254.169.254 (instance metadata, managed identity tokens ARM and Key Vault take
+for what the identity's roles allow, Scheduled Events). Needs root and the twin tools: fails
+(never skips) without them."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import email.utils
 import json
 import socket
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,19 @@ import asyncssh
 import pytest
 from azure.mgmt.network import NetworkManagementClient
 
+from meadowrun_core.azure import installed
+from meadowrun_core.azure.arm import Arm
+from meadowrun_core.azure.settings import AzureTarget
+from meadowrun_core.azure.vault_setup import ensure_role
 from meadowrun_core.bootstrap.cloud_init import InstanceBoot, render_user_data
-from tests.azure_twin import LOCATION, RESOURCE_GROUP, SUBSCRIPTION, AzureTwin, running_twin
+from tests.azure_twin import (
+    LOCATION,
+    RESOURCE_GROUP,
+    SUBSCRIPTION,
+    VAULT_NAME,
+    AzureTwin,
+    running_twin,
+)
 from tests.azure_twin_hosts import TWIN_CA_PATH, AzureTwinHosts
 from tests.twin_hosts import TwinHost, TwinNetwork
 
@@ -225,12 +238,8 @@ def test_the_metadata_service_speaks_for_each_vm(azure: AzureTwinHosts) -> None:
     assert curl(plain, "-H", "Metadata: true", vm_id) == (200, plain_id := _vm_id(azure, "plain"))
     assert plain_id != vm.vm_id  # told apart by their addresses
 
-    # the managed identity's tokens: ARM and Key Vault take them (the image trusts the twin's CA)
-    def token(on: TwinHost, resource: str) -> tuple[int, dict[str, Any]]:
-        url = f"{IMDS}/identity/oauth2/token?api-version=2018-02-01&resource={resource}"
-        status, body = curl(on, "-H", "Metadata: true", url)
-        return status, json.loads(body)
-
+    # the managed identity's tokens: ARM and Key Vault take them for their audience (the image
+    # trusts the twin's CA), and answer what its roles allow: none yet
     status, arm = token(host, "https://management.azure.com/")
     assert status == 200 and arm["token_type"] == "Bearer" and int(arm["expires_in"]) > 0
     vm_url = (
@@ -239,12 +248,11 @@ def test_the_metadata_service_speaks_for_each_vm(azure: AzureTwinHosts) -> None:
     )
     bearer = ["--cacert", TWIN_CA_PATH, "-H", f"Authorization: Bearer {arm['access_token']}"]
     status, body = curl(host, *bearer, vm_url)
-    assert status == 200 and json.loads(body)["name"] == "vm2", body
+    assert status == 403 and json.loads(body)["error"]["code"] == "AuthorizationFailed", body
     status, vault = token(host, "https://vault.azure.net")
     secret_url = f"{azure.twin.base_url}/secrets/db-password?api-version=7.4"
     bearer[-1] = f"Authorization: Bearer {vault['access_token']}"
-    status, body = curl(host, *bearer, secret_url)
-    assert status == 200 and json.loads(body)["value"] == "hunter2", body
+    assert curl(host, *bearer, secret_url)[0] == 403
     assert curl(host, *bearer, vm_url)[0] == 401  # a vault token is no ARM token
     assert token(plain, "https://management.azure.com/") == (
         400, {"error": "invalid_request", "error_description": "Identity not found"},
@@ -268,6 +276,77 @@ def test_the_metadata_service_speaks_for_each_vm(azure: AzureTwinHosts) -> None:
     assert curl(plain, "-H", "Metadata: true", "-X", "POST", "-d", ack, events_url)[0] == 200
     eventually(lambda: not list(compute.virtual_machines.list(RESOURCE_GROUP)), timeout=5)
     eventually(lambda: not plain.powered and azure.hosts() == {})
+
+
+def token(on: TwinHost, resource: str) -> tuple[int, dict[str, Any]]:
+    """A managed identity token from the host's IMDS; (status, answer)."""
+    url = f"{IMDS}/identity/oauth2/token?api-version=2018-02-01&resource={resource}"
+    status, body = curl(on, "-H", "Metadata: true", url)
+    return status, json.loads(body)
+
+
+def test_a_vm_identity_may_do_only_what_its_roles_allow(
+    azure: AzureTwinHosts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle VM deletes itself and its agent reads meadowrun's secrets with its managed
+    identity: refused (ARM's AuthorizationFailed, Key Vault's ForbiddenByRbac) until the
+    identity holds the roles install grants, allowed then, and no more than they allow."""
+    twin = azure.twin
+    twin.secret_client().set_secret("meadowrun-cluster-key", "k3y")
+    compute = twin.compute_client()
+    vm = compute.virtual_machines.begin_create_or_update(
+        RESOURCE_GROUP, "vm3", vm_body(Keys(), None, identity=True)
+    ).result()
+    host = azure.host("vm3")
+    vm_url = f"{twin.base_url}{vm.id}?api-version=2024-07-01"
+    secret_url = f"{twin.base_url}/secrets/meadowrun-cluster-key?api-version=7.4"
+    as_vm = {
+        scope: ["--cacert", TWIN_CA_PATH, "-H", f"Authorization: Bearer {answer['access_token']}"]
+        for scope, (_, answer) in (
+            ("arm", token(host, "https://management.azure.com/")),
+            ("vault", token(host, "https://vault.azure.net")),
+        )
+    }
+
+    status, body = curl(host, *as_vm["arm"], "-X", "DELETE", vm_url)
+    refusal = json.loads(body)["error"]
+    assert status == 403 and refusal["code"] == "AuthorizationFailed", body
+    assert f"'{vm.identity.principal_id}'" in refusal["message"]
+    assert "'Microsoft.Compute/virtualMachines/delete'" in refusal["message"]
+    status, body = curl(host, *as_vm["vault"], secret_url)
+    refusal = json.loads(body)["error"]
+    assert status == 403 and refusal["code"] == "Forbidden", body
+    assert refusal["innererror"]["code"] == "ForbiddenByRbac"
+    assert "Action: 'Microsoft.KeyVault/vaults/secrets/getSecret/action'" in refusal["message"]
+    assert [v.name for v in compute.virtual_machines.list(RESOURCE_GROUP)] == ["vm3"]
+
+    # the user (Owner of the subscription) grants the identity what install grants its own
+    monkeypatch.setenv("MEADOWRUN_AZURE_ARM_URL", twin.base_url)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(twin.certificate.cert_path))
+    arm = Arm(twin.credential, SUBSCRIPTION)
+    target = AzureTarget(SUBSCRIPTION, LOCATION, RESOURCE_GROUP)
+    for scope, role in installed.identity_roles(target, VAULT_NAME):
+        line = ensure_role(arm, target, scope, vm.identity.principal_id, role, "vm3")
+        assert line.startswith("created role")
+
+    status, body = curl(host, *as_vm["vault"], secret_url)
+    assert status == 200 and json.loads(body)["value"] == "k3y", body
+    write = ["-X", "PUT", "-H", "Content-Type: application/json", "-d", '{"value": "x"}']
+    assert curl(host, *as_vm["vault"], *write, secret_url)[0] == 403  # a reader only
+    other_group = vm_url.replace(f"/resourceGroups/{RESOURCE_GROUP}/", "/resourceGroups/other/")
+    assert curl(host, *as_vm["arm"], other_group)[0] == 403  # its group only
+    # the delete cuts the host off before curl reads its answer: this one goes from here
+    status = _with_token(twin, "DELETE", vm_url, as_vm["arm"][-1])
+    assert status == 202
+    eventually(lambda: not list(compute.virtual_machines.list(RESOURCE_GROUP)), timeout=5)
+    eventually(lambda: not host.powered)
+
+
+def _with_token(twin: AzureTwin, method: str, url: str, authorization: str) -> int:
+    name, _, value = authorization.partition(": ")
+    request = urllib.request.Request(url, method=method, headers={name: value})
+    with urllib.request.urlopen(request, context=twin.ssl_context(), timeout=10) as answer:
+        return int(answer.status)
 
 
 def _vm_id(azure: AzureTwinHosts, name: str) -> str:

@@ -91,7 +91,11 @@ class Arm:
         return _json(response) or self.get(path, api) or {}
 
     def post(self, path: str, api: str, body: Any = None) -> dict[str, Any]:
-        return _json(self._send("POST", path, api, body)) or {}
+        """An action (``listKeys``, ``purge``...); one answered 202 is waited for."""
+        response = self._send("POST", path, api, body)
+        if self._wait(response):
+            return {}
+        return _json(response) or {}
 
     def delete(self, path: str, api: str, wait: bool = True) -> bool:
         """Delete (and wait, unless not ``wait``); False when there was nothing to delete."""

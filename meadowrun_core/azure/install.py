@@ -3,11 +3,12 @@ azure``).
 
 Idempotent, as on AWS: each step looks first and creates only what is missing, so a second
 run changes nothing. Everything made carries meadowrun's tag and a fixed name
-(``installed.py``), so ``uninstall.py`` needs no local record. The Key Vault itself is the
-user's (``MEADOWRUN_AZURE_KEY_VAULT``): install fills it with the storage account's name and
-key, the cluster key and the SSH key. The VMs' roles go to one user-assigned identity made
-here, scoped to the resource group (so the vault must live in it for Key Vault Secrets User to
-reach it), which every VM then carries.
+(``installed.py``), so ``uninstall.py`` needs no local record. The Key Vault
+(``MEADOWRUN_AZURE_KEY_VAULT``) is created in the group unless it exists (``vault_setup.py``:
+RBAC authorization, soft delete), then filled with the storage account's name and key, the
+cluster key and the SSH key. The VMs' roles go to one user-assigned identity made here, which
+every VM then carries: Key Vault Secrets User on the vault, Virtual Machine Contributor on the
+group.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import secrets
 from typing import Any
 
-from meadowrun_core.azure import function_deploy, installed, settings
+from meadowrun_core.azure import function_deploy, installed, settings, vault_setup
 from meadowrun_core.azure.account import (
     SECRET_CLUSTER_KEY,
     SECRET_SSH_KEY,
@@ -131,7 +132,8 @@ def _network(arm: Arm, target: AzureTarget) -> str:
 
 
 def _identity(arm: Arm, target: AzureTarget) -> list[str]:
-    """The VMs' identity and its two roles on the resource group."""
+    """The VMs' identity and its two roles (Secrets User on the vault, VM Contributor on the
+    group)."""
     body = {"location": target.location, "tags": TAGS}
     what = f"managed identity {installed.IDENTITY_NAME}"
     identity, line = _ensure(
@@ -139,21 +141,12 @@ def _identity(arm: Arm, target: AzureTarget) -> list[str]:
     )
     done = [line]
     principal = str(identity["properties"]["principalId"])
-    scope = installed.group_path(target)
-    for role, role_name in installed.ROLES.items():
-        path = installed.role_assignment_path(scope, principal, role)
-        body = {
-            "properties": {
-                "roleDefinitionId": installed.role_definition_id(target, role),
-                "principalId": principal,
-                "principalType": "ServicePrincipal",
-                "description": "meadowrun: what its VMs need",
-            }
-        }
-        _, line = _ensure(
-            arm, path, installed.API_ROLES, body, f"role {role_name} for {installed.IDENTITY_NAME}"
+    for scope, role in installed.identity_roles(target, settings.vault_name()):
+        done.append(
+            vault_setup.ensure_role(
+                arm, target, scope, principal, role, installed.IDENTITY_NAME, "ServicePrincipal"
+            )
         )
-        done.append(line)
     return done
 
 
@@ -162,6 +155,7 @@ def install(
 ) -> list[str]:
     """Create what is missing; a line per resource, "created ..." or "found ..."."""
     settings.vault_url()  # a missing vault setting fails before anything is created
+    settings.vault_name()
     credential = credential or default_credential()
     arm = arm or Arm(credential, target.subscription_id)
     group = installed.group_path(target)
@@ -173,6 +167,7 @@ def install(
     ]
     account, key, storage_done = _storage_account(arm, target)
     done += storage_done
+    done += vault_setup.ensure_vault(arm, credential, target)
     done += _secrets(credential, account, key)
     plane = open_data_plane(credential, create=True)  # the table and the container
     done.append(f"ready: table and container in storage account {plane.account_name}")

@@ -1,7 +1,8 @@
 """What ``meadowrun install --cloud azure`` makes in a resource group, by fixed name, so the
 VM provider, the manager and ``uninstall`` find it with no local record: a virtual network
 with one subnet for the VMs, a user-assigned managed identity every VM carries (its roles:
-Key Vault Secrets User and Virtual Machine Contributor on the group), the storage account.
+Key Vault Secrets User on the vault, Virtual Machine Contributor on the group), the storage
+account, the Key Vault (``MEADOWRUN_AZURE_KEY_VAULT``; ``vault_setup.py``).
 
 Names and ARM API versions live here; ``install.py`` creates, ``uninstall.py`` deletes.
 """
@@ -31,13 +32,17 @@ API_NETWORK = "2024-05-01"
 API_IDENTITY = "2023-01-31"
 API_ROLES = "2022-04-01"
 API_COMPUTE = "2024-07-01"
+API_KEYVAULT = "2023-07-01"
+API_SUBSCRIPTIONS = "2022-12-01"
 
 # Built-in role ids (learn.microsoft.com/azure/role-based-access-control/built-in-roles).
 ROLE_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 ROLE_VM_CONTRIBUTOR = "9980e02c-c2be-4d73-94e8-173b1dc7cf3c"
+ROLE_VAULT_SECRETS_OFFICER = "b86a8fe4-44ce-4948-aee5-eccb2c155cd7"
 ROLES = {
     ROLE_VAULT_SECRETS_USER: "Key Vault Secrets User",
     ROLE_VM_CONTRIBUTOR: "Virtual Machine Contributor",
+    ROLE_VAULT_SECRETS_OFFICER: "Key Vault Secrets Officer",
 }
 
 
@@ -47,6 +52,27 @@ def group_path(target: AzureTarget) -> str:
 
 def vnet_path(target: AzureTarget) -> str:
     return f"{group_path(target)}/providers/Microsoft.Network/virtualNetworks/{VNET_NAME}"
+
+
+def vault_path(target: AzureTarget, name: str) -> str:
+    return f"{group_path(target)}/providers/Microsoft.KeyVault/vaults/{name}"
+
+
+def deleted_vault_path(target: AzureTarget, name: str) -> str:
+    """A soft-deleted vault (Vaults - Get Deleted / Purge Deleted)."""
+    return (
+        f"/subscriptions/{target.subscription_id}/providers/Microsoft.KeyVault/locations/"
+        f"{target.location}/deletedVaults/{name}"
+    )
+
+
+def identity_roles(target: AzureTarget, vault_name: str) -> list[tuple[str, str]]:
+    """(scope, role) of what the VMs' identity holds: reading the vault's secrets, on the
+    vault only; deleting VMs (an idle VM itself, the manager the lost ones), on the group."""
+    return [
+        (vault_path(target, vault_name), ROLE_VAULT_SECRETS_USER),
+        (group_path(target), ROLE_VM_CONTRIBUTOR),
+    ]
 
 
 def subnet_id(target: AzureTarget) -> str:

@@ -104,6 +104,18 @@ def vault_url() -> str:
     return f"https://{name}.vault.azure.net"
 
 
+def vault_name() -> str:
+    """The name of meadowrun's Key Vault, which install creates (and uninstall removes)."""
+    name = os.environ.get(VAULT_NAME_ENV)
+    if not name:
+        raise BadInputError(
+            "meadowrun install|uninstall --cloud azure needs meadowrun's Key Vault: set "
+            "MEADOWRUN_AZURE_KEY_VAULT to its name (3-24 letters, digits and dashes, unique "
+            "across Azure); install creates it in the resource group"
+        )
+    return name.strip()
+
+
 def vault_overridden() -> bool:
     """An emulator's vault: its bearer challenge names vault.azure.net, not its address."""
     return bool(os.environ.get(VAULT_URL_ENV))

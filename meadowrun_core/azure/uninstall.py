@@ -1,6 +1,7 @@
 """Removing what meadowrun made in an Azure resource group: ``clean`` (VMs with no live
 agent, abandoned queues) and ``uninstall`` (everything tagged or fixed-named, VMs first; the
-resource group only when install created it, i.e. it carries meadowrun's tag)."""
+Key Vault deleted and purged when install created it, ``vault_setup.py``; the resource group
+only when install created it, i.e. it carries meadowrun's tag)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-from meadowrun_core.azure import function_deploy, installed, settings
+from meadowrun_core.azure import function_deploy, installed, settings, vault_setup
 from meadowrun_core.azure.account import (
     SECRET_CLUSTER_KEY,
     SECRET_SSH_KEY,
@@ -79,10 +80,9 @@ def _delete_identity(arm: Arm, target: AzureTarget) -> list[str]:
     assert identity is not None
     principal = str(identity["properties"]["principalId"])
     done = []
-    for role, role_name in installed.ROLES.items():
-        scope = installed.group_path(target)
+    for scope, role in installed.identity_roles(target, settings.vault_name()):
         if arm.delete(installed.role_assignment_path(scope, principal, role), installed.API_ROLES):
-            done.append(f"deleted role {role_name} for {installed.IDENTITY_NAME}")
+            done.append(f"deleted role {installed.ROLES[role]} for {installed.IDENTITY_NAME}")
     arm.delete(path, installed.API_IDENTITY)
     return [*done, f"deleted managed identity {installed.IDENTITY_NAME}"]
 
@@ -129,12 +129,15 @@ def uninstall(
     target: AzureTarget, credential: Any | None = None, arm: Arm | None = None
 ) -> list[str]:
     """Remove everything install made and every VM and queue meadowrun made; parts already
-    gone are skipped. Secrets are deleted and purged, so a later install starts clean."""
+    gone are skipped. The vault (or, in a vault not meadowrun's, its secrets) is deleted and
+    purged, so a later install starts clean."""
     settings.vault_url()
+    settings.vault_name()
     credential = credential or default_credential()
     arm = arm or Arm(credential, target.subscription_id)
     group = installed.group_path(target)
-    plane = _plane(credential)
+    vault = vault_setup.vault_exists(arm, target)  # on Azure a gone vault's name won't resolve
+    plane = _plane(credential) if vault else None
     done = _delete_all_vms(arm, target, plane)
     done += function_deploy.remove(target, arm, plane)  # before the identity it carries
     network = f"{group}/providers/Microsoft.Network"
@@ -154,7 +157,10 @@ def uninstall(
         path = installed.storage_path(target, plane.account_name)
         what = f"storage account {plane.account_name}"
         done += _delete_if_ours(arm, path, installed.API_STORAGE, what)
-    done += _delete_secrets(credential)
+    removed = vault_setup.remove_vault(arm, credential, target) if vault else []
+    if removed is None:  # the user's vault: only meadowrun's secrets go
+        removed = _delete_secrets(credential)
+    done += removed
     what = f"resource group {target.resource_group}"
     done += _delete_if_ours(arm, group, installed.API_GROUPS, what)
     for line in done:

@@ -28,7 +28,7 @@ def install(
 ) -> None:
     """Create what a cloud needs (local: the state directory and its key; aws: the table,
     bucket, secrets, security group, instance role and the scheduled manager; azure: the
-    resource group, storage account, Key Vault secrets, VNet and the VMs' identity)."""
+    resource group, storage account, Key Vault and its secrets, VNet and the VMs' identity)."""
     _check_cloud(cloud)
     if cloud == "azure":
         from meadowrun_core.cli import azure_admin
