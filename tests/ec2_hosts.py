@@ -18,6 +18,11 @@ instance stopping, stopped, shutting down or terminated (or it disappears), or w
 closes, the host powers off: its servers stop, its connections drop and all of its processes
 are killed. ``address_map_path`` holds ``{instance_id: "127.0.0.N:PORT"}`` for the hosts that
 are up, rewritten atomically whenever one starts or goes.
+
+This module is the hosts' lifecycle (watching moto, booting and powering off, the address
+map); the parts of a host live beside it: tests/ec2_host_ssh.py (the SSH server and its
+sessions), tests/ec2_host_imds.py (the IMDS emulator), tests/ec2_host_processes.py (finding and
+killing a host's processes) and tests/ec2_host_record.py (the record they all share).
 """
 
 from __future__ import annotations
@@ -29,16 +34,12 @@ import ipaddress
 import json
 import logging
 import os
-import signal
-import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any
 
 import asyncssh
 import boto3
@@ -46,36 +47,17 @@ import psutil
 from botocore.config import Config
 
 from meadowrun_core.bootstrap.cloud_init import InstanceBoot, parse_user_data
-from tests.imds_tokens import TOKEN_PATH, ImdsTokens
+from tests.ec2_host_imds import serve_imds
+from tests.ec2_host_processes import MARKER, find_marked, kill_marked
+from tests.ec2_host_record import Host
+from tests.ec2_host_ssh import HostSshServer, run_session
 
 _log = logging.getLogger(__name__)
 
-MARKER = "MEADOWRUN_TEST_HOST"
 _POLL_SECONDS = 0.1
 _FIRST_ADDRESS = ipaddress.IPv4Address("127.0.0.10")
 _UP_STATES = frozenset({"pending", "running"})
 _REBOOTABLE_STATES = frozenset({"stopping", "stopped"})  # a later start boots it again
-_LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
-_READ_SIZE = 65536
-
-
-@dataclass
-class _Host:
-    instance_id: str
-    ip: str
-    home: Path
-    boot: InstanceBoot
-    ssh_port: int = 0
-    imds_port: int = 0
-    ssh_server: asyncssh.SSHAcceptor | None = None
-    imds_server: asyncio.Server | None = None
-    connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
-    tokens: ImdsTokens = field(default_factory=ImdsTokens)
-    interrupt_at: datetime.datetime | None = None
-
-    @property
-    def address(self) -> str:
-        return f"{self.ip}:{self.ssh_port}"
 
 
 class Ec2TestHosts:
@@ -93,7 +75,7 @@ class Ec2TestHosts:
         self._base_dir = Path(base_dir)
         self._env = dict(env or {})
         self._lock = threading.Condition()
-        self._hosts: dict[str, _Host] = {}  # guarded by _lock; up hosts only
+        self._hosts: dict[str, Host] = {}  # guarded by _lock; up hosts only
         self._ever_hosted: set[str] = set()  # guarded by _lock
         self._seen: set[str] = set()  # loop thread only
         self._next_ip = 0  # loop thread only
@@ -148,7 +130,7 @@ class Ec2TestHosts:
             ever_hosted = set(self._ever_hosted)
             self._hosts.clear()
         for instance_id in ever_hosted:
-            _kill_marked(instance_id)
+            kill_marked(instance_id)
         if self._thread is not None:
             self._write_address_map()
 
@@ -178,14 +160,14 @@ class Ec2TestHosts:
 
     def processes(self, instance_id: str) -> list[psutil.Process]:
         """The live processes the instance's host started (found by environment marker)."""
-        return _find_marked(instance_id)
+        return find_marked(instance_id)
 
     def home(self, instance_id: str) -> Path:
         """The host's home directory: its "disk" (it outlives the host)."""
         return self._base_dir / instance_id / "home"
 
     # --- waiting -------------------------------------------------------------------------------
-    def _wait_for_host(self, instance_id: str, timeout: float) -> _Host:
+    def _wait_for_host(self, instance_id: str, timeout: float) -> Host:
         with self._lock:
             self._lock.wait_for(
                 lambda: instance_id in self._hosts or self._closed or self._failure is not None,
@@ -298,21 +280,23 @@ class Ec2TestHosts:
         home = self.home(instance_id)
         home.mkdir(mode=0o700, parents=True, exist_ok=True)
         home.chmod(0o700)
-        host = _Host(instance_id=instance_id, ip=ip, home=home, boot=boot)
+        host = Host(instance_id=instance_id, ip=ip, home=home, boot=boot)
         with self._lock:
             self._ever_hosted.add(instance_id)
         try:
             host.imds_server = await asyncio.start_server(
-                lambda reader, writer: self._serve_imds(host, reader, writer), ip, 0
+                lambda reader, writer: serve_imds(host, self._region, self._lock, reader, writer),
+                ip,
+                0,
             )
             host.imds_port = host.imds_server.sockets[0].getsockname()[1]
             host.ssh_server = await asyncssh.create_server(
-                lambda: _HostSshServer(host),
+                lambda: HostSshServer(host),
                 ip,
                 0,
                 server_host_keys=[asyncssh.import_private_key(boot.host_private_key)],
                 authorized_client_keys=asyncssh.import_authorized_keys(boot.authorized_key),
-                process_factory=lambda process: self._session(host, process),
+                process_factory=lambda process: run_session(host, self._host_env(host), process),
                 encoding=None,
                 line_editor=False,
                 agent_forwarding=False,
@@ -337,10 +321,10 @@ class Ec2TestHosts:
                 return
             self._write_address_map()
         await _stop_servers(host)
-        killed = await asyncio.to_thread(_kill_marked, instance_id)
+        killed = await asyncio.to_thread(kill_marked, instance_id)
         _log.info("test host for %s powered off (%d processes killed)", instance_id, killed)
 
-    def _host_env(self, host: _Host) -> dict[str, str]:
+    def _host_env(self, host: Host) -> dict[str, str]:
         return {
             **os.environ,
             **self._env,
@@ -348,123 +332,6 @@ class Ec2TestHosts:
             MARKER: host.instance_id,
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": f"http://{host.ip}:{host.imds_port}/",
         }
-
-    async def _session(self, host: _Host, process: asyncssh.SSHServerProcess[bytes]) -> None:
-        """One SSH session: run its command as sshd would, without a pty."""
-        if process.subsystem:
-            process.stderr.write(f"subsystem {process.subsystem} not supported\n".encode())
-            process.exit(1)
-            return
-        command = process.command
-        argv = ["/bin/sh", "-c", command] if command is not None else ["/bin/sh"]
-        env = self._host_env(host)
-        # sshd's default AcceptEnv on Ubuntu: only the locale comes from the client.
-        for name, value in process.env.items():
-            key, val = str(name), str(value)
-            if key == "LANG" or key.startswith("LC_"):
-                env[key] = val
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=subprocess.PIPE,
-                stdout=out_w,
-                stderr=err_w,
-                cwd=host.home,
-                env=env,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            os.close(out_r)
-            os.close(err_r)
-            process.stderr.write(f"sh: {exc}\n".encode())
-            process.exit(127)
-            return
-        finally:
-            os.close(out_w)
-            os.close(err_w)
-        _log.debug("%s runs %r (pid %d)", host.instance_id, command, proc.pid)
-        assert proc.stdin is not None
-        stdin_pump = asyncio.create_task(_pump_stdin(process.stdin, proc.stdin))
-        stdout = os.fdopen(out_r, "rb", buffering=0)
-        stderr = os.fdopen(err_r, "rb", buffering=0)
-        output_pumps = asyncio.gather(
-            _pump_output(stdout, process.stdout), _pump_output(stderr, process.stderr)
-        )
-        try:
-            returncode = await proc.wait()
-            await output_pumps  # until the pipes close: all of the output has been sent
-        finally:
-            stdin_pump.cancel()
-            output_pumps.cancel()
-        with contextlib.suppress(OSError, asyncssh.Error):
-            if returncode >= 0:
-                process.exit(returncode)
-            else:
-                process.exit_with_signal(signal.Signals(-returncode).name.removeprefix("SIG"))
-
-    async def _serve_imds(
-        self, host: _Host, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        """One IMDSv2 request per connection (``Connection: close``)."""
-        try:
-            request_line = (await reader.readline()).decode("latin-1").split()
-            headers: dict[str, str] = {}
-            while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
-                name, _, value = line.decode("latin-1").partition(":")
-                headers[name.strip().lower()] = value.strip()
-            if length := int(headers.get("content-length", "0") or 0):
-                await reader.readexactly(length)
-            if len(request_line) < 2:
-                status, body = 400, ""
-            else:
-                method, path = request_line[0], request_line[1].split("?")[0]
-                status, body = self._imds_answer(host, method, path, headers)
-            payload = body.encode()
-            writer.write(
-                (
-                    f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
-                    "Content-Type: text/plain\r\n"
-                    f"Content-Length: {len(payload)}\r\n"
-                    "Connection: close\r\n\r\n"
-                ).encode()
-                + payload
-            )
-            await writer.drain()
-        except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
-            _log.debug("bad IMDS request to %s: %r", host.instance_id, exc)
-        finally:
-            writer.close()
-
-    def _imds_answer(
-        self, host: _Host, method: str, path: str, headers: Mapping[str, str]
-    ) -> tuple[int, str]:
-        if path == TOKEN_PATH:
-            return host.tokens.issue(method, headers)
-        refused = host.tokens.refuse(method, headers)
-        if refused is not None:
-            return refused, ""
-        with self._lock:
-            interrupt_at = host.interrupt_at
-        item = path.removeprefix("/latest/meta-data/").rstrip("/")
-        if path.rstrip("/") == "/latest/dynamic/instance-identity/document":
-            document = {"instanceId": host.instance_id, "region": self._region}
-            return 200, json.dumps(document)
-        if not path.startswith("/latest/meta-data/"):
-            return 404, ""
-        if item == "instance-id":
-            return 200, host.instance_id
-        if item == "local-ipv4":
-            return 200, host.ip
-        if item == "placement/region":
-            return 200, self._region
-        if item == "placement/availability-zone":
-            return 200, f"{self._region}a"
-        if item == "spot/instance-action" and interrupt_at is not None:
-            when = interrupt_at.strftime("%Y-%m-%dT%H:%M:%SZ")
-            return 200, json.dumps({"action": "terminate", "time": when})
-        return 404, ""
 
     # --- the address map -----------------------------------------------------------------------
     def _write_address_map(self) -> None:
@@ -481,48 +348,7 @@ class Ec2TestHosts:
                 raise
 
 
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    401: "Unauthorized",
-    404: "Not Found",
-    405: "Method Not Allowed",
-}
-
-
-class _HostSshServer(asyncssh.SSHServer):
-    """Public key login for the UserData's user only; forwarding to the host's loopback only."""
-
-    def __init__(self, host: _Host) -> None:
-        self._host = host
-        self._conn: asyncssh.SSHServerConnection | None = None
-
-    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
-        self._conn = conn
-        self._host.connections.add(conn)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._conn is not None:
-            self._host.connections.discard(self._conn)
-
-    def begin_auth(self, username: str) -> bool:
-        if username != self._host.boot.ssh_user and self._conn is not None:
-            _log.info("%s refuses user %r", self._host.instance_id, username)
-            self._conn.set_authorized_keys(None)  # no key is good for any other user
-        return True
-
-    def connection_requested(
-        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
-    ) -> bool:
-        allowed = dest_host in _LOOPBACK_NAMES
-        if not allowed:
-            _log.info(
-                "%s refuses forwarding to %s:%d", self._host.instance_id, dest_host, dest_port
-            )
-        return allowed
-
-
-async def _stop_servers(host: _Host) -> None:
+async def _stop_servers(host: Host) -> None:
     if host.ssh_server is not None:
         host.ssh_server.close()
     if host.imds_server is not None:
@@ -536,81 +362,6 @@ async def _stop_servers(host: _Host) -> None:
     with contextlib.suppress(Exception):
         if host.imds_server is not None:
             await asyncio.wait_for(host.imds_server.wait_closed(), 5)
-
-
-async def _pump_stdin(source: asyncssh.SSHReader[bytes], target: asyncio.StreamWriter) -> None:
-    try:
-        while data := await source.read(_READ_SIZE):
-            target.write(data)
-            await target.drain()
-    except (OSError, asyncssh.Error):
-        pass  # the command stopped reading, or the client went away
-    finally:
-        target.close()
-
-
-async def _pump_output(pipe: BinaryIO, target: asyncssh.SSHWriter[bytes]) -> None:
-    """Copy a pipe to the channel. If the channel goes, stop reading, as sshd does: the
-    command then gets SIGPIPE/EPIPE when it next writes."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
-    try:
-        while data := await reader.read(_READ_SIZE):
-            target.write(data)
-            await target.drain()
-    except (OSError, asyncssh.Error):
-        pass
-    finally:
-        transport.close()
-
-
-def _find_marked(instance_id: str) -> list[psutil.Process]:
-    found = []
-    me = os.getpid()
-    for proc in psutil.process_iter():
-        if proc.pid == me:
-            continue
-        try:
-            if proc.environ().get(MARKER) != instance_id:
-                continue
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-        except (psutil.Error, OSError):
-            continue
-        found.append(proc)
-    return found
-
-
-def _kill_marked(instance_id: str) -> int:
-    """SIGKILL every live process marked with this instance id; how many there were."""
-    killed = 0
-    for _ in range(5):  # again, in case one forked while we were killing
-        procs = _find_marked(instance_id)
-        if not procs:
-            break
-        for proc in procs:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-                killed += 1
-        _wait_dead(procs, 3)
-    return killed
-
-
-def _wait_dead(procs: list[psutil.Process], timeout: float) -> None:
-    # Not psutil.wait_procs: for our own children it would waitpid() them, stealing the exit
-    # status from asyncio's child watcher. A zombie counts as dead.
-    deadline = time.monotonic() + timeout
-    pending = list(procs)
-    while pending and time.monotonic() < deadline:
-        alive = []
-        for proc in pending:
-            with contextlib.suppress(psutil.Error):
-                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                    alive.append(proc)
-        pending = alive
-        if pending:
-            time.sleep(0.02)
 
 
 def _cancel_remaining(loop: asyncio.AbstractEventLoop) -> None:
