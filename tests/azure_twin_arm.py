@@ -46,8 +46,8 @@ from tests import azure_twin_resources
 from tests.azure_twin_http import ARM_SCOPE, Request, Response, error, no_group, not_found
 from tests.azure_twin_keyvault import KeyVaultsTwin
 from tests.azure_twin_lro import Operations, now
-from tests.azure_twin_network import network_resources, nic_refs
-from tests.azure_twin_nsg import NsgTwin
+from tests.azure_twin_network import network_resources, nic_refs, subnet_ids
+from tests.azure_twin_nsg import NsgTwin, missing_reference
 from tests.azure_twin_quota import capabilities, quota_error
 from tests.azure_twin_rbac import vm_identity
 from tests.azure_twin_web import WebTwin
@@ -263,6 +263,9 @@ class ArmTwin:
         nic_id = nic_refs(rg_id, name, network["networkInterfaceConfigurations"])[0]["id"]
         if (missing := self.nsgs.missing_reference(body, nic_id)) is not None:
             return missing
+        for subnet_id in subnet_ids(body):
+            if not self.resources.subnet_exists(subnet_id):
+                return missing_reference(subnet_id, nic_id)
         with self._lock:
             if (rg.lower(), name.lower()) in self._vms:
                 return error(409, "Conflict", f"The twin does not update VMs; '{name}' exists.")

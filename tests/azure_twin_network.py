@@ -3,8 +3,9 @@ twin, shaped as Network Interfaces - Get and Public IP Addresses - Get answer
 (``specification/network/resource-manager/.../examples/NetworkInterfaceGet.json``,
 ``PublicIpAddressGet.json`` in ``Azure/azure-rest-api-specs``). A NIC is named
 ``<vm>-<config name>``, its public IP ``<vm>-<public IP config name>``; clients follow the ids
-in the VM's ``networkProfile.networkInterfaces``, never the names. Subnets are echoed, not
-checked."""
+in the VM's ``networkProfile.networkInterfaces``, never the names. A subnet an IP
+configuration names must exist (``subnet_ids``; the ARM part answers 400
+``InvalidResourceReference`` otherwise, as for a missing security group)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,18 @@ def nic_refs(rg_id: str, vm_name: str, configs: list[dict[str, Any]]) -> list[di
             }
         )
     return refs
+
+
+def subnet_ids(vm: dict[str, Any]) -> list[str]:
+    """Ids of the subnets the IP configurations of ``vm`` (a PUT body) name."""
+    profile = vm.get("properties", {}).get("networkProfile") or {}
+    found = []
+    for config in profile.get("networkInterfaceConfigurations") or []:
+        for ip in (config.get("properties") or {}).get("ipConfigurations") or []:
+            subnet = (ip.get("properties") or {}).get("subnet") or {}
+            if subnet.get("id"):
+                found.append(str(subnet["id"]))
+    return found
 
 
 def network_resources(

@@ -108,6 +108,18 @@ def nsg_ids(vm: Mapping[str, Any]) -> list[str]:
     return found
 
 
+def missing_reference(resource_id: str, nic_id: str) -> Response:
+    """Network's 400 ``InvalidResourceReference`` for a NIC naming a resource that is not
+    there (a security group, a subnet)."""
+    return error(
+        400,
+        "InvalidResourceReference",
+        f"Resource {resource_id} referenced by resource {nic_id} was not found. Please make "
+        "sure that the referenced resource exists, and that both resources are in the same "
+        "region.",
+    )
+
+
 class NsgTwin:
     """The groups of one subscription; ``on_change`` callbacks run after each PUT or DELETE."""
 
@@ -136,13 +148,7 @@ class NsgTwin:
         not exist, as a NIC naming one does."""
         for nsg_id in nsg_ids(vm):
             if self.get(nsg_id) is None:
-                return error(
-                    400,
-                    "InvalidResourceReference",
-                    f"Resource {nsg_id} referenced by resource {nic_id} was not found. Please "
-                    "make sure that the referenced resource exists, and that both resources "
-                    "are in the same region.",
-                )
+                return missing_reference(nsg_id, nic_id)
         return None
 
     # --- the REST API ----------------------------------------------------------------------

@@ -284,6 +284,13 @@ class ResourcesTwin:
             )
         return Response(200, policy)
 
+    def subnet_exists(self, subnet_id: str) -> bool:
+        vnet_id, _, name = subnet_id.lower().rpartition("/subnets/")
+        with self._lock:
+            vnet = self.resources.get(vnet_id)
+        subnets = ((vnet or {}).get("properties") or {}).get("subnets", [])
+        return any(found["name"].lower() == name for found in subnets)
+
     def _subnet(self, path: str, rid: str, subnet: str, rg: str) -> Response:
         with self._lock:
             vnet = self.resources.get(rid.lower())

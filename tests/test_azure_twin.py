@@ -241,6 +241,27 @@ def test_network_security_groups_and_the_firewall_they_make(twin: AzureTwin) -> 
         network.network_security_groups.get(RESOURCE_GROUP, "g")
 
 
+def test_a_vm_naming_a_missing_subnet_is_refused(twin: AzureTwin) -> None:
+    """A NIC's subnet must exist, as on Azure (400 ``InvalidResourceReference``)."""
+    compute, network = twin.compute_client(), network_client(twin)
+    vnet = {
+        "location": LOCATION,
+        "properties": {
+            "addressSpace": {"addressPrefixes": ["10.61.0.0/16"]},
+            "subnets": [{"name": "vms", "properties": {"addressPrefix": "10.61.0.0/20"}}],
+        },
+    }
+    created = network.virtual_networks.begin_create_or_update(RESOURCE_GROUP, "v", vnet).result()
+    vm = spot_vm()
+    ip = vm["properties"]["networkProfile"]["networkInterfaceConfigurations"][0]["properties"]
+    ip["ipConfigurations"][0]["properties"]["subnet"] = {"id": f"{created.id}/subnets/other"}
+    with pytest.raises(HttpResponseError, match="InvalidResourceReference"):
+        compute.virtual_machines.begin_create_or_update(RESOURCE_GROUP, "vm1", vm)
+    ip["ipConfigurations"][0]["properties"]["subnet"] = {"id": f"{created.id}/subnets/vms"}
+    made = compute.virtual_machines.begin_create_or_update(RESOURCE_GROUP, "vm1", vm).result()
+    assert made.provisioning_state == "Succeeded"
+
+
 def test_roles_decide_what_a_principal_may_do(
     twin: AzureTwin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
