@@ -1,11 +1,14 @@
-"""The Azure twin: Azure Resource Manager (compute SKUs, VMs and their network resources), Key
-Vault secrets and the Retail Prices API, played over HTTPS on one address for the real Azure
-SDK clients, because no emulator exists for them (Azurite covers storage only).
+"""The Azure twin: Azure Resource Manager (compute SKUs, VMs and their network resources,
+Resource Graph), Key Vault secrets and the Retail Prices API, played over HTTPS on one
+address for the real Azure SDK clients, because no emulator exists for them (Azurite covers
+storage only).
 
 Parts, each with the documentation its responses follow in its own docstring:
 ``azure_twin_arm.py`` (+ ``azure_twin_lro.py``, ``azure_twin_network.py``,
 ``azure_twin_nsg.py``),
-``azure_twin_vault.py``, ``azure_twin_http.py`` (server, test credential), and here the
+``azure_twin_vault.py``, ``azure_twin_graph.py`` (Resource Graph over the ``SpotResources``
+rows of ``tests/fixtures/azure/spot-eviction-rates.json``), ``azure_twin_http.py`` (server,
+test credential), and here the
 App Service managed identity endpoint (``identity_endpoint``) and the Retail Prices API
 (learn.microsoft.com/rest/api/cost-management/retail-prices/azure-retail-prices:
 ``GET /api/retail/prices?$filter=...``, ``{"BillingCurrency", "CustomerEntityId",
@@ -37,6 +40,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from tests.azure_twin_arm import ArmTwin
+from tests.azure_twin_graph import GraphTwin
 from tests.azure_twin_http import Request, Response, TwinCredential, TwinServer, error
 from tests.azure_twin_tls import make_certificate
 from tests.azure_twin_vault import VaultTwin
@@ -59,16 +63,25 @@ class AzureTwin:
         host: str = "127.0.0.1",
         prices_page_size: int = 10,
         vault_page_size: int = 25,
+        graph_page_size: int = 8,
     ) -> None:
         self.certificate = make_certificate(directory, (host,))
         self.credential = TwinCredential()
         self.arm = ArmTwin(fixture_rows("resource-skus.json"), SUBSCRIPTION)
         self.arm.add_resource_group(RESOURCE_GROUP, LOCATION)
         self.vault = VaultTwin(vault_page_size)
+        spot = fixture_rows("spot-eviction-rates.json")
+        self.graph = GraphTwin({"SpotResources": spot}, graph_page_size)
         self.price_rows = fixture_rows("retail-prices.json")
         self.prices_page_size = prices_page_size
         self.identity_header = secrets.token_hex(16)
-        handlers = [self.arm.handle, self.vault.handle, self._prices, self._identity]
+        handlers = [
+            self.arm.handle,
+            self.graph.handle,
+            self.vault.handle,
+            self._prices,
+            self._identity,
+        ]
         self.server = TwinServer(handlers, self.certificate.server_context(), host)
 
     @property
