@@ -10,6 +10,7 @@ the cheapest Spot size for small jobs, is ``5-10`` live and ``0-5`` built in."""
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from tests import twin_workloads as work
 from tests.azure_admin_cloud import AdminCloud
 from tests.azure_cloud import DEPLOYMENT, AzureTwinCloud
 from tests.azure_twin import LOCATION, SUBSCRIPTION, AzureTwin, running_twin
+from tests.azure_twin_http import TwinCredential
 
 EASTUS_BANDS = 16  # rows of type skuspotevictionrate/location in eastus
 
@@ -92,6 +94,23 @@ def test_a_refused_query_falls_back_to_the_built_in_table_with_one_warning(
     assert "AuthorizationFailed" in warning.getMessage()
     assert "built-in table" in warning.getMessage()
     assert not list((tmp_path / "cache").glob("*"))  # a fallback is never cached as live
+
+
+def test_an_unreachable_resource_graph_falls_back_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("MEADOWRUN_AZURE_ARM_URL", f"https://127.0.0.1:{port}")
+    arm = Arm(TwinCredential(), SUBSCRIPTION)
+    cache = DiskCache(ttl_seconds=3600, directory=tmp_path / "cache")
+    with caplog.at_level(logging.WARNING, logger="meadowrun_core.azure.eviction_graph"):
+        bands = GraphBandSource(arm, cache).bands("westus2")
+        GraphBandSource(arm, cache).bands("westus2")
+    assert bands.get("Standard_D2s_v5") == "0-5"  # the built-in table
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "westus2" in warning.getMessage() and "built-in table" in warning.getMessage()
 
 
 def test_instance_types_shows_the_live_bands(azure_admin: AdminCloud) -> None:
