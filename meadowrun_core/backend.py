@@ -7,6 +7,7 @@ implement it; the client's allocation, job and map code only ever sees this prot
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -20,11 +21,16 @@ from meadowrun_core.seams.instance_provider import Provider
 class CapacityError(Exception):
     """The cloud has no capacity (or quota) for this instance type now: try the next choice.
     ``market_wide``: the error holds for every type of its market (a spot quota), so the
-    remaining choices in that market are skipped."""
+    remaining choices in that market are skipped. ``also_refuses``: other types of the same
+    market the same error holds for (an Azure regular quota counts a whole size family), so
+    they are skipped without asking the cloud again."""
 
-    def __init__(self, message: str, market_wide: bool = False) -> None:
+    def __init__(
+        self, message: str, market_wide: bool = False, also_refuses: Iterable[str] = ()
+    ) -> None:
         super().__init__(message)
         self.market_wide = market_wide
+        self.also_refuses = frozenset(also_refuses)
 
 
 class LaunchError(MeadowrunError):

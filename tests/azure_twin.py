@@ -1,11 +1,14 @@
-"""The Azure twin: Azure Resource Manager (compute SKUs, VMs and their network resources), Key
-Vault secrets and the Retail Prices API, played over HTTPS on one address for the real Azure
-SDK clients, because no emulator exists for them (Azurite covers storage only).
+"""The Azure twin: Azure Resource Manager (compute SKUs, VMs and their network resources,
+Resource Graph), Key Vault secrets and the Retail Prices API, played over HTTPS on one
+address for the real Azure SDK clients, because no emulator exists for them (Azurite covers
+storage only).
 
 Parts, each with the documentation its responses follow in its own docstring:
 ``azure_twin_arm.py`` (+ ``azure_twin_lro.py``, ``azure_twin_network.py``,
 ``azure_twin_nsg.py``, ``azure_twin_web.py``: Function Apps and a Functions host),
-``azure_twin_vault.py``, ``azure_twin_http.py`` (server, test credential), and here the
+``azure_twin_vault.py``, ``azure_twin_graph.py`` (Resource Graph over the ``SpotResources``
+rows of ``tests/fixtures/azure/spot-eviction-rates.json``), ``azure_twin_http.py`` (server,
+test credential), and here the
 App Service managed identity endpoint (``identity_endpoint``) and the Retail Prices API
 (learn.microsoft.com/rest/api/cost-management/retail-prices/azure-retail-prices:
 ``GET /api/retail/prices?$filter=...``, ``{"BillingCurrency", "CustomerEntityId",
@@ -43,6 +46,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from tests.azure_twin_arm import ArmTwin
+from tests.azure_twin_graph import GraphTwin
 from tests.azure_twin_http import (
     USER_PRINCIPAL,
     Request,
@@ -76,6 +80,7 @@ class AzureTwin:
         prices_page_size: int = 10,
         vault_page_size: int = 25,
         premade_vault: bool = True,
+        graph_page_size: int = 8,
     ) -> None:
         self.certificate = make_certificate(directory, (host,))
         self.credential = TwinCredential()
@@ -93,12 +98,15 @@ class AzureTwin:
             self.arm.resources.assignments,
             lambda: self.arm.key_vaults.live(VAULT_NAME),
         )
+        spot = fixture_rows("spot-eviction-rates.json")
+        self.graph = GraphTwin({"SpotResources": spot}, graph_page_size)
         self.price_rows = fixture_rows("retail-prices.json")
         self.prices_page_size = prices_page_size
         self.identity_header = secrets.token_hex(16)
         handlers = [
             self.rbac.arm_guard,
             self.arm.handle,
+            self.graph.handle,
             self.arm.web.identity,
             self.rbac.vault_guard,
             self.vault.handle,

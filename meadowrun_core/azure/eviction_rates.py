@@ -9,8 +9,9 @@ Azure publishes each size's spot eviction rate per region as a band: ``0-5``, ``
 ``DEFAULT_BANDS`` is a **built-in default table**, not live data: a coarse band per size
 series, as Azure's published bands for common regions have tended to read (general-purpose
 and memory-optimised current generations low; GPU and older or burstable series high).
-It is used where no live source answers; sizes it does not list count as ``20+``, so spot
-is chosen for them only when ``max_eviction_rate`` is 100.
+It is used where the live source (``eviction_graph.py``: Resource Graph) does not answer;
+sizes it does not list count as ``20+``, so spot is chosen for them only when
+``max_eviction_rate`` is 100.
 """
 
 from __future__ import annotations

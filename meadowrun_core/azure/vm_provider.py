@@ -31,9 +31,14 @@ from meadowrun_core.azure.account import SECRET_SSH_KEY, TAGS, DataPlane, get_or
 from meadowrun_core.azure.agent_upload import bundle_url, upload_agent_bundle
 from meadowrun_core.azure.arm import Arm
 from meadowrun_core.azure.blob_object_store import CONTAINER_NAME
-from meadowrun_core.azure.eviction_rates import DefaultBands
-from meadowrun_core.azure.pricing import default_price_source
-from meadowrun_core.azure.vm_selection import SKIP_ONE_ERROR_CODES, choose_vm_sizes, is_quota_error
+from meadowrun_core.azure.eviction_graph import GraphBandSource
+from meadowrun_core.azure.pricing import cache_tag, cache_ttl_seconds, default_price_source
+from meadowrun_core.azure.vm_selection import (
+    SKIP_ONE_ERROR_CODES,
+    choose_vm_sizes,
+    is_quota_error,
+    same_quota,
+)
 from meadowrun_core.azure.vm_sizes import VmSizeOffer, load_offers
 from meadowrun_core.backend import CapacityError
 from meadowrun_core.bootstrap.agent_start import agent_command
@@ -107,15 +112,12 @@ class AzureVmProvider(InstanceReach):
     # --- choosing ----------------------------------------------------------------------
     def offers(self) -> list[VmSizeOffer]:
         if self._offers is None:
-            from meadowrun_core.azure.pricing import cache_tag
-
+            cache = DiskCache(cache_ttl_seconds(), self._cache_dir)
+            tag = cache_tag(settings.arm_url())
+            location = self.target.location
+            bands = GraphBandSource(self.arm, cache, tag).bands(location)
             self._offers = load_offers(
-                self.target.location,
-                self.compute,
-                default_price_source(),
-                DefaultBands(),
-                DiskCache(4 * 3600.0, self._cache_dir),
-                cache_tag(settings.arm_url()),
+                location, self.compute, default_price_source(), bands, cache, tag
             )
         return self._offers
 
@@ -197,8 +199,12 @@ class AzureVmProvider(InstanceReach):
                 raise
             self._delete_quietly(name)
             spot = body["properties"].get("priority") == "Spot"
+            quota = is_quota_error(code, message)
+            size = body["properties"]["hardwareProfile"]["vmSize"]
+            failed = [o for o in self.offers() if o.name == size and quota and not spot]
+            family = same_quota(self.offers(), failed[0], "regular") if failed else set()
             raise CapacityError(
-                f"{code}: {message}", market_wide=spot and is_quota_error(code, message)
+                f"{code}: {message}", market_wide=spot and quota, also_refuses=family - {size}
             ) from exc
 
     def _delete_quietly(self, name: str) -> None:

@@ -11,12 +11,15 @@ regular, so fallback can reach it. A Spot VM is created with ``evictionPolicy: D
 ``billingProfile.maxPrice`` = the size's regular price (``Choice.max_price``): never more
 than regular, and never evicted for price below it.
 
-The provider walks the ladder, and on a create that fails asks ``after_failure`` for the rest:
+After a create fails, ``after_failure`` gives the rest of the ladder:
 ``SkuNotAvailable`` and allocation failures skip that choice; a quota error
 (``OperationNotAllowed`` "...exceeding approved ... quota") skips every choice the same quota
-counts (Spot: ``LowPriorityCores``, all Spot choices; regular: the size's family); any other
-error is raised at once. Requests nothing can satisfy fail in ``choose_vm_sizes``, before
-anything is created. A GPU request without a vendor flag means NVIDIA.
+counts (``same_quota``; Spot: ``LowPriorityCores``, all Spot choices; regular: the size's
+family); any other error is raised at once. The client's own ladder (``client/allocation.py``)
+gets the same answer from the provider's ``CapacityError`` (``market_wide`` for Spot,
+``also_refuses`` = the family for regular). Requests nothing can satisfy fail in
+``choose_vm_sizes``, before anything is created. A GPU request without a vendor flag means
+NVIDIA.
 """
 
 from __future__ import annotations
@@ -137,6 +140,14 @@ def is_quota_error(code: str, message: str) -> bool:
     return code in QUOTA_ERROR_CODES and "quota" in message.lower()
 
 
+def same_quota(offers: Iterable[VmSizeOffer], failed: VmSizeOffer, market: str) -> set[str]:
+    """Sizes a quota error on ``failed`` in ``market`` also refuses: every size for Spot
+    (``LowPriorityCores``), the sizes of its family for regular."""
+    if market == "spot":
+        return {o.name for o in offers}
+    return {o.name for o in offers if o.family == failed.family}
+
+
 def after_failure(
     remaining: Sequence[Choice], failed: Choice, code: str, message: str
 ) -> list[Choice] | None:
@@ -148,7 +159,5 @@ def after_failure(
         return rest
     if not is_quota_error(code, message):
         return None
-    if failed.market == "spot":
-        return [c for c in rest if c.market != "spot"]
-    family = failed.offer.family
-    return [c for c in rest if c.market == "spot" or c.offer.family != family]
+    refused = same_quota((c.offer for c in rest), failed.offer, failed.market)
+    return [c for c in rest if c.market != failed.market or c.offer.name not in refused]

@@ -72,21 +72,26 @@ def _offers(where: AzureTarget) -> list[Any]:
 
     from meadowrun_core.azure import settings
     from meadowrun_core.azure.account import default_credential
-    from meadowrun_core.azure.eviction_rates import DefaultBands
-    from meadowrun_core.azure.pricing import cache_tag, default_price_source
+    from meadowrun_core.azure.arm import Arm
+    from meadowrun_core.azure.eviction_graph import GraphBandSource
+    from meadowrun_core.azure.pricing import cache_tag, cache_ttl_seconds, default_price_source
     from meadowrun_core.azure.vm_sizes import load_offers
     from meadowrun_core.config import meadowrun_home
     from meadowrun_core.disk_cache import DiskCache
 
+    credential = default_credential()
     compute = ComputeManagementClient(
-        default_credential(),
+        credential,
         where.subscription_id,
         base_url=settings.arm_url(),
         credential_scopes=[settings.ARM_SCOPE],
     )
-    cache = DiskCache(4 * 3600.0, meadowrun_home() / "azure" / where.location / "cache")
+    home = meadowrun_home() / "azure" / where.location / "cache"
+    cache = DiskCache(cache_ttl_seconds(), home)
     tag = cache_tag(settings.arm_url())
-    return load_offers(where.location, compute, default_price_source(), DefaultBands(), cache, tag)
+    arm = Arm(credential, where.subscription_id)
+    bands = GraphBandSource(arm, cache, tag).bands(where.location)
+    return load_offers(where.location, compute, default_price_source(), bands, cache, tag)
 
 
 def instance_types(region: str, resources: Resources, workers: int, limit: int) -> None:

@@ -235,9 +235,10 @@ async def _launch_ladder(
     are refused, the error lists every attempt."""
     attempts: list[str] = []
     skipped_markets: set[str] = set()
+    skipped_types: set[tuple[str, str]] = set()  # (market, type) a quota error also refused
     for instance_type, placed in choices:
         market = "spot" if instance_type.is_spot else "on-demand"
-        if market in skipped_markets:
+        if market in skipped_markets or (market, instance_type.name) in skipped_types:
             attempts.append(f"{instance_type.name} {market}: skipped ({market} quota exhausted)")
             continue
         launched = await _launch_one(
@@ -247,6 +248,7 @@ async def _launch_ladder(
             attempts.append(f"{instance_type.name} {market}: {launched}")
             if launched.market_wide:
                 skipped_markets.add(market)
+            skipped_types.update((market, name) for name in launched.also_refuses)
             continue
         return launched
     if attempts and len(attempts) == len(choices):
