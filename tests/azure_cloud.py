@@ -82,19 +82,23 @@ class AzureTwinCloud:
         raise AssertionError(f"the agent on {host.name} never registered")
 
 
-@pytest.fixture
-def azure(
-    twin_network: TwinNetwork, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[AzureTwinCloud]:
-    gateway = twin_network.gateway
+@contextlib.contextmanager
+def azure_twin_cloud(
+    network: TwinNetwork, scratch: Path, azurite_debug_log: Path | None = None
+) -> Iterator[tuple[AzureTwinCloud, dict[str, str]]]:
+    """Everything of the ``azure`` fixture on ``network``, in ``scratch``: the cloud, and the
+    environment a client needs to use it (the caller sets it; the fixture through
+    monkeypatch, bench/bench_clouds.py around its Azure part). ``azurite_debug_log``: Azurite
+    logs every request it serves there (the benchmark counts them)."""
+    gateway = network.gateway
     with contextlib.ExitStack() as stack:
-        (tmp_path / "azurite").mkdir()
-        server = azurite.AzuriteServer(tmp_path / "azurite", gateway)
+        (scratch / "azurite").mkdir()
+        server = azurite.AzuriteServer(scratch / "azurite", gateway, debug_log=azurite_debug_log)
         stack.callback(server.stop)
         checkip = CheckIpServer(gateway)
         stack.callback(checkip.close)
-        twin = stack.enter_context(running_twin(tmp_path / "twin", host=gateway))
-        hosts = stack.enter_context(AzureTwinHosts(twin, twin_network, tmp_path / "hosts"))
+        twin = stack.enter_context(running_twin(scratch / "twin", host=gateway))
+        hosts = stack.enter_context(AzureTwinHosts(twin, network, scratch / "hosts"))
         twin.secret_client().set_secret(SECRET_STORAGE_ACCOUNT, azurite.ACCOUNT_NAME)
         twin.secret_client().set_secret(SECRET_STORAGE_KEY, azurite.ACCOUNT_KEY)
         ca = str(twin.certificate.cert_path)
@@ -113,15 +117,27 @@ def azure(
             "IDENTITY_HEADER": twin.identity_header,
             "REQUESTS_CA_BUNDLE": ca,
             "SSL_CERT_FILE": ca,
-            "AZURE_CONFIG_DIR": str(tmp_path / "no-azure-cli"),
+            "AZURE_CONFIG_DIR": str(scratch / "no-azure-cli"),
             "MEADOWRUN_LEASE_SECONDS": "3",
             "MEADOWRUN_VISIBILITY_TIMEOUT": "6",
             "MEADOWRUN_RECONCILE_INTERVAL": "0.5",
-            "MEADOWRUN_HOME": str(tmp_path / "client-home"),
+            "MEADOWRUN_HOME": str(scratch / "client-home"),
         }
+        stack.callback(ClientRuntime.get().forget_backends)
+        yield AzureTwinCloud(hosts, server.account(), scratch), environment
+
+
+# Credentials the client's DefaultAzureCredential must not find beside the twin's.
+UNSET_ENVIRONMENT = ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "MSI_ENDPOINT")
+
+
+@pytest.fixture
+def azure(
+    twin_network: TwinNetwork, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[AzureTwinCloud]:
+    with azure_twin_cloud(twin_network, tmp_path) as (cloud, environment):
         for name, value in environment.items():
             monkeypatch.setenv(name, value)
-        for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "MSI_ENDPOINT"):
+        for name in UNSET_ENVIRONMENT:
             monkeypatch.delenv(name, raising=False)
-        stack.callback(ClientRuntime.get().forget_backends)
-        yield AzureTwinCloud(hosts, server.account(), tmp_path)
+        yield cloud
