@@ -70,6 +70,9 @@ class Milestones(logging.Handler):
         "meadowrun_core.client.allocation": (logging.INFO, {"launching ": "launch decided"}),
         "meadowrun_core.aws.ec2_provider": (logging.INFO, {"launched EC2": "RunInstances done"}),
         "tests.ec2_hosts": (logging.INFO, {" up: ssh ": "test host up"}),
+        "meadowrun_core.azure.vm_provider": (logging.INFO, {"created Azure": "VM created"}),
+        "tests.ec2_twin": (logging.INFO, {"twin host for": "twin host booted"}),
+        "tests.azure_twin_hosts": (logging.INFO, {"twin host for": "twin host booted"}),
         "meadowrun_core.remote.ssh": (logging.DEBUG, {"not ready yet": "SSH retry"}),
     }
 

@@ -36,10 +36,13 @@ DEPLOYMENT = mr.Deployment.mirror_local(
 
 
 class AwsTwinCloud:
-    def __init__(self, endpoint: str, twin: Ec2Twin, scratch: Path) -> None:
+    def __init__(
+        self, endpoint: str, twin: Ec2Twin, scratch: Path, server: ThreadedMotoServer | None = None
+    ) -> None:
         self.endpoint = endpoint
         self.twin = twin
         self.scratch = scratch
+        self.server = server  # moto's, where the caller wants to watch it
 
     def client(self, service: str) -> Any:
         return boto3.client(service, region_name=REGION, endpoint_url=self.endpoint)
@@ -119,7 +122,7 @@ def aws_twin_cloud(
         twin.start()
         environment["MEADOWRUN_EC2_ADDRESS_MAP"] = str(twin.address_map_path)
         environment["MEADOWRUN_CHECKIP_URL"] = twin.checkip_url
-        yield AwsTwinCloud(endpoint, twin, scratch), environment
+        yield AwsTwinCloud(endpoint, twin, scratch, server), environment
     finally:
         ClientRuntime.get().forget_backends()
         if twin is not None:
