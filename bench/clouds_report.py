@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from bench.clouds_ops import WARM_UP_CALLS, WARM_UP_TASKS
 from bench.harness import Figures
 
 LOCAL, AWS, AZURE = "local", "aws", "azure"
@@ -158,11 +159,56 @@ def render_markdown(
         [
             SECTION_HEADING,
             "",
+            "Measured by `bench/bench_clouds.py`: the local cloud, AWS (moto's server + the "
+            "EC2 twin) and Azure (the Azure twin + Azurite + twin hosts), one after the other "
+            "in one run (as root: the run makes its twin network and removes it):",
+            "",
             "```",
             command,
             "```",
             "",
             *table,
+            "",
+            "`X/local` is the cloud's figure divided by the local cloud's, `azure/aws` Azure's "
+            "by AWS's, all from this run. \"Others' CPU\" is the cores other processes used "
+            "while the figure was measured (noise, not a result).",
+            "",
+            "**Emulator latency is not a cloud's.** moto, the Azure twin, Azurite, the twin "
+            "hosts (each a network namespace with its own sshd, firewall and metadata service) "
+            "and the client all run on this machine and share its cores; every request is a "
+            "round trip to a Python or Node server on the host side of a veth pair, not to a "
+            "real endpoint, and a twin host is up within a second of the launch call where a "
+            "real VM takes tens of seconds to boot. The AWS and Azure figures compare meadowrun's code paths and their "
+            "request counts on the two emulations, not the speed of EC2 or Azure. Azurite "
+            "writes a debug log for every request in this run (that is how its requests are "
+            "counted), which may slow it (not measured).",
+            "",
+            "What is measured, per cloud: (1) the cold start, the first `run_function` of a "
+            "no-op with nothing running on an empty account (AWS: moto just reset; Azure: the "
+            "storage account's name and key in the vault, as the tests' install step leaves "
+            "it, nothing else), to its result; *placed* is when the client's allocation "
+            "returned, i.e. the job was placed on the new instance once its agent registered "
+            "(launch, boot, bootstrap from the object store, agent start included); (2) "
+            f"{WARM_UP_CALLS} untimed then {config['warm_calls']} timed warm calls: *placed* "
+            "is the call to its job placed on the running instance (the allocation path "
+            "without a launch), beside the whole round trip; (3) an untimed `run_map` of "
+            f"{WARM_UP_TASKS} tasks, then the timed maps of no-op tasks with "
+            "`num_concurrent_tasks=2` on the instances that are up; (4) a new client of the "
+            "now set-up cloud (every instance deleted, a fresh `MEADOWRUN_HOME`, nothing "
+            "mirrored in the process) and its cold start. Every cloud: `Resources(1, 1)`; "
+            "local: `MEADOWRUN_LOCAL_MAX_CPU=2` and the caller's interpreter; the twins: the "
+            "environment of their test fixtures (`MEADOWRUN_LEASE_SECONDS=3`, "
+            "`MEADOWRUN_VISIBILITY_TIMEOUT=6`) and the agent's interpreter on the host.",
+            "",
+            "Requests: *client's* are those this process's SDK clients sent (boto3's "
+            "`before-call` event; azure-core's `RequestsTransport.send`), the client's lease "
+            "renewals (one a second here, whatever it does) left out; *client + agents* are "
+            "those the emulators answered meanwhile: moto's WSGI app (less the EC2 twin's own "
+            "DescribeInstances/DescribeSecurityGroups polling, counted on its boto3 client and "
+            "subtracted), the Azure twin's request list (ARM, Key Vault, the managed identity "
+            "endpoint, Retail Prices) and Azurite's debug log (Table, Queue, Blob); the "
+            "instance metadata services are not counted. Per operation below; the "
+            "warm-call counts are over all the timed calls.",
             "",
             *[f"- {line}" for line in footnotes(results)],
             "",
