@@ -41,7 +41,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import meadowrun_core as mr
 from bench.cloud_requests import AwsRequests, AzureRequests
-from bench.clouds_ops import Cloud, measure, progress
+from bench.clouds_ops import Cloud, measure, progress, twin_boot_phases
 from bench.clouds_report import (
     AWS,
     AZURE,
@@ -104,7 +104,15 @@ def aws_cloud(scratch: Path, network: object) -> Iterator[Cloud]:
             _forget_client_state(scratch / "client-home-2")
 
         try:
-            yield Cloud(AWS, twin.host(), DEPLOYMENT, requests, as_a_new_client, lambda: polls[0])
+            yield Cloud(
+                AWS,
+                twin.host(),
+                DEPLOYMENT,
+                requests,
+                as_a_new_client,
+                lambda: polls[0],
+                lambda: twin_boot_phases(list(twin.twin.hosts().values()), twin.registered_at),
+            )
         finally:
             requests.stop()
             _let_the_lease_thread_finish()
@@ -139,7 +147,16 @@ def azure_cloud(scratch: Path, network: object) -> Iterator[Cloud]:
             _forget_client_state(scratch / "client-home-2")
 
         try:
-            yield Cloud(AZURE, host, DEPLOYMENT, requests, as_a_new_client)
+            yield Cloud(
+                AZURE,
+                host,
+                DEPLOYMENT,
+                requests,
+                as_a_new_client,
+                boot_phases=lambda: twin_boot_phases(
+                    list(twin.hosts.hosts().values()), twin.registered_at
+                ),
+            )
         finally:
             requests.stop()
             _let_the_lease_thread_finish()
@@ -225,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         results = {
             name: measure_cloud(name, scratch, network, config, args.quiet_wait)
             if name in wanted
-            else Figures(error="not measured in this run")
+            else Figures(notes=["not measured in this run"])
             for name in CLOUDS
         }
     finally:

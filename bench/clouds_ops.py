@@ -47,6 +47,33 @@ class Cloud:
     # requests the emulators answered that neither client nor agents made (the EC2 twin
     # polls moto for launched instances), to subtract from "served"
     background: Callable[[], int] = lambda: 0
+    # the newest twin host's (boot, bootstrap finished, agent registered) as time.time()
+    boot_phases: Callable[[], tuple[float, float, float] | None] = lambda: None
+
+
+def twin_boot_phases(hosts: list[Any], registered_at: Callable[[Any], float]) -> Any:
+    """(boot, bootstrap finished, agent registered) of the newest of ``hosts`` (TwinHosts)."""
+    from meadowrun_core.bootstrap.instance_script import BOOT_FINISHED
+
+    if not hosts:
+        return None
+    host = max(hosts, key=lambda h: h.booted_at)
+    try:
+        finished = host.path(BOOT_FINISHED).stat().st_mtime
+        return host.booted_at, finished, registered_at(host)
+    except (OSError, AssertionError):
+        return None
+
+
+def _boot_note(cloud: Cloud, began_wall: float) -> str:
+    phases = cloud.boot_phases()
+    if phases is None:
+        return ""
+    booted, finished, registered = (t - began_wall for t in phases)
+    return (
+        f"; on the host: booted {booted:.2f}, bootstrap finished {finished:.2f}, "
+        f"agent registered {registered:.2f}"
+    )
 
 
 class PlacementClock:
@@ -141,12 +168,14 @@ def measure(cloud: Cloud, config: dict[str, Any], figures: Figures, quiet_wait: 
             Milestones() as milestones,
             Counted(cloud, figures, "cold start"),
         ):
-            began = time.perf_counter()
+            began, began_wall = time.perf_counter(), time.time()
             placed, result = call()
         figures.values["cold_placed_s"], figures.values["cold_s"] = placed, result
         progress(f"  {cloud.name}: cold start {result:.2f} s (placed at {placed:.2f} s)")
-        if steps := milestones.describe(began):
-            figures.notes.append(f"cold start, seconds from the call: {steps}, result {result:.2f}")
+        figures.notes.append(
+            f"cold start, seconds from the call: {milestones.describe(began)}"
+            f"{_boot_note(cloud, began_wall)}; placed {placed:.2f}, result {result:.2f}"
+        )
 
         # 1: the job placed on a running instance
         for _ in range(WARM_UP_CALLS):
@@ -182,7 +211,16 @@ def measure(cloud: Cloud, config: dict[str, Any], figures: Figures, quiet_wait: 
 
         # 1 and 2 again: a new client of the set-up cloud, no instance running
         cloud.as_a_new_client()
-        with metered(figures, "new", quiet_wait), Counted(cloud, figures, "new client"):
+        with (
+            metered(figures, "new", quiet_wait),
+            Milestones() as milestones,
+            Counted(cloud, figures, "new client"),
+        ):
+            began, began_wall = time.perf_counter(), time.time()
             placed, result = call()
         figures.values["new_placed_s"], figures.values["new_s"] = placed, result
+        figures.notes.append(
+            f"new client's cold start, seconds from the call: {milestones.describe(began)}"
+            f"{_boot_note(cloud, began_wall)}; placed {placed:.2f}, result {result:.2f}"
+        )
         progress(f"  {cloud.name}: new client's cold start {result:.2f} s (placed {placed:.2f})")

@@ -178,7 +178,8 @@ def render_markdown(
             "and the client all run on this machine and share its cores; every request is a "
             "round trip to a Python or Node server on the host side of a veth pair, not to a "
             "real endpoint, and a twin host is up within a second of the launch call where a "
-            "real VM takes tens of seconds to boot. The AWS and Azure figures compare meadowrun's code paths and their "
+            "real VM takes tens of seconds to boot. The AWS and Azure figures compare "
+            "meadowrun's code paths and their "
             "request counts on the two emulations, not the speed of EC2 or Azure. Azurite "
             "writes a debug log for every request in this run (that is how its requests are "
             "counted), which may slow it (not measured).",

@@ -67,7 +67,10 @@ class Milestones(logging.Handler):
 
     LOGGERS: ClassVar[dict[str, tuple[int, dict[str, str]]]] = {  # logger: (level, {text: step})
         "meadowrun_core.client.payload": (logging.DEBUG, {"uploaded ": "code mirrored"}),
-        "meadowrun_core.client.allocation": (logging.INFO, {"launching ": "launch decided"}),
+        "meadowrun_core.client.allocation": (
+            logging.INFO,
+            {"launching ": "launch decided", "waiting for capacity": "waiting for capacity"},
+        ),
         "meadowrun_core.aws.ec2_provider": (logging.INFO, {"launched EC2": "RunInstances done"}),
         "tests.ec2_hosts": (logging.INFO, {" up: ssh ": "test host up"}),
         "meadowrun_core.azure.vm_provider": (logging.INFO, {"created Azure": "VM created"}),
