@@ -31,7 +31,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -248,9 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         network.close()
         shutil.rmtree(scratch, ignore_errors=True)
-    progress(
-        f"done in {time.monotonic() - started:.0f} s; threads left: {threading.active_count()}"
-    )
+    from bench.load import background_load
+
+    machine["busy after the run (other processes)"] = background_load()
+    progress(f"done in {time.monotonic() - started:.0f} s")
     print(render_text(results, config))
     command = "python -m bench.bench_clouds " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.markdown:
