@@ -34,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -52,6 +53,9 @@ from bench.clouds_report import (
 )
 from bench.harness import Figures, environment
 
+if TYPE_CHECKING:
+    from tests.twin_hosts import TwinNetwork
+
 
 def _forget_client_state(home: Path) -> None:
     from meadowrun_core.client import payload
@@ -63,7 +67,7 @@ def _forget_client_state(home: Path) -> None:
 
 
 @contextlib.contextmanager
-def local_cloud(scratch: Path, network: object) -> Iterator[Cloud]:
+def local_cloud(scratch: Path, network: TwinNetwork) -> Iterator[Cloud]:
     from meadowrun_core.client.runtime import ClientRuntime
     from meadowrun_core.local import admin
 
@@ -85,11 +89,11 @@ def local_cloud(scratch: Path, network: object) -> Iterator[Cloud]:
 
 
 @contextlib.contextmanager
-def aws_cloud(scratch: Path, network: object) -> Iterator[Cloud]:
+def aws_cloud(scratch: Path, network: TwinNetwork) -> Iterator[Cloud]:
     from meadowrun_core.aws.uninstall import clean
     from tests.aws_twin import DEPLOYMENT, REGION, aws_twin_cloud
 
-    with aws_twin_cloud(network, scratch) as (twin, env), environment(env):  # type: ignore[arg-type]
+    with aws_twin_cloud(network, scratch) as (twin, env), environment(env):
         polls = [0]
 
         def polled(**_: object) -> None:
@@ -118,7 +122,7 @@ def aws_cloud(scratch: Path, network: object) -> Iterator[Cloud]:
 
 
 @contextlib.contextmanager
-def azure_cloud(scratch: Path, network: object) -> Iterator[Cloud]:
+def azure_cloud(scratch: Path, network: TwinNetwork) -> Iterator[Cloud]:
     from meadowrun_core.azure.account import default_credential, open_data_plane
     from meadowrun_core.azure.arm import Arm
     from meadowrun_core.azure.settings import resolve_target
@@ -129,7 +133,7 @@ def azure_cloud(scratch: Path, network: object) -> Iterator[Cloud]:
         os.environ.pop(name, None)
     log = scratch / "azurite-debug.log"
     with (
-        azure_twin_cloud(network, scratch, azurite_debug_log=log) as (twin, env),  # type: ignore[arg-type]
+        azure_twin_cloud(network, scratch, azurite_debug_log=log) as (twin, env),
         environment(env),
     ):
         urls = {
@@ -174,7 +178,7 @@ SETUPS = {LOCAL: local_cloud, AWS: aws_cloud, AZURE: azure_cloud}
 
 
 def measure_cloud(
-    name: str, scratch: Path, network: object, config: dict[str, object], quiet_wait: float
+    name: str, scratch: Path, network: TwinNetwork, config: dict[str, object], quiet_wait: float
 ) -> Figures:
     figures = Figures()
     progress(f"{name}: setting up")
