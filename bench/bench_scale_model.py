@@ -27,7 +27,8 @@ from typing import Any
 
 import meadowrun_core as mr
 from bench import scale_model as model
-from bench.bench_aws import AWS_ENV, REGION, environment
+from bench.aws_ops import AWS_ENV, REGION
+from bench.harness import environment
 from bench.load import background_load
 from bench.workloads import noop
 

@@ -9,6 +9,7 @@ have nothing of ours until their boot script installs it from S3.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from datetime import datetime
@@ -35,10 +36,13 @@ DEPLOYMENT = mr.Deployment.mirror_local(
 
 
 class AwsTwinCloud:
-    def __init__(self, endpoint: str, twin: Ec2Twin, scratch: Path) -> None:
+    def __init__(
+        self, endpoint: str, twin: Ec2Twin, scratch: Path, server: ThreadedMotoServer | None = None
+    ) -> None:
         self.endpoint = endpoint
         self.twin = twin
         self.scratch = scratch
+        self.server = server  # moto's, where the caller wants to watch it
 
     def client(self, service: str) -> Any:
         return boto3.client(service, region_name=REGION, endpoint_url=self.endpoint)
@@ -88,36 +92,50 @@ def twin_network() -> Iterator[TwinNetwork]:
     network.close()
 
 
+@contextlib.contextmanager
+def aws_twin_cloud(
+    network: TwinNetwork, scratch: Path
+) -> Iterator[tuple[AwsTwinCloud, dict[str, str]]]:
+    """Everything of the ``aws`` fixture on ``network``, in ``scratch``: moto on its gateway
+    (an empty account) and the EC2 twin, and the environment a client needs to use them (the
+    caller sets it; the fixture through monkeypatch, bench/bench_clouds.py around its AWS
+    part)."""
+    server = ThreadedMotoServer(ip_address=network.gateway, port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    twin: Ec2Twin | None = None
+    try:
+        reset_moto(endpoint)  # an empty account
+        environment = {
+            "MEADOWRUN_AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": REGION,
+            "MEADOWRUN_AWS_PRICE_FIXTURE": str(FIXTURES),
+            "MEADOWRUN_LEASE_SECONDS": "3",
+            "MEADOWRUN_VISIBILITY_TIMEOUT": "6",
+            "MEADOWRUN_RECONCILE_INTERVAL": "0.5",
+            "MEADOWRUN_HOME": str(scratch / "client-home"),
+        }
+        twin = Ec2Twin(network, endpoint, REGION, scratch / "twin")
+        twin.start()
+        environment["MEADOWRUN_EC2_ADDRESS_MAP"] = str(twin.address_map_path)
+        environment["MEADOWRUN_CHECKIP_URL"] = twin.checkip_url
+        yield AwsTwinCloud(endpoint, twin, scratch, server), environment
+    finally:
+        ClientRuntime.get().forget_backends()
+        if twin is not None:
+            twin.close()
+        reset_moto(endpoint)  # nothing left for a later module's moto server
+        server.stop()
+
+
 @pytest.fixture
 def aws(
     twin_network: TwinNetwork, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[AwsTwinCloud]:
-    server = ThreadedMotoServer(ip_address=twin_network.gateway, port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    reset_moto(endpoint)  # an empty account
-    environment = {
-        "MEADOWRUN_AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-        "MEADOWRUN_AWS_PRICE_FIXTURE": str(FIXTURES),
-        "MEADOWRUN_LEASE_SECONDS": "3",
-        "MEADOWRUN_VISIBILITY_TIMEOUT": "6",
-        "MEADOWRUN_RECONCILE_INTERVAL": "0.5",
-    }
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("MEADOWRUN_HOME", str(tmp_path / "client-home"))
-    twin = Ec2Twin(twin_network, endpoint, REGION, tmp_path / "twin")
-    twin.start()
-    monkeypatch.setenv("MEADOWRUN_EC2_ADDRESS_MAP", str(twin.address_map_path))
-    monkeypatch.setenv("MEADOWRUN_CHECKIP_URL", twin.checkip_url)
-    try:
-        yield AwsTwinCloud(endpoint, twin, tmp_path)
-    finally:
-        ClientRuntime.get().forget_backends()
-        twin.close()
-        reset_moto(endpoint)  # nothing left for a later module's moto server
-        server.stop()
+    with aws_twin_cloud(twin_network, tmp_path) as (cloud, environment):
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value)
+        yield cloud

@@ -19,6 +19,7 @@ Contributor.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -99,21 +100,25 @@ class AzureTwinCloud:
         raise AssertionError(f"the agent on {host.name} never registered")
 
 
-@pytest.fixture
-def azure(
-    twin_network: TwinNetwork, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[AzureTwinCloud]:
-    gateway = twin_network.gateway
+@contextlib.contextmanager
+def azure_twin_cloud(
+    network: TwinNetwork, scratch: Path, azurite_debug_log: Path | None = None
+) -> Iterator[tuple[AzureTwinCloud, dict[str, str]]]:
+    """Everything of the ``azure`` fixture on ``network``, in ``scratch``: the cloud, and the
+    environment a client needs to use it (the caller sets it; the fixture through
+    monkeypatch, bench/bench_clouds.py around its Azure part). ``azurite_debug_log``: Azurite
+    logs every request it serves there (the benchmark counts them)."""
+    gateway = network.gateway
     with contextlib.ExitStack() as stack:
-        (tmp_path / "azurite").mkdir()
-        server = azurite.AzuriteServer(tmp_path / "azurite", gateway)
+        (scratch / "azurite").mkdir()
+        server = azurite.AzuriteServer(scratch / "azurite", gateway, debug_log=azurite_debug_log)
         stack.callback(server.stop)
         checkip = CheckIpServer(gateway)
         stack.callback(checkip.close)
         twin = stack.enter_context(
-            running_twin(tmp_path / "twin", host=gateway, premade_vault=False)
+            running_twin(scratch / "twin", host=gateway, premade_vault=False)
         )
-        hosts = stack.enter_context(AzureTwinHosts(twin, twin_network, tmp_path / "hosts"))
+        hosts = stack.enter_context(AzureTwinHosts(twin, network, scratch / "hosts"))
         ca = str(twin.certificate.cert_path)
         environment = {
             "AZURE_SUBSCRIPTION_ID": SUBSCRIPTION,
@@ -132,16 +137,48 @@ def azure(
             "IDENTITY_HEADER": twin.identity_header,
             "REQUESTS_CA_BUNDLE": ca,
             "SSL_CERT_FILE": ca,
-            "AZURE_CONFIG_DIR": str(tmp_path / "no-azure-cli"),
+            "AZURE_CONFIG_DIR": str(scratch / "no-azure-cli"),
             "MEADOWRUN_LEASE_SECONDS": "3",
             "MEADOWRUN_VISIBILITY_TIMEOUT": "6",
             "MEADOWRUN_RECONCILE_INTERVAL": "0.5",
-            "MEADOWRUN_HOME": str(tmp_path / "client-home"),
+            "MEADOWRUN_HOME": str(scratch / "client-home"),
         }
+        stack.callback(ClientRuntime.get().forget_backends)
+        with _environment(environment):  # what `meadowrun install --cloud azure` makes
+            install(AzureTarget(SUBSCRIPTION, LOCATION, RESOURCE_GROUP))
+        yield AzureTwinCloud(hosts, server.account(), scratch, environment), environment
+
+
+@contextlib.contextmanager
+def _environment(environment: dict[str, str]) -> Iterator[None]:
+    """This process's environment set to ``environment`` (less ``UNSET_ENVIRONMENT``) for the
+    block, as it was afterwards."""
+    names = [*environment, *UNSET_ENVIRONMENT]
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(environment)
+    for name in UNSET_ENVIRONMENT:
+        os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+# Credentials the client's DefaultAzureCredential must not find beside the twin's.
+UNSET_ENVIRONMENT = ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "MSI_ENDPOINT")
+
+
+@pytest.fixture
+def azure(
+    twin_network: TwinNetwork, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[AzureTwinCloud]:
+    with azure_twin_cloud(twin_network, tmp_path) as (cloud, environment):
         for name, value in environment.items():
             monkeypatch.setenv(name, value)
-        for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "MSI_ENDPOINT"):
+        for name in UNSET_ENVIRONMENT:
             monkeypatch.delenv(name, raising=False)
-        install(AzureTarget(SUBSCRIPTION, LOCATION, RESOURCE_GROUP))
-        stack.callback(ClientRuntime.get().forget_backends)
-        yield AzureTwinCloud(hosts, server.account(), tmp_path, environment)
+        yield cloud

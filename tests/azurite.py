@@ -68,7 +68,9 @@ def _answers(url: str) -> bool:
 class AzuriteServer:
     """One Azurite process; ``urls`` maps blob, queue and table to their endpoints."""
 
-    def __init__(self, workdir: Path, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, workdir: Path, host: str = "127.0.0.1", debug_log: Path | None = None
+    ) -> None:
         node = shutil.which("node")
         if node is None:
             _missing("no `node` on PATH")
@@ -78,6 +80,8 @@ class AzuriteServer:
         command += ["--skipApiVersionCheck", "--inMemoryPersistence", "--extentMemoryLimit", "256"]
         for service in ("blob", "queue", "table"):
             command += [f"--{service}Host", host, f"--{service}Port", "0"]
+        if debug_log is not None:  # every request it serves, logged there (for counting)
+            command += ["--debug", str(debug_log)]
         self._process = subprocess.Popen(
             command,
             cwd=workdir,  # with --inMemoryPersistence it writes nothing, but never in the repo
