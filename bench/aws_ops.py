@@ -15,7 +15,7 @@ from typing import Any
 
 import meadowrun_core as mr
 from bench.aws_requests import SERVED, RequestCounter, request_targets
-from bench.harness import Figures, Milestones, metered, percentile
+from bench.harness import Figures, Milestones, checked_noop_map, metered, percentile
 from bench.workloads import noop
 
 SECTION_HEADING = "## AWS (issue 4)"
@@ -154,16 +154,7 @@ def bench_client(
             raise RuntimeError("run_function returned a wrong answer")
 
     def run_map(tasks: int) -> None:
-        results = mr.run_map(
-            noop,
-            range(tasks),
-            host=host,
-            resources_per_task=RESOURCES,
-            num_concurrent_tasks=CONCURRENT_TASKS,
-            deployment=deployment,
-        )
-        if results != list(range(tasks)):
-            raise RuntimeError("run_map returned wrong answers")
+        checked_noop_map(host, deployment, tasks, RESOURCES, CONCURRENT_TASKS)
 
     before = requests.snapshot() if requests else None
     with metered(figures, "cold", quiet_wait), Milestones() as milestones:

@@ -53,7 +53,8 @@ from bench.aws_ops import (
 )
 from bench.aws_report import render_markdown, render_text
 from bench.aws_requests import RequestCounter
-from bench.harness import Figures, environment
+from bench.harness import Figures
+from tests.process_env import environment
 
 # The parts: bench/harness.py (figures, environment, noise meter, milestones),
 # bench/aws_requests.py (request counting), bench/aws_ops.py (the measured operations),

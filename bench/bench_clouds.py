@@ -51,7 +51,8 @@ from bench.clouds_report import (
     render_markdown,
     render_text,
 )
-from bench.harness import Figures, environment
+from bench.harness import Figures
+from tests.process_env import environment
 
 if TYPE_CHECKING:
     from tests.twin_hosts import TwinNetwork

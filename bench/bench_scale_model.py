@@ -28,9 +28,9 @@ from typing import Any
 import meadowrun_core as mr
 from bench import scale_model as model
 from bench.aws_ops import AWS_ENV, REGION
-from bench.harness import environment
 from bench.load import background_load
 from bench.workloads import noop
+from tests.process_env import environment
 
 SLOTS = 2
 RESOURCES = mr.Resources(1, 1)

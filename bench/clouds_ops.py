@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import meadowrun_core as mr
 from bench.cloud_requests import delta, describe, operations
-from bench.harness import Figures, Milestones, metered, percentile
+from bench.harness import Figures, Milestones, checked_noop_map, metered, percentile
 from bench.workloads import noop
 
 RESOURCES = mr.Resources(1, 1)
@@ -150,16 +150,7 @@ def measure(cloud: Cloud, config: dict[str, Any], figures: Figures, quiet_wait: 
         return clock.placed[-1] - began, ended - began
 
     def run_map(tasks: int) -> None:
-        results = mr.run_map(
-            noop,
-            range(tasks),
-            host=host,
-            resources_per_task=RESOURCES,
-            num_concurrent_tasks=CONCURRENT_TASKS,
-            deployment=deployment,
-        )
-        if results != list(range(tasks)):
-            raise RuntimeError("run_map returned wrong answers")
+        checked_noop_map(host, deployment, tasks, RESOURCES, CONCURRENT_TASKS)
 
     with clock.installed():
         # 1 and 2: cold start, the job placed on a new instance (an empty account)

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 @dataclass
@@ -32,21 +31,6 @@ def percentile(values: list[float], q: float) -> float:
     low = int(position)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-@contextlib.contextmanager
-def environment(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the block, then put back what was there."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @contextlib.contextmanager
@@ -109,3 +93,21 @@ class Milestones(logging.Handler):
 
     def describe(self, began: float) -> str:
         return ", ".join(f"{step} {at - began:.2f}" for at, step in self.steps)
+
+
+def checked_noop_map(host: Any, deployment: Any, tasks: int, resources: Any, at_once: int) -> None:
+    """``run_map`` of ``tasks`` no-op tasks on ``host``; raises unless every result came back
+    right (a benchmark of wrong answers measures nothing)."""
+    import meadowrun_core as mr
+    from bench.workloads import noop
+
+    results = mr.run_map(
+        noop,
+        range(tasks),
+        host=host,
+        resources_per_task=resources,
+        num_concurrent_tasks=at_once,
+        deployment=deployment,
+    )
+    if results != list(range(tasks)):
+        raise RuntimeError("run_map returned wrong answers")

@@ -19,7 +19,6 @@ Contributor.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -44,6 +43,7 @@ from tests.azure_twin import (
 )
 from tests.azure_twin_hosts import AzureTwinHosts
 from tests.moto_server import CheckIpServer
+from tests.process_env import environment as process_environment
 from tests.twin_hosts import TwinHost, TwinNetwork
 
 DEPLOYMENT = mr.Deployment.mirror_local(interpreter=mr.PreinstalledInterpreter(AGENT_PYTHON))
@@ -144,28 +144,10 @@ def azure_twin_cloud(
             "MEADOWRUN_HOME": str(scratch / "client-home"),
         }
         stack.callback(ClientRuntime.get().forget_backends)
-        with _environment(environment):  # what `meadowrun install --cloud azure` makes
+        # what `meadowrun install --cloud azure` makes
+        with process_environment(environment, unset=UNSET_ENVIRONMENT):
             install(AzureTarget(SUBSCRIPTION, LOCATION, RESOURCE_GROUP))
         yield AzureTwinCloud(hosts, server.account(), scratch, environment), environment
-
-
-@contextlib.contextmanager
-def _environment(environment: dict[str, str]) -> Iterator[None]:
-    """This process's environment set to ``environment`` (less ``UNSET_ENVIRONMENT``) for the
-    block, as it was afterwards."""
-    names = [*environment, *UNSET_ENVIRONMENT]
-    saved = {name: os.environ.get(name) for name in names}
-    os.environ.update(environment)
-    for name in UNSET_ENVIRONMENT:
-        os.environ.pop(name, None)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 # Credentials the client's DefaultAzureCredential must not find beside the twin's.
