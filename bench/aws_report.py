@@ -13,7 +13,7 @@ from bench.aws_ops import (
     WARM_UP_CALLS,
     WARM_UP_TASKS,
 )
-from bench.harness import Figures
+from bench.harness import Figures, aligned, footnotes
 
 
 @dataclass(frozen=True)
@@ -97,23 +97,12 @@ def table_rows(results: dict[str, Figures], config: dict[str, Any]) -> list[list
     return rows
 
 
-def _footnotes(results: dict[str, Figures]) -> list[str]:
-    lines = [f"{name}: {note}" for name, figures in results.items() for note in figures.notes]
-    lines += [
-        f"{name} FAILED: {figures.error}" for name, figures in results.items() if figures.error
-    ]
-    return lines
-
-
 def render_text(results: dict[str, Figures], config: dict[str, Any]) -> str:
-    rows = [HEADER, *table_rows(results, config)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = aligned([HEADER, *table_rows(results, config)])
     lines += [
         "",
         "aws/local = the AWS-on-moto figure divided by the local cloud's, both from this run.",
-        *_footnotes(results),
+        *footnotes(results),
     ]
     return "\n".join(lines)
 
@@ -175,7 +164,7 @@ def render_markdown(
             "environment of tests/test_aws_e2e.py (`MEADOWRUN_LEASE_SECONDS=3`, "
             "`MEADOWRUN_VISIBILITY_TIMEOUT=6`, price fixture tests/fixtures/aws).",
             "",
-            *[f"- {line}" for line in _footnotes(results)],
+            *[f"- {line}" for line in footnotes(results)],
             "",
             "Machine:",
             "",

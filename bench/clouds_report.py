@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.clouds_ops import WARM_UP_CALLS, WARM_UP_TASKS
-from bench.harness import Figures
+from bench.harness import Figures, aligned, footnotes
 
 LOCAL, AWS, AZURE = "local", "aws", "azure"
 CLOUDS = (LOCAL, AWS, AZURE)
@@ -129,17 +129,8 @@ def table_rows(results: dict[str, Figures], config: dict[str, Any]) -> list[list
     return lines
 
 
-def footnotes(results: dict[str, Figures]) -> list[str]:
-    lines = [f"{name}: {note}" for name, figures in results.items() for note in figures.notes]
-    lines += [f"{name} FAILED: {f.error}" for name, f in results.items() if f.error]
-    return lines
-
-
 def render_text(results: dict[str, Figures], config: dict[str, Any]) -> str:
-    table = [HEADER, *table_rows(results, config)]
-    widths = [max(len(r[i]) for r in table) for i in range(len(HEADER))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in table]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = aligned([HEADER, *table_rows(results, config)])
     return "\n".join(
         [
             *lines,

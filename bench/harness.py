@@ -111,3 +111,18 @@ def checked_noop_map(host: Any, deployment: Any, tasks: int, resources: Any, at_
     )
     if results != list(range(tasks)):
         raise RuntimeError("run_map returned wrong answers")
+
+
+def footnotes(results: dict[str, Figures]) -> list[str]:
+    """Each system's notes, then its failure if it failed."""
+    lines = [f"{name}: {note}" for name, figures in results.items() for note in figures.notes]
+    lines += [f"{name} FAILED: {f.error}" for name, f in results.items() if f.error]
+    return lines
+
+
+def aligned(table: list[list[str]]) -> list[str]:
+    """``table`` (a header row first) as text columns, a rule under the header."""
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines

@@ -7,7 +7,6 @@ deploys nothing; a package that no longer answers is deployed again; uninstall r
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -20,16 +19,10 @@ from meadowrun_core.resources import Resources
 from meadowrun_core.seams.instance_provider import InstanceType
 from tests import azurite
 from tests.azure_admin_cloud import AdminCloud
+from tests.waiting import wait_until
 
 ONE = Resources(logical_cpu=1, memory_gb=1)
 SMALL = InstanceType("Standard_D2s_v5", 2, 8, 0.096)
-
-
-def _wait_for(check: object, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_install_deploys_the_manager_and_uninstall_removes_it(
@@ -87,7 +80,7 @@ def test_install_deploys_the_manager_and_uninstall_removes_it(
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert f"schedule: {SCHEDULE}" in ran.stdout
     assert "deleted VM meadowrun-orphan (meadowrun orphan)" in ran.stdout, ran.stdout
-    _wait_for(lambda: cloud.vm_names() == ["meadowrun-live"])
+    wait_until(lambda: cloud.vm_names() == ["meadowrun-live"], 10, "only the live VM left")
 
     # No change: nothing is written, nothing deployed (a setting of the user's is no change).
     user_setting = {"APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=00000000"}

@@ -21,16 +21,10 @@ from meadowrun_core.seams.instance_provider import InstanceType
 from meadowrun_core.seams.raffle import RAFFLE_ENTRY_SECONDS
 from tests.azure_admin_cloud import AdminCloud
 from tests.azure_twin_web import run_timer_function
+from tests.waiting import wait_until
 
 ONE = Resources(logical_cpu=1, memory_gb=1)
 SMALL = InstanceType("Standard_D2s_v5", 2, 8, 0.096)
-
-
-def _wait_for(check: object, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_the_manager_deletes_lost_vms_and_stale_queues(azure_admin: AdminCloud) -> None:
@@ -60,7 +54,7 @@ def test_the_manager_deletes_lost_vms_and_stale_queues(azure_admin: AdminCloud) 
 
     assert any(line.startswith("deleted VM meadowrun-orphan") for line in done), done
     assert any(line.startswith("deleted VM meadowrun-stale") for line in done), done
-    _wait_for(lambda: cloud.vm_names() == ["meadowrun-live"])
+    wait_until(lambda: cloud.vm_names() == ["meadowrun-live"], 10, "only the live VM left")
     assert sorted(r.instance_id for r in table.list_instances()) == ["live"]
     queues = [q.name for q in plane.storage.queue_service().list_queues()]
     assert queues == ["meadowrun-mr-keep-requests"]
