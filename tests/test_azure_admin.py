@@ -1,14 +1,18 @@
 """``meadowrun install|uninstall`` on Azure (the Azure twin's ARM and Key Vault, Azurite for
 storage, roles enforced): what install makes is tagged, a second install changes nothing,
 uninstall removes it all (VMs first; the vault deleted and purged) and leaves a resource
-group and a vault it did not make; a soft-deleted vault of meadowrun's is recovered; the
-VM provider picks up the installed subnet and identity."""
+group and a vault it did not make; a soft-deleted vault of meadowrun's is recovered; a vault
+the user keeps in another resource group is used there, as it is, and a missing one stops
+install before anything is made; the VM provider picks up the installed subnet and
+identity."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+from azure.core.exceptions import HttpResponseError
+from azure.keyvault.secrets import SecretClient
 
 from meadowrun_core.azure import installed
 from meadowrun_core.azure.account import (
@@ -26,9 +30,10 @@ from meadowrun_core.exceptions import BadInputError
 from tests import azurite
 from tests.azure_admin_cloud import AdminCloud
 from tests.azure_twin import LOCATION, RESOURCE_GROUP, SUBSCRIPTION, VAULT_NAME
-from tests.azure_twin_http import TENANT, USER_PRINCIPAL
+from tests.azure_twin_http import TENANT, USER_PRINCIPAL, TwinCredential
 from tests.azure_twin_rbac import OWNER, SECRETS_OFFICER, assignment
 
+SECURITY_GROUP = "central-security"  # a vault the user keeps outside meadowrun's group
 SECRETS = sorted([SECRET_CLUSTER_KEY, SECRET_SSH_KEY, SECRET_STORAGE_ACCOUNT, SECRET_STORAGE_KEY])
 
 
@@ -190,3 +195,78 @@ def test_vms_get_the_installed_subnet_and_identity(azure_admin: AdminCloud) -> N
     assert identity["type"] == "UserAssigned"
     (identity_id,) = identity["userAssignedIdentities"]
     assert identity_id.endswith(f"/userAssignedIdentities/{installed.IDENTITY_NAME}")
+
+
+def _as(cloud: AdminCloud, principal: str) -> Any:
+    """A secret client speaking for ``principal`` (as a VM with that identity would)."""
+    credential = TwinCredential(principal)
+    options = cloud.twin.client_options()
+    return SecretClient(cloud.twin.base_url, credential, verify_challenge_resource=False, **options)
+
+
+def test_a_vault_in_another_group_is_used_there_and_kept(
+    azure_admin: AdminCloud, monkeypatch: Any
+) -> None:
+    """The security team's vault, in its own group, with the user's own Secrets Officer role:
+    install fills it and scopes the VMs' role to it (and makes no vault, no role for the
+    user); the VMs' identity reads meadowrun's secrets through the enforced roles and
+    writes none; uninstall takes meadowrun's secrets and that role, and leaves the vault."""
+    cloud = azure_admin
+    cloud.twin.arm.add_resource_group(SECURITY_GROUP, LOCATION)
+    tags = {"owner": "security"}
+    vault_id = cloud.twin.arm.key_vaults.add(SECURITY_GROUP, VAULT_NAME, LOCATION, tags)
+    officer = assignment(vault_id, USER_PRINCIPAL, SECRETS_OFFICER, SUBSCRIPTION)
+    cloud.twin.arm.resources.assign(officer)
+    cloud.twin.secret_client().set_secret("theirs", "kept")
+    monkeypatch.setenv("MEADOWRUN_AZURE_KEY_VAULT_RESOURCE_GROUP", SECURITY_GROUP)
+
+    lines = install(cloud.target)
+    assert f"found Key Vault {VAULT_NAME} in resource group {SECURITY_GROUP}" in lines
+    assert cloud.twin.arm.key_vaults.in_group(cloud.target.resource_group) == []
+    principal = _resources(cloud)[installed.IDENTITY_NAME]["properties"]["principalId"]
+    group = installed.group_path(cloud.target).lower()
+    assert _roles(cloud) == {
+        (principal, installed.ROLE_VAULT_SECRETS_USER, vault_id.lower()),
+        (principal, installed.ROLE_VM_CONTRIBUTOR, group),
+        (USER_PRINCIPAL, SECRETS_OFFICER, vault_id.lower()),  # the user's own, not install's
+    }
+    assert cloud.twin.vault.stored_names() == sorted([*SECRETS, "theirs"])
+    as_vms = _as(cloud, principal)
+    cluster_key = cloud.twin.secret_client().get_secret(SECRET_CLUSTER_KEY).value
+    assert as_vms.get_secret(SECRET_CLUSTER_KEY).value == cluster_key
+    with pytest.raises(HttpResponseError, match="Forbidden"):  # Secrets User reads only
+        as_vms.set_secret(SECRET_CLUSTER_KEY, "x")
+    writes = cloud.puts()
+    assert all(not line.startswith(("created", "updated")) for line in install(cloud.target))
+    assert cloud.puts() == writes, "a second install wrote something"
+
+    removed = uninstall(cloud.target)
+    assert not any(f"Key Vault {VAULT_NAME}" in line for line in removed), removed
+    assert f"deleted role Key Vault Secrets User for {installed.IDENTITY_NAME}" in removed
+    vault = cloud.twin.arm.key_vaults.live(VAULT_NAME)
+    assert vault is not None and vault["id"] == vault_id and vault["tags"] == tags
+    assert cloud.twin.vault.stored_names(include_deleted=True) == ["theirs"]
+    assert _roles(cloud) == {(USER_PRINCIPAL, SECRETS_OFFICER, vault_id.lower())}
+    with pytest.raises(HttpResponseError, match="Forbidden"):  # its role went with it
+        as_vms.get_secret("theirs")
+    assert SECURITY_GROUP.lower() in cloud.twin.arm.resource_groups
+    assert cloud.target.resource_group.lower() not in cloud.twin.arm.resource_groups
+
+
+def test_a_missing_vault_in_another_group_stops_install_before_anything(
+    azure_admin: AdminCloud, monkeypatch: Any
+) -> None:
+    """No group of that name, then the vault in another group than the one named: a
+    message naming the setting and the fix, and nothing created."""
+    cloud = azure_admin
+    monkeypatch.setenv("MEADOWRUN_AZURE_KEY_VAULT_RESOURCE_GROUP", SECURITY_GROUP)
+    fix = f"MEADOWRUN_AZURE_KEY_VAULT_RESOURCE_GROUP.*az keyvault show --name {VAULT_NAME}"
+    with pytest.raises(BadInputError, match=f"not in resource group {SECURITY_GROUP}.*{fix}"):
+        install(cloud.target)
+    cloud.twin.arm.add_resource_group(SECURITY_GROUP, LOCATION)
+    cloud.twin.arm.key_vaults.add(RESOURCE_GROUP, VAULT_NAME, LOCATION)  # not where named
+    with pytest.raises(BadInputError, match=fix):
+        install(cloud.target)
+    assert cloud.puts() == 0
+    assert cloud.target.resource_group.lower() not in cloud.twin.arm.resource_groups
+    assert _resources(cloud) == {} and _roles(cloud) == set()

@@ -1,6 +1,7 @@
 """``meadowrun ... --cloud azure`` through typer's CliRunner against the Azure twin and
 Azurite: install, instances, jobs, costs, instance-types, clean, uninstall, and a clear
-message with a non-zero exit for missing settings."""
+message with a non-zero exit for missing settings and for a vault named in another group
+where it is not."""
 
 from __future__ import annotations
 
@@ -81,3 +82,17 @@ def test_missing_settings_are_a_clear_error(
         assert result.exit_code == 1, result.output
         assert expected in result.stderr and "Traceback" not in result.output
     assert azure_admin.puts() == 0  # nothing was created
+
+
+def test_a_missing_vault_in_another_group_is_a_clear_error(
+    azure_admin: AdminCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``meadowrun install`` with a vault named in a group where it is not: the message,
+    naming the setting and the fix, on stderr, exit 1, and nothing created."""
+    monkeypatch.setenv("MEADOWRUN_AZURE_KEY_VAULT_RESOURCE_GROUP", "central-security")
+    result = CliRunner().invoke(app, ["install", "--cloud", "azure"])
+    assert result.exit_code == 1, result.output
+    assert "not in resource group central-security" in result.stderr
+    assert "unset MEADOWRUN_AZURE_KEY_VAULT_RESOURCE_GROUP" in " ".join(result.stderr.split())
+    assert "Traceback" not in result.output
+    assert azure_admin.puts() == 0

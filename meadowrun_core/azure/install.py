@@ -5,10 +5,11 @@ Idempotent, as on AWS: each step looks first and creates only what is missing, s
 run changes nothing. Everything made carries meadowrun's tag and a fixed name
 (``installed.py``), so ``uninstall.py`` needs no local record. The Key Vault
 (``MEADOWRUN_AZURE_KEY_VAULT``) is created in the group unless it exists (``vault_setup.py``:
-RBAC authorization, soft delete), then filled with the storage account's name and key, the
-cluster key and the SSH key. The VMs' roles go to one user-assigned identity made here, which
-every VM then carries: Key Vault Secrets User on the vault, Virtual Machine Contributor on the
-group.
+RBAC authorization, soft delete), or, where ``MEADOWRUN_AZURE_KEY_VAULT_RESOURCE_GROUP`` names
+another group, the user's vault there is used as it is (checked first); then it is filled
+with the storage account's name and key, the cluster key and the SSH key. The VMs' roles
+go to one user-assigned identity made here, which every VM then carries: Key Vault Secrets
+User on the vault (wherever it is), Virtual Machine Contributor on the group.
 """
 
 from __future__ import annotations
@@ -158,6 +159,7 @@ def install(
     settings.vault_name()
     credential = credential or default_credential()
     arm = arm or Arm(credential, target.subscription_id)
+    vault_setup.check_vault(arm, target)  # a vault named elsewhere but missing: stop here
     group = installed.group_path(target)
     body = {"location": target.location, "tags": TAGS}
     done = [

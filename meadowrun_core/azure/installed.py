@@ -2,7 +2,9 @@
 VM provider, the manager and ``uninstall`` find it with no local record: a virtual network
 with one subnet for the VMs, a user-assigned managed identity every VM carries (its roles:
 Key Vault Secrets User on the vault, Virtual Machine Contributor on the group), the storage
-account, the Key Vault (``MEADOWRUN_AZURE_KEY_VAULT``; ``vault_setup.py``).
+account, the Key Vault (``MEADOWRUN_AZURE_KEY_VAULT``, in the group or, where
+``MEADOWRUN_AZURE_KEY_VAULT_RESOURCE_GROUP`` names one, a vault the user keeps there;
+``vault_setup.py``).
 
 Names and ARM API versions live here; ``install.py`` creates, ``uninstall.py`` deletes.
 """
@@ -14,6 +16,7 @@ import os
 import uuid
 from typing import Any
 
+from meadowrun_core.azure import settings
 from meadowrun_core.azure.account import TAGS
 from meadowrun_core.azure.settings import AzureTarget
 
@@ -55,7 +58,14 @@ def vnet_path(target: AzureTarget) -> str:
 
 
 def vault_path(target: AzureTarget, name: str) -> str:
-    return f"{group_path(target)}/providers/Microsoft.KeyVault/vaults/{name}"
+    """The vault's ARM id: in meadowrun's group, or in the group
+    ``MEADOWRUN_AZURE_KEY_VAULT_RESOURCE_GROUP`` names (a vault the user keeps elsewhere), so
+    the VMs' role is scoped to where the vault really is."""
+    group = settings.vault_group() or target.resource_group
+    return (
+        f"/subscriptions/{target.subscription_id}/resourceGroups/{group}/providers/"
+        f"Microsoft.KeyVault/vaults/{name}"
+    )
 
 
 def deleted_vault_path(target: AzureTarget, name: str) -> str:

@@ -26,6 +26,7 @@ from meadowrun_core.hosts import AllocAzureVM
 ARM_URL_ENV = "MEADOWRUN_AZURE_ARM_URL"
 VAULT_URL_ENV = "MEADOWRUN_AZURE_VAULT_URL"
 VAULT_NAME_ENV = "MEADOWRUN_AZURE_KEY_VAULT"
+VAULT_GROUP_ENV = "MEADOWRUN_AZURE_KEY_VAULT_RESOURCE_GROUP"
 STORAGE_URL_ENVS = {
     "table": "MEADOWRUN_AZURE_STORAGE_TABLE_URL",
     "queue": "MEADOWRUN_AZURE_STORAGE_QUEUE_URL",
@@ -114,6 +115,15 @@ def vault_name() -> str:
             "across Azure); install creates it in the resource group"
         )
     return name.strip()
+
+
+def vault_group() -> str | None:
+    """The resource group of a vault the user keeps outside meadowrun's group (a central
+    security team's, say), named by ``MEADOWRUN_AZURE_KEY_VAULT_RESOURCE_GROUP``; None where
+    meadowrun's vault lives in meadowrun's own group. Set, the vault is the user's: install
+    uses it as it is and never creates it, uninstall never deletes it."""
+    group = (os.environ.get(VAULT_GROUP_ENV) or "").strip()
+    return group or None
 
 
 def vault_overridden() -> bool:

@@ -1,6 +1,8 @@
 """Removing what meadowrun made in an Azure resource group: ``clean`` (VMs with no live
 agent, abandoned queues) and ``uninstall`` (everything tagged or fixed-named, VMs first; the
-Key Vault deleted and purged when install created it, ``vault_setup.py``; the resource group
+Key Vault deleted and purged when install created it, ``vault_setup.py``, while a vault in
+another group, ``MEADOWRUN_AZURE_KEY_VAULT_RESOURCE_GROUP``, keeps all but meadowrun's secrets
+and the VMs' role on it; the resource group
 only when install created it, i.e. it carries meadowrun's tag)."""
 
 from __future__ import annotations

@@ -21,6 +21,15 @@ which meadowrun never turns on, or a policy), the vault waits out its retention 
 install recovers it. A vault that is not meadowrun's stays; uninstall deletes only
 meadowrun's secrets in it.
 
+**A vault in another resource group** (``MEADOWRUN_AZURE_KEY_VAULT_RESOURCE_GROUP``: a
+central security team's, say) is the user's: install checks that it is there before it
+creates anything (``check_vault``), never creates, recovers, tags or deletes it, gives the
+signed-in principal no role on it (their own data role must let them write the secrets),
+and scopes the VMs' Key Vault Secrets User to that vault's id; uninstall deletes only
+meadowrun's secrets and that role assignment. A name (not a lookup of every vault in the
+subscription) because a name that is wrong must fail, not make a new vault, and because
+reading one known id needs no right beyond the vault itself.
+
 Role assignments take a while to reach Key Vault ("observe propagation time"): an install
 that fails with ``ForbiddenByRbac`` right after creating the vault succeeds when run again.
 """
@@ -86,15 +95,41 @@ def ensure_role(
     return f"created {what}"
 
 
+def check_vault(arm: Arm, target: AzureTarget) -> None:
+    """Where the user names a vault in another resource group, a ``BadInputError`` naming
+    the fix unless it is there (install calls this before it creates anything)."""
+    group = settings.vault_group()
+    if group is None:
+        return
+    name = settings.vault_name()
+    if arm.get(installed.vault_path(target, name), installed.API_KEYVAULT) is not None:
+        return
+    raise BadInputError(
+        f"the Key Vault {name} (MEADOWRUN_AZURE_KEY_VAULT) is not in resource group {group} "
+        f"(MEADOWRUN_AZURE_KEY_VAULT_RESOURCE_GROUP) of subscription {target.subscription_id}, "
+        "or you cannot read it; install uses a vault there as it is and never creates one. "
+        f"Find its group with `az keyvault show --name {name} --query resourceGroup`, recover "
+        f"a deleted one with `az keyvault recover --name {name}`, or unset "
+        "MEADOWRUN_AZURE_KEY_VAULT_RESOURCE_GROUP to have install create the vault in "
+        f"meadowrun's group {target.resource_group}"
+    )
+
+
 def ensure_vault(arm: Arm, credential: Any, target: AzureTarget) -> list[str]:
-    """meadowrun's vault in the group (found, recovered or created) and, on one meadowrun
-    made, Key Vault Secrets Officer for the signed-in principal; the report lines."""
+    """meadowrun's vault (found, recovered or created in meadowrun's group; only found where
+    it is the user's, in another group) and, on one meadowrun made, Key Vault Secrets
+    Officer for the signed-in principal; the report lines."""
     name = settings.vault_name()
     path = installed.vault_path(target, name)
     api = installed.API_KEYVAULT
+    elsewhere = settings.vault_group()
     vault = arm.get(path, api)
+    if vault is None and elsewhere is not None:
+        check_vault(arm, target)  # raises: gone since the check, never made here
     if vault is not None:
-        done = [f"found Key Vault {name}"]
+        done = [
+            f"found Key Vault {name}" + (f" in resource group {elsewhere}" if elsewhere else "")
+        ]
         if not (vault.get("properties") or {}).get("enableRbacAuthorization"):
             log.warning(
                 "Key Vault %s uses access policies: give the identity %s secret get and list "
@@ -124,7 +159,7 @@ def ensure_vault(arm: Arm, credential: Any, target: AzureTarget) -> list[str]:
         body = {"location": target.location, "tags": TAGS, "properties": properties}
         vault = arm.put(path, api, body)
         done = [f"{'recovered' if deleted else 'created'} Key Vault {name}"]
-    if installed.is_ours(vault):
+    if installed.is_ours(vault) and elsewhere is None:
         principal = signed_in_principal(credential)
         officer = installed.ROLE_VAULT_SECRETS_OFFICER
         done.append(ensure_role(arm, target, path, principal, officer, "you"))
@@ -132,10 +167,13 @@ def ensure_vault(arm: Arm, credential: Any, target: AzureTarget) -> list[str]:
 
 
 def remove_vault(arm: Arm, credential: Any, target: AzureTarget) -> list[str] | None:
-    """Delete and purge meadowrun's vault; None where the vault is not meadowrun's (or is
-    gone), so its secrets are the caller's to delete."""
+    """Delete and purge meadowrun's vault; None where the vault is not meadowrun's (the
+    user's: untagged, or in another group, whatever its tags; or gone), so its secrets are
+    the caller's to delete."""
     name = settings.vault_name()
     path = installed.vault_path(target, name)
+    if settings.vault_group() is not None:
+        return None
     if not installed.is_ours(arm.get(path, installed.API_KEYVAULT)):
         return None
     principal = signed_in_principal(credential)
