@@ -102,9 +102,14 @@ class Agent:
             while True:
                 header, blob = await read_frame(reader, self.state.signer)
                 if header["type"] == "run":
-                    task = asyncio.create_task(self.run_job(conn, cast(frames.Run, header), blob))
-                    self._tasks.add(task)  # keep a reference until it finishes
-                    task.add_done_callback(self._tasks.discard)
+                    run = cast(frames.Run, header)
+                    # admitted before the next frame is read: a stop or cancel the client
+                    # sent right after this run frame finds the job
+                    job = self._admit(conn, run)
+                    if job is not None:
+                        task = asyncio.create_task(self.run_job(job, run, blob))
+                        self._tasks.add(task)  # keep a reference until it finishes
+                        task.add_done_callback(self._tasks.discard)
                 elif header["type"] == "cancel":
                     self._cancel(cast(frames.Cancel, header))
                 elif header["type"] == "attach":
@@ -144,9 +149,9 @@ class Agent:
             job.stopping.set()
 
     # --- jobs --------------------------------------------------------------------------
-    async def run_job(self, conn: ClientConnection, header: frames.Run, blob: bytes) -> None:
-        """Run a job to its end, free its allocation, keep a keyed job's outcome, and send
-        the final frame to everyone following it."""
+    def _admit(self, conn: ClientConnection, header: frames.Run) -> RunningJob | None:
+        """The job of a run frame, registered as running; None (the client told) when it
+        has no allocation on this instance."""
         state = self.state
         job_id = header["job_id"]
         alloc = next(
@@ -161,20 +166,29 @@ class Agent:
                 "message": f"job {job_id} has no allocation on {state.instance_id}",
             }
             conn.send(refused)
-            return
+            return None
         job = RunningJob(
             job_id, header["kind"], [conn], alloc.memory_gb, timeout=header.get("timeout")
         )
         state.jobs[job_id] = job
         state.last_activity = time.monotonic()
+        early_cancel = self._early_cancels.pop(job_id, None)
+        if early_cancel is not None:
+            job.kill(early_cancel)
+        return job
+
+    async def run_job(self, job: RunningJob, header: frames.Run, blob: bytes) -> None:
+        """Run an admitted job to its end, free its allocation, keep a keyed job's outcome,
+        and send the final frame to everyone following it."""
+        state = self.state
+        job_id = job.job_id
         if header.get("job_key"):
             state.table.mark_job_key_started(header["job_key"])
         outcome: frames.JobOutcome = {"status": "error", "message": "agent error"}
         payload = b""
         try:
-            early_cancel = self._early_cancels.pop(job_id, None)
-            if early_cancel is not None:
-                outcome = {"status": "cancelled", "message": early_cancel}
+            if job.cancel_reason is not None:  # cancelled before it started
+                outcome = {"status": job.end_status, "message": job.cancel_reason}
             else:
                 outcome, payload = await self._run_kind(job, header, blob)
         except Exception as exc:
