@@ -25,6 +25,9 @@ from meadowrun_core.hosts import Host, resolve_host
 from meadowrun_core.seams.allocation_table import InstanceRecord
 
 log = logging.getLogger(__name__)
+
+# the thread that renews this client's leases in the background
+LEASE_THREAD_NAME = "meadowrun-lease"
 T = TypeVar("T")
 
 
@@ -112,7 +115,7 @@ class ClientRuntime:
     def _ensure_lease_thread(self) -> None:
         if self._lease_thread is None:
             self._lease_thread = threading.Thread(
-                target=self._renew_leases, name="meadowrun-lease", daemon=True
+                target=self._renew_leases, name=LEASE_THREAD_NAME, daemon=True
             )
             self._lease_thread.start()
 
