@@ -28,8 +28,8 @@ from typing import Any
 import meadowrun_core as mr
 from bench import scale_model as model
 from bench.aws_ops import AWS_ENV, REGION
+from bench.harness import checked_noop_map
 from bench.load import background_load
-from bench.workloads import noop
 from tests.process_env import environment
 
 SLOTS = 2
@@ -96,16 +96,7 @@ def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 
 def _run_map(host: mr.Host, deployment: mr.Deployment, tasks: int) -> float:
     began = time.perf_counter()
-    results = mr.run_map(
-        noop,
-        range(tasks),
-        host=host,
-        resources_per_task=RESOURCES,
-        num_concurrent_tasks=SLOTS,
-        deployment=deployment,
-    )
-    if results != list(range(tasks)):
-        raise RuntimeError("run_map returned wrong answers")
+    checked_noop_map(host, deployment, tasks, RESOURCES, SLOTS)
     return time.perf_counter() - began
 
 

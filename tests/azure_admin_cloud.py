@@ -18,6 +18,7 @@ import pytest
 from meadowrun_core.azure.settings import AzureTarget
 from tests import azurite
 from tests.azure_twin import LOCATION, SUBSCRIPTION, VAULT_NAME, AzureTwin, running_twin
+from tests.azure_vm_requests import vm_request
 
 NEW_GROUP = "meadowrun-admin"
 
@@ -40,27 +41,8 @@ class AdminCloud:
 
     def create_vm(self, name: str, instance_id: str) -> Any:
         """A meadowrun-tagged VM, as vm_provider.py makes them (an ARM record only)."""
-        body = {
-            "location": LOCATION,
-            "tags": {"meadowrun": "meadowrun-core", "meadowrun-instance-id": instance_id},
-            "properties": {
-                "hardwareProfile": {"vmSize": "Standard_D2s_v5"},
-                "osProfile": {"computerName": name, "adminUsername": "meadowrun"},
-                "networkProfile": {
-                    "networkApiVersion": "2020-11-01",
-                    "networkInterfaceConfigurations": [
-                        {
-                            "name": "nic",
-                            "properties": {
-                                "primary": True,
-                                "deleteOption": "Delete",
-                                "ipConfigurations": [{"name": "ip", "properties": {}}],
-                            },
-                        }
-                    ],
-                },
-            },
-        }
+        tags = {"meadowrun": "meadowrun-core", "meadowrun-instance-id": instance_id}
+        body = vm_request("Standard_D2s_v5", name, tags)
         vms = self.twin.compute_client().virtual_machines
         return vms.begin_create_or_update(self.target.resource_group, name, body).result()
 

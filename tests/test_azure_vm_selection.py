@@ -20,6 +20,7 @@ from meadowrun_core.disk_cache import DiskCache
 from meadowrun_core.exceptions import BadInputError, ResourcesNotAvailableError
 from meadowrun_core.resources import Resources
 from tests.azure_twin import LOCATION, RESOURCE_GROUP, AzureTwin, fixture_rows, running_twin
+from tests.azure_vm_requests import vm_request
 
 
 @pytest.fixture
@@ -147,28 +148,12 @@ def test_gpus_flags_packing_and_what_cannot_fit(twin: AzureTwin) -> None:
 
 def vm_body(choice: Choice) -> dict[str, Any]:
     """A minimal create request for a choice (the provider's own comes later)."""
-    properties: dict[str, Any] = {
-        "hardwareProfile": {"vmSize": choice.offer.name},
-        "osProfile": {"computerName": "meadowrun", "adminUsername": "meadowrun"},
-        "networkProfile": {
-            "networkApiVersion": "2020-11-01",
-            "networkInterfaceConfigurations": [
-                {
-                    "name": "nic",
-                    "properties": {
-                        "primary": True,
-                        "deleteOption": "Delete",
-                        "ipConfigurations": [{"name": "ip", "properties": {}}],
-                    },
-                }
-            ],
-        },
-    }
+    body = vm_request(choice.offer.name, "meadowrun", {"meadowrun": "true"})
     if choice.market == "spot":
-        properties.update(
+        body["properties"].update(
             priority="Spot", evictionPolicy="Delete", billingProfile={"maxPrice": choice.max_price}
         )
-    return {"location": LOCATION, "tags": {"meadowrun": "true"}, "properties": properties}
+    return body
 
 
 def create_first(twin: AzureTwin, choices: list[Choice], name: str) -> tuple[Choice, list[str]]:

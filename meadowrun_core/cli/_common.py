@@ -9,18 +9,25 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from importlib import metadata
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import typer
 
 from meadowrun_core import clouds
 from meadowrun_core.config import meadowrun_home
 
+
+class _Choice(Protocol):
+    @property
+    def offer(self) -> Any: ...
+
+
 if TYPE_CHECKING:
     from meadowrun_core.hosts import Host
     from meadowrun_core.local.allocation_table import SqliteAllocationTable
 
 _T = TypeVar("_T")
+_C = TypeVar("_C", bound="_Choice")
 _CLOUD_HELP = " or ".join(clouds.BUILT)
 _REGION_HELP = (
     "AWS region (default: AWS_DEFAULT_REGION or us-east-1); on azure the location (default: "
@@ -185,3 +192,14 @@ def unwrap_all_help(group: typer.Typer) -> None:
     for sub in group.registered_groups:
         if sub.typer_instance is not None:
             unwrap_all_help(sub.typer_instance)
+
+
+def cheapest_per_type(choices: Sequence[_C], limit: int) -> list[_C]:
+    """The first (cheapest per worker) choice of each instance type or VM size, at most
+    ``limit`` of them: a type can come back once per market."""
+    shown: dict[str, _C] = {}
+    for choice in choices:
+        if len(shown) >= limit:
+            break
+        shown.setdefault(choice.offer.name, choice)
+    return list(shown.values())

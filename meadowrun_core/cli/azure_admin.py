@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from meadowrun_core.cli._common import cheapest_per_type
+
 if TYPE_CHECKING:
     from meadowrun_core.azure.settings import AzureTarget
     from meadowrun_core.resources import Resources
@@ -105,11 +107,7 @@ def instance_types(region: str, resources: Resources, workers: int, limit: int) 
         f"{'SIZE':24} {'VCPU':>5} {'GB':>7} {'GPUS':>4} {'REGULAR':>10} {'SPOT':>9} "
         f"{'EVICTION':>8} {'MARKET':8} {'WORKERS':>7} {'$/H/WORKER':>10}"
     )
-    shown: set[str] = set()
-    for c in choices:
-        if c.offer.name in shown or len(shown) >= limit:
-            continue
-        shown.add(c.offer.name)
+    for c in cheapest_per_type(choices, limit):
         o = c.offer
         spot = "-" if o.spot_price is None else f"{o.spot_price:.4f}"
         band = f"{o.eviction_band or '20+'}%"

@@ -16,6 +16,7 @@ from meadowrun_core.cli._common import (
     _guarded,
     _local,
     app,
+    cheapest_per_type,
 )
 from meadowrun_core.config import meadowrun_home
 from meadowrun_core.local import admin
@@ -179,11 +180,7 @@ def instance_types(
         f"{'TYPE':16} {'VCPU':>5} {'GB':>7} {'GPUS':>4} {'ON-DEMAND':>10} {'SPOT':>9} "
         f"{'INTERRUPT':>9} {'MARKET':9} {'WORKERS':>7} {'$/H/WORKER':>10}"
     )
-    shown: set[str] = set()
-    for c in choices:
-        if c.offer.name in shown or len(shown) >= limit:
-            continue
-        shown.add(c.offer.name)
+    for c in cheapest_per_type(choices, limit):
         o = c.offer
         spot = "-" if o.spot_price is None else f"{o.spot_price:.4f}"
         typer.echo(
