@@ -25,6 +25,7 @@ from meadowrun_core.aws import names
 from meadowrun_core.client.runtime import ClientRuntime
 from tests.ec2_twin import Ec2Twin
 from tests.moto_server import reset_moto
+from tests.process_env import TWIN_LEASE_SECONDS, lease_seconds
 from tests.twin_hosts import TwinHost, TwinNetwork
 
 REGION = "us-east-1"
@@ -113,7 +114,7 @@ def aws_twin_cloud(
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": REGION,
             "MEADOWRUN_AWS_PRICE_FIXTURE": str(FIXTURES),
-            "MEADOWRUN_LEASE_SECONDS": "3",
+            "MEADOWRUN_LEASE_SECONDS": f"{TWIN_LEASE_SECONDS:g}",
             "MEADOWRUN_VISIBILITY_TIMEOUT": "6",
             "MEADOWRUN_RECONCILE_INTERVAL": "0.5",
             "MEADOWRUN_HOME": str(scratch / "client-home"),
@@ -133,9 +134,13 @@ def aws_twin_cloud(
 
 @pytest.fixture
 def aws(
-    twin_network: TwinNetwork, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    twin_network: TwinNetwork,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> Iterator[AwsTwinCloud]:
     with aws_twin_cloud(twin_network, tmp_path) as (cloud, environment):
         for name, value in environment.items():
             monkeypatch.setenv(name, value)
+        monkeypatch.setenv("MEADOWRUN_LEASE_SECONDS", f"{lease_seconds(request.node):g}")
         yield cloud

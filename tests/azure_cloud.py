@@ -43,6 +43,7 @@ from tests.azure_twin import (
 )
 from tests.azure_twin_hosts import AzureTwinHosts
 from tests.moto_server import CheckIpServer
+from tests.process_env import TWIN_LEASE_SECONDS, lease_seconds
 from tests.process_env import environment as process_environment
 from tests.twin_hosts import TwinHost, TwinNetwork
 
@@ -138,7 +139,7 @@ def azure_twin_cloud(
             "REQUESTS_CA_BUNDLE": ca,
             "SSL_CERT_FILE": ca,
             "AZURE_CONFIG_DIR": str(scratch / "no-azure-cli"),
-            "MEADOWRUN_LEASE_SECONDS": "3",
+            "MEADOWRUN_LEASE_SECONDS": f"{TWIN_LEASE_SECONDS:g}",
             "MEADOWRUN_VISIBILITY_TIMEOUT": "6",
             "MEADOWRUN_RECONCILE_INTERVAL": "0.5",
             "MEADOWRUN_HOME": str(scratch / "client-home"),
@@ -156,11 +157,15 @@ UNSET_ENVIRONMENT = ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET"
 
 @pytest.fixture
 def azure(
-    twin_network: TwinNetwork, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    twin_network: TwinNetwork,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> Iterator[AzureTwinCloud]:
     with azure_twin_cloud(twin_network, tmp_path) as (cloud, environment):
         for name, value in environment.items():
             monkeypatch.setenv(name, value)
         for name in UNSET_ENVIRONMENT:
             monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("MEADOWRUN_LEASE_SECONDS", f"{lease_seconds(request.node):g}")
         yield cloud

@@ -31,6 +31,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "chaos: hostile-user probes of the local cloud (tests/test_chaos*.py); they run in the "
         "default run and in CI, `-m chaos` runs only them",
     )
+    config.addinivalue_line(
+        "markers",
+        "client_lease(seconds): the client lease the twin fixtures (aws, azure) give this "
+        "test, instead of their short one (tests/process_env.py)",
+    )
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -24,3 +25,17 @@ def environment(values: dict[str, str], unset: Iterable[str] = ()) -> Iterator[N
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+# The client lease the twin fixtures give tests: short, so a test of a killed client sees its
+# jobs stopped within seconds. A test of an integration marks itself
+# ``@pytest.mark.client_lease(seconds)`` for a longer one: Prefect, Airflow or Dask in the
+# test's process can hold up the renewals on a loaded machine, and the lease is not what it
+# tests.
+TWIN_LEASE_SECONDS = 3.0
+
+
+def lease_seconds(node: Any) -> float:
+    """The client lease for a test item: its ``client_lease`` mark's, or the twins' default."""
+    marker = node.get_closest_marker("client_lease")
+    return float(marker.args[0]) if marker is not None else TWIN_LEASE_SECONDS

@@ -4,10 +4,13 @@ carries it, so the triggerer follows the job on Azure, not in a local cloud."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.azure_cloud import AzureTwinCloud
 from tests.test_airflow import DagRunner, _link_file, airflow, airflow_env  # noqa: F401
 
 
+@pytest.mark.client_lease(15)  # Prefect, Airflow or Dask share the process: see the mark
 def test_deferrable_job_on_azure_is_followed_on_azure(
     azure: AzureTwinCloud,
     airflow: DagRunner,  # noqa: F811

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from tests.aws_twin import AwsTwinCloud
 from tests.test_airflow import DagRunner, _link_file, airflow, airflow_env  # noqa: F401
 
 
+@pytest.mark.client_lease(15)  # Prefect, Airflow or Dask share the process: see the mark
 def test_deferrable_job_on_ec2_is_followed_on_ec2(aws: AwsTwinCloud, airflow: DagRunner) -> None:  # noqa: F811
     aws_settings = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
     env = {"MEADOWRUN_HOST": "ec2", **{k: os.environ[k] for k in aws_settings}}

@@ -4,6 +4,7 @@ holds; workers reach the scheduler inside the network. TLS stays on."""
 
 from __future__ import annotations
 
+import pytest
 from distributed import Client
 
 import meadowrun_core as mr
@@ -12,6 +13,7 @@ from tests.aws_twin import DEPLOYMENT, AwsTwinCloud
 from tests.twin_dask_checks import check_cluster_through_ssh, check_eviction_moves_data
 
 
+@pytest.mark.client_lease(15)  # Prefect, Airflow or Dask share the process: see the mark
 def test_dask_on_ec2_through_the_ssh_connection(aws: AwsTwinCloud) -> None:
     with (
         MeadowCluster(

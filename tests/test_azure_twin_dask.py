@@ -5,6 +5,7 @@ meadowrun holds; workers reach the scheduler inside the VNet. TLS stays on."""
 
 from __future__ import annotations
 
+import pytest
 from distributed import Client
 
 import meadowrun_core as mr
@@ -13,6 +14,7 @@ from tests.azure_cloud import DEPLOYMENT, AzureTwinCloud
 from tests.twin_dask_checks import check_cluster_through_ssh, check_eviction_moves_data
 
 
+@pytest.mark.client_lease(15)  # Prefect, Airflow or Dask share the process: see the mark
 def test_dask_on_azure_through_the_ssh_connection(azure: AzureTwinCloud) -> None:
     with (
         MeadowCluster(
