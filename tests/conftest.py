@@ -16,12 +16,14 @@ from tests.moto_server import SerialMotoServer, reset_moto
 
 # The EC2 twin's fixtures (``aws``, ``twin_network``), for every module that runs on it, and
 # Azurite (``azurite``: the storage account of the Azure storage emulator), ``azure``
-# (AllocAzureVM on the Azure twin) and ``azure_admin`` (the twin and Azurite, no VM hosts).
+# (AllocAzureVM on the Azure twin) and ``azure_admin`` (the twin and Azurite, no VM hosts);
+# ``airflow`` (real Airflow in a process of its own) and its ``airflow_env``.
 pytest_plugins = [
     "tests.aws_twin",
     "tests.azurite",
     "tests.azure_cloud",
     "tests.azure_admin_cloud",
+    "tests.airflow_runner",
 ]
 
 

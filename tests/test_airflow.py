@@ -13,179 +13,26 @@ import contextlib
 import importlib.util
 import json
 import os
-import queue
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 import meadowrun_core as mr
 from meadowrun_core.local.allocation_table import SqliteAllocationTable
+from tests.airflow_runner import (
+    RUNNER,
+    TESTS,
+    DagRunner,
+    allocations,
+    link_file,
+    log_time,
+)
 
 if importlib.util.find_spec("airflow") is None:  # fail, never skip, when it is missing
     raise RuntimeError("apache-airflow is not installed: scripts/setup installs every extra")
-
-TESTS = Path(__file__).parent
-DAGS = TESTS / "airflow_dags"
-RUNNER = DAGS / "_run_dag.py"
-EXAMPLE = TESTS.parent / "examples" / "airflow_dag.py"
-LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z")
-
-
-def _airflow_environment(home: Path, dags: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MEADOWRUN_"))}
-    env.update(
-        AIRFLOW_HOME=str(home),
-        AIRFLOW__CORE__DAGS_FOLDER=str(dags),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__LOGGING__COLORED_CONSOLE_LOG="False",
-        AIRFLOW_CONN_MEADOWRUN_TEST=json.dumps(
-            {"conn_type": "meadowrun", "host": "local", "extra": {"max_cpu": 4}}
-        ),
-        NO_COLOR="1",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
-class DagRunner:
-    """A warm Airflow process that runs DAGs on request (see _run_dag.py --serve)."""
-
-    def __init__(self, env: dict[str, str], dags: Path) -> None:
-        self.dags = dags
-        self.env = env
-        self.proc = subprocess.Popen(
-            [sys.executable, str(RUNNER), "--serve"],
-            env=env,
-            text=True,
-            bufsize=1,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        self._ids = iter(range(1_000_000))
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def run(
-        self,
-        dag_file: str,
-        dag_id: str,
-        conf: dict[str, Any] | None = None,
-        logical_date: str | None = None,
-        providers: bool = False,
-        on_line: Callable[[str], None] | None = None,
-        timeout: float = 180,
-        env: dict[str, str] | None = None,
-    ) -> tuple[dict[str, Any], str]:
-        """Run one DAG against the calling test's local cloud; its summary and its log.
-        ``env``: more environment variables for this run (or MEADOWRUN_* ones to replace)."""
-        request_id = next(self._ids)
-        request = {
-            "id": request_id,
-            "dag_file": str(self.dags / dag_file),
-            "dag_id": dag_id,
-            "conf": conf,
-            "logical_date": logical_date,
-            "providers": providers,
-            "env": {
-                **{k: v for k, v in os.environ.items() if k.startswith("MEADOWRUN_")},
-                **(env or {}),
-            },
-        }
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        self.proc.stdin.flush()
-        log: list[str] = []
-        end = f"=== END {request_id} RESULT_JSON "
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(
-                    f"{dag_id} did not finish in {timeout} s:\n" + "".join(log[-80:])
-                ) from None
-            if line is None:
-                raise AssertionError("the Airflow runner died:\n" + "".join(log[-80:]))
-            if line.startswith(end):
-                # a log line another thread wrote may follow on the same line: ignore it
-                summary, _ = json.JSONDecoder().raw_decode(line[len(end) :])
-                assert "error" not in summary, summary["error"] + "".join(log[-80:])
-                return summary, "".join(log)
-            log.append(line)
-            if on_line is not None:
-                on_line(line)
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-@pytest.fixture(scope="module")
-def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A temporary AIRFLOW_HOME with a migrated sqlite DB and these tests' DAGs."""
-    home = tmp_path_factory.mktemp("airflow-home")
-    dags = home / "dags"
-    shutil.copytree(DAGS, dags, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(EXAMPLE, dags / "meadowrun_example.py")
-    env = _airflow_environment(home, dags)
-    subprocess.run(
-        [sys.executable, "-c", "from airflow.utils.db import initdb; initdb()"],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=180,
-    )
-    return env
-
-
-@pytest.fixture(scope="module")
-def airflow(airflow_env: dict[str, str]) -> Iterator[DagRunner]:
-    runner = DagRunner(airflow_env, Path(airflow_env["AIRFLOW__CORE__DAGS_FOLDER"]))
-    yield runner
-    runner.close()
-
-
-def _allocations(home: Path) -> list[str]:
-    return [a.job_id for a in SqliteAllocationTable(home / "state.db").list_allocations()]
-
-
-def _log_time(log: str, text: str) -> float:
-    """When the first log line containing ``text`` was written."""
-    for line in log.splitlines():
-        if text in line and (match := LOG_TIME.match(line)):
-            return datetime.fromisoformat(match.group(1)).timestamp()
-    raise AssertionError(f"{text!r} is not in the log")
-
-
-def _link_file(link: str) -> Path:
-    """The file a ``file://`` extra link points at."""
-    parsed = urllib.parse.urlparse(link)
-    assert parsed.scheme == "file", link
-    return Path(urllib.request.url2pathname(parsed.path))
 
 
 def test_callable_result_feeds_downstream_task(local_cloud: Path, airflow: DagRunner) -> None:
@@ -199,7 +46,7 @@ def test_callable_result_feeds_downstream_task(local_cloud: Path, airflow: DagRu
     assert "adding 5 and 3 in pid" in log  # the remote print reached the task log
     # no meadowrun_default connection: the default host (here MEADOWRUN_HOME's local cloud)
     assert "No connection 'meadowrun_default': running on the default meadowrun host" in log
-    assert _allocations(local_cloud) == [] and any(
+    assert allocations(local_cloud) == [] and any(
         r["description"] == "run_function add"
         for r in SqliteAllocationTable(local_cloud / "state.db").job_history()
     )
@@ -214,7 +61,7 @@ def test_command_streams_output_and_returns_last_line(
     assert re.fullmatch(r"last-line-\d{8}", xcom)
     assert "second hej-env" in log  # templated environment, stderr in the log too
     # streamed: the first line was logged about 2 s before the second, not all at the end
-    assert _log_time(log, "second hej-env") - _log_time(log, "first hej") > 1.5
+    assert log_time(log, "second hej-env") - log_time(log, "first hej") > 1.5
 
 
 def test_remote_failure_fails_task_with_remote_traceback(
@@ -230,13 +77,13 @@ def test_remote_failure_fails_task_with_remote_traceback(
     assert "ValueError: remote kaboom 1234" in log
     assert "exited with code 3" in log
     # the job-log link of a failed task: the job's output up to its failure
-    assert _link_file(tasks["raises"]["xcom:_link_MeadowrunJobLogLink"]).read_text() == (
+    assert link_file(tasks["raises"]["xcom:_link_MeadowrunJobLogLink"]).read_text() == (
         "about to raise 1234\n"
     )
-    assert _link_file(tasks["exits_3"]["xcom:_link_MeadowrunJobLogLink"]).read_text() == (
+    assert link_file(tasks["exits_3"]["xcom:_link_MeadowrunJobLogLink"]).read_text() == (
         "about to fail\n"
     )
-    assert _allocations(local_cloud) == []
+    assert allocations(local_cloud) == []
 
 
 def test_on_kill_cancels_the_job(local_cloud: Path, airflow: DagRunner, tmp_path: Path) -> None:
@@ -269,7 +116,7 @@ def test_deferrable_mode_end_to_end(local_cloud: Path, airflow: DagRunner, tmp_p
     assert tasks["square"]["xcom:return_value"] == 49
     # the job-log link of a deferred task: the job's whole output, saved when it resumed
     link = tasks["square"]["xcom:_link_MeadowrunJobLogLink"]
-    saved = _link_file(link).read_text()
+    saved = link_file(link).read_text()
     assert saved == "".join(f"deferred step {i}\n" for i in range(3))
     assert tasks["square"]["xcom:meadowrun_job_key"].startswith("airflow-")
     assert tasks["consume"]["xcom:return_value"] == 50
@@ -325,7 +172,7 @@ def test_deferred_task_reattaches_after_worker_restart(
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(first.pid, signal.SIGKILL)
             first.wait()
-    assert len(_allocations(local_cloud)) == 1, "the detached job died with its worker"
+    assert len(allocations(local_cloud)) == 1, "the detached job died with its worker"
 
     def release_once_reattached(line: str) -> None:
         if "Reattaching to meadowrun job" in line:
@@ -347,7 +194,7 @@ def test_deferred_task_reattaches_after_worker_restart(
     assert summary["tasks"]["long"]["state"] == "success"
     assert summary["tasks"]["long"]["xcom:return_value"] == "released after 1 start(s)"
     assert len(starts.read_text().split()) == 1
-    assert _allocations(local_cloud) == []
+    assert allocations(local_cloud) == []
 
 
 def test_connection_selects_another_local_cloud(
@@ -375,7 +222,7 @@ def test_connection_selects_another_local_cloud(
     assert not (elsewhere / "state.db").exists()
     history = SqliteAllocationTable(local_cloud / "state.db").job_history()
     assert {"run_function double", "run_command bash"} <= {r["description"] for r in history}
-    assert _allocations(local_cloud) == []
+    assert allocations(local_cloud) == []
 
 
 def test_taskflow_decorator_with_mapping_and_connection(
@@ -467,7 +314,7 @@ def test_provider_conventions(local_cloud: Path, airflow: DagRunner, tmp_path: P
     # 4. the job-log link: a file URL of the job's own output
     link = templated["xcom:_link_MeadowrunJobLogLink"]
     assert link.startswith("file:///")
-    saved = _link_file(link).read_text()
+    saved = link_file(link).read_text()
     assert saved == "templated job 2-cpu running\n"
 
     # 3. fire and forget: the task ended while its job ran on; the key is its XCom
@@ -495,4 +342,4 @@ def test_provider_conventions(local_cloud: Path, airflow: DagRunner, tmp_path: P
     assert "meadowrun_airflow.links.MeadowrunJobLogLink" in providers["extra_links"]
     docs = providers["meadowrun_info"]["integrations"][0]["external-doc-url"]
     assert docs == (TESTS.parent / "docs" / "airflow.md").resolve().as_uri()
-    assert _allocations(local_cloud) == []
+    assert allocations(local_cloud) == []

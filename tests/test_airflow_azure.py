@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import pytest
 
+from tests.airflow_runner import DagRunner, link_file
 from tests.azure_cloud import AzureTwinCloud
-from tests.test_airflow import DagRunner, _link_file, airflow, airflow_env  # noqa: F401
 
 
 @pytest.mark.client_lease(15)  # Prefect, Airflow or Dask share the process: see the mark
 def test_deferrable_job_on_azure_is_followed_on_azure(
     azure: AzureTwinCloud,
-    airflow: DagRunner,  # noqa: F811
+    airflow: DagRunner,
 ) -> None:
     # the Airflow process started before this test's twin: it gets the twin's settings (the
     # subscription, endpoints, the token endpoint, the twin's CA) with this run's request
@@ -30,5 +30,5 @@ def test_deferrable_job_on_azure_is_followed_on_azure(
         "the trigger did not follow the job's output on Azure"
     )
     # the "Meadowrun job log" link: the Azure job's output, saved by the worker when it resumed
-    saved = _link_file(task["xcom:_link_MeadowrunJobLogLink"]).read_text()
+    saved = link_file(task["xcom:_link_MeadowrunJobLogLink"]).read_text()
     assert saved == f"on-azure\n{task['xcom:return_value']}\n"

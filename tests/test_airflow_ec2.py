@@ -7,12 +7,12 @@ import os
 
 import pytest
 
+from tests.airflow_runner import DagRunner, link_file
 from tests.aws_twin import AwsTwinCloud
-from tests.test_airflow import DagRunner, _link_file, airflow, airflow_env  # noqa: F401
 
 
 @pytest.mark.client_lease(15)  # Prefect, Airflow or Dask share the process: see the mark
-def test_deferrable_job_on_ec2_is_followed_on_ec2(aws: AwsTwinCloud, airflow: DagRunner) -> None:  # noqa: F811
+def test_deferrable_job_on_ec2_is_followed_on_ec2(aws: AwsTwinCloud, airflow: DagRunner) -> None:
     aws_settings = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
     env = {"MEADOWRUN_HOST": "ec2", **{k: os.environ[k] for k in aws_settings}}
     summary, log = airflow.run(
@@ -28,5 +28,5 @@ def test_deferrable_job_on_ec2_is_followed_on_ec2(aws: AwsTwinCloud, airflow: Da
         "the trigger did not follow the job's output on EC2"
     )
     # the "Meadowrun job log" link: the EC2 job's output, saved by the worker when it resumed
-    saved = _link_file(task["xcom:_link_MeadowrunJobLogLink"]).read_text()
+    saved = link_file(task["xcom:_link_MeadowrunJobLogLink"]).read_text()
     assert saved == f"on-ec2\n{task['xcom:return_value']}\n"
