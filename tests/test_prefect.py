@@ -22,126 +22,37 @@ import pytest
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import INPUTS
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    FlowRunFilter,
-    FlowRunFilterId,
-    LogFilter,
-    LogFilterTaskRunId,
-)
-from prefect.client.schemas.objects import TaskRun
-from prefect.settings import (
-    PREFECT_API_URL,
-    PREFECT_HOME,
-    PREFECT_LOGGING_TO_API_BATCH_INTERVAL,
-    PREFECT_RESULTS_LOCAL_STORAGE_PATH,
-    PREFECT_SERVER_ANALYTICS_ENABLED,
-    temporary_settings,
-)
-from prefect.states import State, StateType
-from prefect.testing.utilities import prefect_test_harness
+from prefect.states import StateType
 from prefect.utilities.annotations import allow_failure, unmapped
 
 import meadowrun_core as mr
 from meadowrun_core.client.runtime import ClientRuntime
 from meadowrun_core.hosts import AllocLocalInstance
 from meadowrun_prefect import MeadowrunTaskRunner, meadowrun_options
+from tests.prefect_api import (
+    by_task,
+    logs_text,
+    one,
+    private_prefect_server,
+    state_names,
+    task_runs,
+    upstream_ids,
+)
 
 SMALL = mr.Resources(logical_cpu=1, memory_gb=1)
 
 
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A temporary Prefect server and fully offline, private Prefect settings."""
+    """A temporary Prefect server for the module, logs sent to it every 0.3 s."""
     root = tmp_path_factory.mktemp("prefect")
-    env = {
-        "PREFECT_HOME": str(root / "home"),
-        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(root / "results"),
-        "PREFECT_SERVER_MEMO_STORE_PATH": str(root / "memo.toml"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "true",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-        "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.3",
-    }
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        # prefect may have been imported before these were set: set them in its context too
-        with (
-            temporary_settings(
-                updates={
-                    PREFECT_HOME: root / "home",
-                    PREFECT_RESULTS_LOCAL_STORAGE_PATH: root / "results",
-                    PREFECT_SERVER_ANALYTICS_ENABLED: False,
-                    PREFECT_LOGGING_TO_API_BATCH_INTERVAL: 0.3,
-                }
-            ),
-            prefect_test_harness(server_startup_timeout=90),
-        ):
-            yield str(PREFECT_API_URL.value())
+    with private_prefect_server(root, log_batch_interval=0.3) as api_url:
+        yield api_url
 
 
 @pytest.fixture
 def cloud(prefect_server: str, local_cloud: Path) -> Path:
     return local_cloud
-
-
-# --- reading back from the Prefect API ---------------------------------------------------
-
-
-def _settled(run: TaskRun) -> bool:
-    return run.state is not None and (
-        run.state.is_final() or (run.state.is_pending() and run.state.name == "NotReady")
-    )
-
-
-def task_runs(flow_state: State[Any], count: int, timeout: float = 30.0) -> list[TaskRun]:
-    """The flow run's task runs, once ``count`` of them have settled in the API
-    (states arrive as events, a moment after the flow returns)."""
-    flow_run_id = flow_state.state_details.flow_run_id
-    assert flow_run_id is not None
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while True:
-            runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                limit=200,
-            )
-            if len(runs) >= count and all(_settled(r) for r in runs):
-                return runs
-            if time.monotonic() > deadline:
-                states = sorted(f"{r.name}: {r.state_name}" for r in runs)
-                raise AssertionError(f"{len(runs)}/{count} task runs settled: {states}")
-            time.sleep(0.2)
-
-
-def by_task(runs: list[TaskRun], task_name: str) -> list[TaskRun]:
-    return [r for r in runs if r.name.rsplit("-", 1)[0] == task_name]
-
-
-def one(runs: list[TaskRun], task_name: str) -> TaskRun:
-    (run,) = by_task(runs, task_name)
-    return run
-
-
-def state_names(task_run_id: UUID) -> list[str]:
-    with get_client(sync_client=True) as client:
-        states = client.read_task_run_states(task_run_id)
-    return [s.name or "" for s in sorted(states, key=lambda s: s.timestamp)]
-
-
-def logs_text(task_run_id: UUID, contains: str, timeout: float = 15.0) -> str:
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while True:
-            logs = client.read_logs(LogFilter(task_run_id=LogFilterTaskRunId(any_=[task_run_id])))
-            text = "\n".join(log.message for log in logs)
-            if contains in text or time.monotonic() > deadline:
-                return text
-            time.sleep(0.2)
-
-
-def upstream_ids(run: TaskRun, parameter: str) -> set[UUID]:
-    return {getattr(i, "id", None) for i in run.task_inputs.get(parameter, [])} - {None}
 
 
 def runner(**kwargs: Any) -> MeadowrunTaskRunner:
