@@ -335,7 +335,15 @@ def test_place_on_existing_answers_with_records(table: Any) -> None:
     placed = table.place_on_existing(["a", "b"], Resources(2, 4), "c1", "d")
     assert set(placed) == {"a", "b"}
     assert all(r.instance_id == "i-od" and r.address == "127.0.0.1:1" for r in placed.values())
-    assert table.get_instance("i-od").cpu_free == 4
+    fresh = table.get_instance("i-od")
+    assert fresh.cpu_free == 4
+    # the last job placed answers with the instance as the table now has it
+    last = placed["b"]
+    assert (last.cpu_free, last.memory_free, last.running_jobs) == (
+        fresh.cpu_free,
+        fresh.memory_free,
+        fresh.running_jobs,
+    )
 
 
 def test_raffle_entries(table: Any) -> None:

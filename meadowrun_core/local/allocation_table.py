@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from meadowrun_core.local.allocation_job_keys import KeyedJobsAndLeases
@@ -86,7 +87,8 @@ class SqliteAllocationTable(TableReads, KeyedJobsAndLeases, RaffleEntries):
         now = time.time()
         with self._db.transaction() as conn:
             rows = conn.execute(
-                "SELECT *, 0 AS n FROM instances "
+                "SELECT *, (SELECT COUNT(*) FROM allocations a "
+                "WHERE a.instance_id = i.instance_id) AS n FROM instances i "
                 "WHERE address IS NOT NULL AND prevent_further_allocation = 0 "
                 "AND last_heartbeat > ? AND cpu_free >= ? AND memory_free >= ? AND gpus_free >= ?",
                 (
@@ -96,15 +98,14 @@ class SqliteAllocationTable(TableReads, KeyedJobsAndLeases, RaffleEntries):
                     gpus_needed(resources),
                 ),
             ).fetchall()
-            free = {
-                record.instance_id: _Room(
-                    record.cpu_free,
-                    record.memory_free,
-                    record.gpus_free,
-                    dict(record.custom_free),
-                )
-                for record in (instance_from_row(r, 0) for r in rows)
+            records = {
+                record.instance_id: record
+                for record in (instance_from_row(r, r["n"]) for r in rows)
                 if instance_suits(record, resources)
+            }
+            free = {
+                iid: _Room(r.cpu_free, r.memory_free, r.gpus_free, dict(r.custom_free))
+                for iid, r in records.items()
             }
             for job_id in job_ids:
                 fitting = [
@@ -124,8 +125,20 @@ class SqliteAllocationTable(TableReads, KeyedJobsAndLeases, RaffleEntries):
                 room.take(resources)
                 self._insert_allocation(conn, job_id, iid, client_id, resources, description, now)
                 placed[job_id] = iid
-        records = {iid: self.get_instance(iid) for iid in set(placed.values())}
-        return {j: r for j, iid in placed.items() if (r := records[iid]) is not None}
+        # each instance's state after this transaction, without reading it again
+        jobs_placed = Counter(placed.values())
+        after = {
+            iid: replace(
+                records[iid],
+                cpu_free=free[iid].cpu,
+                memory_free=free[iid].memory,
+                gpus_free=free[iid].gpus,
+                custom_free=dict(free[iid].custom),
+                running_jobs=records[iid].running_jobs + count,
+            )
+            for iid, count in jobs_placed.items()
+        }
+        return {job_id: after[iid] for job_id, iid in placed.items()}
 
     def allocate_on_new_instance(
         self,
