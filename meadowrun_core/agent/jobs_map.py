@@ -7,6 +7,7 @@ import asyncio
 import logging
 import pickle
 import time
+from collections import deque
 
 from meadowrun_core import frames
 from meadowrun_core.agent.job_setup import CodeLoadError, prepare_worker, worker_gone
@@ -40,7 +41,18 @@ async def run_map_slot(
             # the worker streams one reply per task, so a death pins down its task
             await worker.send(state.signer, call, pickle.dumps([t.argument for t in in_flight]))
             pace.restart()
+            batches = deque([len(in_flight)])  # sizes of the batches sent, oldest first
             while in_flight:
+                # a second batch queued behind the running one while this instance has tasks
+                # to spare: the worker starts it as it replies, with no gap between batches
+                if (
+                    len(batches) == 1
+                    and not job.stopping.is_set()
+                    and (ahead := feeder.take_spare(pace.size))
+                ):
+                    await worker.send(state.signer, call, pickle.dumps([t.argument for t in ahead]))
+                    in_flight.extend(ahead)
+                    batches.append(len(ahead))
                 try:
                     # the worker runs a batch's tasks in turn: each is timed from the reply
                     # before it (or the batch's sending)
@@ -60,6 +72,7 @@ async def run_map_slot(
                     )
                     feeder.put_back(in_flight)  # not started: for the next worker
                     in_flight = []
+                    batches.clear()
                     state.pool.discard(worker)  # kills it: the task may be stuck anywhere
                     worker = None
                     worker = await prepare_worker(state, job, header["deployment"])
@@ -68,7 +81,10 @@ async def run_map_slot(
                 kind = "" if reply["ok"] else reply["stage"]
                 slot_seconds = pace.record(reply.get("seconds"))
                 feeder.complete(task, reply["ok"], payload, kind, job.job_id, slot_seconds)
-            worker.drain_output()
+                batches[0] -= 1
+                if not batches[0]:
+                    batches.popleft()
+                    worker.drain_output()
         state.pool.release(worker)
         if feeder.interrupted:
             return {"status": "interrupted", "message": "instance interruption notice"}

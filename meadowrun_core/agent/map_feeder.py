@@ -86,6 +86,12 @@ class MapFeeder:
             tasks.append(self.pending.popleft())
         return tasks
 
+    def take_spare(self, count: int) -> list[Task]:
+        """Up to ``count`` tasks at once, only from those beyond one for every slot here (a
+        slot queueing work ahead never leaves another slot waiting)."""
+        spare = min(count, len(self.pending) - self.slots)
+        return [self.pending.popleft() for _ in range(spare)] if spare > 0 else []
+
     def put_back(self, tasks: list[Task]) -> None:
         """Tasks a slot took but never started go to the front, for the next slot."""
         self.pending.extendleft(reversed(tasks))
