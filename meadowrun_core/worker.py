@@ -219,20 +219,14 @@ def _write_pid_file(path: Path) -> None:
     try:
         os.link(source, path)
     except FileExistsError:
-        if _same_file(path, source):  # a map slot's earlier batch named this process already
-            return
+        with contextlib.suppress(OSError):
+            if os.path.samefile(path, source):  # a map slot's earlier batch named us already
+                return
         path.unlink(missing_ok=True)  # an earlier attempt of the same job
         os.link(source, path)
     except OSError:  # no hard links here, or the source was removed: written the old way
         _pid_sources.pop(path.parent, None)  # (the next call writes a new source)
         _replace_text(path, str(os.getpid()))
-
-
-def _same_file(path: Path, source: Path) -> bool:
-    try:
-        return os.path.samestat(os.stat(path), os.stat(source))
-    except OSError:
-        return False
 
 
 def _replace_text(path: Path, text: str) -> None:

@@ -95,7 +95,7 @@ def twin_network() -> Iterator[TwinNetwork]:
 
 @contextlib.contextmanager
 def aws_twin_cloud(
-    network: TwinNetwork, scratch: Path
+    network: TwinNetwork, scratch: Path, lease: float = TWIN_LEASE_SECONDS
 ) -> Iterator[tuple[AwsTwinCloud, dict[str, str]]]:
     """Everything of the ``aws`` fixture on ``network``, in ``scratch``: moto on its gateway
     (an empty account) and the EC2 twin, and the environment a client needs to use them (the
@@ -114,7 +114,7 @@ def aws_twin_cloud(
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": REGION,
             "MEADOWRUN_AWS_PRICE_FIXTURE": str(FIXTURES),
-            "MEADOWRUN_LEASE_SECONDS": f"{TWIN_LEASE_SECONDS:g}",
+            "MEADOWRUN_LEASE_SECONDS": f"{lease:g}",
             "MEADOWRUN_VISIBILITY_TIMEOUT": "6",
             "MEADOWRUN_RECONCILE_INTERVAL": "0.5",
             "MEADOWRUN_HOME": str(scratch / "client-home"),
@@ -139,8 +139,8 @@ def aws(
     monkeypatch: pytest.MonkeyPatch,
     request: pytest.FixtureRequest,
 ) -> Iterator[AwsTwinCloud]:
-    with aws_twin_cloud(twin_network, tmp_path) as (cloud, environment):
+    lease = lease_seconds(request.node)
+    with aws_twin_cloud(twin_network, tmp_path, lease) as (cloud, environment):
         for name, value in environment.items():
             monkeypatch.setenv(name, value)
-        monkeypatch.setenv("MEADOWRUN_LEASE_SECONDS", f"{lease_seconds(request.node):g}")
         yield cloud

@@ -103,7 +103,10 @@ class AzureTwinCloud:
 
 @contextlib.contextmanager
 def azure_twin_cloud(
-    network: TwinNetwork, scratch: Path, azurite_debug_log: Path | None = None
+    network: TwinNetwork,
+    scratch: Path,
+    azurite_debug_log: Path | None = None,
+    lease: float = TWIN_LEASE_SECONDS,
 ) -> Iterator[tuple[AzureTwinCloud, dict[str, str]]]:
     """Everything of the ``azure`` fixture on ``network``, in ``scratch``: the cloud, and the
     environment a client needs to use it (the caller sets it; the fixture through
@@ -139,7 +142,7 @@ def azure_twin_cloud(
             "REQUESTS_CA_BUNDLE": ca,
             "SSL_CERT_FILE": ca,
             "AZURE_CONFIG_DIR": str(scratch / "no-azure-cli"),
-            "MEADOWRUN_LEASE_SECONDS": f"{TWIN_LEASE_SECONDS:g}",
+            "MEADOWRUN_LEASE_SECONDS": f"{lease:g}",
             "MEADOWRUN_VISIBILITY_TIMEOUT": "6",
             "MEADOWRUN_RECONCILE_INTERVAL": "0.5",
             "MEADOWRUN_HOME": str(scratch / "client-home"),
@@ -162,10 +165,10 @@ def azure(
     monkeypatch: pytest.MonkeyPatch,
     request: pytest.FixtureRequest,
 ) -> Iterator[AzureTwinCloud]:
-    with azure_twin_cloud(twin_network, tmp_path) as (cloud, environment):
+    lease = lease_seconds(request.node)
+    with azure_twin_cloud(twin_network, tmp_path, lease=lease) as (cloud, environment):
         for name, value in environment.items():
             monkeypatch.setenv(name, value)
         for name in UNSET_ENVIRONMENT:
             monkeypatch.delenv(name, raising=False)
-        monkeypatch.setenv("MEADOWRUN_LEASE_SECONDS", f"{lease_seconds(request.node):g}")
         yield cloud
