@@ -210,7 +210,6 @@ class Call(FunctionRef, total=False):
 
     type: Required[Literal["call"]]
     call_id: Required[str]  # the job id, echoed in the result
-    pid_file: Required[str]  # the worker writes its PID here first (the reconciler reads it)
     caller_cwd: Required[str | None]  # run in this directory's mirror if the code has one,
     workdir: Required[str]  # else here
 

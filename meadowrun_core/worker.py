@@ -184,9 +184,7 @@ class Worker:
             self.send(result, result_blob)
 
     def _call(self, header: frames.Call, blob: bytes) -> None:
-        pid_file = header.get("pid_file")
-        if pid_file:
-            _write_pid_file(Path(pid_file))
+        # (no PID file: the agent writes a function job's once it has run a while)
         result, result_blob = self.call(
             header, blob, caller_cwd=header.get("caller_cwd"), workdir=header.get("workdir")
         )

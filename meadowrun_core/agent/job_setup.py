@@ -63,18 +63,23 @@ async def prepare_worker(
     return worker
 
 
-# how long a function job runs before its worker's PID goes into the allocation table
+# how long a function job runs before its worker's PID goes into the allocation table and
+# its PID file
 RECORD_PID_AFTER_SECONDS = 0.05
 
 
-def record_pid_soon(state: AgentState, job_id: str, pid: int) -> None:
-    """Put the worker's PID in the table (``meadowrun jobs`` shows it) once the job has run
-    ``RECORD_PID_AFTER_SECONDS``: a short call has ended by then, which saves a write
-    transaction on its round trip (nothing else reads it: the reconciler goes by PID files)."""
+def record_pid_soon(state: AgentState, job: RunningJob, pid: int) -> None:
+    """Put the worker's PID in the table (``meadowrun jobs`` shows it) and in the job's PID
+    file (the reconciler's) once the job has run ``RECORD_PID_AFTER_SECONDS``: a short call
+    has ended by then, which saves a write transaction and two file operations on its round
+    trip. Until then nothing needs them: the agent itself runs the job (and frees it if the
+    worker dies), and the worker dies with the agent."""
 
     def record() -> None:
-        if job_id in state.jobs:
-            state.table.set_worker_pid(job_id, pid)
+        if state.jobs.get(job.job_id) is job:
+            state.folders.pid_file(job.job_id).write_text(str(pid))
+            job.has_pid_file = True
+            state.table.set_worker_pid(job.job_id, pid)
 
     asyncio.get_running_loop().call_later(RECORD_PID_AFTER_SECONDS, record)
 

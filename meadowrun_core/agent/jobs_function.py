@@ -35,7 +35,6 @@ async def run_function(
         **_function_ref(header),
         "type": "call",
         "call_id": job.job_id,
-        "pid_file": str(state.folders.pid_file(job.job_id)),
         # the worker runs the call in the mirror of the caller's working directory if it
         # has one, else in these (as a command runs)
         "caller_cwd": header.get("caller_cwd"),
@@ -50,7 +49,8 @@ async def run_function(
         state.pool.release(worker)
         return {"status": "failed", "stage": "load"}, failure_payload(exc)
     job.start_clock()
-    record_pid_soon(state, job.job_id, worker.pid)
+    job.has_pid_file = False
+    record_pid_soon(state, job, worker.pid)
     try:
         reply, payload = await worker.request(state.signer, call, blob)
     except WorkerDiedError as exc:

@@ -53,6 +53,8 @@ class RunningJob:
     output_log: deque[tuple[str, bytes]] = field(default_factory=deque)
     output_bytes: int = 0
     timeout: float | None = None  # seconds the call or command may run (``start_clock``)
+    # whether the job has a PID file to remove when it ends (a short function call has none)
+    has_pid_file: bool = True
     _timer: asyncio.TimerHandle | None = None
 
     def output(self, stream: str, data: bytes) -> None:

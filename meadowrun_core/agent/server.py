@@ -211,10 +211,11 @@ class Agent:
                     )
                 state.table.record_job_final(header["job_key"], json.dumps(final), payload_key)
             del state.jobs[job_id]
-            state.folders.pid_file(job_id).unlink(missing_ok=True)
             state.last_activity = time.monotonic()
         for subscriber in job.subscribers:
             subscriber.send(final, payload)
+        if job.has_pid_file:  # (after the final frame: the reconciler cannot run in between)
+            state.folders.pid_file(job_id).unlink(missing_ok=True)
 
     async def _run_kind(
         self, job: RunningJob, header: frames.Run, blob: bytes

@@ -47,6 +47,7 @@ class CapacitySignal:
 
     def __init__(self) -> None:
         self._condition: asyncio.Condition | None = None
+        self._waiting = 0  # (every job's end notifies: nothing to do while nobody waits)
 
     def _get(self) -> asyncio.Condition:
         if self._condition is None:
@@ -56,10 +57,16 @@ class CapacitySignal:
     async def wait(self, timeout: float) -> None:
         condition = self._get()
         async with condition:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(condition.wait(), timeout)
+            self._waiting += 1
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(condition.wait(), timeout)
+            finally:
+                self._waiting -= 1
 
     async def notify(self) -> None:
+        if not self._waiting:
+            return
         condition = self._get()
         async with condition:
             condition.notify_all()

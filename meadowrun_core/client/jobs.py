@@ -3,6 +3,7 @@ instance (run and followed by ``job_events.run_job``)."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,17 @@ from meadowrun_core.client.runtime import ClientRuntime
 from meadowrun_core.deployment.spec import PreparedDeployment
 from meadowrun_core.exceptions import CommandResult
 from meadowrun_core.resources import Resources
+
+
+def caller_cwd() -> str:
+    """The caller's working directory with symlinks resolved (resolved once per directory:
+    every job sends it)."""
+    return _resolved(os.getcwd())
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(path: str) -> str:
+    return os.path.realpath(path)
 
 
 async def function_job(
@@ -31,7 +43,7 @@ async def function_job(
     header: dict[str, Any] = {
         "kind": "function",
         "deployment": deployment.to_json(),
-        "caller_cwd": os.path.realpath(os.getcwd()),  # run in its mirror, as commands do
+        "caller_cwd": caller_cwd(),  # run in its mirror, as commands do
         **function_ref,
     }
     if timeout is not None:
@@ -58,7 +70,7 @@ async def command_job(
         "deployment": deployment.to_json(),
         "args": args,
         "environment": environment,
-        "caller_cwd": os.path.realpath(os.getcwd()),
+        "caller_cwd": caller_cwd(),
     }
     if timeout is not None:
         header["timeout"] = timeout

@@ -186,9 +186,14 @@ class PreparedDeployment:
         )
 
     def key(self) -> str:
-        """Workers are reused only between jobs with an identical deployment."""
-        raw = json.dumps(self.to_json(), sort_keys=True).encode()
-        return hashlib.sha256(raw).hexdigest()[:16]
+        """Workers are reused only between jobs with an identical deployment. (Worked out once
+        per object: the agent asks twice per job.)"""
+        known: str | None = self.__dict__.get("_key")
+        if known is None:
+            raw = json.dumps(self.to_json(), sort_keys=True).encode()
+            known = hashlib.sha256(raw).hexdigest()[:16]
+            object.__setattr__(self, "_key", known)  # frozen: not a field, no effect on ==
+        return known
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from meadowrun_core.config import Settings, meadowrun_home
@@ -57,9 +58,10 @@ class LocalBackend:
             secrets=LocalSecretStore(home),
         )
 
-    @property
+    @cached_property
     def key(self) -> str:
         # the key's fingerprint too: a home deleted and recreated (a new key) shares no caches
+        # (a backend's home and key never change: worked out once, as every job reads it)
         return f"local:{self.home}:{self.signer.mac(b'backend key').hex()[:12]}"
 
     @property
