@@ -29,7 +29,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.load import CpuMeter, background_load, wait_until_quiet
+from bench.load import CpuMeter, background_load, machine_cpu_seconds, wait_until_quiet
 from bench.report import (
     Report,
     machine_description,
@@ -100,16 +100,21 @@ def measure_cold_start(system: System) -> float:
     return seconds
 
 
-def measure_round_trip(system: System, config: Config) -> tuple[float, float]:
-    """(p50, p95) in ms of ``call`` after ``warmup_calls`` untimed calls."""
+def measure_round_trip(system: System, config: Config) -> tuple[float, float, float]:
+    """(p50, p95) in ms of ``call`` after ``warmup_calls`` untimed calls, and the machine's
+    CPU per call in microseconds (every process of the system: the figure that decides the
+    round trip when they run one after another, and that shifts less than the latency with
+    the machine's scheduling)."""
     for i in range(config.warmup_calls):
         system.call(i)
     samples = []
+    cpu_before = machine_cpu_seconds()
     for i in range(config.warm_calls):
         seconds, result = timed(partial(system.call, i))
         expect(result == i, f"call({i}) returned {result!r}")
         samples.append(seconds * 1000)
-    return percentile(samples, 50), percentile(samples, 95)
+    cpu_us = (machine_cpu_seconds() - cpu_before) / config.warm_calls * 1e6
+    return percentile(samples, 50), percentile(samples, 95), cpu_us
 
 
 def measure_noop_map(system: System, config: Config) -> float:
@@ -158,8 +163,8 @@ def measure(system: System, config: Config, quiet_wait: float) -> Outcome:
         meter.start()
         record(outcome, system, cold_start_s=measure_cold_start(system))
         if "warm" in config.parts:
-            p50, p95 = measure_round_trip(system, config)
-            record(outcome, system, warm_p50_ms=p50, warm_p95_ms=p95)
+            p50, p95, cpu_us = measure_round_trip(system, config)
+            record(outcome, system, warm_p50_ms=p50, warm_p95_ms=p95, warm_cpu_us=cpu_us)
         if "noop" in config.parts:
             record(outcome, system, noop_tasks_per_s=measure_noop_map(system, config))
         if "cpu" in config.parts:

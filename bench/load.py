@@ -13,6 +13,13 @@ from dataclasses import dataclass, field
 import psutil
 
 
+def machine_cpu_seconds() -> float:
+    """CPU seconds the whole machine has run anything since boot (every process and the
+    kernel's own work; not time the hypervisor gave to other machines)."""
+    t = psutil.cpu_times()
+    return sum(getattr(t, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq"))
+
+
 def _busy_cpu_seconds() -> float:
     """CPU seconds the whole machine has spent busy (steal included) since boot."""
     t = psutil.cpu_times()
