@@ -1,16 +1,14 @@
-"""The Azure Resource Manager part of the Azure twin: compute SKUs and virtual machines, in
-memory (network resources: ``azure_twin_network.py``; security groups, which a VM's NIC
-configuration may name: ``azure_twin_nsg.py``; operations: ``azure_twin_lro.py``; what
-install makes: ``azure_twin_resources.py``, ``azure_twin_keyvault.py``; roles:
-``azure_twin_rbac.py``; the manager's Function App: ``azure_twin_web.py``). A VM's
+"""The Azure Resource Manager part of the Azure twin: virtual machines, in memory (compute
+SKUs: ``azure_twin_skus.py``; network resources: ``azure_twin_network.py``; security
+groups, which a VM's NIC configuration may name: ``azure_twin_nsg.py``; operations:
+``azure_twin_lro.py``; what install makes: ``azure_twin_resources.py``,
+``azure_twin_keyvault.py``; roles: ``azure_twin_rbac.py``; the manager's Function App:
+``azure_twin_web.py``). A VM's
 ``identity`` comes back with its principals filled in.
 
 Shapes follow the Compute REST reference and the examples in ``Azure/azure-rest-api-specs``
 (``specification/compute/resource-manager/Microsoft.Compute``):
 
-* Resource Skus - List (``GET /subscriptions/{s}/providers/Microsoft.Compute/skus``,
-  ``$filter=location eq '<loc>'``; ``Skus/stable/2021-07-01/examples/skus/
-  ListAvailableResourceSkusForARegion.json``): the rows of a fixture, paged by ``nextLink``;
 * Virtual Machines - Create Or Update, Get, List, Delete (``ComputeRP/stable/2024-07-01/
   examples/virtualMachineExamples/VirtualMachine_Create_WithNetworkInterfaceConfiguration
   DnsSettings.json``, ``VirtualMachine_Get.json``, ``VirtualMachine_List_MinimumSet_Gen.json``):
@@ -40,7 +38,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
 
 from tests import azure_twin_resources
 from tests.azure_twin_http import ARM_SCOPE, Request, Response, error, no_group, not_found
@@ -50,6 +47,7 @@ from tests.azure_twin_network import network_resources, nic_refs, subnet_ids
 from tests.azure_twin_nsg import NsgTwin, missing_reference
 from tests.azure_twin_quota import capabilities, quota_error
 from tests.azure_twin_rbac import vm_identity
+from tests.azure_twin_skus import SkuCatalog
 from tests.azure_twin_web import WebTwin
 
 _SUB = r"/subscriptions/(?P<sub>[^/]+)"
@@ -115,9 +113,8 @@ class ArmTwin:
         retry_after: int = 0,
         provision_seconds: float = 0.0,
     ) -> None:
-        self.skus = skus
+        self.sku_catalog = SkuCatalog(skus, sku_page_size)
         self.subscription = subscription
-        self.sku_page_size = sku_page_size
         self.provision_seconds = provision_seconds
         self.operations = Operations(subscription, retry_after)
         self.on_vm_created: list[Callable[[TwinVm], str | None]] = []
@@ -133,6 +130,10 @@ class ArmTwin:
         self._faults: list[_Fault] = []
         self._quotas: dict[str, int] = {}  # family or "lowPriority" -> cores
         self._next_ip = 4
+
+    @property
+    def skus(self) -> list[dict[str, Any]]:
+        return self.sku_catalog.skus
 
     # --- test controls -------------------------------------------------------------------
     def add_resource_group(self, name: str, location: str) -> None:
@@ -187,7 +188,7 @@ class ArmTwin:
                 f"The subscription '{path.split('/')[2]}' could not be found.",
             )
         if _SKUS.fullmatch(path) and method == "GET":
-            return self._list_skus(request)
+            return self.sku_catalog.list(request)
         if (m := _OP.fullmatch(path)) and method == "GET":
             return self.operations.answer(m["op"], query.get("monitor") == "true")
         if (m := _VMS.fullmatch(path)) and method == "GET":
@@ -221,29 +222,6 @@ class ArmTwin:
             return Response(200, found)
         return error(400, "InvalidResourceType", f"The twin does not serve {method} {path}.")
 
-    def _list_skus(self, request: Request) -> Response:
-        where = re.fullmatch(r"\s*location\s+eq\s+'([^']+)'\s*", request.query.get("$filter", ""))
-        rows = [s for s in self.skus if where is None or _offered(s, where[1])]
-        start = int(request.query.get("$skiptoken") or 0)
-        page = rows[start : start + self.sku_page_size]
-        next_link = None
-        if start + self.sku_page_size < len(rows):
-            query = {k: v for k, v in request.query.items() if k != "$skiptoken"}
-            query["$skiptoken"] = str(start + len(page))
-            next_link = f"{request.base_url}{request.path}?{urlencode(query)}"
-        return Response(200, {"value": page, "nextLink": next_link})
-
-    def _sku(self, name: str, location: str) -> dict[str, Any] | None:
-        """The size's SKU if ``location`` offers it without restriction."""
-        for sku in self.skus:
-            if sku["name"].lower() == name.lower() and _offered(sku, location):
-                for restriction in sku.get("restrictions", []):
-                    values = [v.lower() for v in restriction.get("values", [])]
-                    if restriction.get("type") == "Location" and location.lower() in values:
-                        return None
-                return sku
-        return None
-
     def _create(self, request: Request, rg: str, name: str) -> Response:
         body = request.json() or {}
         props = body.get("properties") or {}
@@ -269,7 +247,7 @@ class ArmTwin:
         with self._lock:
             if (rg.lower(), name.lower()) in self._vms:
                 return error(409, "Conflict", f"The twin does not update VMs; '{name}' exists.")
-        sku = self._sku(size, location)
+        sku = self.sku_catalog.offered(size, location)
         fault = self._take_fault(size, priority)
         if sku is None or (fault and fault.code == "SkuNotAvailable"):
             return error(
@@ -284,7 +262,7 @@ class ArmTwin:
             return error(409, "SkuNotAvailable", f"The VM size {size} is not available for Spot.")
         with self._lock:
             live = [(v.size, v.priority) for v in self._vms.values() if v.state != "Failed"]
-        quota = quota_error(self._quotas, sku, priority, location, live, self._sku)
+        quota = quota_error(self._quotas, sku, priority, location, live, self.sku_catalog.offered)
         if quota is None and fault and fault.code == "OperationNotAllowed":
             quota = "Operation could not be completed as it results in exceeding approved "
             quota += "Total Regional Cores quota."
@@ -404,7 +382,3 @@ class ArmTwin:
                 self._net.pop(key, None)
         for callback in self.on_vm_deleted:
             callback(vm)
-
-
-def _offered(sku: dict[str, Any], location: str) -> bool:
-    return location.lower() in [loc.lower() for loc in sku.get("locations", [])]

@@ -9,26 +9,20 @@ replaces slots that die or are interrupted while tasks remain.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import pickle
-import sys
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
-
 from meadowrun_core import frames
 from meadowrun_core.backend import Backend
 from meadowrun_core.client.allocation import allocate
 from meadowrun_core.client.job_events import damaged_object, run_on_instance
+from meadowrun_core.client.map_progress import progress_bar
 from meadowrun_core.client.memory_retry import OUT_OF_MEMORY_KINDS, bigger_wave, more_memory
-from meadowrun_core.client.payload import (
-    repair,
-)
+from meadowrun_core.client.payload import repair
 from meadowrun_core.client.result_cache import MapCache
 from meadowrun_core.client.results import failure_exception
 from meadowrun_core.client.runtime import ClientRuntime
@@ -59,14 +53,6 @@ def tasks_per_message(num_tasks: int, workers: int) -> int:
     """Batch tiny tasks so queue traffic stays small, but keep ~16 batches per worker so that
     the last batches still balance across workers."""
     return max(1, min(MAX_TASKS_PER_MESSAGE, num_tasks // (workers * 16)))
-
-
-def _prints_logs(logger: logging.Logger) -> bool:
-    """Whether ``logger`` has a handler writing to the terminal (stdout or stderr)."""
-    return any(
-        isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr)
-        for h in logger.handlers
-    )
 
 
 class MapJob:
@@ -197,48 +183,37 @@ class MapJob:
         await asyncio.to_thread(queues.create_queue, self.request_queue)
         await asyncio.to_thread(queues.create_queue, self.result_queue)
         finished = False
-        show = sys.stderr.isatty() if self.progress is None else bool(self.progress)
-        redirect = contextlib.ExitStack()
-        if show and _prints_logs(logging.getLogger()):
-            # log records printed meanwhile go above the bar instead of through it (only
-            # where logging prints: the redirection would otherwise add a handler, and job
-            # output, printed as it is where logging is not configured, would be dropped)
-            redirect.enter_context(logging_redirect_tqdm())
-        progress = tqdm(
-            total=len(self.arguments), desc=self.description, disable=not show, leave=False
-        )
-        progress.update(len(self.reported))
-        try:
-            tasks = [
-                (i, self.first_attempts.get(i, 1), a)
-                for i, a in enumerate(self.arguments)
-                if i not in self.reported
-            ]
-            self.attempts = {task_id: attempt for task_id, attempt, _ in tasks}
-            await self.enqueue(tasks)
-            await self.start_slots(minimum=1)
-            while len(self.reported) < len(self.arguments):
-                if self._receiving is None:
-                    self._receiving = asyncio.create_task(self._receive())
-                await asyncio.wait(
-                    [self._receiving, *self.slots.values()],
-                    timeout=TOP_UP_INTERVAL_SECONDS,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if self._receiving.done():
-                    decoded, self._receiving = self._receiving.result(), None
-                    batch = []
-                    for results in decoded:
-                        batch.extend(await self.handle(results))
-                    if batch:
-                        progress.update(len(batch))
-                        yield batch
-                await self.check_slots()
-            finished = True
-        finally:
-            progress.close()
-            redirect.close()
-            await asyncio.shield(self.cleanup(kill=not finished))
+        with progress_bar(len(self.arguments), self.description, self.progress) as progress:
+            progress.update(len(self.reported))
+            try:
+                tasks = [
+                    (i, self.first_attempts.get(i, 1), a)
+                    for i, a in enumerate(self.arguments)
+                    if i not in self.reported
+                ]
+                self.attempts = {task_id: attempt for task_id, attempt, _ in tasks}
+                await self.enqueue(tasks)
+                await self.start_slots(minimum=1)
+                while len(self.reported) < len(self.arguments):
+                    if self._receiving is None:
+                        self._receiving = asyncio.create_task(self._receive())
+                    await asyncio.wait(
+                        [self._receiving, *self.slots.values()],
+                        timeout=TOP_UP_INTERVAL_SECONDS,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    if self._receiving.done():
+                        decoded, self._receiving = self._receiving.result(), None
+                        batch = []
+                        for results in decoded:
+                            batch.extend(await self.handle(results))
+                        if batch:
+                            progress.update(len(batch))
+                            yield batch
+                    await self.check_slots()
+                finished = True
+            finally:
+                await asyncio.shield(self.cleanup(kill=not finished))
         if self.memory_retries:  # this wave's slots are gone: room for bigger ones
             async for batch in bigger_wave(self):
                 yield batch
