@@ -43,7 +43,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 from tests.azure_twin_arm import ArmTwin
 from tests.azure_twin_graph import GraphTwin
@@ -55,6 +54,7 @@ from tests.azure_twin_http import (
     TwinServer,
     error,
     make_token,
+    page_of,
 )
 from tests.azure_twin_rbac import SECRETS_OFFICER, Rbac, assignment, owner_assignment
 from tests.azure_twin_tls import make_certificate
@@ -206,13 +206,7 @@ class AzureTwin:
         if "priceType" in terms:  # the filter's name for the rows' "type"
             terms["type"] = terms.pop("priceType")
         rows = [r for r in self.price_rows if all(str(r.get(k)) == v for k, v in terms.items())]
-        skip = int(request.query.get("$skip") or 0)
-        page = rows[skip : skip + self.prices_page_size]
-        next_link = None
-        if skip + self.prices_page_size < len(rows):
-            query = {k: v for k, v in request.query.items() if k != "$skip"}
-            query["$skip"] = str(skip + len(page))
-            next_link = f"{self.prices_url}?{urlencode(query)}"
+        page, next_link = page_of(rows, request, "$skip", self.prices_page_size, self.prices_url)
         body = {
             "BillingCurrency": "USD",
             "CustomerEntityId": "Default",

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from azure.core.credentials import AccessToken
 
@@ -105,6 +105,21 @@ Handler = Callable[[Request], Response | None]  # None: not mine
 def error(status: int, code: str, message: str, **headers: str) -> Response:
     """ARM's and Key Vault's error body (ARM "Common error response": error.code/message)."""
     return Response(status, {"error": {"code": code, "message": message}}, dict(headers))
+
+
+def page_of(
+    rows: list[Any], request: Request, token: str, size: int, url: str
+) -> tuple[list[Any], str | None]:
+    """The page of ``rows`` that the request's ``token`` query parameter (an offset) asks
+    for, and the link to the next page (``url`` with the same query and the next offset),
+    None on the last: how the list APIs the twin serves page their answers."""
+    start = int(request.query.get(token) or 0)
+    page = rows[start : start + size]
+    if start + size >= len(rows):
+        return page, None
+    query = {k: v for k, v in request.query.items() if k != token}
+    query[token] = str(start + len(page))
+    return page, f"{url}?{urlencode(query)}"
 
 
 def no_group(rg: str) -> Response:

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import urlencode
 
-from tests.azure_twin_http import Request, Response
+from tests.azure_twin_http import Request, Response, page_of
 
 
 class SkuCatalog:
@@ -20,13 +19,8 @@ class SkuCatalog:
     def list(self, request: Request) -> Response:
         where = re.fullmatch(r"\s*location\s+eq\s+'([^']+)'\s*", request.query.get("$filter", ""))
         rows = [s for s in self.skus if where is None or _offered(s, where[1])]
-        start = int(request.query.get("$skiptoken") or 0)
-        page = rows[start : start + self.page_size]
-        next_link = None
-        if start + self.page_size < len(rows):
-            query = {k: v for k, v in request.query.items() if k != "$skiptoken"}
-            query["$skiptoken"] = str(start + len(page))
-            next_link = f"{request.base_url}{request.path}?{urlencode(query)}"
+        url = f"{request.base_url}{request.path}"
+        page, next_link = page_of(rows, request, "$skiptoken", self.page_size, url)
         return Response(200, {"value": page, "nextLink": next_link})
 
     def offered(self, name: str, location: str) -> dict[str, Any] | None:
