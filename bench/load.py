@@ -12,20 +12,24 @@ from dataclasses import dataclass, field
 
 import psutil
 
+# the kinds of CPU time /proc/stat counts as running something
+_RUNNING = ("user", "nice", "system", "irq", "softirq")
+
 
 def machine_cpu_seconds() -> float:
     """CPU seconds the whole machine has run anything since boot (every process and the
     kernel's own work; not time the hypervisor gave to other machines)."""
-    t = psutil.cpu_times()
-    return sum(getattr(t, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq"))
+    return _cpu_seconds(*_RUNNING)
 
 
 def _busy_cpu_seconds() -> float:
     """CPU seconds the whole machine has spent busy (steal included) since boot."""
+    return _cpu_seconds(*_RUNNING, "steal")
+
+
+def _cpu_seconds(*kinds: str) -> float:
     t = psutil.cpu_times()
-    return sum(
-        getattr(t, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq", "steal")
-    )
+    return sum(getattr(t, kind, 0.0) for kind in kinds)
 
 
 def _own_cpu_seconds() -> float:
