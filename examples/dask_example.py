@@ -59,7 +59,9 @@ def main() -> None:
         log.info("dask.dataframe groupby: %s", means.sort_index().round(3).to_dict())
 
         cluster.scale(1)
-        while len(client.scheduler_info()["workers"]) > 1:
+        # the cluster's own view, fed by the scheduler's worker events (client.scheduler_info()
+        # can come back without workers when the client's periodic refresh lands in between)
+        while len(cluster.scheduler_info["workers"]) > 1:
             time.sleep(0.2)
         log.info("scaled down to 1 worker; its allocation is freed")
     log.info("closed: every scheduler and worker job has ended")

@@ -32,6 +32,7 @@ from meadowrun_core.config import meadowrun_home
 from meadowrun_core.local import admin
 from meadowrun_core.local.allocation_table import SqliteAllocationTable
 from meadowrun_dask import MeadowCluster
+from tests.dask_workers import scheduler_workers
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -51,7 +52,7 @@ def _wait(condition: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 def _n_workers(client: Client) -> int:
-    return len(client.scheduler_info(n_workers=-1)["workers"])
+    return len(scheduler_workers(client))
 
 
 def _job_pids() -> set[int]:
@@ -102,7 +103,7 @@ def test_array_dataframe_scale_and_close_leave_nothing(
         key_text = cluster.security.tls_client_key
         assert key_text and "PRIVATE KEY" in key_text
         assert cluster.scheduler_address.startswith("tls://")
-        assert all(a.startswith("tls://") for a in client.scheduler_info()["workers"])
+        assert all(a.startswith("tls://") for a in scheduler_workers(client))
 
         x = da.arange(1_000_000, chunks=100_000)
         assert (x * x).sum().compute() == int((np.arange(1_000_000) ** 2).sum())
@@ -194,16 +195,16 @@ def test_worker_sigkilled_mid_computation_is_replaced(local_cloud: Path) -> None
         x = da.random.RandomState(0).random((1200, 1200), chunks=(200, 200))
         expected = float(x.sum().compute())
         future = client.compute(x.map_blocks(_slow_block).sum())
-        victim = next(iter(client.scheduler_info()["workers"]))
+        victim = next(iter(scheduler_workers(client)))
         _wait(lambda: client.processing().get(victim), 30, "work on the victim")
-        victim_name = client.scheduler_info()["workers"][victim]["name"]
+        victim_name = scheduler_workers(client)[victim]["name"]
         pid = client.run(os.getpid, workers=[victim])[victim]
         os.kill(pid, signal.SIGKILL)
 
         assert future.result(timeout=120) == pytest.approx(expected)
         # the scale target holds: a new worker, under a new name, takes the dead one's place
         client.wait_for_workers(2, timeout=60)
-        names = {w["name"] for w in client.scheduler_info()["workers"].values()}
+        names = {w["name"] for w in scheduler_workers(client).values()}
         assert victim_name not in names and len(names) == 2
         assert len(cluster.worker_spec) == 2
         assert any("starting" in line for _, line in cluster._cluster_manager_logs)
@@ -226,7 +227,7 @@ def test_spot_interruption_moves_the_workers_data(local_cloud: Path) -> None:
         admin.interrupt(instance_id, notice_delay)
         deadline = time.time() + notice_delay
         _wait(
-            lambda: victim not in client.scheduler_info()["workers"],
+            lambda: victim not in scheduler_workers(client),
             notice_delay,
             "the victim to retire",
         )

@@ -17,6 +17,7 @@ from distributed import Client
 
 import meadowrun_core as mr
 from meadowrun_dask import MeadowCluster
+from tests.dask_workers import scheduler_workers
 from tests.waiting import local_table
 
 pytestmark = pytest.mark.timeout(240)
@@ -36,7 +37,7 @@ def test_defaults_fit_a_two_cpu_machine_and_workers_are_registered_on_return(
         # registered when the constructor returns, as LocalCluster's are
         assert len(client.run(lambda: 1)) == 2
         assert _nthreads(cluster) == [1, 1]
-        assert len(client.scheduler_info()["workers"]) == 2
+        assert len(scheduler_workers(client)) == 2
         limits = {w["memory_limit"] for w in cluster.scheduler_info["workers"].values()}
         assert limits == {int(3.5 * 2**30 * 0.9)}
         assert client.submit(sum, [1, 2]).result(timeout=30) == 3

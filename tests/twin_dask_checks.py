@@ -14,6 +14,7 @@ from typing import Any
 import dask.array as da
 
 from tests import twin_workloads as work
+from tests.dask_workers import scheduler_workers
 from tests.waiting import wait_until
 
 
@@ -26,7 +27,7 @@ def check_cluster_through_ssh(cluster: Any, client: Any, subnet: Any) -> None:
     computation, the dashboard, scaling up and down."""
     client.wait_for_workers(2, timeout=240)
     assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
-    workers = client.scheduler_info()["workers"]
+    workers = scheduler_workers(client)
     for address in [cluster.scheduler.address, *workers]:
         assert address.startswith("tls://"), address
         assert ipaddress.ip_address(host_of(address)) in subnet, address
@@ -38,7 +39,7 @@ def check_cluster_through_ssh(cluster: Any, client: Any, subnet: Any) -> None:
     cluster.scale(3)
     client.wait_for_workers(3, timeout=240)
     cluster.scale(2)
-    wait_until(lambda: len(client.scheduler_info()["workers"]) == 2, 60, "scale down to 2")
+    wait_until(lambda: len(scheduler_workers(client)) == 2, 60, "scale down to 2")
 
 
 def check_eviction_moves_data(cluster: Any, client: Any, evict: Callable[[str], object]) -> None:
@@ -50,5 +51,5 @@ def check_eviction_moves_data(cluster: Any, client: Any, evict: Callable[[str], 
     holders = [w for w, keys in client.has_what().items() if keys]
     victim = next(w for w in holders if not w.startswith(f"tls://{scheduler_ip}:"))
     evict(host_of(victim))
-    wait_until(lambda: victim not in client.scheduler_info()["workers"], 90, "the victim to retire")
+    wait_until(lambda: victim not in scheduler_workers(client), 90, "the victim to retire")
     assert client.gather(futures) == before  # moved, not recomputed
