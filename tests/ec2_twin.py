@@ -29,8 +29,12 @@ import json
 import logging
 import os
 import secrets
+import sys
 import tempfile
 import threading
+import time
+import traceback
+import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -44,6 +48,17 @@ from tests.twin_hosts import IngressRule, TwinHost, TwinNetwork
 _log = logging.getLogger(__name__)
 
 _POLL_SECONDS = 0.2
+# Closing takes ~2 s; in full CI runs (only there) it has taken 30-50 s. Past this, the close
+# says where it is through a warning, which pytest's summary prints for passing tests too.
+_SLOW_CLOSE_SECONDS = 8.0
+
+
+def _warn_slow(what: str, thread: threading.Thread | None) -> None:
+    frame = sys._current_frames().get(thread.ident or 0) if thread is not None else None
+    stack = "".join(traceback.format_stack(frame)[-8:]) if frame is not None else ""
+    warnings.warn(f"{what}\n{stack}", stacklevel=2)
+
+
 _UP_STATES = frozenset({"pending", "running"})
 
 
@@ -106,11 +121,17 @@ class Ec2Twin:
             self._threads.append(thread)
 
     def close(self) -> None:
+        started = time.monotonic()
         with self._lock:
             self._closed = True
             self._lock.notify_all()
         for thread in self._threads[1:]:
-            thread.join(timeout=30)
+            thread.join(timeout=_SLOW_CLOSE_SECONDS)
+            if thread.is_alive():  # say what it is stuck in, then give it the rest
+                _warn_slow(
+                    f"the {thread.name} thread is busy after {_SLOW_CLOSE_SECONDS} s in", thread
+                )
+                thread.join(timeout=30 - _SLOW_CLOSE_SECONDS)
         self._server.shutdown()
         self._server.server_close()
         with self._lock:
@@ -118,6 +139,8 @@ class Ec2Twin:
             self._hosts.clear()
         for host in hosts:
             self.network.release(host)
+        if time.monotonic() - started > _SLOW_CLOSE_SECONDS:
+            _warn_slow(f"closing the EC2 twin took {time.monotonic() - started:.1f} s", None)
 
     def __enter__(self) -> Ec2Twin:
         self.start()
