@@ -48,6 +48,7 @@ from tests.twin_cloud_init import (
     disk_path,
     lay_disk,
 )
+from tests.twin_disks import SHREDDER
 
 _log = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ class TwinNetwork:
         for host in list(self._hosts.values()):
             self.release(host)
         run("ip", "link", "del", self.bridge, check=False)
+        SHREDDER.wait()
 
 
 def remove_stale(tag: str) -> None:
@@ -339,24 +341,15 @@ class TwinHost:
         ``/var`` (cloud-init's and the bootstrap's logs, a few KB) stays for a failing test to
         print, as a real account keeps the console output a while; the rest (the agent's venv,
         job environments: ~450 MB a host) would pile up over a test run until the disk is full.
+        It leaves the disk at once and is deleted in the background (tests/twin_disks.py).
         """
         if not self.disk_dir.exists():
             return
-        for entry in self.disk_dir.iterdir():
-            if entry.name in _KEPT_AFTER_POWER_OFF:
-                continue
-            _remove(entry)
-        _remove(self.disk_dir / "var" / "tmp")
+        gone = [e for e in self.disk_dir.iterdir() if e.name not in _KEPT_AFTER_POWER_OFF]
+        SHREDDER.discard(self.disk_dir, [*gone, self.disk_dir / "var" / "tmp"])
 
 
 _KEPT_AFTER_POWER_OFF = frozenset({"init.log", "var"})
-
-
-def _remove(path: Path) -> None:
-    if path.is_symlink() or not path.is_dir():
-        path.unlink(missing_ok=True)
-    else:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _checkout_root() -> Path:
