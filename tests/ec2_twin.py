@@ -48,8 +48,10 @@ from tests.twin_hosts import IngressRule, TwinHost, TwinNetwork
 _log = logging.getLogger(__name__)
 
 _POLL_SECONDS = 0.2
-# Closing takes ~2 s; in full CI runs (only there) it has taken 30-50 s. Past this, the close
-# says where it is through a warning, which pytest's summary prints for passing tests too.
+_UP_STATES = frozenset({"pending", "running"})
+# Closing takes 1-2 s. In CI it once took 30-50 s, unseen until the close said where it was
+# (deleting powered-off hosts' disks in line: now tests/twin_disks.py). Past this it says so
+# again, through a warning, which pytest's summary prints for passing tests too.
 _SLOW_CLOSE_SECONDS = 8.0
 
 
@@ -57,9 +59,6 @@ def _warn_slow(what: str, thread: threading.Thread | None) -> None:
     frame = sys._current_frames().get(thread.ident or 0) if thread is not None else None
     stack = "".join(traceback.format_stack(frame)[-8:]) if frame is not None else ""
     warnings.warn(f"{what}\n{stack}", stacklevel=2)
-
-
-_UP_STATES = frozenset({"pending", "running"})
 
 
 class Ec2Twin:
