@@ -74,6 +74,13 @@ class RunFunction(_RunCommon, FunctionRef, total=False):
 
     kind: Required[Literal["function"]]
     arguments_key: str
+    # seconds the agent may keep the call's room for this connection's next call of the same
+    # shape once it ends (its final frame says ``held``): a blocking caller's back-to-back
+    # calls skip a placement and a deallocation (``agent/held_rooms.py``)
+    hold: float
+    # run in the room this connection's previous call left held under the same ``job_id``;
+    # refused with ``hold_lapsed`` when the agent has given that room back meanwhile
+    reuse: bool
 
 
 class RunCommand(_RunCommon, total=False):
@@ -170,7 +177,8 @@ class JobOutcome(TypedDict, total=False):
 
 
 class Final(JobOutcome, total=False):
-    """Agent -> client, a job's last frame: how it ended (after its allocation was freed).
+    """Agent -> client, a job's last frame: how it ended (after its allocation was freed, or
+    ``held`` for the client's next call).
     Payload: succeeded: the pickled result (empty with ``result_key``); failed: the pickled
     ``(exception or None, traceback text)``; otherwise empty. A keyed job's final header is
     also kept, as JSON, in its job-key record (``record_job_final``), and clients write
@@ -180,6 +188,8 @@ class Final(JobOutcome, total=False):
     job_id: Required[str]
     kind: str  # the run frame's kind; absent when refused or unknown
     output_key: str  # keyed jobs: the kept output, a pickled list of (stream, bytes)
+    held: bool  # the room stays allocated for the client's next call (``RunFunction.hold``)
+    hold_lapsed: bool  # refused: the held room of a ``reuse`` run was already given back
 
 
 AgentFrame = Output | Report | Final

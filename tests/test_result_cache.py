@@ -29,6 +29,7 @@ from meadowrun_core.cli import app
 from meadowrun_core.client.runtime import ClientRuntime
 from meadowrun_core.local import admin
 from meadowrun_core.local.collect import CLEAN_OBJECT_GRACE_SECONDS, OBJECT_MAX_AGE_SECONDS
+from tests.waiting import wait_until
 
 SOURCE = Path(__file__).parent / "cache_workloads.py"
 
@@ -95,7 +96,10 @@ def test_same_call_twice_returns_the_cached_result_without_launching(ws: Workspa
     assert asyncio.run(again) == 42
     assert ws.ran() == [21] and _jobs_run() == 1
     assert call() == 42  # the default, cache=False, always runs
-    assert ws.ran() == [21, 21] and _jobs_run() == 2
+    assert ws.ran() == [21, 21]
+    # (back to back with the call before: its room, and so its history row, is held a moment
+    # for a next call, client/held_rooms.py)
+    wait_until(lambda: _jobs_run() == 2, 5, "the second run's room to be given back")
 
 
 def test_changed_argument_code_or_deployment_runs_again(ws: Workspace) -> None:

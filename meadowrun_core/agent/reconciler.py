@@ -13,6 +13,7 @@ from typing import Any
 
 import psutil
 
+from meadowrun_core.agent import held_rooms
 from meadowrun_core.agent.process_memory import tree_rss
 from meadowrun_core.agent.state import AgentState
 from meadowrun_core.exceptions import StateGoneError
@@ -69,6 +70,8 @@ class Reconciler:
             if job is not None:
                 log.info("client lease of job %s expired; stopping it", alloc.job_id)
                 job.kill("the client's lease expired (client gone)", "lease_expired")
+            elif alloc.job_id in state.held:
+                held_rooms.release(state, alloc.job_id)
             elif time.time() - alloc.created > state.settings.lease_seconds:
                 state.table.deallocate(alloc.job_id, "client lease expired")
         self.free_never_started()
@@ -88,7 +91,11 @@ class Reconciler:
         state = self.state
         cutoff = time.time() - NEVER_STARTED_SECONDS
         for alloc in state.table.list_allocations(state.instance_id):
-            if alloc.job_id not in state.jobs and alloc.created < cutoff:
+            if (
+                alloc.job_id not in state.jobs
+                and alloc.job_id not in state.held
+                and alloc.created < cutoff
+            ):
                 log.info("job %s was allocated but never started; freeing it", alloc.job_id)
                 state.table.deallocate(alloc.job_id, "never started")
 

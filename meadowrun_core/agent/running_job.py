@@ -28,6 +28,10 @@ class ClientConnection:
         self._writer = writer
         self._signer = signer
 
+    @property
+    def is_open(self) -> bool:
+        return not self._writer.is_closing()
+
     def send(self, header: frames.AgentFrame, blob: bytes = b"") -> None:
         if self._writer.is_closing():
             return

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import cast
 
 from meadowrun_core import clouds, frames
+from meadowrun_core.agent import held_rooms
 from meadowrun_core.agent.cloud import AgentCloud
 from meadowrun_core.agent.gate import ConnectionGate
 from meadowrun_core.agent.jobs_command import run_command
@@ -122,12 +123,15 @@ class Agent:
             log.warning("closing a connection that sent a bad frame: %s", exc)
         finally:
             writer.close()
+            held_rooms.release_connection(self.state, conn)
 
     def _cancel(self, header: frames.Cancel) -> None:
         reason = header.get("reason", "cancelled by the client")
         job = self.state.jobs.get(header["job_id"])
         if job is not None:
             job.kill(reason)
+        elif header["job_id"] in self.state.held:  # it ended: only its held room is left
+            held_rooms.release(self.state, header["job_id"])
         else:  # the run frame's task has not started yet: cancel it on arrival
             self._early_cancels[header["job_id"]] = reason
 
@@ -154,22 +158,26 @@ class Agent:
         has no allocation on this instance."""
         state = self.state
         job_id = header["job_id"]
-        alloc = next(
-            (a for a in state.table.list_allocations(state.instance_id) if a.job_id == job_id),
-            None,
-        )
-        if alloc is None:
-            refused: frames.Final = {
-                "type": "final",
-                "job_id": job_id,
-                "status": "refused",
-                "message": f"job {job_id} has no allocation on {state.instance_id}",
-            }
-            conn.send(refused)
-            return None
-        job = RunningJob(
-            job_id, header["kind"], [conn], alloc.memory_gb, timeout=header.get("timeout")
-        )
+        refused: frames.Final = {"type": "final", "job_id": job_id, "status": "refused"}
+        if header.get("reuse"):  # the room its previous call left held (held_rooms)
+            room = held_rooms.take(state, job_id, conn)
+            if room is None:
+                refused["message"] = f"the room held for job {job_id} was given back"
+                refused["hold_lapsed"] = True
+                conn.send(refused)
+                return None
+            memory_gb = room.memory_gb
+        else:
+            alloc = next(
+                (a for a in state.table.list_allocations(state.instance_id) if a.job_id == job_id),
+                None,
+            )
+            if alloc is None:
+                refused["message"] = f"job {job_id} has no allocation on {state.instance_id}"
+                conn.send(refused)
+                return None
+            memory_gb = alloc.memory_gb
+        job = RunningJob(job_id, header["kind"], [conn], memory_gb, timeout=header.get("timeout"))
         state.jobs[job_id] = job
         state.last_activity = time.monotonic()
         early_cancel = self._early_cancels.pop(job_id, None)
@@ -201,7 +209,13 @@ class Agent:
                 frames.Final, {**outcome, "type": "final", "job_id": job_id, "kind": job.kind}
             )
             # free the room first: whoever sees the outcome may rely on the room being free
-            state.table.deallocate(job_id, final["status"])
+            # (unless its client asked to keep it for its next call: held_rooms)
+            hold = self._hold_seconds(job, header, final)
+            if hold > 0:
+                held_rooms.hold(state, job, hold, final["status"])
+                final["held"] = True
+            else:
+                state.table.deallocate(job_id, final["status"])
             if header.get("job_key"):
                 # keep the outcome where any process can find it by key (attach_job)
                 payload_key = state.store.put(state.signer.sign(payload)) if payload else None
@@ -216,6 +230,21 @@ class Agent:
             subscriber.send(final, payload)
         if job.has_pid_file:  # (after the final frame: the reconciler cannot run in between)
             state.folders.pid_file(job_id).unlink(missing_ok=True)
+
+    def _hold_seconds(self, job: RunningJob, header: frames.Run, final: frames.Final) -> float:
+        """How long to keep a call's room for its client's next call (0: free it now): as
+        long as it asked, if the call ran (its worker lives on), its connection is open and
+        the instance takes jobs."""
+        if (
+            header["kind"] != "function"
+            or header.get("job_key")
+            or final["status"] not in ("succeeded", "failed")
+            or not job.subscribers[0].is_open
+            or self.reconciler.interruption_handled
+            or self.state.shutdown.is_set()
+        ):
+            return 0.0
+        return float(header.get("hold", 0.0))
 
     async def _run_kind(
         self, job: RunningJob, header: frames.Run, blob: bytes

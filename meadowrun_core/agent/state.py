@@ -7,10 +7,14 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meadowrun_core.agent.cloud import AgentCloud
 from meadowrun_core.agent.map_feeder import MapFeeder
 from meadowrun_core.agent.running_job import RunningJob
+
+if TYPE_CHECKING:
+    from meadowrun_core.agent.held_rooms import HeldRoom
 from meadowrun_core.agent.worker_pool import WorkerPool
 from meadowrun_core.config import Settings
 from meadowrun_core.seams.allocation_table import AllocationTable
@@ -57,6 +61,8 @@ class AgentState:
     # read it here each time: the reconciler swaps in a stand-in when the home was deleted
     table: AllocationTable
     jobs: dict[str, RunningJob] = field(default_factory=dict)
+    # finished calls' rooms kept for their client's next call, by job id (``held_rooms``)
+    held: dict[str, HeldRoom] = field(default_factory=dict)
     # a map job's feeder on this instance, by its request queue, while it has slots here
     feeders: dict[str, MapFeeder] = field(default_factory=dict)
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from meadowrun_core.backend import Backend, CapacityError
+from meadowrun_core.client import held_rooms
 from meadowrun_core.exceptions import MeadowrunError, ResourcesNotAvailableError
 from meadowrun_core.resources import Resources
 from meadowrun_core.seams.allocation_table import (
@@ -64,6 +65,10 @@ class CapacitySignal:
             finally:
                 self._waiting -= 1
 
+    @property
+    def waiting(self) -> bool:
+        return self._waiting > 0
+
     async def notify(self) -> None:
         if not self._waiting:
             return
@@ -95,6 +100,7 @@ async def allocate(
 
     If cancelled or failing midway, everything it allocated is freed again."""
     check_satisfiable(backend, resources)
+    held_rooms.give_back_all(backend)  # this client's held rooms are room for this request
     minimum = count if minimum is None else minimum
     placements: list[Placement] = []
     delay = 0.01

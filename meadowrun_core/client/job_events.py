@@ -17,6 +17,7 @@ from typing import Any, cast
 
 from meadowrun_core import frames
 from meadowrun_core.backend import Backend
+from meadowrun_core.client import held_rooms
 from meadowrun_core.client.allocation import Placement, allocate, capacity_signal
 from meadowrun_core.client.job_output import OutputLogger
 from meadowrun_core.client.memory_retry import more_memory, outcome_of, ran_out_of_memory
@@ -119,6 +120,7 @@ class JobChannel:
     started: threading.Event = field(default_factory=threading.Event)
     reports: queue.Queue[Any] = field(default_factory=queue.Queue)
     attempts: tuple[Attempt, ...] = ()  # with retry_with_more_memory: each attempt so far
+    has_handle: bool = False  # a JobHandle follows the job (its room is never held)
 
 
 @dataclass(frozen=True)
@@ -204,30 +206,24 @@ async def _run_attempt(
     it had to be). A job that could not load because a blob in the store was damaged is run
     once more after this client replaced the blob."""
     repaired: set[str] = set()
+    # a blocking call's room may be held for this client's next call of its shape
+    holding = (
+        header["kind"] == "function"
+        and submission.job_key is None
+        and not submission.control.has_handle
+        and held_rooms.may_hold(backend)
+    )
+    shape = held_rooms.shape_of(resources, description)
     while True:
-        try:
-            (placement,) = await allocate(
-                backend,
-                resources,
-                1,
-                submission.client_id,
-                description,
-                priority=submission.priority,
-            )
-        except BaseException as exc:
-            if submission.job_key is not None:
-                not_started = frames.Final(
-                    type="final", job_id="-", status="error", message=f"not started: {exc!r}"
-                )
-                await asyncio.to_thread(
-                    backend.table.record_job_final,
-                    submission.job_key,
-                    json.dumps(not_started),
-                    None,
-                )
-            raise
+        placement = held_rooms.take(backend, shape) if holding else None
+        if placement is None:
+            placement = await _allocate(backend, submission, resources, description)
+            hold = holding and held_rooms.back_to_back(backend, shape)
+            run_header = {**header, "hold": held_rooms.HOLD_SECONDS} if hold else header
+        else:  # the room this client's previous call left held
+            run_header = {**header, "hold": held_rooms.HOLD_SECONDS, "reuse": True}
         if submission.job_key is not None:
-            header = {**header, "job_key": submission.job_key}
+            header = run_header = {**header, "job_key": submission.job_key}
             await asyncio.to_thread(
                 backend.table.set_job_key_instance,
                 submission.job_key,
@@ -235,8 +231,22 @@ async def _run_attempt(
                 placement.instance.instance_id,
             )
         final, payload = await run_on_instance(
-            runtime, backend, placement, header, blob, control=submission.control
+            runtime, backend, placement, run_header, blob, control=submission.control
         )
+        if final.get("hold_lapsed"):
+            continue  # the agent gave the held room back meanwhile: place the call anew
+        if holding:
+            held_rooms.ended(backend, shape)
+        if final.get("held"):
+            conn = await runtime.connection(placement.instance, backend)
+            held_rooms.keep(
+                backend,
+                shape,
+                placement,
+                conn,
+                final["status"],
+                capacity_signal(backend).waiting,
+            )
         damaged = damaged_object(final, payload)
         if damaged is None or submission.job_key is not None or damaged in repaired:
             return final, payload, header
@@ -246,6 +256,31 @@ async def _run_attempt(
             return final, payload, header
         if redeploy is not None:  # the code was uploaded again: its manifest may differ
             header = {**header, "deployment": await asyncio.to_thread(redeploy)}
+
+
+async def _allocate(
+    backend: Backend, submission: Submission, resources: Resources, description: str
+) -> Placement:
+    """Room for one job; a keyed job that gets none records why under its key."""
+    try:
+        (placement,) = await allocate(
+            backend,
+            resources,
+            1,
+            submission.client_id,
+            description,
+            priority=submission.priority,
+        )
+    except BaseException as exc:
+        if submission.job_key is not None:
+            not_started = frames.Final(
+                type="final", job_id="-", status="error", message=f"not started: {exc!r}"
+            )
+            await asyncio.to_thread(
+                backend.table.record_job_final, submission.job_key, json.dumps(not_started), None
+            )
+        raise
+    return placement
 
 
 def damaged_object(final: frames.JobOutcome, payload: bytes) -> str | None:
