@@ -52,6 +52,13 @@ METRICS = (
     Metric("warm_p50_ms", lambda c: "warm run_function round trip, p50", "ms", False, 2),
     Metric("warm_p95_ms", lambda c: "warm run_function round trip, p95", "ms", False, 2),
     Metric("warm_cpu_us", lambda c: "machine CPU per warm round trip", "us", False, 0),
+    Metric(
+        "lone_p50_ms",
+        lambda c: "warm round trip of lone calls (80 ms apart), p50",
+        "ms",
+        False,
+        2,
+    ),
     Metric("noop_tasks_per_s", lambda c: f"{c['map_tasks']:,} no-op tasks", "tasks/s", True, 0),
     Metric(
         "cpu_wall_s",

@@ -31,6 +31,7 @@ def long_holds(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(held_rooms, "HOLD_SECONDS", 1.0)
     monkeypatch.setattr(held_rooms, "BACK_TO_BACK_SECONDS", 1.0)
     monkeypatch.setattr(held_rooms, "REUSE_WITHIN_SECONDS", 0.5)
+    monkeypatch.setattr(held_rooms, "RAFFLE_CHECK_SECONDS", 0.0)  # read on every call
 
 
 def test_back_to_back_calls_share_one_room_until_its_hold_runs_out(

@@ -29,13 +29,24 @@ def preparer(state: AgentState) -> InstancePreparer:
     )
 
 
+def _prepared(state: AgentState, deployment: frames.DeploymentJson) -> PreparedDeployment:
+    """The run frame's deployment; the last one's object (its key worked out already) while
+    a client sends the same again, as a caller's loop of calls does."""
+    last = state.last_deployment
+    if last is not None and last[0] == deployment:
+        return last[1]
+    prepared = PreparedDeployment.from_json(deployment)
+    state.last_deployment = (deployment, prepared)
+    return prepared
+
+
 async def prepare_worker(
     state: AgentState, job: RunningJob, deployment: frames.DeploymentJson, record_pid: bool = True
 ) -> WorkerProcess:
     """A worker for the job's deployment with its code loaded, its output and reports going
     to the job; CodeLoadError if the deployment or code cannot be loaded. ``record_pid``
     False: the caller puts the worker's PID in the table itself (``record_pid_soon``)."""
-    prepared = PreparedDeployment.from_json(deployment)
+    prepared = _prepared(state, deployment)
     try:
         ready = await preparer(state).prepare(prepared)
     except DeploymentError as exc:

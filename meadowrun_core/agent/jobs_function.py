@@ -73,14 +73,7 @@ def _function_ref(header: frames.RunFunction) -> frames.FunctionRef:
     return ref
 
 
-_scratch_made: set[Path] = set()
-
-
 def _function_scratch(state: AgentState) -> Path:
     """The working directory of function jobs with no better one: one per instance (made
     once, not checked on every call)."""
-    scratch = state.folders.dir / "work"
-    if scratch not in _scratch_made:
-        scratch.mkdir(exist_ok=True)
-        _scratch_made.add(scratch)
-    return scratch
+    return state.folders.function_scratch

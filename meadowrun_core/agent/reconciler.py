@@ -142,6 +142,8 @@ class Reconciler:
             log.warning("interruption notice: terminating at %.1f", interruption_at)
             state.folders.interruption_file.write_text(repr(interruption_at))
             state.table.set_prevent_further_allocation(state.instance_id)
+            for job_id in list(state.held):  # no further call starts here
+                held_rooms.release(state, job_id)
             for feeder in list(state.feeders.values()):
                 feeder.interrupted = True
                 await feeder.give_back()

@@ -4,6 +4,7 @@ job runners use its workers and folders, and the reconciler watches it."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     from meadowrun_core.agent.held_rooms import HeldRoom
 from meadowrun_core.agent.worker_pool import WorkerPool
 from meadowrun_core.config import Settings
+from meadowrun_core.deployment.spec import PreparedDeployment
+from meadowrun_core.frames import DeploymentJson
 from meadowrun_core.seams.allocation_table import AllocationTable
 from meadowrun_core.seams.object_store import ObjectStore
 from meadowrun_core.seams.task_queue import TaskQueue
@@ -43,6 +46,13 @@ class InstanceFolders:
         """When the instance will be interrupted, for its jobs (``job_context``)."""
         return self.dir / "interruption_at"
 
+    @functools.cached_property
+    def function_scratch(self) -> Path:
+        """Where function jobs with no better working directory run (made on first use)."""
+        scratch = self.dir / "work"
+        scratch.mkdir(exist_ok=True)
+        return scratch
+
     def pid_file(self, job_id: str) -> Path:
         """The file a job's worker (or command) writes its PID to; the reconciler reads it."""
         return self.pid_dir / f"{job_id}.pid"
@@ -66,6 +76,8 @@ class AgentState:
     # a map job's feeder on this instance, by its request queue, while it has slots here
     feeders: dict[str, MapFeeder] = field(default_factory=dict)
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
+    # the last run frame's deployment and its parsed form (``job_setup._prepared``)
+    last_deployment: tuple[DeploymentJson, PreparedDeployment] | None = None
     # when a job last started or ended here (the idle timeout counts from it)
     last_activity: float = field(default_factory=time.monotonic)
 

@@ -81,7 +81,10 @@ _signals: dict[str, CapacitySignal] = {}
 
 
 def capacity_signal(backend: Backend) -> CapacitySignal:
-    return _signals.setdefault(backend.key, CapacitySignal())
+    signal = _signals.get(backend.key)
+    if signal is None:
+        signal = _signals[backend.key] = CapacitySignal()
+    return signal
 
 
 async def allocate(

@@ -32,6 +32,9 @@ if TYPE_CHECKING:  # (allocation.py gives rooms back before it places: it import
 
 HOLD_SECONDS = 0.05  # how long the agent keeps a finished call's room
 BACK_TO_BACK_SECONDS = 0.05  # a call sent this soon after the last one's end asks for it
+# how often a client reusing held rooms reads the raffle for clients waiting for room (a
+# read of the table each call would be a twentieth of the round trip)
+RAFFLE_CHECK_SECONDS = 0.02
 REUSE_WITHIN_SECONDS = 0.025  # how long after the final frame this client still uses it
 
 # what a room fits: calls of the same description (one job-history row covers them all)
@@ -58,6 +61,8 @@ class _Held:
 _held: dict[str, dict[Shape, list[_Held]]] = {}
 # by backend key and shape: when this client's last call of that shape ended
 _last_end: dict[tuple[str, Shape], float] = {}
+# by backend key: when the raffle was last read and found empty
+_raffle_empty_at: dict[str, float] = {}
 
 
 def may_hold(backend: Backend) -> bool:
@@ -107,12 +112,23 @@ def take(backend: Backend, shape: Shape) -> Placement | None:
         if held.until < now:  # its hold may be running out: free it here, now
             _give_back(backend, held)
             continue
-        if backend.table.raffle_entries():  # someone waits for room: no holding on to it
+        if _others_wait(backend, now):  # no holding on to room someone waits for
             _give_back(backend, held)
             give_back_all(backend)
             return None
         return held.placement
     return None
+
+
+def _others_wait(backend: Backend, now: float) -> bool:
+    """Whether a job of any client waits in the raffle (read at most every
+    ``RAFFLE_CHECK_SECONDS``)."""
+    if now - _raffle_empty_at.get(backend.key, -1.0) < RAFFLE_CHECK_SECONDS:
+        return False
+    if backend.table.raffle_entries():
+        return True
+    _raffle_empty_at[backend.key] = now
+    return False
 
 
 def give_back_all(backend: Backend) -> None:

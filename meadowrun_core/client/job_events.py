@@ -73,7 +73,8 @@ async def run_on_instance(
         conn.send(frame, blob)
         if control is not None:
             control.placement, control.backend = placement, backend
-            control.started.set()
+            if control.started is not None:
+                control.started.set()
         while True:
             event, payload = await events.get()
             if event["type"] == "output":
@@ -82,7 +83,7 @@ async def run_on_instance(
                 value = pickle.loads(payload)
                 if isinstance(value, ForwardedLog):
                     logger.log_record(value)
-                elif control is not None:
+                elif control is not None and control.reports is not None:
                     control.reports.put(value)
             elif event["type"] == "final":
                 if not attach:
@@ -117,10 +118,22 @@ class JobChannel:
     cancel_job_with_follower: bool = True
     placement: Placement | None = None
     backend: Backend | None = None
-    started: threading.Event = field(default_factory=threading.Event)
-    reports: queue.Queue[Any] = field(default_factory=queue.Queue)
     attempts: tuple[Attempt, ...] = ()  # with retry_with_more_memory: each attempt so far
-    has_handle: bool = False  # a JobHandle follows the job (its room is never held)
+    # set by ``follow`` (a JobHandle follows the job): a blocking call needs neither, and
+    # making them was a fiftieth of a warm call
+    started: threading.Event | None = None
+    reports: queue.Queue[Any] | None = None
+
+    @property
+    def has_handle(self) -> bool:
+        """Whether a JobHandle follows the job (then its room is never held)."""
+        return self.started is not None
+
+    def follow(self) -> tuple[threading.Event, queue.Queue[Any]]:
+        """For a JobHandle, before the job is submitted: when it starts, and its reports."""
+        if self.started is None or self.reports is None:
+            self.started, self.reports = threading.Event(), queue.Queue()
+        return self.started, self.reports
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ class JobHandle(Generic[T]):
         self.description = description
         self.job_key = job_key
         self._control = control or JobChannel()
+        self._started, self._reports = self._control.follow()
 
     @property
     def job_id(self) -> str | None:
@@ -88,7 +89,7 @@ class JobHandle(Generic[T]):
         """Block until the job was sent to its instance (True), or ``timeout`` seconds (default
         None: no limit) passed (False).
         """
-        return self._control.started.wait(timeout)
+        return self._started.wait(timeout)
 
     def next_report(self, timeout: float | None = None) -> Any:
         """The next value the job sent with ``meadowrun_core.report(value)``.
@@ -96,7 +97,7 @@ class JobHandle(Generic[T]):
         ``timeout`` (default None: wait for ever): raises TimeoutError if none arrives in time.
         """
         try:
-            return self._control.reports.get(timeout=timeout)
+            return self._reports.get(timeout=timeout)
         except queue.Empty:
             raise TimeoutError(f"no report from {self.description} within {timeout} s") from None
 

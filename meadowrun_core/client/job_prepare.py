@@ -77,7 +77,7 @@ class PreparedJob:
     control: JobChannel = field(default_factory=JobChannel)
 
     def handle(self) -> JobHandle[Any]:
-        self.control.has_handle = True  # its job id is the handle's: never run another under it
+        self.control.follow()  # before it runs (its room is never held: the job id is the handle's)
         return JobHandle(
             self.runtime.submit(self.job), self.description, self.job_key, self.control
         )

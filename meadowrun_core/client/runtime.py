@@ -45,6 +45,11 @@ class ClientRuntime:
         self._thread.start()
         self._backends: dict[tuple[str, Host], Backend] = {}
         self._backends_lock = threading.Lock()
+        # host=None's backend, by MEADOWRUN_HOME and MEADOWRUN_HOST, while ``_backends`` is
+        # unchanged (``_generation``): most jobs name no host, and resolving and hashing the
+        # default one each time was a twentieth of a warm call
+        self._generation = 0
+        self._default: tuple[int, tuple[str, str], Backend] | None = None
         self._connections: dict[str, AgentConnection] = {}
         self._connecting: dict[str, asyncio.Lock] = {}
         self._lease_wakeup = threading.Event()
@@ -100,6 +105,11 @@ class ClientRuntime:
 
     # --- backends and leases ---------------------------------------------------------
     def backend(self, host: Host | None) -> Backend:
+        if host is None:
+            environ = (os.environ.get("MEADOWRUN_HOME", ""), os.environ.get("MEADOWRUN_HOST", ""))
+            default = self._default
+            if default is not None and default[0] == self._generation and default[1] == environ:
+                return default[2]
         resolved = resolve_host(host)
         key = (os.environ.get("MEADOWRUN_HOME", ""), resolved)
         with self._backends_lock:  # threads submitting their first jobs at once share one
@@ -110,6 +120,8 @@ class ClientRuntime:
                 self._backends[key] = backend
                 self._ensure_lease_thread()
                 self._lease_wakeup.set()  # renew at the new backend's (maybe shorter) interval
+            if host is None:
+                self._default = (self._generation, environ, backend)
         return backend
 
     def _ensure_lease_thread(self) -> None:
@@ -154,6 +166,7 @@ class ClientRuntime:
             )
             with self._backends_lock:
                 self._backends = {k: b for k, b in self._backends.items() if b is not backend}
+                self._generation += 1
         elif not again:
             log.warning(
                 "could not renew the client lease on %s (%s: %s); retrying every period",
@@ -171,8 +184,10 @@ class ClientRuntime:
                 backend.table.release_lease(self.client_id)
             except Exception:
                 log.debug("could not release the lease", exc_info=True)
-        backends = list(self._backends.values())
-        self._backends.clear()
+        with self._backends_lock:
+            backends = list(self._backends.values())
+            self._backends.clear()
+            self._generation += 1
         connections, self._connections = list(self._connections.values()), {}
         for conn in connections:
             self.loop.call_soon_threadsafe(conn.close)
@@ -182,7 +197,12 @@ class ClientRuntime:
     async def connection(self, instance: InstanceRecord, backend: Backend) -> AgentConnection:
         """One connection per instance agent, shared by every job this client runs there."""
         key = f"{backend.key}/{instance.instance_id}"
-        lock = self._connecting.setdefault(key, asyncio.Lock())
+        conn = self._connections.get(key)
+        if conn is not None and not conn.closed:  # (the common case: no lock to take)
+            return conn
+        lock = self._connecting.get(key)
+        if lock is None:
+            lock = self._connecting[key] = asyncio.Lock()
         async with lock:  # two jobs starting at once share one connection
             conn = self._connections.get(key)
             if conn is None or conn.closed:

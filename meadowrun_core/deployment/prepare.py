@@ -3,6 +3,7 @@ uploaded), with every check that can be made here made before anything is launch
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -42,9 +43,9 @@ def prepare(
 ) -> PreparedDeployment:
     """``secrets`` reads the secret store of the cloud the job goes to (deployments name
     their git key or registry credentials there)."""
-    cache = home / "client-cache"
+    cache = _client_cache(home)
     resolver = Resolver(store, signer, cache, local_instance)
-    base_dir = Path(os.getcwd())
+    base_dir = _as_path(os.getcwd())
     git = None
     if deployment.git is not None:
         git, checkout = _prepare_git(deployment, cache, secrets)
@@ -66,6 +67,17 @@ def prepare(
         interpreter=interpreter,
         git=git,
     )
+
+
+# (paths made once: building a Path was a twentieth of a warm call's preparation)
+@functools.lru_cache(maxsize=16)
+def _client_cache(home: Path) -> Path:
+    return home / "client-cache"
+
+
+@functools.lru_cache(maxsize=64)
+def _as_path(directory: str) -> Path:
+    return Path(directory)
 
 
 def _prepare_git(
