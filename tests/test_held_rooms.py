@@ -25,6 +25,14 @@ def _allocated(home: Path) -> list[str]:
     return [a.job_id for a in local_table(home).list_allocations()]
 
 
+def _hold_one_room(home: Path, resources: mr.Resources = ONE) -> str:
+    """Two calls back to back: the second's room is held; its job id."""
+    for x in (1, 2):
+        assert mr.run_function(workloads.double, args=(x,), resources=resources) == 2 * x
+    (held,) = _allocated(home)
+    return held
+
+
 @pytest.fixture
 def long_holds(monkeypatch: pytest.MonkeyPatch) -> None:
     """Holds of a second (the agent's longest), so that a slow machine still sees them."""
@@ -72,9 +80,7 @@ def test_a_held_room_is_given_back_for_a_call_of_another_shape(
     local_cloud: Path, long_holds: None
 ) -> None:
     everything = mr.Resources(logical_cpu=4, memory_gb=1)  # the local cloud's whole limit
-    for x in (1, 2):
-        assert mr.run_function(workloads.double, args=(x,), resources=everything) == 2 * x
-    (held,) = _allocated(local_cloud)
+    held = _hold_one_room(local_cloud, everything)
     started = time.monotonic()
     assert mr.run_function(workloads.double, args=(3,), resources=ONE) == 6
     # not waiting for the hold: the client freed its own held room before placing this one
@@ -85,9 +91,7 @@ def test_a_held_room_is_given_back_for_a_call_of_another_shape(
 def test_a_held_room_is_given_back_while_another_client_waits_for_room(
     local_cloud: Path, long_holds: None
 ) -> None:
-    for x in (1, 2):
-        assert mr.run_function(workloads.double, args=(x,), resources=ONE) == 2 * x
-    (held,) = _allocated(local_cloud)
+    held = _hold_one_room(local_cloud)
     table = local_table(local_cloud)
     table.enter_raffle("another-clients-job", 1.0, "another-client", time.time() + 0.5)
     assert mr.run_function(workloads.double, args=(3,), resources=ONE) == 6
@@ -98,9 +102,7 @@ def test_a_held_room_is_given_back_while_another_client_waits_for_room(
 def test_a_held_room_is_given_back_when_its_connection_closes(
     local_cloud: Path, long_holds: None
 ) -> None:
-    for x in (1, 2):
-        assert mr.run_function(workloads.double, args=(x,), resources=ONE) == 2 * x
-    assert len(_allocated(local_cloud)) == 1
+    _hold_one_room(local_cloud)
     closed = time.monotonic()
     ClientRuntime.get().forget_backends()  # closes this client's agent connections
     wait_until(lambda: _allocated(local_cloud) == [], 5, "the agent to free the room")
