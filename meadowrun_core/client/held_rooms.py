@@ -1,16 +1,15 @@
 """The client's side of rooms held between back-to-back calls (``agent/held_rooms.py``).
 
-A blocking function call (``run_function`` waiting for its result, no job key) that follows
-this client's previous call of the same shape back to back (sent within ``BACK_TO_BACK_SECONDS`` of
-that one's end: a caller's loop, not a lone call) asks its agent to keep the call's room
-``HOLD_SECONDS`` after it ends. The next call of the same
-shape (backend, resources and description) from this client runs there under the same job
-id, without a placement; this client uses a held room for ``REUSE_WITHIN_SECONDS`` only, so
-its run frame reaches the agent before the hold runs out (else the agent refuses with
-``hold_lapsed`` and the call is placed as usual). Held rooms are given back (freed here, in
-the allocation table) as soon as this client wants room of another shape, a job of this
-process waits for room, or any client waits in the raffle: holding never keeps room from
-anyone who asked for it.
+A blocking function call (``run_function`` waiting for its result, no job key) sent within
+``BACK_TO_BACK_SECONDS`` of the end of this client's last call of the same shape (backend,
+resources and description: a caller's loop, not a lone call) asks its agent to keep the
+call's room ``HOLD_SECONDS`` after it ends. The next call of that shape from this client runs
+there under the same job id, without a placement; this client uses a held room for
+``REUSE_WITHIN_SECONDS`` only, so its run frame reaches the agent before the hold runs out
+(else the agent refuses with ``hold_lapsed`` and the call is placed as usual). Held rooms
+are given back (freed here, in the allocation table) as soon as this client wants room of
+another shape, a job of this process waits for room, or any client waits in the raffle:
+holding never keeps room from anyone who asked for it.
 
 So far only the local cloud holds rooms: there a placement and a deallocation are SQLite
 transactions on the warm round trip; a cloud's table is a network service, where the model
@@ -101,8 +100,9 @@ def keep(
 
 
 def take(backend: Backend, shape: Shape) -> Placement | None:
-    """A room held for a call of this shape, if one is still good; rooms gone stale are
-    dropped (their agent frees them), and all are given back if anyone waits for room."""
+    """A room held for a call of this shape, if one is still good. One past its reuse window
+    is freed here (its hold may be running out), one whose connection closed was freed by
+    its agent, and all are given back if anyone waits for room."""
     rooms = _held.get(backend.key, {}).get(shape)
     now = time.monotonic()
     while rooms:
