@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import cast
 
-from meadowrun_core import clouds, frames
+from meadowrun_core import clouds, event_loop, frames
 from meadowrun_core.agent import held_rooms
 from meadowrun_core.agent.cloud import AgentCloud
 from meadowrun_core.agent.gate import ConnectionGate
@@ -79,7 +79,10 @@ class Agent:
         port = server.sockets[0].getsockname()[1]
         await state.pool.prewarm(sys.executable)
         state.table.register_instance(state.instance_id, f"127.0.0.1:{port}", os.getpid())
-        log.info("instance %s listening on 127.0.0.1:%d", state.instance_id, port)
+        log.info(
+            "instance %s listening on 127.0.0.1:%d (%s event loop)",
+            state.instance_id, port, event_loop.chosen(),
+        )  # fmt: skip
         reconciler = asyncio.create_task(self.reconciler.loop())
         await state.shutdown.wait()
         reconciler.cancel()
@@ -279,7 +282,8 @@ def main() -> None:
         loop.add_signal_handler(signal.SIGTERM, agent.state.shutdown.set)
         await agent.run()
 
-    asyncio.run(run())
+    with asyncio.Runner(loop_factory=event_loop.new_event_loop) as runner:
+        runner.run(run())
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from meadowrun_core import clouds
+from meadowrun_core import clouds, event_loop
 from meadowrun_core.backend import Backend
 from meadowrun_core.client.connection import AgentConnection
 from meadowrun_core.hosts import Host, resolve_host
@@ -38,7 +38,7 @@ class ClientRuntime:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.client_id = f"{socket.gethostname()}-{self.pid}-{secrets.token_hex(4)}"
-        self.loop = asyncio.new_event_loop()
+        self.loop = event_loop.new_event_loop()
         self._thread = threading.Thread(
             target=self.loop.run_forever, name="meadowrun-client", daemon=True
         )
