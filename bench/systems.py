@@ -59,8 +59,10 @@ class Meadowrun:
 
     def prepare(self) -> None:
         import meadowrun_core as mr
+        from meadowrun_core import event_loop
         from meadowrun_core.local import admin
 
+        self.notes[0] += f", {event_loop.chosen()} event loop"
         self._mr = mr
         self._resources = mr.Resources(logical_cpu=1, memory_gb=1)
         admin.clean()  # cold start means: no instance at all
