@@ -26,7 +26,7 @@ from meadowrun_core.client.runtime import ClientRuntime
 from tests.ec2_twin import Ec2Twin
 from tests.moto_server import reset_moto
 from tests.process_env import TWIN_LEASE_SECONDS, lease_seconds
-from tests.twin_hosts import TwinHost, TwinNetwork
+from tests.twin_hosts import TwinHost, TwinNetwork, claimed_subnet
 
 REGION = "us-east-1"
 FIXTURES = Path(__file__).parent / "fixtures" / "aws"
@@ -88,9 +88,10 @@ class AwsTwinCloud:
 def twin_network() -> Iterator[TwinNetwork]:
     # a subnet of its own per test process, so that concurrent runs never share addresses
     tag = os.getpid()  # the creator's pid: a later run removes what a killed one left
-    network = TwinNetwork(tag=str(tag), subnet=f"192.168.{100 + tag % 150}.0/24")
-    yield network
-    network.close()
+    with claimed_subnet(tag) as subnet:
+        network = TwinNetwork(tag=str(tag), subnet=subnet)
+        yield network
+        network.close()
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ Powering off kills every process in the namespace and deletes it. Needs root, ``
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import logging
 import os
@@ -35,7 +36,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +93,28 @@ class IngressRule:
     from_port: int = 0
     to_port: int = 65535
     action: str = "ACCEPT"
+
+
+@contextlib.contextmanager
+def claimed_subnet(first: int) -> Iterator[str]:
+    """A 192.168.x.0/24 (x in 100-249, tried from ``100 + first % 150`` on) that no other
+    process on this machine holds while this one does (a lock file each, released when the
+    process ends, killed or not): test processes running side by side (pytest-xdist) never
+    build bridges on one subnet."""
+    for step in range(150):
+        octet = 100 + (first + step) % 150
+        lock = open(f"/tmp/meadowrun-twin-subnet-{octet}.lock", "a")  # noqa: SIM115
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        try:
+            yield f"192.168.{octet}.0/24"
+        finally:
+            lock.close()
+        return
+    raise RuntimeError("every twin subnet 192.168.100-249.0/24 is held by another process")
 
 
 class TwinNetwork:
